@@ -1,0 +1,87 @@
+# Weft — build, test and benchmark entry points. `make` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO        ?= go
+BIN       := bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/weftmesh/weft/internal/version.Version=$(VERSION)
+FUZZTIME  ?= 10s
+# Fuzz targets run briefly by `make test` (package:FuzzName).
+FUZZ_TARGETS ?= $(shell cat .ci/fuzz-targets 2>/dev/null | grep -v '^\#')
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build weft-agent and meshctl into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-agent ./agent/cmd/weft-agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/meshctl ./meshctl
+
+.PHONY: generate
+generate: ## rebuild the eBPF objects (clang-14, bpf2go) and other generated code
+	$(GO) generate ./...
+
+.PHONY: check-generate
+check-generate: generate ## regenerate and fail when committed generated files differ
+	@git diff --exit-code -- bpf/ || { echo "generated files differ from the committed ones: run 'make generate' and commit"; exit 1; }
+
+.PHONY: test
+test: build ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
+	@if [ "$$(id -u)" != 0 ]; then echo "make test runs the privileged and e2e tiers and needs root: sudo make test (or make test-unit)"; exit 1; fi
+	$(GO) test -count=1 -timeout 40m -p 1 ./...
+	@$(MAKE) --no-print-directory fuzz
+
+.PHONY: test-unit
+test-unit: ## unit tier only: no root needed, quick
+	$(GO) test -count=1 -short ./...
+
+.PHONY: e2e
+e2e: build ## end-to-end tier only (needs root): the lab with the real binaries
+	$(GO) test -count=1 -timeout 30m -v ./e2e/...
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target briefly (FUZZTIME=10s)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+.PHONY: bench
+bench: bench-go bench-tunnel bench-datapath bench-join ## every benchmark (Go, tunnel, datapath, join)
+
+.PHONY: bench-go
+bench-go: ## Go benchmarks of the control plane (kvstore, identity, policy)
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./kvstore/... ./identity/... ./policy/...
+
+.PHONY: bench-tunnel
+bench-tunnel: build ## iperf3 through the underlay, Weft, wireguard-go and the Tailscale fork (needs root)
+	./bench/tunnel/run.sh
+
+.PHONY: bench-datapath
+bench-datapath: ## eBPF policy cost, connection rate and throughput vs nftables (needs root)
+	./bench/datapath/run.sh
+
+.PHONY: bench-join
+bench-join: build ## join-to-reachable and policy propagation in the lab (needs root)
+	./bench/join/run.sh
+
+.PHONY: demo
+demo: ## install what is needed, build, and bring up the demo lab
+	./scripts/install-deps.sh
+	@$(MAKE) --no-print-directory build
+	./scripts/demo.sh
+
+.PHONY: lint
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+.PHONY: clean
+clean: ## remove build output and any leftover lab (needs root for the lab)
+	rm -rf $(BIN)
+	@if [ "$$(id -u)" = 0 ] && [ -x $(BIN)/meshctl ]; then $(BIN)/meshctl lab down --all || true; fi
