@@ -1,0 +1,472 @@
+// Package config holds the agent's configuration: what a node is called,
+// which mesh it belongs to, how it reaches etcd and its peers, and the
+// workloads it declares. A configuration comes from a YAML file, then
+// environment variables (WEFT_...), then command-line flags, each layer
+// overriding the one before; Validate refuses an inconsistent result with
+// an error that names the field, so the agent never starts half-configured.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Defaults used when neither the file, the environment nor a flag says
+// otherwise. They are exported so meshctl and the docs quote the same values.
+const (
+	DefaultCluster        = "default"
+	DefaultStateDir       = "/var/lib/weft"
+	DefaultSocketPath     = "/run/weft/agent.sock"
+	DefaultInterface      = "weft0"
+	DefaultListenPort     = 51833
+	DefaultKeepalive      = 25 * time.Second
+	DefaultMeshPool       = "100.64.0.0/16"
+	DefaultNodePrefixLen  = 24
+	DefaultBPFPinPath     = "/sys/fs/bpf/weft"
+	DefaultLogFormat      = "text"
+	DefaultLogLevel       = "info"
+	DefaultMetricsAddress = "127.0.0.1:9962"
+	DefaultNodeLeaseTTL   = 15 * time.Second
+	DefaultEtcdClientURL  = "https://127.0.0.1:2379"
+	DefaultEtcdPeerURL    = "https://127.0.0.1:2380"
+	DefaultJoinListen     = ":51834"
+)
+
+// ErrInvalid is wrapped by every validation error, so callers can tell a
+// bad configuration (exit and tell the user) from an I/O failure.
+var ErrInvalid = errors.New("config: invalid configuration")
+
+// Config is the whole agent configuration. The JSON names are the YAML
+// keys of the configuration file (sigs.k8s.io/yaml goes through JSON).
+type Config struct {
+	// NodeName names this node in the mesh; unique within its cluster.
+	// Defaults to the host name.
+	NodeName string `json:"nodeName,omitempty"`
+	// Cluster is the cluster this node belongs to.
+	Cluster string `json:"cluster,omitempty"`
+	// ClusterID is the cluster's number (1..255) used when the agent
+	// registers a cluster that does not exist yet; 0 lets the agent take
+	// the existing record's id, or 1 for a new cluster.
+	ClusterID int `json:"clusterID,omitempty"`
+	// Labels are the labels of the node itself (its host endpoint), as
+	// key=value with an optional source prefix (vm:app=db).
+	Labels map[string]string `json:"labels,omitempty"`
+	// StateDir keeps what must survive restarts: the WireGuard private
+	// key, credentials from join, the mesh CA and embedded etcd data.
+	StateDir string `json:"stateDir,omitempty"`
+	// SocketPath is the local API's unix socket (root only).
+	SocketPath string `json:"socketPath,omitempty"`
+
+	Etcd      Etcd       `json:"etcd,omitempty"`
+	WireGuard WireGuard  `json:"wireguard,omitempty"`
+	Underlay  Underlay   `json:"underlay,omitempty"`
+	IPAM      IPAM       `json:"ipam,omitempty"`
+	BPF       BPF        `json:"bpf,omitempty"`
+	Log       Log        `json:"log,omitempty"`
+	Metrics   Metrics    `json:"metrics,omitempty"`
+	Join      JoinServer `json:"join,omitempty"`
+	// Workloads are network namespaces this node runs as mesh endpoints
+	// (the same as `meshctl endpoint add`, but declared).
+	Workloads []Workload `json:"workloads,omitempty"`
+}
+
+// Etcd says how the agent reaches the control plane: an existing etcd
+// cluster (Endpoints + TLS files) or the embedded single-member etcd.
+type Etcd struct {
+	Endpoints []string `json:"endpoints,omitempty"`
+	CAFile    string   `json:"caFile,omitempty"`
+	CertFile  string   `json:"certFile,omitempty"`
+	KeyFile   string   `json:"keyFile,omitempty"`
+	// LeaseTTL is how long the node's records outlive a crashed agent.
+	LeaseTTL Duration     `json:"leaseTTL,omitempty"`
+	Embedded EmbeddedEtcd `json:"embedded,omitempty"`
+}
+
+// EmbeddedEtcd configures the single-member etcd the first node of a mesh
+// runs (meshctl up). Its TLS material comes from the mesh CA in StateDir.
+type EmbeddedEtcd struct {
+	Enabled bool `json:"enabled,omitempty"`
+	// DataDir defaults to <stateDir>/etcd.
+	DataDir string `json:"dataDir,omitempty"`
+	// ClientURL is where etcd listens for clients (https only).
+	ClientURL string `json:"clientURL,omitempty"`
+	// AdvertiseClientURL is the client URL other nodes are given; it
+	// defaults to ClientURL and must not be a wildcard address.
+	AdvertiseClientURL string `json:"advertiseClientURL,omitempty"`
+	PeerURL            string `json:"peerURL,omitempty"`
+}
+
+// JoinServer configures the join service, which runs next to the mesh CA
+// (on the node that runs the embedded etcd).
+type JoinServer struct {
+	// Listen is the address the join service binds (host:port).
+	Listen string `json:"listen,omitempty"`
+	// Advertise is the host:port written into join tokens; it defaults to
+	// Listen when that has a specific host.
+	Advertise string `json:"advertise,omitempty"`
+}
+
+// WireGuard configures the node's tunnel device.
+type WireGuard struct {
+	Interface  string `json:"interface,omitempty"`
+	ListenPort int    `json:"listenPort,omitempty"`
+	// Mode is auto (kernel when available, else userspace), kernel or
+	// userspace.
+	Mode string `json:"mode,omitempty"`
+	// PersistentKeepalive keeps NAT mappings open for nodes behind NAT.
+	PersistentKeepalive Duration `json:"persistentKeepalive,omitempty"`
+}
+
+// Underlay lists the addresses other nodes use to reach this one.
+type Underlay struct {
+	// Endpoints are ip:port pairs announced to peers; empty means the
+	// agent announces the address of its default route and ListenPort.
+	Endpoints []string `json:"endpoints,omitempty"`
+}
+
+// IPAM configures where a VM's CIDR comes from.
+type IPAM struct {
+	// MeshPool is the cluster's pool of node CIDRs, used when the agent
+	// registers the cluster.
+	MeshPool string `json:"meshPool,omitempty"`
+	// NodePrefixLength is the size of the CIDR each node takes from it.
+	NodePrefixLength int `json:"nodePrefixLength,omitempty"`
+}
+
+// BPF configures the datapath.
+type BPF struct {
+	// PinPath is the bpffs directory holding this agent's pinned maps;
+	// several agents on one kernel (the lab) each need their own.
+	PinPath string `json:"pinPath,omitempty"`
+}
+
+// Log configures the agent's slog output.
+type Log struct {
+	Format string `json:"format,omitempty"` // text or json
+	Level  string `json:"level,omitempty"`  // debug, info, warn, error
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address serves /metrics; empty disables it.
+	Address string `json:"address,omitempty"`
+}
+
+// Workload is a network namespace the agent makes a mesh endpoint.
+type Workload struct {
+	// Netns is the name of the namespace (as in `ip netns`); it also names
+	// the endpoint.
+	Netns  string            `json:"netns"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Default returns the configuration used when nothing else is given.
+func Default() *Config {
+	host, _ := os.Hostname()
+	return &Config{
+		NodeName:   strings.ToLower(host),
+		Cluster:    DefaultCluster,
+		StateDir:   DefaultStateDir,
+		SocketPath: DefaultSocketPath,
+		Etcd: Etcd{
+			LeaseTTL: Duration(DefaultNodeLeaseTTL),
+			Embedded: EmbeddedEtcd{ClientURL: DefaultEtcdClientURL, PeerURL: DefaultEtcdPeerURL},
+		},
+		WireGuard: WireGuard{
+			Interface:           DefaultInterface,
+			ListenPort:          DefaultListenPort,
+			Mode:                "auto",
+			PersistentKeepalive: Duration(DefaultKeepalive),
+		},
+		IPAM:    IPAM{MeshPool: DefaultMeshPool, NodePrefixLength: DefaultNodePrefixLen},
+		BPF:     BPF{PinPath: DefaultBPFPinPath},
+		Log:     Log{Format: DefaultLogFormat, Level: DefaultLogLevel},
+		Metrics: Metrics{Address: DefaultMetricsAddress},
+		Join:    JoinServer{Listen: DefaultJoinListen},
+	}
+}
+
+// Load reads a YAML configuration file over the defaults. Unknown keys are
+// refused: a misspelt key silently ignored is a misconfigured node.
+func Load(path string) (*Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration file: %w", err)
+	}
+	if err := c.merge(data); err != nil {
+		return nil, fmt.Errorf("configuration file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse reads YAML configuration over the defaults (Load without a file).
+func Parse(data []byte) (*Config, error) {
+	c := Default()
+	if err := c.merge(data); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) merge(data []byte) error {
+	if err := yaml.UnmarshalStrict(data, c); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// Marshal renders the configuration as YAML (meshctl join writes the file
+// the agent reads back).
+func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
+
+// EtcdDataDir is where the embedded etcd keeps its data.
+func (c *Config) EtcdDataDir() string {
+	if c.Etcd.Embedded.DataDir != "" {
+		return c.Etcd.Embedded.DataDir
+	}
+	return filepath.Join(c.StateDir, "etcd")
+}
+
+// PKIDir is where the mesh CA and the node's credentials live.
+func (c *Config) PKIDir() string { return filepath.Join(c.StateDir, "pki") }
+
+// EtcdClientEndpoints are the endpoints the agent dials: the configured
+// ones, or the embedded server's advertised client URL.
+func (c *Config) EtcdClientEndpoints() []string {
+	if len(c.Etcd.Endpoints) > 0 || !c.Etcd.Embedded.Enabled {
+		return c.Etcd.Endpoints
+	}
+	return []string{c.embeddedAdvertiseURL()}
+}
+
+func (c *Config) embeddedAdvertiseURL() string {
+	if c.Etcd.Embedded.AdvertiseClientURL != "" {
+		return c.Etcd.Embedded.AdvertiseClientURL
+	}
+	return c.Etcd.Embedded.ClientURL
+}
+
+// JoinAdvertise is the join service address written into tokens.
+func (c *Config) JoinAdvertise() string {
+	if c.Join.Advertise != "" {
+		return c.Join.Advertise
+	}
+	return c.Join.Listen
+}
+
+var (
+	// A DNS label: node and cluster names end up in etcd keys, interface
+	// names and certificate subjects, so they stay conservative.
+	nameRE   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+)
+
+// Validate checks the whole configuration and reports every problem at
+// once, each naming its field, so one edit fixes the file.
+func (c *Config) Validate() error {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	}
+	if !nameRE.MatchString(c.NodeName) {
+		bad("nodeName", "%q is not a valid node name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", c.NodeName)
+	}
+	if !nameRE.MatchString(c.Cluster) {
+		bad("cluster", "%q is not a valid cluster name: use 1-63 lowercase letters, digits and '-'", c.Cluster)
+	}
+	if c.ClusterID < 0 || c.ClusterID > 255 {
+		bad("clusterID", "%d is out of range: use 1..255 (0 = take the existing cluster's id)", c.ClusterID)
+	}
+	if err := ValidateLabels(c.Labels); err != nil {
+		bad("labels", "%v", err)
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		bad("stateDir", "%q must be an absolute path", c.StateDir)
+	}
+	if c.SocketPath == "" || !filepath.IsAbs(c.SocketPath) {
+		bad("socketPath", "%q must be an absolute path", c.SocketPath)
+	} else if len(c.SocketPath) > 107 {
+		bad("socketPath", "%q is longer than the 107 bytes a unix socket path may have", c.SocketPath)
+	}
+
+	e := c.Etcd
+	switch {
+	case e.Embedded.Enabled:
+		for field, u := range map[string]string{"etcd.embedded.clientURL": e.Embedded.ClientURL, "etcd.embedded.peerURL": e.Embedded.PeerURL} {
+			if err := checkHTTPSURL(u); err != nil {
+				bad(field, "%v", err)
+			}
+		}
+		if e.Embedded.AdvertiseClientURL != "" {
+			if err := checkHTTPSURL(e.Embedded.AdvertiseClientURL); err != nil {
+				bad("etcd.embedded.advertiseClientURL", "%v", err)
+			}
+		}
+		if u, err := url.Parse(c.embeddedAdvertiseURL()); err == nil && isWildcardHost(u.Hostname()) {
+			bad("etcd.embedded.advertiseClientURL", "the client URL %q listens on a wildcard address: set an address other nodes can reach", c.embeddedAdvertiseURL())
+		}
+		if err := checkHostPort(c.Join.Listen); err != nil {
+			bad("join.listen", "%v", err)
+		}
+		if c.Join.Advertise != "" {
+			if err := checkHostPort(c.Join.Advertise); err != nil {
+				bad("join.advertise", "%v", err)
+			}
+		}
+	case len(e.Endpoints) == 0:
+		bad("etcd.endpoints", "no etcd endpoints: give --etcd-endpoints (with --etcd-ca, --etcd-cert, --etcd-key), run `meshctl join TOKEN`, or start the first node with --embedded-etcd (meshctl up)")
+	default:
+		for i, ep := range e.Endpoints {
+			if err := checkHTTPSURL(ep); err != nil {
+				bad(fmt.Sprintf("etcd.endpoints[%d]", i), "%v", err)
+			}
+		}
+		for field, f := range map[string]string{"etcd.caFile": e.CAFile, "etcd.certFile": e.CertFile, "etcd.keyFile": e.KeyFile} {
+			if f == "" {
+				bad(field, "missing: etcd is reached over TLS with a client certificate")
+			} else if !filepath.IsAbs(f) {
+				bad(field, "%q must be an absolute path", f)
+			}
+		}
+	}
+	if e.LeaseTTL.D() < 2*time.Second || e.LeaseTTL.D() > 10*time.Minute {
+		bad("etcd.leaseTTL", "%s is out of range: use 2s..10m", e.LeaseTTL.D())
+	}
+
+	w := c.WireGuard
+	if !ifnameRE.MatchString(w.Interface) {
+		bad("wireguard.interface", "%q is not a valid interface name: 1-15 letters, digits, '_', '.', '-'", w.Interface)
+	}
+	if w.ListenPort < 1 || w.ListenPort > 65535 {
+		bad("wireguard.listenPort", "%d is not a UDP port (1..65535)", w.ListenPort)
+	}
+	switch w.Mode {
+	case "auto", "kernel", "userspace":
+	default:
+		bad("wireguard.mode", "%q: use auto, kernel or userspace", w.Mode)
+	}
+	if w.PersistentKeepalive.D() < 0 || w.PersistentKeepalive.D() > 65535*time.Second {
+		bad("wireguard.persistentKeepalive", "%s is out of range: use 0 (off) up to 65535s", w.PersistentKeepalive.D())
+	}
+	for i, ep := range c.Underlay.Endpoints {
+		if _, err := netip.ParseAddrPort(ep); err != nil {
+			bad(fmt.Sprintf("underlay.endpoints[%d]", i), "%q is not ip:port (example 198.18.1.10:51833)", ep)
+		}
+	}
+	if p, err := netip.ParsePrefix(c.IPAM.MeshPool); err != nil || p != p.Masked() {
+		bad("ipam.meshPool", "%q is not a CIDR with its host bits zero (example %s)", c.IPAM.MeshPool, DefaultMeshPool)
+	} else {
+		if c.IPAM.NodePrefixLength < p.Bits() || c.IPAM.NodePrefixLength > p.Addr().BitLen() {
+			bad("ipam.nodePrefixLength", "%d must be between the pool's /%d and /%d", c.IPAM.NodePrefixLength, p.Bits(), p.Addr().BitLen())
+		}
+	}
+	if c.BPF.PinPath == "" || !filepath.IsAbs(c.BPF.PinPath) {
+		bad("bpf.pinPath", "%q must be an absolute path (under a bpffs mount, usually /sys/fs/bpf)", c.BPF.PinPath)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q: use text or json", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	if c.Metrics.Address != "" {
+		if err := checkHostPort(c.Metrics.Address); err != nil {
+			bad("metrics.address", "%v (empty disables metrics)", err)
+		}
+	}
+	seen := map[string]bool{}
+	for i, wl := range c.Workloads {
+		field := fmt.Sprintf("workloads[%d]", i)
+		if err := ValidateNetnsName(wl.Netns); err != nil {
+			bad(field+".netns", "%v", err)
+		}
+		if seen[wl.Netns] {
+			bad(field+".netns", "%q is declared twice", wl.Netns)
+		}
+		seen[wl.Netns] = true
+		if err := ValidateLabels(wl.Labels); err != nil {
+			bad(field+".labels", "%v", err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	sort.Strings(errs)
+	return fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(errs, "\n  "))
+}
+
+func checkHTTPSURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%q is not a URL (example https://198.18.0.1:2379)", s)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("%q must use https: the control plane is always TLS", s)
+	}
+	if u.Port() == "" {
+		return fmt.Errorf("%q has no port", s)
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	if host != "" && strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q has an invalid host", s)
+	}
+	var n int
+	if _, err := fmt.Sscanf(port, "%d", &n); err != nil || n < 1 || n > 65535 || fmt.Sprint(n) != port {
+		return fmt.Errorf("%q has an invalid port", s)
+	}
+	return nil
+}
+
+func isWildcardHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.IsUnspecified()
+}
+
+// ValidateNetnsName checks a network namespace name as `ip netns` accepts
+// it (a file name under /var/run/netns).
+func ValidateNetnsName(s string) error {
+	if s == "" || len(s) > 64 || s == "." || s == ".." || strings.ContainsAny(s, "/\x00 ") {
+		return fmt.Errorf("%q is not a network namespace name (1-64 characters, no '/' or spaces)", s)
+	}
+	return nil
+}
+
+// NewLogger builds the agent's logger from Log (format and level), writing
+// to w. The agent injects it everywhere; nothing logs globally.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Log.Level)) // validated: debug|info|warn|error
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,183 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Flag names, shared with meshctl (which passes some of them to the agent
+// it starts).
+const (
+	FlagConfig             = "config"
+	FlagNodeName           = "node-name"
+	FlagCluster            = "cluster"
+	FlagClusterID          = "cluster-id"
+	FlagLabels             = "labels"
+	FlagStateDir           = "state-dir"
+	FlagSocket             = "socket"
+	FlagEtcdEndpoints      = "etcd-endpoints"
+	FlagEtcdCA             = "etcd-ca"
+	FlagEtcdCert           = "etcd-cert"
+	FlagEtcdKey            = "etcd-key"
+	FlagLeaseTTL           = "lease-ttl"
+	FlagEmbeddedEtcd       = "embedded-etcd"
+	FlagEtcdDataDir        = "embedded-etcd-data-dir"
+	FlagEtcdClientURL      = "embedded-etcd-client-url"
+	FlagEtcdAdvertiseURL   = "embedded-etcd-advertise-client-url"
+	FlagEtcdPeerURL        = "embedded-etcd-peer-url"
+	FlagJoinListen         = "join-listen"
+	FlagJoinAdvertise      = "join-advertise"
+	FlagWGInterface        = "wg-interface"
+	FlagWGPort             = "wg-port"
+	FlagWGMode             = "wg-mode"
+	FlagWGKeepalive        = "wg-keepalive"
+	FlagUnderlayEndpoints  = "underlay-endpoints"
+	FlagMeshPool           = "mesh-pool"
+	FlagNodePrefixLength   = "node-prefix-length"
+	FlagBPFPinPath         = "bpf-pin-path"
+	FlagLogFormat          = "log-format"
+	FlagLogLevel           = "log-level"
+	FlagMetricsAddress     = "metrics-address"
+	envPrefix              = "WEFT_"
+	categoryControlPlane   = "control plane"
+	categoryEmbedded       = "embedded control plane (first node)"
+	categoryDataplane      = "tunnel and datapath"
+	categoryObservability  = "logs and metrics"
+	categoryNodeAndCluster = "node"
+)
+
+func env(flag string) []string {
+	return []string{envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+// Flags returns the agent's command-line flags. Each can also be given as
+// an environment variable WEFT_<FLAG> (--wg-port is WEFT_WG_PORT). The
+// defaults shown are the built-in ones; a value from the configuration file
+// sits between them and the flag.
+func Flags() []cli.Flag {
+	d := Default()
+	return []cli.Flag{
+		&cli.PathFlag{Name: FlagConfig, EnvVars: env(FlagConfig), Usage: "YAML configuration `FILE`; flags and WEFT_* variables override it", Category: categoryNodeAndCluster},
+		&cli.StringFlag{Name: FlagNodeName, EnvVars: env(FlagNodeName), Usage: "node `NAME`, unique in its cluster (default: the host name)", Category: categoryNodeAndCluster},
+		&cli.StringFlag{Name: FlagCluster, EnvVars: env(FlagCluster), Value: d.Cluster, Usage: "`CLUSTER` this node belongs to", Category: categoryNodeAndCluster},
+		&cli.IntFlag{Name: FlagClusterID, EnvVars: env(FlagClusterID), Usage: "cluster `ID` (1..255) when registering a new cluster; 0 = existing or 1", Category: categoryNodeAndCluster},
+		&cli.StringFlag{Name: FlagLabels, EnvVars: env(FlagLabels), Usage: "labels of the node itself, `k=v,...`", Category: categoryNodeAndCluster},
+		&cli.PathFlag{Name: FlagStateDir, EnvVars: env(FlagStateDir), Value: d.StateDir, Usage: "`DIR` for keys, credentials and embedded etcd data", Category: categoryNodeAndCluster},
+		&cli.PathFlag{Name: FlagSocket, EnvVars: env(FlagSocket), Value: d.SocketPath, Usage: "unix socket `PATH` of the local API (mode 0600)", Category: categoryNodeAndCluster},
+
+		&cli.StringSliceFlag{Name: FlagEtcdEndpoints, EnvVars: env(FlagEtcdEndpoints), Usage: "etcd client `URLS` (https://host:2379, comma-separated)", Category: categoryControlPlane},
+		&cli.PathFlag{Name: FlagEtcdCA, EnvVars: env(FlagEtcdCA), Usage: "CA certificate `FILE` that signed the etcd servers' certificates", Category: categoryControlPlane},
+		&cli.PathFlag{Name: FlagEtcdCert, EnvVars: env(FlagEtcdCert), Usage: "client certificate `FILE` for etcd", Category: categoryControlPlane},
+		&cli.PathFlag{Name: FlagEtcdKey, EnvVars: env(FlagEtcdKey), Usage: "client key `FILE` for etcd", Category: categoryControlPlane},
+		&cli.DurationFlag{Name: FlagLeaseTTL, EnvVars: env(FlagLeaseTTL), Value: d.Etcd.LeaseTTL.D(), Usage: "how long a crashed node's records stay in etcd", Category: categoryControlPlane},
+
+		&cli.BoolFlag{Name: FlagEmbeddedEtcd, EnvVars: env(FlagEmbeddedEtcd), Usage: "run a single-member etcd, the mesh CA and the join service in this agent (what meshctl up does)", Category: categoryEmbedded},
+		&cli.PathFlag{Name: FlagEtcdDataDir, EnvVars: env(FlagEtcdDataDir), Usage: "embedded etcd data `DIR` (default: <state-dir>/etcd)", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagEtcdClientURL, EnvVars: env(FlagEtcdClientURL), Value: d.Etcd.Embedded.ClientURL, Usage: "`URL` the embedded etcd serves clients on", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagEtcdAdvertiseURL, EnvVars: env(FlagEtcdAdvertiseURL), Usage: "client `URL` given to joining nodes (default: the client URL)", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagEtcdPeerURL, EnvVars: env(FlagEtcdPeerURL), Value: d.Etcd.Embedded.PeerURL, Usage: "peer `URL` of the embedded etcd", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagJoinListen, EnvVars: env(FlagJoinListen), Value: d.Join.Listen, Usage: "`HOST:PORT` the join service listens on", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagJoinAdvertise, EnvVars: env(FlagJoinAdvertise), Usage: "`HOST:PORT` of the join service written into tokens (default: --join-listen)", Category: categoryEmbedded},
+
+		&cli.StringFlag{Name: FlagWGInterface, EnvVars: env(FlagWGInterface), Value: d.WireGuard.Interface, Usage: "WireGuard interface `NAME`", Category: categoryDataplane},
+		&cli.IntFlag{Name: FlagWGPort, EnvVars: env(FlagWGPort), Value: d.WireGuard.ListenPort, Usage: "WireGuard UDP `PORT`", Category: categoryDataplane},
+		&cli.StringFlag{Name: FlagWGMode, EnvVars: env(FlagWGMode), Value: d.WireGuard.Mode, Usage: "WireGuard implementation: auto, kernel or userspace", Category: categoryDataplane},
+		&cli.DurationFlag{Name: FlagWGKeepalive, EnvVars: env(FlagWGKeepalive), Value: d.WireGuard.PersistentKeepalive.D(), Usage: "persistent keepalive towards peers (0 = off); keeps NAT mappings open", Category: categoryDataplane},
+		&cli.StringSliceFlag{Name: FlagUnderlayEndpoints, EnvVars: env(FlagUnderlayEndpoints), Usage: "`IP:PORT` addresses peers use to reach this node (default: the default route's address)", Category: categoryDataplane},
+		&cli.StringFlag{Name: FlagMeshPool, EnvVars: env(FlagMeshPool), Value: d.IPAM.MeshPool, Usage: "`CIDR` the cluster's node CIDRs come from (when the cluster is new)", Category: categoryDataplane},
+		&cli.IntFlag{Name: FlagNodePrefixLength, EnvVars: env(FlagNodePrefixLength), Value: d.IPAM.NodePrefixLength, Usage: "prefix `LENGTH` of each node's CIDR", Category: categoryDataplane},
+		&cli.PathFlag{Name: FlagBPFPinPath, EnvVars: env(FlagBPFPinPath), Value: d.BPF.PinPath, Usage: "bpffs `DIR` for this agent's pinned maps", Category: categoryDataplane},
+
+		&cli.StringFlag{Name: FlagLogFormat, EnvVars: env(FlagLogFormat), Value: d.Log.Format, Usage: "log format: text or json", Category: categoryObservability},
+		&cli.StringFlag{Name: FlagLogLevel, EnvVars: env(FlagLogLevel), Value: d.Log.Level, Usage: "log level: debug, info, warn or error", Category: categoryObservability},
+		&cli.StringFlag{Name: FlagMetricsAddress, EnvVars: env(FlagMetricsAddress), Value: d.Metrics.Address, Usage: "`HOST:PORT` serving /metrics (empty: off)", Category: categoryObservability},
+	}
+}
+
+// FromCLI builds the configuration: defaults, then the --config file, then
+// every flag or WEFT_* variable that was set. It validates the result.
+func FromCLI(c *cli.Context) (*Config, error) {
+	cfg := Default()
+	if path := c.Path(FlagConfig); path != "" {
+		var err error
+		if cfg, err = Load(path); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.applyFlags(c); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (cfg *Config) applyFlags(c *cli.Context) error {
+	setS := func(name string, dst *string) {
+		if c.IsSet(name) {
+			*dst = c.String(name)
+		}
+	}
+	setI := func(name string, dst *int) {
+		if c.IsSet(name) {
+			*dst = c.Int(name)
+		}
+	}
+	setD := func(name string, dst *Duration) {
+		if c.IsSet(name) {
+			*dst = Duration(c.Duration(name))
+		}
+	}
+	setL := func(name string, dst *[]string) {
+		if c.IsSet(name) {
+			var out []string
+			for _, v := range c.StringSlice(name) {
+				if v = strings.TrimSpace(v); v != "" {
+					out = append(out, v)
+				}
+			}
+			*dst = out
+		}
+	}
+	setS(FlagNodeName, &cfg.NodeName)
+	setS(FlagCluster, &cfg.Cluster)
+	setI(FlagClusterID, &cfg.ClusterID)
+	if c.IsSet(FlagLabels) {
+		l, err := ParseLabels(c.String(FlagLabels))
+		if err != nil {
+			return fmt.Errorf("%w: --%s: %v", ErrInvalid, FlagLabels, err)
+		}
+		cfg.Labels = l
+	}
+	setS(FlagStateDir, &cfg.StateDir)
+	setS(FlagSocket, &cfg.SocketPath)
+	setL(FlagEtcdEndpoints, &cfg.Etcd.Endpoints)
+	setS(FlagEtcdCA, &cfg.Etcd.CAFile)
+	setS(FlagEtcdCert, &cfg.Etcd.CertFile)
+	setS(FlagEtcdKey, &cfg.Etcd.KeyFile)
+	setD(FlagLeaseTTL, &cfg.Etcd.LeaseTTL)
+	if c.IsSet(FlagEmbeddedEtcd) {
+		cfg.Etcd.Embedded.Enabled = c.Bool(FlagEmbeddedEtcd)
+	}
+	setS(FlagEtcdDataDir, &cfg.Etcd.Embedded.DataDir)
+	setS(FlagEtcdClientURL, &cfg.Etcd.Embedded.ClientURL)
+	setS(FlagEtcdAdvertiseURL, &cfg.Etcd.Embedded.AdvertiseClientURL)
+	setS(FlagEtcdPeerURL, &cfg.Etcd.Embedded.PeerURL)
+	setS(FlagJoinListen, &cfg.Join.Listen)
+	setS(FlagJoinAdvertise, &cfg.Join.Advertise)
+	setS(FlagWGInterface, &cfg.WireGuard.Interface)
+	setI(FlagWGPort, &cfg.WireGuard.ListenPort)
+	setS(FlagWGMode, &cfg.WireGuard.Mode)
+	setD(FlagWGKeepalive, &cfg.WireGuard.PersistentKeepalive)
+	setL(FlagUnderlayEndpoints, &cfg.Underlay.Endpoints)
+	setS(FlagMeshPool, &cfg.IPAM.MeshPool)
+	setI(FlagNodePrefixLength, &cfg.IPAM.NodePrefixLength)
+	setS(FlagBPFPinPath, &cfg.BPF.PinPath)
+	setS(FlagLogFormat, &cfg.Log.Format)
+	setS(FlagLogLevel, &cfg.Log.Level)
+	setS(FlagMetricsAddress, &cfg.Metrics.Address)
+	return nil
+}
