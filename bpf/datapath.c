@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/* Weft's datapath: identity-aware policy with connection tracking.
+ *
+ * Four entry points, one per hook:
+ *   weft_from_wl   tc ingress of a workload veth's host end: packets the
+ *                  workload sends, judged by its egress policy;
+ *   weft_to_wl     tc egress of that host end: packets to the workload,
+ *                  judged by its ingress policy;
+ *   weft_from_dev  tc ingress of the WireGuard/TUN device (L3): packets from
+ *                  the mesh to the node's own host endpoint (ingress policy);
+ *   weft_to_dev    tc egress of that device: the host endpoint's packets to
+ *                  the mesh (egress policy).
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/config.h"
+#include "lib/metrics.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Keeps struct event in BTF so bpf2go generates its Go twin. */
+const struct event *unused_event __attribute__((unused));
+
+static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
+{
+	struct flow f = {};
+	struct verdict_ctx v = {.dir = dir, .l3 = l3};
+	__u64 now = bpf_ktime_get_ns();
+
+	int r = parse_packet(skb, !l3, &f);
+	if (r == PARSE_PASS)
+		return TC_ACT_UNSPEC;
+	if (r != PARSE_JUDGE)
+		return drop(skb, &f, &v, r, now);
+
+	struct endpoint_key ek;
+	__builtin_memcpy(ek.addr, dir == DIR_EGRESS ? f.saddr : f.daddr, 16);
+	struct endpoint_value *ep = bpf_map_lookup_elem(&endpoints, &ek);
+	if (!ep) {
+		/* A workload may only send from its own addresses; anything
+		 * else on these hooks is not for an endpoint of ours. */
+		if (!l3 && dir == DIR_EGRESS)
+			return drop(skb, &f, &v, REASON_INVALID_SOURCE, now);
+		return TC_ACT_UNSPEC;
+	}
+	/* On the mesh device only the host endpoint is ours: workloads'
+	 * routed packets are judged at their own veth. */
+	if (l3 && !(ep->flags & EP_F_HOST))
+		return TC_ACT_UNSPEC;
+
+	struct ipcache_key ik = {.prefixlen = 128};
+	__builtin_memcpy(ik.addr, dir == DIR_EGRESS ? f.daddr : f.saddr, 16);
+	struct ipcache_value *peer = bpf_map_lookup_elem(&ipcache, &ik);
+	__u32 peer_id = peer ? peer->identity : IDENTITY_WORLD;
+
+	v.ep_id = ep->ep_id;
+	v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
+	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
+
+	if (invalid_source(&f))
+		return drop(skb, &f, &v, REASON_INVALID_SOURCE, now);
+
+	struct ct_entry *e = NULL;
+	int where = ct_lookup(&f, dir, now, &e);
+	if (where != CT_NEW && e) {
+		ct_refresh(e, &f, where, now);
+		count(dir, METRIC_FORWARDED, REASON_NONE, f.len);
+		return TC_ACT_UNSPEC;
+	}
+
+	bool enforced = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
+	__u8 reason = policy_decide(ep->ep_id, dir, enforced, peer_id, f.proto, f.policy_port);
+	if (reason != REASON_NONE)
+		return drop(skb, &f, &v, reason, now);
+
+	if (ct_create(&f, dir, ep->ep_id, peer_id, now))
+		emit_event(skb, &f, &v, EVENT_NEW_CONN, REASON_NONE, now);
+	count(dir, METRIC_FORWARDED, REASON_NONE, f.len);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int weft_from_wl(struct __sk_buff *skb)
+{
+	return handle(skb, false, DIR_EGRESS);
+}
+
+SEC("tc")
+int weft_to_wl(struct __sk_buff *skb)
+{
+	return handle(skb, false, DIR_INGRESS);
+}
+
+SEC("tc")
+int weft_from_dev(struct __sk_buff *skb)
+{
+	return handle(skb, true, DIR_INGRESS);
+}
+
+SEC("tc")
+int weft_to_dev(struct __sk_buff *skb)
+{
+	return handle(skb, true, DIR_EGRESS);
+}

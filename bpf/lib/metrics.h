@@ -1,0 +1,100 @@
+/* Counters and flow events. */
+#pragma once
+
+#include "maps.h"
+#include "config.h"
+
+static __always_inline void count(__u8 dir, __u8 verdict, __u8 reason, __u32 bytes)
+{
+	__u32 idx = ((__u32)(dir & 1) * 2 + (verdict & 1)) * REASON_MAX + (reason & (REASON_MAX - 1));
+	struct metric_value *m = bpf_map_lookup_elem(&metrics, &idx);
+	if (m) {
+		m->packets++;
+		m->bytes += bytes;
+	}
+}
+
+static __always_inline void count_slot(__u32 idx)
+{
+	struct metric_value *m = bpf_map_lookup_elem(&metrics, &idx);
+	if (m)
+		m->packets++;
+}
+
+/* drop_event_allowed is a per-CPU token bucket: a flood of dropped packets
+ * must not turn into a flood of events the agent has to read. */
+static __always_inline bool drop_event_allowed(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 rate = drop_events_per_sec, burst = drop_events_burst;
+	if (rate == 0)
+		return true;
+	struct rate_state *s = bpf_map_lookup_elem(&drop_limit, &zero);
+	if (!s)
+		return false;
+	__u64 elapsed = now - s->last;
+	if (elapsed >= NSEC_PER_SEC) {
+		s->tokens = burst;
+		s->last = now;
+	} else {
+		__u64 add = elapsed * rate / NSEC_PER_SEC;
+		if (add) {
+			s->tokens += add;
+			if (s->tokens > burst)
+				s->tokens = burst;
+			s->last = now;
+		}
+	}
+	if (s->tokens == 0)
+		return false;
+	s->tokens--;
+	return true;
+}
+
+struct verdict_ctx {
+	__u32 ep_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u8 dir;
+	__u8 l3;
+};
+
+static __always_inline void emit_event(struct __sk_buff *skb, const struct flow *f,
+				       const struct verdict_ctx *v, __u8 type, __u8 reason, __u64 now)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_slot(METRIC_EVENTS_LOST);
+		return;
+	}
+	e->ts = now;
+	e->ep_id = v->ep_id;
+	e->src_identity = v->src_identity;
+	e->dst_identity = v->dst_identity;
+	e->ifindex = skb->ifindex;
+	e->len = f->len ? f->len : skb->len;
+	e->type = type;
+	e->reason = reason;
+	e->dir = v->dir;
+	e->proto = f->proto;
+	__builtin_memcpy(e->saddr, f->saddr, 16);
+	__builtin_memcpy(e->daddr, f->daddr, 16);
+	e->sport = f->sport;
+	e->dport = f->dport;
+	e->l3 = v->l3;
+	e->tcp_flags = f->tcp_flags;
+	e->family = f->family;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f,
+				const struct verdict_ctx *v, __u8 reason, __u64 now)
+{
+	count(v->dir, METRIC_DROPPED, reason, f->len ? f->len : skb->len);
+	if (drop_event_allowed(now))
+		emit_event(skb, f, v, EVENT_DROP, reason, now);
+	else
+		count_slot(METRIC_DROP_EVENTS_SUPPRESSED);
+	return TC_ACT_SHOT;
+}
