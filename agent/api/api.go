@@ -1,0 +1,92 @@
+// Package api is the agent's local HTTP/JSON API on a unix socket: the
+// server side the agent mounts, and the typed client meshctl uses. The
+// socket is root only (mode 0600 in a 0700 directory, and the server also
+// checks the peer's credentials), since whoever reaches it can change the
+// node's workloads and the mesh's policy.
+//
+// The server knows nothing of the agent: it serves whatever implements the
+// small interfaces below, so its tests run with fakes and without root.
+package api
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors a backend wraps to choose the HTTP status; the client
+// turns the status back into the same sentinel, so meshctl can test
+// errors.Is(err, api.ErrNotFound) across the socket.
+var (
+	ErrNotFound     = errors.New("api: not found")
+	ErrInvalid      = errors.New("api: invalid request")
+	ErrConflict     = errors.New("api: conflict")
+	ErrUnavailable  = errors.New("api: temporarily unavailable")
+	ErrNotSupported = errors.New("api: not supported by this agent")
+	ErrInternal     = errors.New("api: internal error")
+
+	// ErrAgentNotRunning and ErrPermission are client-side: the socket is
+	// missing or refuses us.
+	ErrAgentNotRunning = errors.New("api: the agent is not running")
+	ErrPermission      = errors.New("api: permission denied")
+)
+
+// StatusSource reports the local node.
+type StatusSource interface {
+	Status(ctx context.Context) (Status, error)
+	Health(ctx context.Context) (Health, error)
+}
+
+// MeshView lists what the agent knows of the mesh from its caches.
+type MeshView interface {
+	Peers(ctx context.Context) ([]Peer, error)
+	Nodes(ctx context.Context) ([]Node, error)
+	Identities(ctx context.Context) ([]Identity, error)
+}
+
+// EndpointManager lists the mesh's endpoints and manages local workloads.
+type EndpointManager interface {
+	Endpoints(ctx context.Context) ([]Endpoint, error)
+	// AddEndpoint makes a network namespace a workload. Adding one that
+	// exists with the same labels returns it unchanged; with other labels
+	// it is ErrConflict.
+	AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error)
+	// RemoveEndpoint removes a local workload by name; ErrNotFound if it
+	// is not one.
+	RemoveEndpoint(ctx context.Context, name string) error
+}
+
+// PolicyManager stores policies in the mesh and explains the local state.
+type PolicyManager interface {
+	Policies(ctx context.Context) ([]PolicyState, error)
+	GetPolicy(ctx context.Context, name string) (Policy, error)
+	// ApplyPolicy validates every document of the file and writes them all
+	// or none; a bad document is ErrInvalid with file, line and reason.
+	ApplyPolicy(ctx context.Context, req ApplyPolicyRequest) (ApplyPolicyResult, error)
+	DeletePolicy(ctx context.Context, name string) error
+	TracePolicy(ctx context.Context, req TraceRequest) (TraceResult, error)
+}
+
+// TokenManager creates, lists and revokes join tokens. Only an agent that
+// holds the mesh CA (the one running the join service) can create tokens.
+type TokenManager interface {
+	CreateToken(ctx context.Context, req TokenRequest) (CreatedToken, error)
+	Tokens(ctx context.Context) ([]Token, error)
+	RevokeToken(ctx context.Context, id string) error
+}
+
+// Leaver takes the node out of the mesh: it removes the node's records,
+// workloads and datapath, then the agent exits.
+type Leaver interface {
+	Leave(ctx context.Context) error
+}
+
+// Backend is what the server serves. A nil member makes its routes answer
+// ErrNotSupported, so an agent can grow its API piece by piece.
+type Backend struct {
+	Status    StatusSource
+	Mesh      MeshView
+	Endpoints EndpointManager
+	Policies  PolicyManager
+	Tokens    TokenManager
+	Leaver    Leaver
+}

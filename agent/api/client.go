@@ -1,0 +1,232 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+)
+
+// Client talks to the agent's local API. Its errors wrap the package's
+// sentinels: ErrAgentNotRunning and ErrPermission when the socket cannot
+// be reached, the server's ErrNotFound, ErrInvalid... otherwise.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// DefaultTimeout bounds one request; applying a policy to a large mesh is
+// the slowest call.
+const DefaultTimeout = 60 * time.Second
+
+// NewClient returns a client for the agent listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns: 2,
+	}
+	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: DefaultTimeout}}
+}
+
+// Socket is the path the client dials.
+func (c *Client) Socket() string { return c.socket }
+
+// Error is an error the agent returned.
+type Error struct {
+	// Status is the HTTP status, Code the wire code ("not_found"...).
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Unwrap returns the sentinel matching the code, so errors.Is works on the
+// client side as on the server side.
+func (e *Error) Unwrap() error {
+	for _, c := range codes {
+		if c.code == e.Code {
+			return c.err
+		}
+	}
+	return ErrInternal
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encoding the request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return fmt.Errorf("building the request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.dialError(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("reading the agent's answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb errorBody
+		if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
+			return &Error{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("the agent answered %s: %q", resp.Status, truncate(data))}
+		}
+		return &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decoding the agent's answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "..."
+	}
+	return string(b)
+}
+
+// dialError turns "connect: no such file" into what the user should do.
+func (c *Client) dialError(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w (nothing listens on %s): start it with `meshctl up` on the first node, `meshctl join TOKEN` on the others, or `systemctl start weft-agent`; or point --socket (WEFT_SOCKET) at the agent's socket",
+			ErrAgentNotRunning, c.socket)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("%w on %s: the agent's socket is root only: run as root (sudo meshctl ...)", ErrPermission, c.socket)
+	}
+	return fmt.Errorf("talking to the agent on %s: %w", c.socket, err)
+}
+
+// Status returns the local node's status, peers included.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var v Status
+	return v, c.do(ctx, http.MethodGet, "/v1/status", nil, &v)
+}
+
+// Health returns the agent's self-check.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var v Health
+	return v, c.do(ctx, http.MethodGet, "/v1/health", nil, &v)
+}
+
+// Peers lists the tunnel's peers.
+func (c *Client) Peers(ctx context.Context) ([]Peer, error) {
+	var v []Peer
+	return v, c.do(ctx, http.MethodGet, "/v1/peers", nil, &v)
+}
+
+// Nodes lists the mesh's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var v []Node
+	return v, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &v)
+}
+
+// Identities lists the identities in use.
+func (c *Client) Identities(ctx context.Context) ([]Identity, error) {
+	var v []Identity
+	return v, c.do(ctx, http.MethodGet, "/v1/identities", nil, &v)
+}
+
+// Endpoints lists the mesh's endpoints.
+func (c *Client) Endpoints(ctx context.Context) ([]Endpoint, error) {
+	var v []Endpoint
+	return v, c.do(ctx, http.MethodGet, "/v1/endpoints", nil, &v)
+}
+
+// AddEndpoint makes a network namespace a workload of this node.
+func (c *Client) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
+	var v Endpoint
+	return v, c.do(ctx, http.MethodPost, "/v1/endpoints", spec, &v)
+}
+
+// RemoveEndpoint removes a local workload.
+func (c *Client) RemoveEndpoint(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/endpoints/"+url.PathEscape(name), nil, nil)
+}
+
+// Policies lists the policies as this agent enforces them.
+func (c *Client) Policies(ctx context.Context) ([]PolicyState, error) {
+	var v []PolicyState
+	return v, c.do(ctx, http.MethodGet, "/v1/policies", nil, &v)
+}
+
+// GetPolicy returns one stored policy document.
+func (c *Client) GetPolicy(ctx context.Context, name string) (Policy, error) {
+	var v Policy
+	return v, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(name), nil, &v)
+}
+
+// ApplyPolicy validates and stores a policy file.
+func (c *Client) ApplyPolicy(ctx context.Context, req ApplyPolicyRequest) (ApplyPolicyResult, error) {
+	var v ApplyPolicyResult
+	return v, c.do(ctx, http.MethodPost, "/v1/policies", req, &v)
+}
+
+// DeletePolicy removes a policy from the mesh.
+func (c *Client) DeletePolicy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/policies/"+url.PathEscape(name), nil, nil)
+}
+
+// TracePolicy explains the verdict for a connection.
+func (c *Client) TracePolicy(ctx context.Context, req TraceRequest) (TraceResult, error) {
+	var v TraceResult
+	return v, c.do(ctx, http.MethodPost, "/v1/policy/trace", req, &v)
+}
+
+// CreateToken makes a join token.
+func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (CreatedToken, error) {
+	var v CreatedToken
+	return v, c.do(ctx, http.MethodPost, "/v1/tokens", req, &v)
+}
+
+// Tokens lists the join tokens (without their secrets).
+func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
+	var v []Token
+	return v, c.do(ctx, http.MethodGet, "/v1/tokens", nil, &v)
+}
+
+// RevokeToken revokes a join token by id.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// Leave takes the node out of the mesh.
+func (c *Client) Leave(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/leave", nil, nil)
+}
+
+// The client implements the server's interfaces, so meshctl code and
+// tests can take either.
+var (
+	_ StatusSource    = (*Client)(nil)
+	_ MeshView        = (*Client)(nil)
+	_ EndpointManager = (*Client)(nil)
+	_ PolicyManager   = (*Client)(nil)
+	_ TokenManager    = (*Client)(nil)
+	_ Leaver          = (*Client)(nil)
+)

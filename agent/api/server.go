@@ -1,0 +1,294 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// maxBody bounds request bodies: a policy file is the largest thing sent.
+const maxBody = 4 << 20
+
+// Server serves a Backend on a unix socket.
+type Server struct {
+	backend Backend
+	log     *slog.Logger
+	http    *http.Server
+	// allowUID is the only non-root uid allowed to talk to the socket: the
+	// agent's own (a test's, when not run as root).
+	allowUID uint32
+}
+
+// NewServer returns a server for b; log receives one line per failed
+// request.
+func NewServer(b Backend, log *slog.Logger) *Server {
+	s := &Server{backend: b, log: log, allowUID: uint32(os.Geteuid())}
+	s.http = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       withPeerCred,
+	}
+	return s
+}
+
+// Listen creates the socket at path: its parent directory (0700) when
+// missing, a stale socket left by a dead agent removed, mode 0600. It
+// refuses when another agent answers on path, or path is not a socket.
+func Listen(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating the socket directory %s: %w", dir, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket: remove it or choose another --socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another agent is already serving on %s: stop it, or give this one its own --socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	// The peer-credential check in the server closes the window between
+	// bind and chmod; the mode is what other tools see.
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restricting %s to root: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve serves requests on l until Shutdown; it returns nil after a
+// shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	if err := s.http.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving the local API: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting requests and waits for running ones until ctx
+// ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+type peerCredKey struct{}
+
+// withPeerCred records the connecting process's uid (SO_PEERCRED).
+func withPeerCred(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *syscall.Ucred
+	_ = raw.Control(func(fd uintptr) {
+		cred, _ = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if cred == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerCredKey{}, cred.Uid)
+}
+
+// Handler returns the API's routes; tests serve it over any listener.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	b := s.backend
+	route := func(pattern string, available bool, h func(w http.ResponseWriter, r *http.Request) (any, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if uid, ok := r.Context().Value(peerCredKey{}).(uint32); ok && uid != 0 && uid != s.allowUID {
+				s.fail(w, r, fmt.Errorf("%w: the agent's API is root only", ErrPermission))
+				return
+			}
+			if !available {
+				s.fail(w, r, fmt.Errorf("%w: %s", ErrNotSupported, pattern))
+				return
+			}
+			v, err := h(w, r)
+			if err != nil {
+				s.fail(w, r, err)
+				return
+			}
+			status := http.StatusOK
+			if r.Method == http.MethodPost {
+				status = http.StatusCreated
+			}
+			if v == nil {
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			if err := json.NewEncoder(w).Encode(v); err != nil {
+				s.log.Debug("writing API response", "path", r.URL.Path, "err", err)
+			}
+		})
+	}
+
+	route("GET /v1/status", b.Status != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return b.Status.Status(r.Context())
+	})
+	route("GET /v1/health", b.Status != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return b.Status.Health(r.Context())
+	})
+	route("GET /v1/peers", b.Mesh != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Mesh.Peers(r.Context()))
+	})
+	route("GET /v1/nodes", b.Mesh != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Mesh.Nodes(r.Context()))
+	})
+	route("GET /v1/identities", b.Mesh != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Mesh.Identities(r.Context()))
+	})
+
+	route("GET /v1/endpoints", b.Endpoints != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Endpoints.Endpoints(r.Context()))
+	})
+	route("POST /v1/endpoints", b.Endpoints != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var spec EndpointSpec
+		if err := decode(w, r, &spec); err != nil {
+			return nil, err
+		}
+		if spec.Netns == "" {
+			return nil, fmt.Errorf("%w: netns is required", ErrInvalid)
+		}
+		return b.Endpoints.AddEndpoint(r.Context(), spec)
+	})
+	route("DELETE /v1/endpoints/{name}", b.Endpoints != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, b.Endpoints.RemoveEndpoint(r.Context(), r.PathValue("name"))
+	})
+
+	route("GET /v1/policies", b.Policies != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Policies.Policies(r.Context()))
+	})
+	route("GET /v1/policies/{name}", b.Policies != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return b.Policies.GetPolicy(r.Context(), r.PathValue("name"))
+	})
+	route("POST /v1/policies", b.Policies != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req ApplyPolicyRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		if strings.TrimSpace(req.Document) == "" {
+			return nil, fmt.Errorf("%w: %s: the policy file is empty", ErrInvalid, req.Filename)
+		}
+		return b.Policies.ApplyPolicy(r.Context(), req)
+	})
+	route("DELETE /v1/policies/{name}", b.Policies != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, b.Policies.DeletePolicy(r.Context(), r.PathValue("name"))
+	})
+	route("POST /v1/policy/trace", b.Policies != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req TraceRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		return b.Policies.TracePolicy(r.Context(), req)
+	})
+
+	route("GET /v1/tokens", b.Tokens != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Tokens.Tokens(r.Context()))
+	})
+	route("POST /v1/tokens", b.Tokens != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req TokenRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		return b.Tokens.CreateToken(r.Context(), req)
+	})
+	route("DELETE /v1/tokens/{id}", b.Tokens != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, b.Tokens.RevokeToken(r.Context(), r.PathValue("id"))
+	})
+
+	route("POST /v1/leave", b.Leaver != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, b.Leaver.Leave(r.Context())
+	})
+
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.fail(w, r, fmt.Errorf("%w: no API route %s %s (is meshctl newer than the agent?)", ErrNotFound, r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// nonNil makes an empty list encode as [] rather than null, which is what
+// a script reading `-o json` expects.
+func nonNil[T any](v []T, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		v = []T{}
+	}
+	return v, nil
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: decoding the request body: %v", ErrInvalid, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("%w: the request body holds more than one JSON value", ErrInvalid)
+	}
+	return nil
+}
+
+// codes maps sentinels to HTTP statuses and wire codes; the client maps
+// them back.
+var codes = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrNotFound, http.StatusNotFound, "not_found"},
+	{ErrInvalid, http.StatusBadRequest, "invalid"},
+	{ErrConflict, http.StatusConflict, "conflict"},
+	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+	{ErrNotSupported, http.StatusNotImplemented, "not_supported"},
+	{ErrPermission, http.StatusForbidden, "permission_denied"},
+	{ErrInternal, http.StatusInternalServerError, "internal"},
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := http.StatusInternalServerError, "internal"
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			status, code = c.status, c.code
+			break
+		}
+	}
+	s.log.Info("local API request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(errorBody{Error: stripSentinel(err.Error()), Code: code})
+}
+
+// stripSentinel drops the "api: xxx: " prefix of a wrapped sentinel from
+// the message: the client adds its own.
+func stripSentinel(msg string) string {
+	for _, c := range codes {
+		if rest, ok := strings.CutPrefix(msg, c.err.Error()+": "); ok {
+			return rest
+		}
+	}
+	return msg
+}

@@ -1,0 +1,250 @@
+package api
+
+import "time"
+
+// The types below are the JSON bodies of the local API, shared by the
+// server (the agent) and the client (meshctl). Field names are the JSON
+// that `meshctl ... -o json` prints, so scripts depend on them: add fields,
+// never rename them.
+
+// Status is the local node at a glance (GET /v1/status).
+type Status struct {
+	Node         string         `json:"node"`
+	Cluster      string         `json:"cluster"`
+	MeshIP       string         `json:"meshIP,omitempty"`
+	CIDRs        []string       `json:"cidrs,omitempty"`
+	AgentVersion string         `json:"agentVersion"`
+	StartedAt    time.Time      `json:"startedAt"`
+	Tunnel       TunnelStatus   `json:"tunnel"`
+	Datapath     DatapathStatus `json:"datapath"`
+	Etcd         EtcdStatus     `json:"etcd"`
+	// Peers is the same list GET /v1/peers returns, so one call is enough
+	// for `meshctl status`.
+	Peers []Peer `json:"peers"`
+}
+
+// TunnelStatus describes the WireGuard device.
+type TunnelStatus struct {
+	Interface  string `json:"interface"`
+	Kind       string `json:"kind"` // "kernel" or "userspace"
+	ListenPort int    `json:"listenPort"`
+	PublicKey  string `json:"publicKey"`
+	Up         bool   `json:"up"`
+}
+
+// DatapathStatus describes the eBPF programs and maps.
+type DatapathStatus struct {
+	Attached bool   `json:"attached"`
+	PinPath  string `json:"pinPath,omitempty"`
+	// Programs counts the attached programs (per device and direction).
+	Programs int    `json:"programs"`
+	Error    string `json:"error,omitempty"`
+}
+
+// EtcdStatus says whether the control plane is reachable. The datapath keeps
+// working from the agent's cache while it is not.
+type EtcdStatus struct {
+	Endpoints []string `json:"endpoints"`
+	Reachable bool     `json:"reachable"`
+	Embedded  bool     `json:"embedded"`
+	Error     string   `json:"error,omitempty"`
+}
+
+// Peer is a remote node as the local tunnel sees it (GET /v1/peers).
+type Peer struct {
+	Node       string   `json:"node"`
+	Cluster    string   `json:"cluster"`
+	PublicKey  string   `json:"publicKey"`
+	Endpoint   string   `json:"endpoint,omitempty"` // ip:port in use (learned from the handshake behind NAT)
+	AllowedIPs []string `json:"allowedIPs"`
+	// LastHandshake is zero when no handshake has completed yet.
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	RxBytes       int64     `json:"rxBytes"`
+	TxBytes       int64     `json:"txBytes"`
+}
+
+// Node is a node record of the mesh (GET /v1/nodes).
+type Node struct {
+	Name         string            `json:"name"`
+	Cluster      string            `json:"cluster"`
+	MeshIP       string            `json:"meshIP,omitempty"`
+	CIDRs        []string          `json:"cidrs,omitempty"`
+	Endpoints    []string          `json:"endpoints,omitempty"` // underlay ip:port
+	PublicKey    string            `json:"publicKey"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	AgentVersion string            `json:"agentVersion,omitempty"`
+	// Self marks the node this agent runs on.
+	Self bool `json:"self,omitempty"`
+}
+
+// Endpoint is a workload known to the mesh (GET /v1/endpoints): the local
+// ones this agent manages and the remote ones it learned from etcd.
+type Endpoint struct {
+	Name     string   `json:"name"`
+	Node     string   `json:"node"`
+	Cluster  string   `json:"cluster"`
+	IP       string   `json:"ip"`
+	Identity uint32   `json:"identity"`
+	Labels   []string `json:"labels"` // canonical source:key=value
+	// Netns is set for local workloads in a network namespace.
+	Netns string `json:"netns,omitempty"`
+	Local bool   `json:"local"`
+	// Ingress/EgressEnforced say whether a policy isolates the endpoint in
+	// that direction (deny by default plus allow rules).
+	IngressEnforced bool `json:"ingressEnforced"`
+	EgressEnforced  bool `json:"egressEnforced"`
+}
+
+// EndpointSpec asks the agent to make a network namespace a workload
+// (POST /v1/endpoints).
+type EndpointSpec struct {
+	// Netns is the network namespace name (as in `ip netns`); it also
+	// names the endpoint.
+	Netns string `json:"netns"`
+	// Labels are key=value with an optional vm:/k8s: source.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Identity is a numeric security identity and its labels (GET /v1/identities).
+type Identity struct {
+	ID     uint32   `json:"id"`
+	Labels []string `json:"labels"`
+	// Reserved marks the built-in identities (host, world, remote-node...).
+	Reserved bool `json:"reserved,omitempty"`
+	// Endpoints counts the endpoints that carry this identity.
+	Endpoints int `json:"endpoints"`
+}
+
+// PolicyState is one policy as this agent enforces it (GET /v1/policies).
+type PolicyState struct {
+	Name string `json:"name"`
+	// Revision is the etcd revision of the document the agent enforces.
+	Revision int64 `json:"revision"`
+	// SelectedEndpoints are the local endpoints the policy selects.
+	SelectedEndpoints []string `json:"selectedEndpoints"`
+	// Entries counts the datapath policy entries it produced here.
+	Entries int `json:"entries"`
+}
+
+// Policy is one stored policy document (GET /v1/policies/{name}).
+type Policy struct {
+	Name     string `json:"name"`
+	Revision int64  `json:"revision"`
+	// Document is the YAML as applied.
+	Document string `json:"document"`
+}
+
+// ApplyPolicyRequest carries a policy file (POST /v1/policies). A file
+// may hold several documents separated by ---; all are validated before
+// any is written, so an invalid file changes nothing.
+type ApplyPolicyRequest struct {
+	// Filename is used in error messages (file:line: reason).
+	Filename string `json:"filename"`
+	Document string `json:"document"`
+}
+
+// ApplyPolicyResult lists what an apply did.
+type ApplyPolicyResult struct {
+	Policies []AppliedPolicy `json:"policies"`
+}
+
+// AppliedPolicy is one document of an applied file.
+type AppliedPolicy struct {
+	Name     string `json:"name"`
+	Action   string `json:"action"` // "created", "updated" or "unchanged"
+	Revision int64  `json:"revision"`
+}
+
+// TraceRequest asks what the policy says about a connection between two
+// label sets (POST /v1/policy/trace).
+type TraceRequest struct {
+	From     map[string]string `json:"from"`
+	To       map[string]string `json:"to"`
+	Port     uint16            `json:"port"`
+	Protocol string            `json:"protocol"` // TCP, UDP, SCTP, ICMP
+}
+
+// TraceResult is the verdict of a trace and why.
+type TraceResult struct {
+	Verdict string `json:"verdict"` // "allow" or "deny"
+	// Egress and Ingress are the two halves of the decision: the source's
+	// egress policy and the destination's ingress policy.
+	Egress  TraceStep `json:"egress"`
+	Ingress TraceStep `json:"ingress"`
+}
+
+// TraceStep is one direction of a trace.
+type TraceStep struct {
+	Verdict  string `json:"verdict"`  // "allow" or "deny"
+	Enforced bool   `json:"enforced"` // false: no policy isolates this side
+	// Reason explains the verdict in a sentence.
+	Reason string `json:"reason"`
+	// Policies are the policies whose rules decided it.
+	Policies []string `json:"policies,omitempty"`
+}
+
+// TokenRequest asks for a join token (POST /v1/tokens).
+type TokenRequest struct {
+	// Cluster the joining node is placed in; empty = the agent's cluster.
+	Cluster string            `json:"cluster,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	TTL     Duration          `json:"ttl"`
+	// MaxUses is 1 for a single-use token.
+	MaxUses int `json:"maxUses"`
+}
+
+// Token is a stored join token; its secret is never shown again.
+type Token struct {
+	ID        string            `json:"id"`
+	Cluster   string            `json:"cluster"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"createdAt"`
+	ExpiresAt time.Time         `json:"expiresAt"`
+	Uses      int               `json:"uses"`
+	MaxUses   int               `json:"maxUses"`
+	Revoked   bool              `json:"revoked"`
+}
+
+// CreatedToken is a new token with the one string a user copies.
+type CreatedToken struct {
+	Token
+	// JoinToken is what `meshctl join` takes: service address, id, secret
+	// and the mesh CA's fingerprint.
+	JoinToken string `json:"joinToken"`
+}
+
+// Health is the agent's self-check (GET /v1/health). OK is false when any
+// check fails.
+type Health struct {
+	OK     bool          `json:"ok"`
+	Checks []HealthCheck `json:"checks"`
+}
+
+// HealthCheck is one component's state.
+type HealthCheck struct {
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"`
+}
+
+// Duration is a time.Duration sent as a string ("1h0m0s").
+type Duration time.Duration
+
+// MarshalText writes the Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText reads a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// errorBody is the JSON of every error response.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
