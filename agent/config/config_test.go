@@ -241,7 +241,7 @@ func TestParseLabels(t *testing.T) {
 			t.Errorf("%q: got %q want %q", in, got, want)
 		}
 	}
-	for _, in := range []string{"app", "=x", "app=web,app=db", "a b=c", "app=-x", "mesh:cluster=x", "aws:x=y", "app=web,"} {
+	for _, in := range []string{"app", "=x", "app=web,app=db", "a b=c", "app=-x", "mesh:cluster=x", "reserved:host=", "aws:x=y", "app=web,", "app=x,vm:app=y"} {
 		if _, err := ParseLabels(in); err == nil {
 			t.Errorf("%q: accepted", in)
 		}

@@ -3,55 +3,62 @@ package config
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
-)
 
-var (
-	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$`)
-	labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
+	"github.com/weftmesh/weft/identity"
 )
 
 // Sources a user may give a label; `mesh:` labels are set by Weft itself
-// (mesh:cluster, mesh:kind) and cannot be claimed.
-var userSources = map[string]bool{"vm": true, "k8s": true}
+// (mesh:cluster, mesh:kind) and `reserved:`/`cidr:` are internal, so a
+// node cannot claim them.
+var userSources = map[string]bool{identity.SourceVM: true, identity.SourceK8s: true}
 
-// ValidateLabels checks label keys (with an optional vm: or k8s: source)
-// and values.
+// ValidateLabels checks label keys (with an optional vm: or k8s: source;
+// none means vm:) and values, and that no label is given twice under two
+// spellings (app and vm:app).
 func ValidateLabels(labels map[string]string) error {
+	_, err := ToIdentityLabels(labels)
+	return err
+}
+
+// ToIdentityLabels turns configuration labels (key=value, key with an
+// optional source) into canonical identity labels; a key without a source
+// gets vm:.
+func ToIdentityLabels(labels map[string]string) (identity.Labels, error) {
 	keys := make([]string, 0, len(labels))
 	for k := range labels {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	ls := make([]identity.Label, 0, len(keys))
 	for _, k := range keys {
-		if err := validateLabel(k, labels[k]); err != nil {
-			return err
+		l, err := parseUserLabel(k, labels[k])
+		if err != nil {
+			return nil, err
 		}
+		ls = append(ls, l)
 	}
-	return nil
+	out, err := identity.NewLabels(ls...)
+	if err != nil {
+		return nil, fmt.Errorf("labels %s: %w", FormatLabels(labels), err)
+	}
+	return out, nil
 }
 
-func validateLabel(k, v string) error {
-	key := k
-	if src, rest, ok := strings.Cut(k, ":"); ok {
-		if src == "mesh" {
-			return fmt.Errorf("label %q: the mesh: source is reserved for labels Weft sets itself", k)
-		}
-		if !userSources[src] {
-			return fmt.Errorf("label %q: unknown source %q (use vm: or k8s:, or no source)", k, src)
-		}
-		key = rest
+func parseUserLabel(k, v string) (identity.Label, error) {
+	if k == "" {
+		return identity.Label{}, fmt.Errorf("label =%s has an empty key", v)
 	}
-	if !labelKeyRE.MatchString(key) {
-		return fmt.Errorf("label key %q is invalid: 1-253 letters, digits, '.', '_', '/', '-', starting and ending with a letter or digit", k)
+	l, err := identity.ParseLabel(k+"="+v, identity.SourceVM)
+	if err != nil {
+		return identity.Label{}, err
 	}
-	if !labelValueRE.MatchString(v) {
-		return fmt.Errorf("label %s=%q: the value is invalid: up to 63 letters, digits, '.', '_', '-', starting and ending with a letter or digit", k, v)
+	if !userSources[l.Source] {
+		return identity.Label{}, fmt.Errorf("label %q: the %s: source is reserved for labels Weft sets itself (use vm:, k8s: or no source)", k, l.Source)
 	}
-	return nil
+	return l, nil
 }
 
 // ParseLabels parses the command-line form "k=v,k2=v2" (also "vm:k=v").
@@ -71,10 +78,10 @@ func ParseLabels(s string) (map[string]string, error) {
 		if _, dup := out[k]; dup {
 			return nil, fmt.Errorf("label %q is given twice", k)
 		}
-		if err := validateLabel(k, v); err != nil {
-			return nil, err
-		}
 		out[k] = v
+	}
+	if err := ValidateLabels(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
