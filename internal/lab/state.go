@@ -1,0 +1,265 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// stateDir holds one <lab>.json per lab and a <lab>/ directory with the
+// output of processes started in it. /run is cleared at boot, as are the
+// namespaces, so a state file never outlives its lab by a reboot.
+var stateDir = "/run/weft-lab"
+
+const stateVersion = 1
+
+// Errors callers may test for.
+var (
+	ErrExists      = errors.New("lab: a lab with this name already exists")
+	ErrNotFound    = errors.New("lab: no such lab")
+	ErrUnknownName = errors.New("lab: unknown name")
+)
+
+// procRef identifies a process across PID reuse: the PID plus its start
+// time in clock ticks since boot (field 22 of /proc/<pid>/stat).
+type procRef struct {
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+type procRecord struct {
+	procRef
+	Name  string   `json:"name"`
+	Netns string   `json:"netns"`
+	Args  []string `json:"args"`
+	Log   string   `json:"log"`
+}
+
+type stateFile struct {
+	Version    int          `json:"version"`
+	Name       string       `json:"name"`
+	Spec       *Spec        `json:"spec"`
+	Created    time.Time    `json:"created"`
+	Owner      *procRef     `json:"owner,omitempty"` // nil once detached (meshctl lab up)
+	Complete   bool         `json:"complete"`
+	Namespaces []string     `json:"namespaces"`
+	Processes  []procRecord `json:"processes,omitempty"`
+}
+
+// stateStore is a lab's state file; every change is written at once
+// (atomically, by rename) so a crash leaves a file that says what to remove.
+type stateStore struct {
+	path string
+	mu   sync.Mutex
+	st   stateFile
+}
+
+func statePath(name string) string { return filepath.Join(stateDir, name+".json") }
+func logDir(name string) string    { return filepath.Join(stateDir, name) }
+
+// createState claims the lab's name: the state file is created exclusively,
+// before any namespace, so a concurrent DownAll never mistakes a lab being
+// built for a leftover and two processes never build the same lab.
+func createState(spec *Spec, namespaces []string) (*stateStore, error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the lab state directory: %w", err)
+	}
+	self, err := selfRef()
+	if err != nil {
+		return nil, err
+	}
+	s := &stateStore{path: statePath(spec.Name), st: stateFile{
+		Version:    stateVersion,
+		Name:       spec.Name,
+		Spec:       spec,
+		Created:    time.Now().UTC().Truncate(time.Second),
+		Owner:      &self,
+		Namespaces: namespaces,
+	}}
+	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("%w: %s (state file %s); remove it with `meshctl lab down %s` or pick another name", ErrExists, spec.Name, s.path, spec.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating the lab state file: %w", err)
+	}
+	data, _ := json.MarshalIndent(&s.st, "", "  ")
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(s.path)
+		return nil, fmt.Errorf("writing the lab state file: %w", err)
+	}
+	if err := os.MkdirAll(logDir(spec.Name), 0o755); err != nil {
+		_ = os.Remove(s.path)
+		return nil, fmt.Errorf("creating the lab output directory: %w", err)
+	}
+	return s, nil
+}
+
+func readState(name string) (*stateStore, error) {
+	path := statePath(name)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %q (no state file %s)", ErrNotFound, name, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading lab state: %w", err)
+	}
+	s := &stateStore{path: path}
+	if err := json.Unmarshal(data, &s.st); err != nil {
+		return nil, fmt.Errorf("lab state file %s is damaged (%v): remove the lab with `meshctl lab down --all`", path, err)
+	}
+	if s.st.Version != stateVersion || s.st.Spec == nil || s.st.Name != name {
+		return nil, fmt.Errorf("lab state file %s is not a version %d state of lab %s: remove the lab with `meshctl lab down --all`", path, stateVersion, name)
+	}
+	return s, nil
+}
+
+// update applies fn to the state and writes it.
+func (s *stateStore) update(fn func(*stateFile)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(&s.st)
+	data, err := json.MarshalIndent(&s.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := s.path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("writing lab state: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("writing lab state: %w", err)
+	}
+	return nil
+}
+
+func (s *stateStore) snapshot() stateFile {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st
+	st.Processes = append([]procRecord(nil), s.st.Processes...)
+	st.Namespaces = append([]string(nil), s.st.Namespaces...)
+	return st
+}
+
+func (s *stateStore) remove(name string) error {
+	if err := os.RemoveAll(logDir(name)); err != nil {
+		return fmt.Errorf("removing lab output: %w", err)
+	}
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing lab state: %w", err)
+	}
+	return nil
+}
+
+// Names lists the labs that have a state file, sorted.
+func Names() ([]string, error) {
+	entries, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing labs: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && !e.IsDir() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Load opens a lab made by Up in this or another process (for example a
+// lab left running by `meshctl lab up`).
+func Load(name string) (*Lab, error) {
+	s, err := readState(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.st.Spec.Validate(); err != nil {
+		return nil, fmt.Errorf("lab state file %s holds an invalid spec (%v): remove the lab with `meshctl lab down --all`", s.path, err)
+	}
+	l := layout(s.st.Spec, nil)
+	l.state = s
+	for _, r := range s.st.Processes {
+		l.procs = append(l.procs, &Process{
+			Pid: r.Pid, Name: r.Name, Netns: r.Netns, Args: r.Args, LogPath: r.Log,
+			start: r.Start, lab: l,
+		})
+	}
+	return l, nil
+}
+
+// Detach hands the lab over to nobody: it stays up after the creating
+// process exits, and `meshctl lab down --all` removes it like a leftover.
+// `meshctl lab up` detaches; tests keep ownership so that DownAll, run by
+// another process, leaves their labs alone while they run.
+func (l *Lab) Detach() error {
+	return l.state.update(func(st *stateFile) { st.Owner = nil })
+}
+
+// Status is what `meshctl lab status` shows of a lab.
+type Status struct {
+	Name      string        `json:"name"`
+	Created   time.Time     `json:"created"`
+	Complete  bool          `json:"complete"`            // Up finished
+	OwnerPid  int           `json:"ownerPid,omitempty"`  // the process holding the lab; 0 once detached
+	InUse     bool          `json:"inUse"`               // the owner is still running, so DownAll skips the lab
+	Missing   []string      `json:"missing,omitempty"`   // namespaces that should exist and do not
+	Internet  string        `json:"internet"`            // the internet namespace
+	Routers   []*Router     `json:"routers"`             //
+	Nodes     []*Node       `json:"nodes"`               //
+	Workloads []*Workload   `json:"workloads,omitempty"` //
+	Processes []ProcessInfo `json:"processes,omitempty"`
+}
+
+// ProcessInfo describes a process started in the lab.
+type ProcessInfo struct {
+	Name    string   `json:"name"`
+	Netns   string   `json:"netns"`
+	Pid     int      `json:"pid"`
+	Running bool     `json:"running"`
+	Args    []string `json:"args"`
+	Log     string   `json:"log"`
+}
+
+// Status reports the lab as recorded and as found on the machine.
+func (l *Lab) Status() Status {
+	st := l.state.snapshot()
+	s := Status{
+		Name:      l.Name(),
+		Created:   st.Created,
+		Complete:  st.Complete,
+		Internet:  l.internet,
+		Routers:   l.Routers(),
+		Nodes:     l.Nodes(),
+		Workloads: l.Workloads(),
+	}
+	if st.Owner != nil {
+		s.OwnerPid = st.Owner.Pid
+		s.InUse = st.Owner.alive()
+	}
+	for _, ns := range l.netns {
+		if !netnsExists(ns) {
+			s.Missing = append(s.Missing, ns)
+		}
+	}
+	for _, p := range st.Processes {
+		s.Processes = append(s.Processes, ProcessInfo{
+			Name: p.Name, Netns: p.Netns, Pid: p.Pid, Running: p.procRef.alive(), Args: p.Args, Log: p.Log,
+		})
+	}
+	return s
+}
