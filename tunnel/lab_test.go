@@ -1,0 +1,279 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weftmesh/weft/internal/testutil"
+)
+
+// The privileged tests build their own small topologies from network
+// namespaces and veth pairs created inside them; nothing touches the root
+// namespace.
+
+func nsPath(ns string) string { return "/var/run/netns/" + ns }
+
+// run runs a command inside ns (network namespace only) and fails the test
+// when it fails.
+func run(t testing.TB, ns string, args ...string) string {
+	t.Helper()
+	out, err := runErr(ns, args...)
+	if err != nil {
+		t.Fatalf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runErr(ns string, args ...string) (string, error) {
+	full := append([]string{"--net=" + nsPath(ns)}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	return string(out), err
+}
+
+// ip runs `ip -n ns ...`.
+func ip(t testing.TB, ns string, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -n %s %s: %v: %s", ns, strings.Join(args, " "), err, out)
+	}
+}
+
+// link connects namespace a (interface an, address aa) with b (bn, ba).
+func link(t testing.TB, a, an, aa, b, bn, ba string) {
+	t.Helper()
+	ip(t, a, "link", "add", an, "type", "veth", "peer", "name", bn, "netns", b)
+	ip(t, a, "addr", "add", aa, "dev", an)
+	ip(t, b, "addr", "add", ba, "dev", bn)
+	ip(t, a, "link", "set", an, "up")
+	ip(t, b, "link", "set", bn, "up")
+}
+
+func newNS(t testing.TB, prefix string) string {
+	ns := testutil.NewNetns(t, prefix)
+	ip(t, ns, "link", "set", "lo", "up")
+	return ns
+}
+
+func forward(t testing.TB, ns string) {
+	run(t, ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+}
+
+// natLab is three nodes: a and b public (routed through the "internet"
+// namespace), c behind a masquerading NAT router.
+type natLab struct {
+	inet, nat  string
+	a, b, c    string
+	aIP, bIP   string // underlay addresses of the public nodes
+	cLAN, cWAN string // c's own address and the NAT's public address
+	inetToA    string // interface in inet facing a (for captures)
+}
+
+func newNATLab(t testing.TB) *natLab {
+	t.Helper()
+	testutil.Privileged(t)
+	l := &natLab{
+		inet: newNS(t, "wtun-inet"), nat: newNS(t, "wtun-nat"),
+		a: newNS(t, "wtun-a"), b: newNS(t, "wtun-b"), c: newNS(t, "wtun-c"),
+		aIP: "198.18.1.10", bIP: "198.18.2.10", cLAN: "198.18.3.10", cWAN: "198.19.0.2",
+		inetToA: "to-a",
+	}
+	link(t, l.inet, "to-a", "198.18.1.1/24", l.a, "u0", "198.18.1.10/24")
+	link(t, l.inet, "to-b", "198.18.2.1/24", l.b, "u0", "198.18.2.10/24")
+	link(t, l.inet, "to-nat", "198.19.0.1/24", l.nat, "wan", "198.19.0.2/24")
+	link(t, l.nat, "lan", "198.18.3.1/24", l.c, "u0", "198.18.3.10/24")
+	ip(t, l.a, "route", "add", "default", "via", "198.18.1.1")
+	ip(t, l.b, "route", "add", "default", "via", "198.18.2.1")
+	ip(t, l.nat, "route", "add", "default", "via", "198.19.0.1")
+	ip(t, l.c, "route", "add", "default", "via", "198.18.3.1")
+	forward(t, l.inet)
+	forward(t, l.nat)
+	run(t, l.nat, "nft", "add table ip wtnat; add chain ip wtnat post { type nat hook postrouting priority 100 ; } ; add rule ip wtnat post oifname wan masquerade")
+	return l
+}
+
+// devName gives a device name unique on this machine: UAPI sockets are
+// shared by every namespace.
+func devName(suffix string) string {
+	return fmt.Sprintf("wt%d%s", os.Getpid()%1000000, suffix)
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// openNode opens a Weft tunnel in ns and destroys it at the end of the test.
+func openNode(t testing.TB, ns, suffix string, mesh string) *Tunnel {
+	t.Helper()
+	tun, err := Open(context.Background(), Config{
+		Name:      devName(suffix),
+		StateDir:  t.TempDir(),
+		Addresses: []netip.Prefix{netip.MustParsePrefix(mesh)},
+		Helper:    SelfHelper(),
+		Netns:     nsPath(ns),
+		Logger:    testLogger(t).With("node", suffix),
+	})
+	if err != nil {
+		t.Fatalf("opening tunnel in %s: %v", ns, err)
+	}
+	t.Cleanup(func() {
+		if err := tun.Destroy(); err != nil {
+			t.Errorf("destroying %s: %v", tun.Name(), err)
+		}
+	})
+	return tun
+}
+
+func reconcile(t testing.TB, tun *Tunnel, peers ...Peer) {
+	t.Helper()
+	if err := tun.Reconcile(context.Background(), peers); err != nil {
+		t.Fatalf("reconcile %s: %v", tun.Name(), err)
+	}
+}
+
+func pfx(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// ping reports whether dst answers from ns (a handful of tries, so a
+// handshake in progress does not count as unreachable).
+func ping(ns, dst string) bool {
+	_, err := runErr(ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "6", dst)
+	return err == nil
+}
+
+func mustPing(t testing.TB, ns, dst string) {
+	t.Helper()
+	if !ping(ns, dst) {
+		t.Fatalf("%s cannot ping %s", ns, dst)
+	}
+}
+
+func mustNotPing(t testing.TB, ns, dst string) {
+	t.Helper()
+	if _, err := runErr(ns, "ping", "-n", "-q", "-c", "2", "-i", "0.3", "-w", "2", dst); err == nil {
+		t.Fatalf("%s can still ping %s", ns, dst)
+	}
+}
+
+// inNetns runs fn on a thread inside ns; sockets created by fn stay there.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		h, err := netns.GetFromPath(nsPath(ns))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// listen opens a TCP listener in ns.
+func listen(t testing.TB, ns, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := inNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listening on %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func dial(ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNetns(ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// tcpEcho connects from ns to addr (served by an echo listener in dstNS)
+// and checks that a message comes back.
+func tcpEcho(t testing.TB, ns, dstNS, addr string) {
+	t.Helper()
+	ln := listen(t, dstNS, addr)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := dial(ns, addr)
+	if err != nil {
+		t.Fatalf("TCP %s -> %s: %v", ns, addr, err)
+	}
+	defer c.Close()
+	msg := []byte("weft tcp check " + ns)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("TCP write %s -> %s: %v", ns, addr, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("TCP echo %s -> %s: %v", ns, addr, err)
+	}
+	if string(got) != string(msg) {
+		t.Fatalf("TCP echo %s -> %s: got %q", ns, addr, got)
+	}
+	ln.Close()
+}
+
+// waitFor polls cond until it holds or the deadline passes; a deadline is a
+// bound on waiting, not an assertion about speed.
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("gave up waiting for %s after %v", what, d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func peerStatus(t testing.TB, tun *Tunnel, key string) PeerStatus {
+	t.Helper()
+	st, err := tun.Status()
+	if err != nil {
+		t.Fatalf("status of %s: %v", tun.Name(), err)
+	}
+	for _, p := range st.Peers {
+		if p.PublicKey == key {
+			return p
+		}
+	}
+	return PeerStatus{}
+}
