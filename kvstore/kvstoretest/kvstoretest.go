@@ -1,0 +1,276 @@
+// Package kvstoretest starts real etcd servers for tests: the embedded one
+// (default) or Debian's `etcd` binary as a separate process, both with TLS
+// and client-certificate authentication, each in the test's temporary
+// directory and removed when the test ends. Only tests import it.
+//
+// WEFT_TEST_ETCD selects the server: "embedded" or "process". Main runs a
+// package's tests a second time against a separate process when the
+// variable is unset, so every suite proves it does not depend on embedding.
+package kvstoretest
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/kvstore/embedded"
+	"github.com/weftmesh/weft/kvstore/pki"
+)
+
+// EnvBackend names the environment variable selecting the server kind.
+const EnvBackend = "WEFT_TEST_ETCD"
+
+// Server is an etcd started for one test.
+type Server struct {
+	// Kind is "embedded" or "process".
+	Kind string
+	// Config connects with the administrative client certificate.
+	Config kvstore.Config
+	// Files are the CA and certificates the server uses.
+	Files pki.Files
+}
+
+// Backend returns the server kind the environment asks for.
+func Backend() string {
+	if v := os.Getenv(EnvBackend); v != "" {
+		return v
+	}
+	return "embedded"
+}
+
+// StartServer starts the server kind selected by WEFT_TEST_ETCD.
+func StartServer(t testing.TB) *Server {
+	t.Helper()
+	switch b := Backend(); b {
+	case "embedded":
+		return StartEmbedded(t)
+	case "process":
+		return StartProcess(t)
+	default:
+		t.Fatalf("%s=%q: want embedded or process", EnvBackend, b)
+		return nil
+	}
+}
+
+// StartEmbedded starts an embedded etcd in t.TempDir() on free ports.
+func StartEmbedded(t testing.TB) *Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := embedded.Start(ctx, embedded.Config{Dir: t.TempDir(), ClientAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatalf("starting embedded etcd: %v", err)
+	}
+	t.Cleanup(srv.Close)
+	return &Server{Kind: "embedded", Config: srv.ClientConfig(), Files: srv.Files()}
+}
+
+// StartProcess starts the `etcd` binary as a separate process on free
+// loopback ports with TLS, and kills that process (by its PID) when the test
+// ends. It fails the test when etcd is not installed and the process backend
+// was asked for explicitly, and skips it otherwise.
+func StartProcess(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if os.Getenv(EnvBackend) == "process" {
+			t.Fatalf("%s=process but no etcd binary in PATH (install Debian's etcd-server package)", EnvBackend)
+		}
+		t.Skip("etcd binary not installed (Debian package etcd-server)")
+	}
+	dir := t.TempDir()
+	files, err := pki.EnsureBundle(filepath.Join(dir, "pki"), []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatalf("certificates: %v", err)
+	}
+	for attempt := 0; ; attempt++ {
+		clientURL := "https://" + freeAddr(t)
+		peerURL := "http://" + freeAddr(t)
+		var logBuf syncBuffer
+		cmd := exec.Command(bin,
+			"--name", "weft-test",
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("data%d", attempt)),
+			"--listen-client-urls", clientURL,
+			"--advertise-client-urls", clientURL,
+			"--listen-peer-urls", peerURL,
+			"--initial-advertise-peer-urls", peerURL,
+			"--initial-cluster", "weft-test="+peerURL,
+			"--initial-cluster-token", "weft-test",
+			"--cert-file", files.ServerCertFile,
+			"--key-file", files.ServerKey,
+			"--trusted-ca-file", files.CAFile,
+			"--client-cert-auth",
+			"--logger", "zap",
+			"--log-outputs", "stderr",
+			"--log-level", "warn",
+		)
+		cmd.Stdout = &logBuf
+		cmd.Stderr = &logBuf
+		// Its own process group, so a signal to the test's group does not
+		// race our own shutdown of it.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("starting %s: %v", bin, err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		stop := func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		}
+		srv := &Server{Kind: "process", Files: files, Config: kvstore.Config{
+			Endpoints: []string{clientURL},
+			CAFile:    files.CAFile, CertFile: files.ClientCertFile, KeyFile: files.ClientKey,
+		}}
+		if err := waitReady(srv.Config, exited); err != nil {
+			stop()
+			if attempt < 2 {
+				t.Logf("etcd process did not start (%v), retrying on other ports; its log:\n%s", err, logBuf.String())
+				continue
+			}
+			t.Fatalf("etcd process did not start: %v; its log:\n%s", err, logBuf.String())
+		}
+		t.Cleanup(func() {
+			stop()
+			if t.Failed() {
+				t.Logf("etcd process log:\n%s", logBuf.String())
+			}
+		})
+		return srv
+	}
+}
+
+func waitReady(cfg kvstore.Config, exited <-chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	cfg.DialTimeout = 2 * time.Second
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("etcd exited: %v", err)
+		default:
+		}
+		c, err := kvstore.New(context.Background(), cfg)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Connect returns a client of srv that is closed when the test ends. log may
+// be nil.
+func Connect(t testing.TB, srv *Server, log *slog.Logger) *kvstore.Client {
+	t.Helper()
+	cfg := srv.Config
+	cfg.Logger = log
+	c, err := kvstore.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("connecting to the %s etcd: %v", srv.Kind, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// New starts a server (per WEFT_TEST_ETCD) and returns a connected client.
+func New(t testing.TB) (*kvstore.Client, *Server) {
+	t.Helper()
+	srv := StartServer(t)
+	return Connect(t, srv, nil), srv
+}
+
+// Main runs the tests; when they pass, WEFT_TEST_ETCD is unset and etcd is
+// installed, it runs them again in a child process against a separate etcd
+// process. Benchmarks, fuzzing, listing and -short runs happen once. Use it
+// from TestMain: func TestMain(m *testing.M) { kvstoretest.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	if code != 0 || os.Getenv(EnvBackend) != "" || testing.Short() || onlyOnce() {
+		os.Exit(code)
+	}
+	if _, err := exec.LookPath("etcd"); err != nil {
+		fmt.Fprintln(os.Stderr, "kvstoretest: etcd binary not installed; not repeating the suite against a separate etcd process")
+		os.Exit(code)
+	}
+	fmt.Fprintf(os.Stderr, "kvstoretest: repeating the suite against a separate etcd process (%s=process)\n", EnvBackend)
+	cmd := exec.Command(os.Args[0], os.Args[1:]...)
+	cmd.Env = append(os.Environ(), EnvBackend+"=process")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			os.Exit(ee.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "kvstoretest: second run:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func onlyOnce() bool {
+	for _, name := range []string{"test.bench", "test.fuzz", "test.list"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" {
+			return true
+		}
+	}
+	if f := flag.Lookup("test.fuzzcachedir"); f != nil && f.Value.String() != "" {
+		return true // a fuzz worker process
+	}
+	return false
+}
+
+// LogBuffer is a slog handler target tests can search for log records.
+type LogBuffer struct{ syncBuffer }
+
+// Logger returns a logger writing JSON records into the buffer (and to the
+// test log when verbose).
+func (b *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(&b.syncBuffer, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+var _ io.Writer = (*syncBuffer)(nil)

@@ -1,0 +1,312 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultSessionTTL is the lease TTL of a session: how long a node's keys
+// outlive the node when it dies without cleaning up.
+const DefaultSessionTTL = 15 * time.Second
+
+// SessionConfig tunes a Session.
+type SessionConfig struct {
+	// TTL of the lease; etcd rounds very small values up to its minimum.
+	TTL time.Duration
+	// Logger; nil uses the client's.
+	Logger *slog.Logger
+}
+
+// Guard returns the conditions under which a key may be (re-)written. It is
+// evaluated inside the same transaction as the write, on the first write and
+// on every restore after a lost lease.
+type Guard func() []clientv3.Cmp
+
+// Session owns a lease and the keys a node wrote under it. etcd deletes the
+// keys when the lease expires (the node is gone); while the session lives it
+// keeps the lease alive, and when the lease is lost anyway — etcd restarted
+// from an old snapshot, a partition longer than the TTL, someone revoked it —
+// it grants a new lease and writes every registered key again, by itself.
+type Session struct {
+	c   *Client
+	ttl time.Duration
+	log *slog.Logger
+
+	mu    sync.Mutex
+	lease clientv3.LeaseID
+	gen   uint64        // incremented on every new lease
+	genCh chan struct{} // closed and replaced when gen changes
+	keys  map[string]sessionKey
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type sessionKey struct {
+	value  string
+	guard  Guard
+	onLost func(key string)
+}
+
+// NewSession grants a lease and starts keeping it alive until Close or
+// until ctx is cancelled.
+func (c *Client) NewSession(ctx context.Context, cfg SessionConfig) (*Session, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultSessionTTL
+	}
+	if cfg.TTL < time.Second {
+		return nil, fmt.Errorf("%w: session TTL %s is below one second", ErrInvalidConfig, cfg.TTL)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = c.log
+	}
+	s := &Session{
+		c: c, ttl: cfg.TTL, log: cfg.Logger,
+		keys:  map[string]sessionKey{},
+		genCh: make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	lease, err := s.grant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.lease = lease
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	go s.run(rctx)
+	return s, nil
+}
+
+func (s *Session) grant(ctx context.Context) (clientv3.LeaseID, error) {
+	ctx, cancel := s.c.reqCtx(ctx)
+	defer cancel()
+	resp, err := s.c.etcd.Grant(ctx, int64((s.ttl+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("granting a %s lease: %w", s.ttl, err)
+	}
+	return resp.ID, nil
+}
+
+// Lease returns the current lease, for writes this package does not wrap.
+// It changes when the session restores itself.
+func (s *Session) Lease() clientv3.LeaseID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lease
+}
+
+// Generation counts the leases this session has had (1 at the start); it
+// grows each time the session restores its keys under a new lease.
+func (s *Session) Generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen + 1
+}
+
+// Put validates rec and writes it at key under the session's lease, and
+// keeps it there until Delete or Close.
+func (s *Session) Put(ctx context.Context, key string, rec Record) error {
+	data, err := Encode(rec)
+	if err != nil {
+		return err
+	}
+	_, err = s.PutIf(ctx, key, data, nil, nil)
+	return err
+}
+
+// PutIf writes value at key under the lease if guard's conditions hold (nil
+// guard: always), in one transaction, and registers the key for restoring.
+// It reports whether the write happened. On a restore the guard is checked
+// again; if it fails the key is dropped and onLost (if any) is called.
+func (s *Session) PutIf(ctx context.Context, key string, value []byte, guard Guard, onLost func(string)) (bool, error) {
+	for {
+		s.mu.Lock()
+		lease, gen, genCh := s.lease, s.gen, s.genCh
+		s.mu.Unlock()
+		var cmps []clientv3.Cmp
+		if guard != nil {
+			cmps = guard()
+		}
+		rctx, cancel := s.c.reqCtx(ctx)
+		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, string(value), clientv3.WithLease(lease))).Commit()
+		cancel()
+		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				// The lease is gone and the run loop is granting a new
+				// one: wait for it and write again.
+				select {
+				case <-genCh:
+					continue
+				case <-ctx.Done():
+					return false, fmt.Errorf("writing %s: waiting for a new lease: %w", key, ctx.Err())
+				case <-s.done:
+					return false, fmt.Errorf("writing %s: session closed", key)
+				}
+			}
+			return false, fmt.Errorf("writing %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			return false, nil
+		}
+		s.mu.Lock()
+		s.keys[key] = sessionKey{value: string(value), guard: guard, onLost: onLost}
+		changed := s.gen != gen
+		s.mu.Unlock()
+		if !changed {
+			return true, nil
+		}
+		// A restore ran between our write and our registration and did
+		// not see this key: write it again under the new lease.
+	}
+}
+
+// Delete forgets key and deletes it from etcd.
+func (s *Session) Delete(ctx context.Context, key string) error {
+	s.mu.Lock()
+	delete(s.keys, key)
+	s.mu.Unlock()
+	return s.c.Delete(ctx, key)
+}
+
+// Keys returns the number of keys the session keeps.
+func (s *Session) Keys() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.keys)
+}
+
+// Close stops the keepalive and revokes the lease, which deletes every key
+// of the session at once.
+func (s *Session) Close(ctx context.Context) error {
+	s.cancel()
+	<-s.done
+	s.mu.Lock()
+	lease := s.lease
+	s.keys = map[string]sessionKey{}
+	s.mu.Unlock()
+	rctx, cancel := s.c.reqCtx(ctx)
+	defer cancel()
+	if _, err := s.c.etcd.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("revoking lease %x: %w", lease, err)
+	}
+	return nil
+}
+
+func (s *Session) run(ctx context.Context) {
+	defer close(s.done)
+	bo := newBackoff(200*time.Millisecond, 5*time.Second)
+	for {
+		lease := s.Lease()
+		ch, err := s.c.etcd.KeepAlive(ctx, lease)
+		if err == nil {
+			// The channel closes when the lease is gone (expired,
+			// revoked) or ctx ends; the client retries connection errors
+			// itself in between.
+			for range ch {
+				bo.reset()
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("lease lost, restoring session keys under a new lease", "lease", fmt.Sprintf("%x", lease), "err", err)
+		for !s.restore(ctx) {
+			if !bo.sleep(ctx) {
+				return
+			}
+		}
+	}
+}
+
+// restore grants a new lease and rewrites every registered key under it.
+func (s *Session) restore(ctx context.Context) bool {
+	lease, err := s.grant(ctx)
+	if err != nil {
+		s.log.Warn("cannot grant a new lease yet", "err", err)
+		return false
+	}
+	s.mu.Lock()
+	s.lease = lease
+	s.gen++
+	close(s.genCh)
+	s.genCh = make(chan struct{})
+	snapshot := make(map[string]sessionKey, len(s.keys))
+	for k, v := range s.keys {
+		snapshot[k] = v
+	}
+	s.mu.Unlock()
+
+	var lost []string
+	for key, sk := range snapshot {
+		var cmps []clientv3.Cmp
+		if sk.guard != nil {
+			cmps = sk.guard()
+		}
+		rctx, cancel := s.c.reqCtx(ctx)
+		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
+		cancel()
+		if err != nil {
+			// Keep the new lease; the next round of the run loop will
+			// notice if it dies, and a failed write is retried by
+			// restoring again.
+			s.log.Warn("restoring key failed", "key", key, "err", err)
+			if rerr := s.revokeQuietly(lease); rerr != nil {
+				s.log.Debug("revoking half-restored lease", "err", rerr)
+			}
+			return false
+		}
+		if !resp.Succeeded {
+			lost = append(lost, key)
+		}
+	}
+	s.mu.Lock()
+	for _, k := range lost {
+		delete(s.keys, k)
+	}
+	s.mu.Unlock()
+	for _, k := range lost {
+		s.log.Warn("session key not restored: its guard no longer holds", "key", k)
+		if cb := snapshot[k].onLost; cb != nil {
+			cb(k)
+		}
+	}
+	s.log.Info("session restored", "lease", fmt.Sprintf("%x", lease), "keys", len(snapshot)-len(lost))
+	return true
+}
+
+func (s *Session) revokeQuietly(lease clientv3.LeaseID) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.c.timeout)
+	defer cancel()
+	_, err := s.c.etcd.Revoke(ctx, lease)
+	return err
+}
+
+// backoff is an exponential delay between retries.
+type backoff struct{ min, max, cur time.Duration }
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+func (b *backoff) reset() { b.cur = b.min }
+
+// sleep waits the current delay and doubles it; false when ctx ended.
+func (b *backoff) sleep(ctx context.Context) bool {
+	t := time.NewTimer(b.cur)
+	defer t.Stop()
+	b.cur *= 2
+	if b.cur > b.max {
+		b.cur = b.max
+	}
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,188 @@
+package kvstore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Token errors: each tells the joining user something different.
+var (
+	ErrTokenUnknown = errors.New("kvstore: unknown join token")
+	ErrTokenExpired = errors.New("kvstore: join token expired")
+	ErrTokenRevoked = errors.New("kvstore: join token revoked")
+	ErrTokenUsedUp  = errors.New("kvstore: join token used up")
+)
+
+// TokenSpec describes a token to create.
+type TokenSpec struct {
+	Cluster string
+	Labels  []string
+	TTL     time.Duration // how long until it expires
+	MaxUses int           // 1 for single use
+}
+
+// CreateToken stores a new token and returns it with its secret. Only the
+// SHA-256 of the secret is stored: whoever reads etcd cannot join with it.
+// The id and secret are random; the caller shows them to the user once.
+func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time) (Token, string, error) {
+	if spec.TTL <= 0 {
+		return Token{}, "", fmt.Errorf("%w: token TTL must be positive (got %s)", ErrInvalidRecord, spec.TTL)
+	}
+	id, err := randomString(8)
+	if err != nil {
+		return Token{}, "", err
+	}
+	raw, err := randomString(32)
+	if err != nil {
+		return Token{}, "", err
+	}
+	// The secret ends up in `meshctl join <token>`: URL-safe base64 keeps it
+	// one shell word.
+	secret := base64.RawURLEncoding.EncodeToString(raw)
+	t := Token{
+		ID:           "t" + hexLower(id),
+		SecretSHA256: hashSecret(secret),
+		Created:      now.UTC(),
+		Expires:      now.Add(spec.TTL).UTC(),
+		Labels:       spec.Labels,
+		Cluster:      spec.Cluster,
+		MaxUses:      spec.MaxUses,
+	}
+	data, err := Encode(&t)
+	if err != nil {
+		return Token{}, "", err
+	}
+	key := TokenKey(t.ID)
+	rctx, cancel := cl.reqCtx(ctx)
+	defer cancel()
+	resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(data))).Commit()
+	if err != nil {
+		return Token{}, "", fmt.Errorf("writing %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return Token{}, "", fmt.Errorf("%w: token id %s already exists; try again", ErrConflict, t.ID)
+	}
+	return t, secret, nil
+}
+
+// ConsumeToken checks a presented token and, if it is good, counts one use,
+// atomically: the use is written with a transaction on the record's
+// modification revision, so two joins racing for the last use cannot both
+// win. It returns the token as it is after this use.
+func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (Token, error) {
+	if ValidateName("token", id) != nil {
+		return Token{}, ErrTokenUnknown
+	}
+	key := TokenKey(id)
+	for {
+		t, rev, err := Get(ctx, cl, key, DecodeToken)
+		if errors.Is(err, ErrNotFound) {
+			return Token{}, ErrTokenUnknown
+		}
+		if err != nil {
+			return Token{}, err
+		}
+		// A wrong secret looks exactly like an unknown token, so the
+		// answer does not confirm which ids exist.
+		if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(t.SecretSHA256)) != 1 {
+			return Token{}, ErrTokenUnknown
+		}
+		switch {
+		case t.Revoked:
+			return t, fmt.Errorf("%w: token %s was revoked; ask for a new one", ErrTokenRevoked, id)
+		case !now.Before(t.Expires):
+			return t, fmt.Errorf("%w: token %s expired at %s; ask for a new one", ErrTokenExpired, id, t.Expires.Format(time.RFC3339))
+		case t.Uses >= t.MaxUses:
+			return t, fmt.Errorf("%w: token %s was used %d of %d times; ask for a new one", ErrTokenUsedUp, id, t.Uses, t.MaxUses)
+		}
+		t.Uses++
+		data, err := Encode(&t)
+		if err != nil {
+			return Token{}, err
+		}
+		rctx, cancel := cl.reqCtx(ctx)
+		resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, string(data))).Commit()
+		cancel()
+		if err != nil {
+			return Token{}, fmt.Errorf("counting a use of %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			return t, nil
+		}
+		// Someone else used or changed it meanwhile: check again.
+	}
+}
+
+// RevokeToken marks a token revoked; it stays listed for audit.
+func (cl *Client) RevokeToken(ctx context.Context, id string) error {
+	if err := ValidateName("token", id); err != nil {
+		return err
+	}
+	key := TokenKey(id)
+	for {
+		t, rev, err := Get(ctx, cl, key, DecodeToken)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrTokenUnknown, id)
+		}
+		if err != nil {
+			return err
+		}
+		if t.Revoked {
+			return nil
+		}
+		t.Revoked = true
+		data, err := Encode(&t)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := cl.reqCtx(ctx)
+		resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, string(data))).Commit()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("revoking %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+	}
+}
+
+// ListTokens returns every token by id.
+func (cl *Client) ListTokens(ctx context.Context) ([]Token, error) {
+	m, err := List(ctx, cl, TokensPrefix, DecodeToken)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Token, 0, len(m))
+	for _, t := range m {
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+func randomString(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("reading random bytes: %w", err)
+	}
+	return b, nil
+}
+
+func hexLower(b []byte) string { return hex.EncodeToString(b) }
