@@ -271,7 +271,7 @@ func (c *Config) JoinAdvertise() string {
 var (
 	// A DNS label: node and cluster names end up in etcd keys, interface
 	// names and certificate subjects, so they stay conservative.
-	nameRE   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	nameRE   = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,61}[a-z0-9])?$`)
 	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 )
 
@@ -283,7 +283,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
 	if !nameRE.MatchString(c.NodeName) {
-		bad("nodeName", "%q is not a valid node name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", c.NodeName)
+		bad("nodeName", "%q is not a valid node name: use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", c.NodeName)
 	}
 	if !nameRE.MatchString(c.Cluster) {
 		bad("cluster", "%q is not a valid cluster name: use 1-63 lowercase letters, digits and '-'", c.Cluster)
