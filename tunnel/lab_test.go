@@ -16,6 +16,8 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/lab/labtest"
 	"github.com/weftmesh/weft/internal/testutil"
 )
 
@@ -23,7 +25,7 @@ import (
 // namespaces and veth pairs created inside them; nothing touches the root
 // namespace.
 
-func nsPath(ns string) string { return "/var/run/netns/" + ns }
+func nsPath(ns string) string { return lab.NetnsPath(ns) }
 
 // run runs a command inside ns (network namespace only) and fails the test
 // when it fails.
@@ -67,41 +69,37 @@ func newNS(t testing.TB, prefix string) string {
 	return ns
 }
 
-func forward(t testing.TB, ns string) {
-	run(t, ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-}
 
-// natLab is three nodes: a and b public (routed through the "internet"
-// namespace), c behind a masquerading NAT router.
+// natLab is three nodes of a lab (internal/lab): a and b on public sites,
+// c on a site behind a masquerading NAT router.
 type natLab struct {
-	inet, nat  string
+	lab        *lab.Lab
+	inet       string // the "internet" namespace between the sites
 	a, b, c    string
 	aIP, bIP   string // underlay addresses of the public nodes
-	cLAN, cWAN string // c's own address and the NAT's public address
-	inetToA    string // interface in inet facing a (for captures)
+	cWAN       string // the NAT's public address, c's address as seen by a and b
+	inetBridge string // interface in inet that sees every packet between sites
 }
 
 func newNATLab(t testing.TB) *natLab {
 	t.Helper()
-	testutil.Privileged(t)
-	l := &natLab{
-		inet: newNS(t, "wtun-inet"), nat: newNS(t, "wtun-nat"),
-		a: newNS(t, "wtun-a"), b: newNS(t, "wtun-b"), c: newNS(t, "wtun-c"),
-		aIP: "198.18.1.10", bIP: "198.18.2.10", cLAN: "198.18.3.10", cWAN: "198.19.0.2",
-		inetToA: "to-a",
+	l := labtest.Generate(t, 3, 1, true)
+	na, nb, nc := l.Node("site1-n1"), l.Node("site2-n1"), l.Node("site3-n1")
+	if na == nil || nb == nil || nc == nil || !nc.NAT {
+		t.Fatalf("lab layout changed: nodes %v", l.Nodes())
 	}
-	link(t, l.inet, "to-a", "198.18.1.1/24", l.a, "u0", "198.18.1.10/24")
-	link(t, l.inet, "to-b", "198.18.2.1/24", l.b, "u0", "198.18.2.10/24")
-	link(t, l.inet, "to-nat", "198.19.0.1/24", l.nat, "wan", "198.19.0.2/24")
-	link(t, l.nat, "lan", "198.18.3.1/24", l.c, "u0", "198.18.3.10/24")
-	ip(t, l.a, "route", "add", "default", "via", "198.18.1.1")
-	ip(t, l.b, "route", "add", "default", "via", "198.18.2.1")
-	ip(t, l.nat, "route", "add", "default", "via", "198.19.0.1")
-	ip(t, l.c, "route", "add", "default", "via", "198.18.3.1")
-	forward(t, l.inet)
-	forward(t, l.nat)
-	run(t, l.nat, "nft", "add table ip wtnat; add chain ip wtnat post { type nat hook postrouting priority 100 ; } ; add rule ip wtnat post oifname wan masquerade")
-	return l
+	var wan string
+	for _, r := range l.Routers() {
+		if r.NAT {
+			wan = r.WANAddr.String()
+		}
+	}
+	return &natLab{
+		lab: l, inet: l.Internet(),
+		a: na.Netns, b: nb.Netns, c: nc.Netns,
+		aIP: na.Underlay.String(), bIP: nb.Underlay.String(), cWAN: wan,
+		inetBridge: "br0",
+	}
 }
 
 // devName gives a device name unique on this machine: UAPI sockets are
