@@ -275,6 +275,15 @@ var (
 	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 )
 
+// ValidateName checks a node or cluster name: names end up in etcd keys,
+// interface names and certificate subjects, so they stay conservative.
+func ValidateName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%q is not a valid %s name: use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", name, kind)
+	}
+	return nil
+}
+
 // Validate checks the whole configuration and reports every problem at
 // once, each naming its field, so one edit fixes the file.
 func (c *Config) Validate() error {
@@ -282,11 +291,11 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
-	if !nameRE.MatchString(c.NodeName) {
-		bad("nodeName", "%q is not a valid node name: use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", c.NodeName)
+	if err := ValidateName("node", c.NodeName); err != nil {
+		bad("nodeName", "%v", err)
 	}
-	if !nameRE.MatchString(c.Cluster) {
-		bad("cluster", "%q is not a valid cluster name: use 1-63 lowercase letters, digits and '-'", c.Cluster)
+	if err := ValidateName("cluster", c.Cluster); err != nil {
+		bad("cluster", "%v", err)
 	}
 	if c.ClusterID < 0 || c.ClusterID > 255 {
 		bad("clusterID", "%d is out of range: use 1..255 (0 = take the existing cluster's id)", c.ClusterID)
