@@ -69,7 +69,6 @@ func newNS(t testing.TB, prefix string) string {
 	return ns
 }
 
-
 // natLab is three nodes of a lab (internal/lab): a and b on public sites,
 // c on a site behind a masquerading NAT router.
 type natLab struct {

@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftmesh/weft/internal/lab"
 	"github.com/weftmesh/weft/internal/lab/labtest"
 )
 
@@ -42,17 +43,24 @@ func countWrites(tun *Tunnel) (*countingWG, *countingRoutes) {
 
 // twoNodes is a lab with two public nodes running Weft tunnels that peer
 // with each other (a: 100.64.0.1, b: 100.64.0.2).
-func twoNodes(t *testing.T) (ans, bns string, a, b *Tunnel, aPeer, bPeer Peer) {
+type pair struct {
+	lab          *lab.Lab
+	ans, bns     string
+	a, b         *Tunnel
+	aPeer, bPeer Peer
+}
+
+func twoNodes(t *testing.T) *pair {
 	t.Helper()
 	l := labtest.Generate(t, 2, 1, false)
 	na, nb := l.Node("site1-n1"), l.Node("site2-n1")
-	a = openNode(t, na.Netns, "a", "100.64.0.1/32")
-	b = openNode(t, nb.Netns, "b", "100.64.0.2/32")
-	aPeer = Peer{PublicKey: a.PublicKey().String(), Endpoint: na.Underlay.String() + ":51833", AllowedIPs: pfx("100.64.0.1/32")}
-	bPeer = Peer{PublicKey: b.PublicKey().String(), Endpoint: nb.Underlay.String() + ":51833", AllowedIPs: pfx("100.64.0.2/32")}
+	a := openNode(t, na.Netns, "a", "100.64.0.1/32")
+	b := openNode(t, nb.Netns, "b", "100.64.0.2/32")
+	aPeer := Peer{PublicKey: a.PublicKey().String(), Endpoint: na.Underlay.String() + ":51833", AllowedIPs: pfx("100.64.0.1/32")}
+	bPeer := Peer{PublicKey: b.PublicKey().String(), Endpoint: nb.Underlay.String() + ":51833", AllowedIPs: pfx("100.64.0.2/32")}
 	reconcile(t, a, bPeer)
 	reconcile(t, b, aPeer)
-	return na.Netns, nb.Netns, a, b, aPeer, bPeer
+	return &pair{l, na.Netns, nb.Netns, a, b, aPeer, bPeer}
 }
 
 // weftRoutes lists the routes the tunnel owns, as `ip route` shows them.
@@ -70,7 +78,8 @@ func weftRoutes(t *testing.T, ns string, tun *Tunnel) []string {
 }
 
 func TestReconcile(t *testing.T) {
-	ans, _, a, _, _, bPeer := twoNodes(t)
+	p := twoNodes(t)
+	ans, a, bPeer := p.ans, p.a, p.bPeer
 	mustPing(t, ans, "100.64.0.2")
 	if got := weftRoutes(t, ans, a); !slices.Equal(got, []string{"100.64.0.2"}) {
 		t.Fatalf("routes via %s: %v; want [100.64.0.2]", a.Name(), got)
@@ -183,7 +192,8 @@ func stripCounters(dump string) string {
 // TestHelperDiesIsRestarted: if the userspace helper dies, the next
 // reconcile starts a new one and restores peers and routes.
 func TestHelperDiesIsRestarted(t *testing.T) {
-	ans, _, a, _, _, bPeer := twoNodes(t)
+	p := twoNodes(t)
+	ans, a, bPeer := p.ans, p.a, p.bPeer
 	mustPing(t, ans, "100.64.0.2")
 	old := a.HelperPID()
 	if a.Kind() != KindUserspace {
