@@ -1,0 +1,173 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/weftmesh/weft/identity"
+)
+
+// RuleRef names a rule: policy, section, index, and where it was written.
+type RuleRef struct {
+	Policy  string
+	Section string // ingress, egress, ingressDeny, egressDeny
+	Index   int
+	File    string
+	Line    int
+}
+
+func (r RuleRef) String() string {
+	s := ruleName(r.Policy, r.Section, r.Index)
+	if r.File != "" && r.Line > 0 {
+		s += fmt.Sprintf(" (%s:%d)", r.File, r.Line)
+	}
+	return s
+}
+
+// DirectionTrace explains the verdict of one direction.
+type DirectionTrace struct {
+	Enforced bool     // a policy with this direction's allow section selects the endpoint
+	Verdict  Verdict  // of this direction alone
+	Rule     *RuleRef // the deciding rule; nil when the default decided
+	Reason   string   // one sentence for a human
+}
+
+// TraceResult is the answer to "would from reach to on this port?": the
+// sender's egress and the receiver's ingress must both allow.
+type TraceResult struct {
+	Verdict Verdict
+	Egress  DirectionTrace
+	Ingress DirectionTrace
+}
+
+func (t TraceResult) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "verdict: %s\n", t.Verdict)
+	for _, d := range []struct {
+		name string
+		dt   DirectionTrace
+	}{{"egress", t.Egress}, {"ingress", t.Ingress}} {
+		fmt.Fprintf(&b, "  %s: %s — %s", d.name, d.dt.Verdict, d.dt.Reason)
+		if d.dt.Rule != nil {
+			fmt.Fprintf(&b, " [%s]", d.dt.Rule)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// Trace decides, from the policies alone, whether traffic from one label
+// set to another on a protocol (IANA number) and port is allowed, and which
+// policy and rule decided. It follows the same matching as compilation, so
+// the datapath gives the same answer. Reserved and CIDR label sets
+// (`reserved:world`, `cidr:...`) stand for the peers that carry them; they
+// are never local endpoints, so their side of the trace is open. ICMP
+// carries no port: port is ignored for ICMP.
+func Trace(ps []*Policy, from, to identity.Labels, port uint16, proto uint8) TraceResult {
+	if proto == IPProtoICMP || proto == IPProtoICMPv6 {
+		port = 0
+	}
+	sorted := slices.Clone(ps)
+	slices.SortFunc(sorted, func(a, b *Policy) int { return strings.Compare(a.Name, b.Name) })
+	fr, tr := newRecord(0, from), newRecord(0, to)
+	t := TraceResult{
+		Egress:  traceDirection(sorted, Egress, fr, tr, port, proto),
+		Ingress: traceDirection(sorted, Ingress, tr, fr, port, proto),
+	}
+	t.Verdict = Allow
+	if t.Egress.Verdict == Deny || t.Ingress.Verdict == Deny {
+		t.Verdict = Deny
+	}
+	return t
+}
+
+// Trace runs Trace over the compiler's current policies.
+func (c *Compiler) Trace(from, to identity.Labels, port uint16, proto uint8) TraceResult {
+	return Trace(c.Policies(), from, to, port, proto)
+}
+
+func traceDirection(ps []*Policy, dir Direction, self, peer *idRecord, port uint16, proto uint8) DirectionTrace {
+	if self.class != classEndpoint {
+		return DirectionTrace{Verdict: Allow, Reason: fmt.Sprintf("%s is not a mesh endpoint: no %s policy applies", labelsOrNone(self.labels), dir)}
+	}
+	allowSec, denySec := "ingress", "ingressDeny"
+	if dir == Egress {
+		allowSec, denySec = "egress", "egressDeny"
+	}
+	var selected []*Policy
+	var isolating []string
+	for _, p := range ps {
+		if p.EndpointSelector.Matches(self.labels) {
+			selected = append(selected, p)
+			if rulesOf(p, allowSec) != nil {
+				isolating = append(isolating, p.Name)
+			}
+		}
+	}
+	for _, p := range selected {
+		if ref := firstMatch(p, denySec, peer, port, proto); ref != nil {
+			return DirectionTrace{Enforced: len(isolating) > 0, Verdict: Deny, Rule: ref, Reason: "denied by a deny rule (deny wins over allow)"}
+		}
+	}
+	if len(isolating) == 0 {
+		return DirectionTrace{Verdict: Allow, Reason: fmt.Sprintf("no policy with an %s section selects %s: open by default", allowSec, labelsOrNone(self.labels))}
+	}
+	for _, p := range selected {
+		if ref := firstMatch(p, allowSec, peer, port, proto); ref != nil {
+			return DirectionTrace{Enforced: true, Verdict: Allow, Rule: ref, Reason: "allowed by a rule"}
+		}
+	}
+	return DirectionTrace{Enforced: true, Verdict: Deny, Reason: fmt.Sprintf("no rule allows it; %s is isolated by %s", dir, strings.Join(isolating, ", "))}
+}
+
+func firstMatch(p *Policy, sec string, peer *idRecord, port uint16, proto uint8) *RuleRef {
+	for i, r := range rulesOf(p, sec) {
+		if ruleMatches(r, peer, port, proto) {
+			return &RuleRef{Policy: p.Name, Section: sec, Index: i, File: p.File, Line: r.Line}
+		}
+	}
+	return nil
+}
+
+func ruleMatches(r Rule, peer *idRecord, port uint16, proto uint8) bool {
+	peerOK := len(r.Peers) == 0
+	for _, p := range r.Peers {
+		for _, m := range matchersOf(p) {
+			if m.matches(peer) {
+				peerOK = true
+			}
+		}
+	}
+	if !peerOK {
+		return false
+	}
+	if len(r.Ports) == 0 {
+		return true
+	}
+	for _, pr := range r.Ports {
+		if pr.matches(proto, port) {
+			return true
+		}
+	}
+	return false
+}
+
+func rulesOf(p *Policy, sec string) []Rule {
+	switch sec {
+	case "ingress":
+		return p.Ingress
+	case "egress":
+		return p.Egress
+	case "ingressDeny":
+		return p.IngressDeny
+	}
+	return p.EgressDeny
+}
+
+func labelsOrNone(l identity.Labels) string {
+	if len(l) == 0 {
+		return "the endpoint without labels"
+	}
+	return l.String()
+}
