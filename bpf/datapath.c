@@ -1,3 +1,5 @@
+//go:build ignore
+
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 /* Weft's datapath: identity-aware policy with connection tracking.
  *

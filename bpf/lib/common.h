@@ -66,8 +66,8 @@
 
 /* A packet reduced to what policy and connection tracking need. Addresses
  * are 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), so one code path
- * and one map serve both families. Ports are in host byte order; for ICMP
- * echo both carry the echo identifier. */
+ * and one map serve both families. Ports are in host byte order; ICMP echo
+ * carries its identifier as sport (request) or dport (reply). */
 struct flow {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -163,10 +163,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 			else if (type == 0)
 				f->icmp_echo = 2;
 		}
-		if (f->icmp_echo) {
+		/* The echo identifier is the "port" of the side that chose it:
+		 * source of a request, destination of a reply. A request the
+		 * other way thus never looks like a reply. */
+		if (f->icmp_echo == 1)
 			f->sport = ((__u16)h[4] << 8) | h[5];
-			f->dport = f->sport;
-		}
+		else if (f->icmp_echo == 2)
+			f->dport = ((__u16)h[4] << 8) | h[5];
 		return PARSE_JUDGE;
 	}
 	default:
