@@ -105,31 +105,40 @@ func NewCA(name string) (*CA, error) {
 
 // LoadCA reads the CA from dir. A missing CA wraps os.ErrNotExist.
 func LoadCA(dir string) (*CA, error) {
-	certPEM, certErr := os.ReadFile(filepath.Join(dir, CACertFile))
-	keyPEM, keyErr := os.ReadFile(filepath.Join(dir, CAKeyFile))
+	return LoadCAFiles(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile))
+}
+
+// LoadCAFiles reads a CA from a certificate and a key file (PEM), such as
+// the CA the embedded etcd made for itself: the join service must sign
+// with the CA etcd trusts. Both files missing wraps os.ErrNotExist.
+func LoadCAFiles(certFile, keyFile string) (*CA, error) {
+	dir := filepath.Dir(certFile)
+	certName, keyName := filepath.Base(certFile), filepath.Base(keyFile)
+	certPEM, certErr := os.ReadFile(certFile)
+	keyPEM, keyErr := os.ReadFile(keyFile)
 	switch {
 	case errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
-		return nil, fmt.Errorf("no mesh CA in %s: %w", dir, os.ErrNotExist)
+		return nil, fmt.Errorf("no mesh CA (%s, %s) in %s: %w", certName, keyName, dir, os.ErrNotExist)
 	case certErr != nil:
 		// %v, not %w: half a CA must not look like no CA to LoadOrCreateCA.
-		return nil, fmt.Errorf("reading the mesh CA certificate (the key is there; restore %s from a backup rather than making a new CA): %v", CACertFile, certErr)
+		return nil, fmt.Errorf("reading the mesh CA certificate (the key is there; restore %s from a backup rather than making a new CA): %v", certName, certErr)
 	case keyErr != nil:
-		return nil, fmt.Errorf("reading the mesh CA key (the certificate is there; restore %s from a backup rather than making a new CA): %v", CAKeyFile, keyErr)
+		return nil, fmt.Errorf("reading the mesh CA key (the certificate is there; restore %s from a backup rather than making a new CA): %v", keyName, keyErr)
 	}
 	cert, err := ParseCertPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CACertFile), err)
+		return nil, fmt.Errorf("%s: %w", certFile, err)
 	}
 	key, err := ParseKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CAKeyFile), err)
+		return nil, fmt.Errorf("%s: %w", keyFile, err)
 	}
 	ek, ok := key.(*ecdsa.PrivateKey)
 	if !ok || !ek.PublicKey.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("the mesh CA key in %s does not match its certificate", dir)
+		return nil, fmt.Errorf("the mesh CA key %s does not match its certificate %s", keyFile, certFile)
 	}
 	if !cert.IsCA {
-		return nil, fmt.Errorf("%s is not a CA certificate", filepath.Join(dir, CACertFile))
+		return nil, fmt.Errorf("%s is not a CA certificate", certFile)
 	}
 	return &CA{Cert: cert, CertPEM: certPEM, key: ek}, nil
 }
@@ -200,6 +209,18 @@ func (ca *CA) IssueClient(commonName string, orgs []string) (certPEM, keyPEM []b
 // certificate. The subject is the CA's choice (commonName, orgs), not the
 // requester's: a node proves its key, the join service decides its name.
 func (ca *CA) SignClientCSR(csrPEM []byte, commonName string, orgs []string) ([]byte, error) {
+	pub, err := CheckCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := ca.template(commonName, orgs, CertValidity)
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	return ca.sign(tmpl, pub)
+}
+
+// CheckCSR parses a PEM certificate request, checks its signature (the
+// requester holds the key) and that the key is ECDSA P-256.
+func CheckCSR(csrPEM []byte) (*ecdsa.PublicKey, error) {
 	block, rest := pem.Decode(csrPEM)
 	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(strings.TrimSpace(string(rest))) != 0 {
 		return nil, fmt.Errorf("%w: not a single PEM CERTIFICATE REQUEST", ErrInvalidCSR)
@@ -215,9 +236,7 @@ func (ca *CA) SignClientCSR(csrPEM []byte, commonName string, orgs []string) ([]
 	if !ok || pub.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("%w: the key must be ECDSA P-256", ErrInvalidCSR)
 	}
-	tmpl := ca.template(commonName, orgs, CertValidity)
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	return ca.sign(tmpl, pub)
+	return pub, nil
 }
 
 func (ca *CA) template(cn string, orgs []string, validity time.Duration) *x509.Certificate {

@@ -128,3 +128,20 @@ func TestIssueServer(t *testing.T) {
 		t.Error("a server certificate without hosts was issued")
 	}
 }
+
+// The join service signs with the CA the embedded etcd made for itself;
+// LoadCAFiles reads it under its own file names.
+func TestLoadCAFiles(t *testing.T) {
+	dir := t.TempDir()
+	ca, _ := NewCA("etcd")
+	keyPEM, _ := encodeKey(ca.key)
+	WriteFiles(dir, map[string][]byte{"ca.crt": ca.CertPEM, "ca.key": keyPEM})
+	got, err := LoadCAFiles(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil || got.Fingerprint() != ca.Fingerprint() {
+		t.Fatalf("%v", err)
+	}
+	_, err = LoadCAFiles(filepath.Join(dir, "nope.crt"), filepath.Join(dir, "nope.key"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing files: %v", err)
+	}
+}
