@@ -1,0 +1,249 @@
+package join
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/agent/pki"
+)
+
+// Grant is what a valid token allows: the cluster the node joins and the
+// labels the token's creator gave it.
+type Grant struct {
+	TokenID string
+	// Cluster is empty when the token leaves it to the service's default.
+	Cluster string
+	// Labels use the configuration form: key (optionally vm:key or
+	// k8s:key) to value.
+	Labels map[string]string
+}
+
+// TokenStore checks a presented token and counts one use of it,
+// atomically. Its errors wrap ErrTokenUnknown (also for a wrong secret),
+// ErrTokenExpired, ErrTokenRevoked or ErrTokenUsedUp, with a message for
+// the person joining; anything else is a service failure.
+type TokenStore interface {
+	ConsumeToken(ctx context.Context, id, secret string, now time.Time) (Grant, error)
+}
+
+// ServerConfig configures a join service.
+type ServerConfig struct {
+	// CA signs the service's certificate and the nodes' certificates. It
+	// must be the CA the etcd servers trust for clients.
+	CA     *pki.CA
+	Tokens TokenStore
+	// EtcdEndpoints are given to joining nodes (https URLs they can reach).
+	EtcdEndpoints []string
+	// Cluster is the cluster of nodes whose token names none.
+	Cluster string
+	// Hosts are the names and addresses the service's certificate is valid
+	// for: at least the host of the address written into tokens.
+	Hosts []string
+	Log   *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server is a running join service.
+type Server struct {
+	cfg  ServerConfig
+	http *http.Server
+	cert tls.Certificate
+}
+
+// NodeOrganization is the organization of every node client certificate.
+const NodeOrganization = "weft:nodes"
+
+// NodeCommonName is the subject of a node's client certificate; etcd
+// takes it as the user name, so per-node roles can key on it later.
+func NodeCommonName(cluster, node string) string { return "node:" + cluster + "/" + node }
+
+// NewServer checks cfg and issues the service's own certificate.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	switch {
+	case cfg.CA == nil:
+		return nil, errors.New("join: no CA")
+	case cfg.Tokens == nil:
+		return nil, errors.New("join: no token store")
+	case len(cfg.EtcdEndpoints) == 0:
+		return nil, errors.New("join: no etcd endpoints to give joining nodes")
+	case len(cfg.Hosts) == 0:
+		return nil, errors.New("join: no host for the service's certificate (the address in tokens)")
+	}
+	if err := config.ValidateName("cluster", cfg.Cluster); err != nil {
+		return nil, fmt.Errorf("join: default cluster: %w", err)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	certPEM, keyPEM, err := cfg.CA.IssueServer("weft join service", cfg.Hosts)
+	if err != nil {
+		return nil, fmt.Errorf("join: issuing the service certificate: %w", err)
+	}
+	cert, err := tls.X509KeyPair(append(certPEM, cfg.CA.CertPEM...), keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("join: loading the service certificate: %w", err)
+	}
+	s := &Server{cfg: cfg, cert: cert}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+joinPath, s.handleJoin)
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// ListenAndServe listens on addr (host:port) and serves until Shutdown.
+func (s *Server) ListenAndServe(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("join service: listening on %s: %w", addr, err)
+	}
+	return s.Serve(l)
+}
+
+// Serve serves TLS on l until Shutdown; it returns nil after a shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	tl := tls.NewListener(l, &tls.Config{
+		Certificates: []tls.Certificate{s.cert},
+		MinVersion:   tls.VersionTLS13,
+	})
+	if err := s.http.Serve(tl); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("join service: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the service, waiting for joins in progress until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	log := s.cfg.Log.With("remote", r.RemoteAddr)
+	resp, err := s.join(r)
+	if err != nil {
+		status, code := http.StatusInternalServerError, "internal"
+		for _, c := range errorCodes {
+			if errors.Is(err, c.err) {
+				status, code = c.status, c.code
+				break
+			}
+		}
+		msg := err.Error()
+		if status == http.StatusInternalServerError {
+			// Details of an internal failure stay in the service's log.
+			log.Error("join failed", "err", err)
+			msg = "the join service failed; its log on the mesh's first node says why"
+		} else {
+			log.Info("join refused", "code", code, "err", err)
+			for _, c := range errorCodes {
+				msg = strings.TrimPrefix(msg, c.err.Error()+": ")
+			}
+		}
+		writeJSON(w, status, errorBody{Error: msg, Code: code})
+		return
+	}
+	log.Info("node joined", "node", resp.NodeName, "cluster", resp.Cluster, "duration", time.Since(start))
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) join(r *http.Request) (*response, error) {
+	var req request
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, fmt.Errorf("%w: decoding the request: %v", ErrInvalidRequest, err)
+	}
+	// Everything the node sends is checked before the token is consumed,
+	// so a typo in --name does not burn a single-use token.
+	if err := config.ValidateName("node", req.NodeName); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	if err := config.ValidateLabels(req.Labels); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	if _, err := pki.CheckCSR([]byte(req.CSR)); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	if !tokenIDRE.MatchString(req.TokenID) || !tokenSecretRE.MatchString(req.Secret) {
+		return nil, fmt.Errorf("%w: the token is not known to this mesh", ErrTokenUnknown)
+	}
+
+	grant, err := s.cfg.Tokens.ConsumeToken(r.Context(), req.TokenID, req.Secret, s.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	cluster := grant.Cluster
+	if cluster == "" {
+		cluster = s.cfg.Cluster
+	}
+	labels, overridden, err := mergeLabels(grant.Labels, req.Labels)
+	if err != nil {
+		return nil, fmt.Errorf("token %s carries labels this service cannot use: %w", grant.TokenID, err)
+	}
+	certPEM, err := s.cfg.CA.SignClientCSR([]byte(req.CSR), NodeCommonName(cluster, req.NodeName), []string{NodeOrganization})
+	if err != nil {
+		return nil, fmt.Errorf("signing the node certificate: %w", err)
+	}
+	return &response{
+		NodeName:      req.NodeName,
+		Cluster:       cluster,
+		Labels:        labels,
+		Overridden:    overridden,
+		CACert:        string(s.cfg.CA.CertPEM),
+		Cert:          string(certPEM),
+		EtcdEndpoints: s.cfg.EtcdEndpoints,
+	}, nil
+}
+
+// mergeLabels adds the node's requested labels to the token's; on the same
+// label key the token wins (whoever made it decides what a node may be),
+// and the replaced requests are reported back. Keys come out canonical
+// (vm:app), so app and vm:app cannot both survive.
+func mergeLabels(token, requested map[string]string) (map[string]string, []string, error) {
+	tl, err := config.ToIdentityLabels(token)
+	if err != nil {
+		return nil, nil, err
+	}
+	rl, err := config.ToIdentityLabels(requested)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := map[string]string{}
+	for _, l := range rl {
+		out[l.Source+":"+l.Key] = l.Value
+	}
+	var overridden []string
+	for _, l := range tl {
+		k := l.Source + ":" + l.Key
+		if v, ok := out[k]; ok && v != l.Value {
+			overridden = append(overridden, k+"="+v)
+		}
+		out[k] = l.Value
+	}
+	slices.Sort(overridden)
+	return out, overridden, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
