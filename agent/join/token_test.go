@@ -32,7 +32,9 @@ func TestTokenRoundTrip(t *testing.T) {
 	}
 }
 
-func encode(raw string) string { return TokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(raw)) }
+func encode(raw string) string {
+	return TokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(raw))
+}
 
 func TestParseTokenRefuses(t *testing.T) {
 	cases := map[string]struct{ in, want string }{
