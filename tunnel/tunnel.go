@@ -136,6 +136,9 @@ type Tunnel struct {
 	helper       *helperProc
 	desired      []Peer
 	lastEndpoint map[wgtypes.Key]netip.AddrPort
+	// rotating wakes Run when a peer starts rotating, so it switches to
+	// fast polling at once instead of at its next slow tick.
+	rotating chan struct{}
 }
 
 // Open creates the interface or attaches to the one a previous agent left
@@ -163,6 +166,7 @@ func Open(ctx context.Context, cfg Config) (*Tunnel, error) {
 		wg:           sys.wg,
 		key:          key,
 		lastEndpoint: map[wgtypes.Key]netip.AddrPort{},
+		rotating:     make(chan struct{}, 1),
 	}
 	if err := t.setMTU(); err != nil {
 		sys.close()
@@ -288,6 +292,15 @@ func (t *Tunnel) Reconcile(ctx context.Context, desired []Peer) error {
 	}
 	p := makePlan(dev, routes, specs, t.lastEndpoint)
 	t.desired = append([]Peer(nil), desired...)
+	for _, s := range specs {
+		if s.next != nil {
+			select {
+			case t.rotating <- struct{}{}:
+			default:
+			}
+			break
+		}
+	}
 	if !p.empty() {
 		if err := t.apply(p); err != nil {
 			return err
@@ -334,7 +347,7 @@ func (t *Tunnel) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = 5 * time.Second
 	}
-	const rotatingInterval = 100 * time.Millisecond
+	const rotatingInterval = 50 * time.Millisecond
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	for {
@@ -342,6 +355,13 @@ func (t *Tunnel) Run(ctx context.Context, interval time.Duration) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+		case <-t.rotating:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
 		}
 		t.mu.Lock()
 		desired := t.desired
