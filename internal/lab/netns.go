@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -34,6 +35,7 @@ func createNetns(names []string) error {
 	}
 	cmd := exec.Command("ip", "-batch", "-")
 	cmd.Stdin = &script
+	cmd.SysProcAttr = diesWithUs()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("creating namespaces with ip netns add: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -55,6 +57,13 @@ func deleteNetns(name string) error {
 		return fmt.Errorf("removing namespace %s: %w", name, err)
 	}
 	return nil
+}
+
+// diesWithUs makes a helper command die with the lab process, so that a
+// killed `lab up` does not leave an ip or nft process creating namespaces
+// after DownAll has cleaned up.
+func diesWithUs() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 // listNetns returns the named namespaces that start with prefix.

@@ -234,6 +234,7 @@ const natRules = `table ip weft-lab {
 func (l *Lab) masquerade(ctx context.Context, r *Router) error {
 	cmd := exec.CommandContext(ctx, "nsenter", nsenterArgs(r.Netns, []string{"nft", "-f", "-"})...)
 	cmd.Stdin = strings.NewReader(fmt.Sprintf(natRules, wanIface, r.LAN))
+	cmd.SysProcAttr = diesWithUs()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("installing the NAT rules in %s: %w: %s", r.Netns, err, strings.TrimSpace(string(out)))
 	}

@@ -1,0 +1,495 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/internal/lab"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "lab",
+		Usage: "build and drive a network-namespace lab of sites, NAT and nodes (needs root)",
+		Description: `The lab is a set of network namespaces on this machine: per site a router
+with a LAN bridge, one namespace per node and per workload, and an "internet"
+namespace between the routers; a NAT site masquerades its nodes. Underlay
+addresses come from 198.18.0.0/15. The lab never touches the machine's own
+interfaces, addresses, routes or firewall. See docs/lab.md.`,
+		Subcommands: []*cli.Command{labUpCommand(), labStatusCommand(), labExecCommand(), labDownCommand()},
+	})
+}
+
+func labUpCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "up",
+		Usage: "bring up a lab from a topology file or from counts; it stays up after meshctl exits",
+		UsageText: `meshctl lab up -f topo.yaml [--name NAME]
+meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--workloads-per-node K]`,
+		Description: `Generated labs have sites site1..siteN and nodes site<i>-n<j>; with --nat-site
+the last site is behind NAT. Site i's LAN is 198.18.<i>.0/24 (router .1, nodes
+from .10); the routers meet on 198.19.0.0/24. Remove the lab with
+'meshctl lab down NAME'.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "topology file (YAML, see docs/lab.md)"},
+			&cli.StringFlag{Name: "name", Usage: "lab name: lowercase letters and digits; prefixes its namespaces (wl-NAME-...); overrides the file's name", Value: "demo", DefaultText: "the file's name, or demo"},
+			&cli.IntFlag{Name: "sites", Usage: "number of sites", Value: 3},
+			&cli.IntFlag{Name: "nodes-per-site", Usage: "nodes on each site's LAN", Value: 2},
+			&cli.BoolFlag{Name: "nat-site", Usage: "put the last site behind NAT"},
+			&cli.IntFlag{Name: "workloads-per-node", Usage: "workload namespaces joined to each node by a veth pair", Value: 0},
+		},
+		Action: labUp,
+	}
+}
+
+func labSpecFromFlags(c *cli.Context) (*lab.Spec, error) {
+	if c.Args().Present() {
+		return nil, fmt.Errorf("lab up takes no arguments, got %q: use --name NAME or -f FILE", c.Args().First())
+	}
+	if file := c.String("file"); file != "" {
+		for _, f := range []string{"sites", "nodes-per-site", "nat-site", "workloads-per-node"} {
+			if c.IsSet(f) {
+				return nil, fmt.Errorf("--%s cannot be used with -f: the file describes the topology", f)
+			}
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading the topology: %w", err)
+		}
+		spec, err := lab.ParseSpec(data, file)
+		if err != nil {
+			return nil, err
+		}
+		if c.IsSet("name") {
+			spec.Name = c.String("name")
+			if err := spec.Validate(); err != nil {
+				return nil, fmt.Errorf("--name: %w", err)
+			}
+		}
+		return spec, nil
+	}
+	sites, nodes, workloads := c.Int("sites"), c.Int("nodes-per-site"), c.Int("workloads-per-node")
+	switch {
+	case sites < 1 || sites > lab.MaxSites:
+		return nil, fmt.Errorf("--sites must be between 1 and %d, got %d", lab.MaxSites, sites)
+	case nodes < 1 || nodes > lab.MaxNodesPerSite:
+		return nil, fmt.Errorf("--nodes-per-site must be between 1 and %d, got %d", lab.MaxNodesPerSite, nodes)
+	case workloads < 0 || workloads > lab.MaxWorkloadsPerNode:
+		return nil, fmt.Errorf("--workloads-per-node must be between 0 and %d, got %d", lab.MaxWorkloadsPerNode, workloads)
+	}
+	spec := lab.Generate(c.String("name"), sites, nodes, c.Bool("nat-site"))
+	spec.AddWorkloads(workloads)
+	if err := spec.Validate(); err != nil {
+		var se *lab.SpecError
+		if errors.As(err, &se) && se.Field == "name" {
+			return nil, fmt.Errorf("--name: %s", se.Problem)
+		}
+		return nil, err
+	}
+	return spec, nil
+}
+
+// trailingFlags lets flags follow the lab name (`lab status demo -o json`):
+// urfave/cli stops parsing flags at the first argument, so the remaining
+// arguments are scanned for the command's own flags. bools are flags
+// without a value, values the names of one flag with a value, canonical
+// name first (aliases are separate entries in urfave/cli's flag set).
+func trailingFlags(c *cli.Context, bools, values []string) ([]string, error) {
+	var pos []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		switch {
+		case slices.Contains(bools, name):
+			if hasVal {
+				return nil, fmt.Errorf("--%s takes no value", name)
+			}
+			if err := c.Set(name, "true"); err != nil {
+				return nil, err
+			}
+		case slices.Contains(values, name):
+			if !hasVal {
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("%s needs a value", a)
+				}
+				i++
+				val = args[i]
+			}
+			if err := c.Set(values[0], val); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("unknown flag %s", a)
+		}
+	}
+	return pos, nil
+}
+
+func needRoot(what string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("meshctl lab %s needs root (it works with network namespaces): run it with sudo", what)
+	}
+	return nil
+}
+
+func labUp(c *cli.Context) error {
+	spec, err := labSpecFromFlags(c)
+	if err != nil {
+		return err
+	}
+	if err := needRoot("up"); err != nil {
+		return err
+	}
+	// Ctrl-C while building: Up removes what it made.
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(&progressHandler{w: c.App.ErrWriter})
+	l, err := lab.Up(ctx, spec, log)
+	if err != nil {
+		return err
+	}
+	// The lab outlives this process; `lab down --all` may now take it.
+	if err := l.Detach(); err != nil {
+		_ = l.Down()
+		return err
+	}
+	w := c.App.Writer
+	if err := printLabStatus(w, l.Status()); err != nil {
+		return err
+	}
+	// From the last node (behind NAT with --nat-site) to the first: the
+	// direction that works through a NAT.
+	nodes := l.Nodes()
+	from, to := nodes[len(nodes)-1], nodes[0]
+	fmt.Fprintf(w, "\nLab %s is up and stays up. Try:\n", l.Name())
+	fmt.Fprintf(w, "  meshctl lab exec --lab %s %s -- ping -c 2 %s\n", l.Name(), from.Name, to.Underlay)
+	fmt.Fprintf(w, "  meshctl lab exec --lab %s %s -- ip route\n", l.Name(), from.Name)
+	fmt.Fprintf(w, "  meshctl lab status %s\n", l.Name())
+	fmt.Fprintf(w, "  meshctl lab down %s\n", l.Name())
+	return nil
+}
+
+func labStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show labs: their routers, nodes, workloads, namespaces and addresses",
+		ArgsUsage: "[NAME]",
+		Description: `Without NAME every lab is shown. A lab is "in use" while the process that
+created it runs (a test); 'meshctl lab up' hands its lab over ("detached").
+Namespaces with the lab prefix that no lab claims are listed as leftovers.`,
+		Flags:  []cli.Flag{outputFlag()},
+		Action: labStatus,
+	}
+}
+
+func labStatus(c *cli.Context) error {
+	args, err := trailingFlags(c, nil, []string{"output", "o"})
+	if err != nil {
+		return err
+	}
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	if len(args) > 1 {
+		return fmt.Errorf("lab status takes at most one lab name, got %d: %s", len(args), strings.Join(args, " "))
+	}
+	if err := needRoot("status"); err != nil {
+		return err
+	}
+	var names []string
+	if len(args) == 1 {
+		names = args
+	} else if names, err = lab.Names(); err != nil {
+		return err
+	}
+	var statuses []lab.Status
+	for _, name := range names {
+		l, err := lab.Load(name)
+		if err != nil {
+			return err
+		}
+		statuses = append(statuses, l.Status())
+	}
+	orphans, err := lab.Orphans()
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	if format == "json" {
+		if len(args) == 1 {
+			return printJSON(w, statuses[0])
+		}
+		return printJSON(w, struct {
+			Labs      []lab.Status `json:"labs"`
+			Leftovers []string     `json:"leftoverNamespaces,omitempty"`
+		}{statuses, orphans})
+	}
+	if len(statuses) == 0 {
+		fmt.Fprintln(w, "No labs. Start one with: meshctl lab up --sites 3 --nodes-per-site 2 --nat-site")
+	}
+	for i, s := range statuses {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if err := printLabStatus(w, s); err != nil {
+			return err
+		}
+	}
+	if len(orphans) > 0 && len(args) == 0 {
+		fmt.Fprintf(w, "\nLeftover namespaces no lab claims (remove with 'meshctl lab down --all'):\n  %s\n", strings.Join(orphans, "\n  "))
+	}
+	return nil
+}
+
+func printLabStatus(w io.Writer, s lab.Status) error {
+	state := "up"
+	switch {
+	case !s.Complete:
+		state = "incomplete (being built, or its creator crashed)"
+	case len(s.Missing) > 0:
+		state = fmt.Sprintf("damaged: %d namespaces missing (%s)", len(s.Missing), strings.Join(s.Missing, ", "))
+	}
+	holder := "detached"
+	if s.OwnerPid != 0 {
+		holder = fmt.Sprintf("in use by pid %d", s.OwnerPid)
+		if !s.InUse {
+			holder = fmt.Sprintf("creator pid %d is gone", s.OwnerPid)
+		}
+	}
+	fmt.Fprintf(w, "Lab %s: %s, %s, created %s\n", s.Name, state, holder, s.Created.Local().Format(time.DateTime))
+	rows := [][]string{{"internet", "internet", "", s.Internet, "198.19.0.1/24", "", ""}}
+	for _, r := range s.Routers {
+		nat := "no"
+		if r.NAT {
+			nat = "masquerade"
+		}
+		rows = append(rows, []string{r.Name, "router", r.Site, r.Netns,
+			fmt.Sprintf("%s/%d %s/24", r.LANAddr, r.LAN.Bits(), r.WANAddr), "", nat})
+		for _, n := range s.Nodes {
+			if n.Site != r.Site {
+				continue
+			}
+			nat := "no"
+			if n.NAT {
+				nat = "yes"
+			}
+			rows = append(rows, []string{n.Name, "node", n.Site, n.Netns, fmt.Sprintf("%s/%d", n.Underlay, r.LAN.Bits()), "via " + n.Gateway.String(), nat})
+			for _, wl := range s.Workloads {
+				if wl.Node == n.Name {
+					rows = append(rows, []string{wl.Name, "workload", n.Site, wl.Netns, "", fmt.Sprintf("veth %s = %s on %s", wl.Iface, wl.HostIface, n.Name), ""})
+				}
+			}
+		}
+	}
+	if err := printTable(w, []string{"name", "kind", "site", "netns", "address", "route", "nat"}, rows); err != nil {
+		return err
+	}
+	if len(s.Processes) > 0 {
+		fmt.Fprintln(w)
+		var prows [][]string
+		for _, p := range s.Processes {
+			state := "running"
+			if !p.Running {
+				state = "exited"
+			}
+			prows = append(prows, []string{p.Name, fmt.Sprint(p.Pid), state, p.Netns, p.Log})
+		}
+		return printTable(w, []string{"process", "pid", "state", "netns", "output"}, prows)
+	}
+	return nil
+}
+
+func labExecCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "exec",
+		Usage:     "run a command inside a node, workload or router namespace",
+		ArgsUsage: "NODE -- CMD [ARGS...]",
+		UsageText: "meshctl lab exec [--lab NAME] NODE -- CMD [ARGS...]",
+		Description: `NODE is a node, workload or router name (or "internet"). Only the network
+namespace is entered: the command sees this machine's files. Its exit status
+is meshctl's. Example: meshctl lab exec site1-n1 -- ping -c 2 198.18.3.10`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
+		},
+		Action: labExec,
+	}
+}
+
+func labExec(c *cli.Context) error {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return errors.New("lab exec needs a node and a command: meshctl lab exec NODE -- CMD [ARGS...]")
+	}
+	target, cmdArgs := args[0], args[1:]
+	if len(cmdArgs) > 0 && cmdArgs[0] == "--" {
+		cmdArgs = cmdArgs[1:]
+	}
+	if target == "--" || len(cmdArgs) == 0 {
+		return errors.New("lab exec needs a node and a command: meshctl lab exec NODE -- CMD [ARGS...]")
+	}
+	if err := needRoot("exec"); err != nil {
+		return err
+	}
+	name := c.String("lab")
+	if name == "" {
+		names, err := lab.Names()
+		if err != nil {
+			return err
+		}
+		switch len(names) {
+		case 0:
+			return errors.New("no lab is up: start one with meshctl lab up")
+		case 1:
+			name = names[0]
+		default:
+			return fmt.Errorf("%d labs are up (%s): choose one with --lab NAME", len(names), strings.Join(names, ", "))
+		}
+	}
+	l, err := lab.Load(name)
+	if err != nil {
+		return err
+	}
+	cmd, err := l.Command(context.Background(), target, cmdArgs...)
+	if err != nil {
+		return err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.App.Writer, c.App.ErrWriter
+	// The command gets Ctrl-C from the terminal itself; meshctl waits for it.
+	signal.Ignore(os.Interrupt)
+	defer signal.Reset(os.Interrupt)
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if code := exit.ExitCode(); code > 0 {
+			return cli.Exit("", code)
+		}
+		return cli.Exit(fmt.Sprintf("meshctl: %s in %s: %v", cmdArgs[0], target, err), 1)
+	}
+	return err
+}
+
+func labDownCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "down",
+		Usage:     "remove a lab, or every lab no running process holds (--all)",
+		ArgsUsage: "NAME | --all",
+		Description: `Stops the processes started in the lab, kills anything else still inside its
+namespaces, and deletes the namespaces with their links. --all also removes
+labs whose creator crashed and namespaces with the lab prefix (wl-) that no
+lab claims; it leaves alone labs whose creating process still runs (a test in
+progress): remove one of those by name.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "all", Usage: "remove every lab not held by a running process, and leftovers"},
+		},
+		Action: labDown,
+	}
+}
+
+func labDown(c *cli.Context) error {
+	args, err := trailingFlags(c, []string{"all"}, nil)
+	if err != nil {
+		return err
+	}
+	all := c.Bool("all")
+	switch {
+	case all && len(args) > 0:
+		return fmt.Errorf("give a lab name or --all, not both (got %q and --all)", args[0])
+	case len(args) > 1:
+		return fmt.Errorf("lab down takes one lab name, got %d: %s", len(args), strings.Join(args, " "))
+	case !all && len(args) == 0:
+		names, _ := lab.Names()
+		if len(names) == 0 {
+			return errors.New("lab down needs a lab name or --all (no lab is up)")
+		}
+		return fmt.Errorf("lab down needs a lab name or --all; labs: %s", strings.Join(names, ", "))
+	}
+	if err := needRoot("down"); err != nil {
+		return err
+	}
+	log := slog.New(&progressHandler{w: c.App.ErrWriter})
+	w := c.App.Writer
+	if !all {
+		l, err := lab.Load(args[0])
+		if err != nil {
+			return err
+		}
+		if st := l.Status(); st.InUse {
+			fmt.Fprintf(c.App.ErrWriter, "warning: lab %s is in use by pid %d; removing it anyway\n", l.Name(), st.OwnerPid)
+		}
+		if err := l.Down(); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "Lab %s removed.\n", l.Name())
+		return nil
+	}
+	rep, err := lab.DownAllReport(log)
+	if rep == nil {
+		return err
+	}
+	switch {
+	case len(rep.Removed) == 0 && len(rep.Orphans) == 0:
+		fmt.Fprintln(w, "Nothing to remove.")
+	default:
+		if len(rep.Removed) > 0 {
+			fmt.Fprintf(w, "Removed labs: %s\n", strings.Join(rep.Removed, ", "))
+		}
+		if len(rep.Orphans) > 0 {
+			fmt.Fprintf(w, "Removed %d leftover namespaces.\n", len(rep.Orphans))
+		}
+	}
+	if len(rep.Skipped) > 0 {
+		fmt.Fprintf(w, "Left alone (their creating process still runs): %s; remove one with 'meshctl lab down NAME'.\n", strings.Join(rep.Skipped, ", "))
+	}
+	return err
+}
+
+// progressHandler prints log records as short progress lines
+// ("  site ready site=site1 nodes=2") for people watching a long command.
+type progressHandler struct {
+	w     io.Writer
+	attrs []slog.Attr
+}
+
+func (h *progressHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h *progressHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	if r.Level >= slog.LevelWarn {
+		b.WriteString(strings.ToLower(r.Level.String()) + ": ")
+	}
+	b.WriteString(r.Message)
+	add := func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	_, err := fmt.Fprintln(h.w, b.String())
+	return err
+}
+
+func (h *progressHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &progressHandler{w: h.w, attrs: append(append([]slog.Attr(nil), h.attrs...), as...)}
+}
+
+func (h *progressHandler) WithGroup(string) slog.Handler { return h }

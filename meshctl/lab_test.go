@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/lab/labtest"
+	"github.com/weftmesh/weft/internal/testutil"
+)
+
+// runApp runs meshctl in this process and returns stdout, stderr and the
+// error the app returned.
+func runApp(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	app := &cli.App{Name: "meshctl", Commands: commands(), Writer: &out, ErrWriter: &errOut,
+		ExitErrHandler: func(*cli.Context, error) {}} // keep cli.Exit from exiting the test
+	err := app.Run(append([]string{"meshctl"}, args...))
+	return out.String(), errOut.String(), err
+}
+
+// Bad input is refused with an error naming the flag or field, before the
+// lab is touched (so these run without root too).
+func TestLabInputErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("name: x\nsites:\n  - name: a\n    nodes: [{name: a1, addr: 1}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lab", "up", "--sites", "0"}, "--sites must be between 1 and 64, got 0"},
+		{[]string{"lab", "up", "--nodes-per-site", "500"}, "--nodes-per-site must be between 1 and 200, got 500"},
+		{[]string{"lab", "up", "--workloads-per-node", "-1"}, "--workloads-per-node must be between 0 and 64, got -1"},
+		{[]string{"lab", "up", "--name", "My-Lab"}, `--name: "My-Lab" is not a valid lab name`},
+		{[]string{"lab", "up", "-f", bad, "--nat-site"}, "--nat-site cannot be used with -f"},
+		{[]string{"lab", "up", "-f", bad}, bad + ": sites[0].nodes[0].addr: unknown field"},
+		{[]string{"lab", "up", "-f", filepath.Join(dir, "missing.yaml")}, "reading the topology"},
+		{[]string{"lab", "up", "extra"}, `lab up takes no arguments, got "extra"`},
+		{[]string{"lab", "status", "-o", "yaml"}, `--output "yaml" is not a format: use table or json`},
+		{[]string{"lab", "exec", "site1-n1"}, "lab exec needs a node and a command"},
+		{[]string{"lab", "exec", "site1-n1", "--"}, "lab exec needs a node and a command"},
+		{[]string{"lab", "down", "a", "--all"}, "give a lab name or --all, not both"},
+		{[]string{"lab", "down", "a", "b"}, "lab down takes one lab name, got 2: a b"},
+		{[]string{"lab", "status", "a", "--bogus"}, "unknown flag --bogus"},
+		{[]string{"lab", "status", "a", "-o"}, "-o needs a value"},
+		{[]string{"lab", "status", "a", "-o", "xml"}, `--output "xml" is not a format`},
+		{[]string{"lab", "down", "--all", "a"}, "give a lab name or --all, not both"},
+	}
+	for _, tt := range tests {
+		_, _, err := runApp(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("meshctl %s: got error %v, want one containing %q", strings.Join(tt.args, " "), err, tt.want)
+		}
+	}
+}
+
+// TestMeshctlHelper is not a test: the privileged tests run the test binary
+// with it as the meshctl command, so `lab up` really runs in its own process
+// and exits (or is killed) as it would for a user.
+func TestMeshctlHelper(t *testing.T) {
+	if os.Getenv("MESHCTL_TEST_HELPER") != "1" {
+		t.Skip("helper process for the meshctl lab tests")
+	}
+	i := slices.Index(os.Args, "--")
+	os.Args = append([]string{"meshctl"}, os.Args[i+1:]...)
+	main()
+	os.Exit(0)
+}
+
+func meshctl(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestMeshctlHelper$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), "MESHCTL_TEST_HELPER=1")
+	return cmd
+}
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := meshctl(args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+func labNetns(t *testing.T, name string) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns list: %v: %s", err, out)
+	}
+	var found []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "wl-"+name+"-") {
+			found = append(found, f[0])
+		}
+	}
+	return found
+}
+
+// The lab lives on after `meshctl lab up` exits; status, exec and down
+// work from later invocations.
+func TestLabCommands(t *testing.T) {
+	testutil.Privileged(t)
+	name := labtest.UniqueName()
+	t.Cleanup(func() {
+		if l, err := lab.Load(name); err == nil {
+			_ = l.Down()
+		}
+	})
+	out, errOut, code := run(t, "lab", "up", "--name", name, "--sites", "3", "--nodes-per-site", "1", "--nat-site", "--workloads-per-node", "1")
+	if code != 0 {
+		t.Fatalf("lab up: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"creating namespaces", "site ready site=site3", "lab is up"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("progress line %q missing:\n%s", want, errOut)
+		}
+	}
+	if !strings.Contains(out, "site3-n1      node      site3  wl-"+name+"-site3-n1") || !strings.Contains(out, "masquerade") {
+		t.Errorf("lab up output:\n%s", out)
+	}
+
+	out, errOut, code = run(t, "lab", "status", name, "-o", "json")
+	if code != 0 {
+		t.Fatalf("lab status: exit %d: %s", code, errOut)
+	}
+	var st lab.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status json: %v\n%s", err, out)
+	}
+	if st.Name != name || !st.Complete || st.InUse || len(st.Routers) != 3 || len(st.Nodes) != 3 || len(st.Workloads) != 3 || len(st.Missing) != 0 {
+		t.Errorf("status: %+v", st)
+	}
+
+	// A NAT'd node reaches a public one; the way back in is closed.
+	out, errOut, code = run(t, "lab", "exec", "--lab", name, "site3-n1", "--", "ping", "-c", "1", "-W", "5", "198.18.1.10")
+	if code != 0 || !strings.Contains(out, "1 received") {
+		t.Errorf("ping out of the NAT: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, _, code = run(t, "lab", "exec", "--lab", name, "site1-n1", "--", "ping", "-c", "1", "-W", "2", "198.18.3.10"); code == 0 {
+		t.Error("a public node pings a NAT'd node")
+	}
+	// Workloads and routers are exec targets too; the exit status is kept.
+	if out, errOut, code = run(t, "lab", "exec", "--lab", name, "site1-n1-w1", "--", "ip", "-o", "link", "show", "eth0"); code != 0 || !strings.Contains(out, "eth0") {
+		t.Errorf("exec in a workload: exit %d %s %s", code, out, errOut)
+	}
+	if out, _, code = run(t, "lab", "exec", "--lab", name, "site3-router", "--", "nft", "list", "ruleset"); code != 0 || !strings.Contains(out, "masquerade") {
+		t.Errorf("exec in the NAT router: exit %d %s", code, out)
+	}
+	if _, _, code = run(t, "lab", "exec", "--lab", name, "site2-n1", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("exit status: got %d, want 7", code)
+	}
+	if _, errOut, code = run(t, "lab", "exec", "--lab", name, "nope", "--", "true"); code == 0 || !strings.Contains(errOut, `no node, workload or router named "nope"`) {
+		t.Errorf("unknown node: exit %d %s", code, errOut)
+	}
+	if _, errOut, code = run(t, "lab", "up", "--name", name); code == 0 || !strings.Contains(errOut, "already exists") {
+		t.Errorf("second lab up with the same name: exit %d %s", code, errOut)
+	}
+
+	if out, errOut, code = run(t, "lab", "down", name); code != 0 || !strings.Contains(out, "removed") {
+		t.Fatalf("lab down: exit %d %s %s", code, out, errOut)
+	}
+	if left := labNetns(t, name); len(left) > 0 {
+		t.Errorf("namespaces left after lab down: %v", left)
+	}
+	if _, errOut, code = run(t, "lab", "status", name); code == 0 || !strings.Contains(errOut, "no such lab") {
+		t.Errorf("status of a removed lab: exit %d %s", code, errOut)
+	}
+}
+
+// `meshctl lab up` killed while it builds leaves a lab that
+// `meshctl lab down --all` removes completely: killed right after it
+// claimed the name (state file), and once its namespaces exist.
+func TestLabDownAllAfterKill(t *testing.T) {
+	testutil.Privileged(t)
+	for _, when := range []string{"state", "namespaces"} {
+		t.Run("after "+when, func(t *testing.T) {
+			name := labtest.UniqueName()
+			t.Cleanup(func() {
+				if l, err := lab.Load(name); err == nil {
+					_ = l.Down()
+				}
+			})
+			up := meshctl("lab", "up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2")
+			if err := up.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- up.Wait() }()
+			state := "/run/weft-lab/" + name + ".json"
+			reached := func() bool {
+				if when == "state" {
+					_, err := os.Stat(state)
+					return err == nil
+				}
+				ns, _ := filepath.Glob(lab.NetnsPath("wl-" + name + "-*"))
+				return len(ns) > 0
+			}
+			deadline := time.Now().Add(time.Minute)
+			for !reached() {
+				if time.Now().After(deadline) {
+					t.Fatalf("lab up never reached %s", when)
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+			_ = up.Process.Signal(syscall.SIGKILL)
+			err := <-done
+			t.Logf("lab up ended with %v; %d namespaces were there", err, len(labNetns(t, name)))
+
+			out, errOut, code := run(t, "lab", "down", "--all")
+			if code != 0 {
+				t.Fatalf("lab down --all: exit %d %s %s", code, out, errOut)
+			}
+			if left := labNetns(t, name); len(left) > 0 {
+				t.Errorf("namespaces left: %v", left)
+			}
+			if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("state file left: %v", err)
+			}
+		})
+	}
+}
