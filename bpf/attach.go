@@ -214,7 +214,8 @@ func attachTC(a *attachment, s hookSide) (*netlink.BpfFilter, error) {
 }
 
 // Detach removes Weft's programs from an interface, whichever process
-// attached them. It returns ErrNotAttached when there were none.
+// attached them. It returns ErrNotAttached when there were none. Like
+// attaching, it acts in the calling thread's network namespace.
 func (d *Datapath) Detach(iface string) error {
 	if err := validIfaceName(iface); err != nil {
 		return err

@@ -158,7 +158,8 @@ func (d *Datapath) Close() error {
 
 // Remove detaches the programs from every interface this scope attached
 // them to, then removes the scope's pins and closes the datapath. Traffic
-// is no longer filtered afterwards.
+// is no longer filtered afterwards. Call it from the network namespace the
+// interfaces are in.
 func (d *Datapath) Remove() error {
 	var errs []error
 	ifaces := map[string]bool{}

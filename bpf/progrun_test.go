@@ -263,7 +263,7 @@ var progCases = []progCase{
 		endpoint: Endpoint{ID: 1, Identity: idA, IngressEnforced: true},
 		policy: map[PolicyKey]Verdict{
 			{Direction: Ingress, Identity: idB, Protocol: 6, Port: 80, PortPrefixLen: 16}: Allow,
-			{Direction: Ingress, Identity: idB, Protocol: 58}:                              Allow,
+			{Direction: Ingress, Identity: idB, Protocol: 58}:                             Allow,
 		},
 		steps: []step{
 			{hook: toWL, pkt: tcp(addrB6, addrA6, 40000, 80, tcpSYN), want: retPass,
@@ -290,7 +290,7 @@ var progCases = []progCase{
 			{hook: toDev, pkt: l3(udp(addrHost, addrB, 53, 5000)), want: retPass},
 			{hook: fromDev, pkt: l3(udp(addrB, addrHost, 5000, 54)), want: retDrop, reason: ReasonPolicyDefault},
 			{hook: fromDev, pkt: l3(tcp(addrB6, addrA6, 1, 2, tcpSYN)), want: retPass}, // workload A: judged at its veth
-			{hook: toDev, pkt: l3(udp(addrWorld, addrB, 1, 2)), want: retPass},          // not the host endpoint's address
+			{hook: toDev, pkt: l3(udp(addrWorld, addrB, 1, 2)), want: retPass},         // not the host endpoint's address
 		},
 	},
 	{
