@@ -259,3 +259,29 @@ func TestLogger(t *testing.T) {
 		t.Errorf("log output: %q", s)
 	}
 }
+
+func TestApplyArgs(t *testing.T) {
+	cfg, err := Parse([]byte(externalEtcd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.ApplyArgs([]string{"--wg-interface", "wg-n1", "--bpf-pin-path", "/sys/fs/bpf/weft/n1"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.WireGuard.Interface != "wg-n1" || cfg.BPF.PinPath != "/sys/fs/bpf/weft/n1" || cfg.NodeName != "vm-1" {
+		t.Errorf("%+v", cfg)
+	}
+	for args, want := range map[string]string{
+		"--no-such-flag":        "no-such-flag",
+		"--wg-port 0":           "wireguard.listenPort",
+		"--config /x":           "--config cannot",
+		"stray":                 "unexpected argument",
+		"--labels mesh:kind=vm": "reserved",
+	} {
+		c2, _ := Parse([]byte(externalEtcd))
+		err := c2.ApplyArgs(strings.Fields(args))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: want an ErrInvalid naming %q, got %v", args, want, err)
+		}
+	}
+}

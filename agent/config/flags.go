@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -180,4 +181,36 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagLogLevel, &cfg.Log.Level)
 	setS(FlagMetricsAddress, &cfg.Metrics.Address)
 	return nil
+}
+
+// ApplyArgs applies agent command-line flags (as weft-agent takes them)
+// over c, then validates. meshctl join and up use it to fold the flags a
+// user passes after `--` into the configuration file they write.
+func (cfg *Config) ApplyArgs(args []string) error {
+	var applyErr error
+	app := &cli.App{
+		Name:            "weft-agent",
+		Flags:           Flags(),
+		HideHelp:        true,
+		HideHelpCommand: true,
+		Writer:          io.Discard,
+		ErrWriter:       io.Discard,
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return fmt.Errorf("unexpected argument %q", c.Args().First())
+			}
+			if c.IsSet(FlagConfig) {
+				return fmt.Errorf("--%s cannot be passed here", FlagConfig)
+			}
+			applyErr = cfg.applyFlags(c)
+			return nil
+		},
+	}
+	if err := app.Run(append([]string{"weft-agent"}, args...)); err != nil {
+		return fmt.Errorf("%w: agent flags %q: %v", ErrInvalid, strings.Join(args, " "), err)
+	}
+	if applyErr != nil {
+		return applyErr
+	}
+	return cfg.Validate()
 }
