@@ -13,12 +13,12 @@ import (
 type class uint8
 
 const (
-	classEndpoint     class = iota // an allocated workload identity (selectors apply)
-	classHost                      // the local node
-	classRemoteNode                // another node
-	classWorld                     // outside the mesh, no CIDR known
-	classCIDR                      // outside the mesh, a CIDR identity
-	classOtherReserved             // unmanaged, health, init, other numbers below 256
+	classEndpoint      class = iota // an allocated workload identity (selectors apply)
+	classHost                       // the local node
+	classRemoteNode                 // another node
+	classWorld                      // outside the mesh, no CIDR known
+	classCIDR                       // outside the mesh, a CIDR identity
+	classOtherReserved              // unmanaged, health, init, other numbers below 256
 )
 
 // idRecord is an identity as the matchers need it.
