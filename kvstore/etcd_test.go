@@ -149,7 +149,7 @@ func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 	}
 	lost := make(chan string, 2)
 	for _, k := range []string{"weft/v1/test/a", "weft/v1/test/b"} {
-		ok, err := s.PutIf(ctx, k, []byte("x"), guard, func(k string) { lost <- k })
+		ok, err := s.PutIf(ctx, k, []byte("x"), guard(), guard, func(k string) { lost <- k })
 		if err != nil || !ok {
 			t.Fatalf("PutIf(%s) = %v, %v", k, ok, err)
 		}
@@ -158,7 +158,7 @@ func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 	if _, err := c.Etcd().Delete(ctx, "weft/v1/test/anchor"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.PutIf(ctx, "weft/v1/test/c", []byte("x"), guard, nil); err != nil || ok {
+	if ok, err := s.PutIf(ctx, "weft/v1/test/c", []byte("x"), guard(), guard, nil); err != nil || ok {
 		t.Fatalf("PutIf with failing guard = %v, %v; want false, nil", ok, err)
 	}
 	if _, err := c.Etcd().Revoke(ctx, s.Lease()); err != nil {

@@ -117,53 +117,106 @@ func (s *Session) Put(ctx context.Context, key string, rec Record) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.PutIf(ctx, key, data, nil, nil)
+	_, err = s.PutIf(ctx, key, data, nil, nil, nil)
 	return err
 }
 
-// PutIf writes value at key under the lease if guard's conditions hold (nil
-// guard: always), in one transaction, and registers the key for restoring.
-// It reports whether the write happened. On a restore the guard is checked
-// again; if it fails the key is dropped and onLost (if any) is called.
-func (s *Session) PutIf(ctx context.Context, key string, value []byte, guard Guard, onLost func(string)) (bool, error) {
+// PutIf writes value at key under the lease, in one transaction with the
+// also operations, if the conditions cond hold; it reports whether the write
+// happened and registers the key for restoring. The also operations (writes
+// that must happen together with this one, such as a new identity beside
+// its reference) are not leased and not restored. After a lost lease the
+// key is written again only if guard's conditions (nil: none) still hold;
+// otherwise it is dropped and onLost (if any) is called.
+func (s *Session) PutIf(ctx context.Context, key string, value []byte, cond []clientv3.Cmp, guard Guard, onLost func(string), also ...clientv3.Op) (bool, error) {
 	for {
 		s.mu.Lock()
 		lease, gen, genCh := s.lease, s.gen, s.genCh
 		s.mu.Unlock()
-		var cmps []clientv3.Cmp
-		if guard != nil {
-			cmps = guard()
-		}
+		ops := append(also[:len(also):len(also)], clientv3.OpPut(key, string(value), clientv3.WithLease(lease)))
 		rctx, cancel := s.c.reqCtx(ctx)
-		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, string(value), clientv3.WithLease(lease))).Commit()
+		resp, err := s.c.etcd.Txn(rctx).If(cond...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				// The lease is gone and the run loop is granting a new
-				// one: wait for it and write again.
-				select {
-				case <-genCh:
-					continue
-				case <-ctx.Done():
-					return false, fmt.Errorf("writing %s: waiting for a new lease: %w", key, ctx.Err())
-				case <-s.done:
-					return false, fmt.Errorf("writing %s: session closed", key)
+				// one: wait for it and try again.
+				if err := s.waitGen(ctx, genCh); err != nil {
+					return false, fmt.Errorf("writing %s: %w", key, err)
 				}
+				continue
 			}
 			return false, fmt.Errorf("writing %s: %w", key, err)
 		}
 		if !resp.Succeeded {
 			return false, nil
 		}
+		sk := sessionKey{value: string(value), guard: guard, onLost: onLost}
 		s.mu.Lock()
-		s.keys[key] = sessionKey{value: string(value), guard: guard, onLost: onLost}
+		s.keys[key] = sk
+		changed := s.gen != gen
+		s.mu.Unlock()
+		if changed {
+			// A restore ran between our write and our registration and
+			// did not see this key: restore it ourselves.
+			s.restoreOne(ctx, key, sk)
+		}
+		return true, nil
+	}
+}
+
+func (s *Session) waitGen(ctx context.Context, genCh chan struct{}) error {
+	select {
+	case <-genCh:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a new lease: %w", ctx.Err())
+	case <-s.done:
+		return fmt.Errorf("session closed")
+	}
+}
+
+// restoreOne rewrites one registered key under the current lease until it
+// sticks to a lease that did not change meanwhile.
+func (s *Session) restoreOne(ctx context.Context, key string, sk sessionKey) {
+	for {
+		s.mu.Lock()
+		lease, gen, genCh := s.lease, s.gen, s.genCh
+		_, still := s.keys[key]
+		s.mu.Unlock()
+		if !still {
+			return
+		}
+		var cmps []clientv3.Cmp
+		if sk.guard != nil {
+			cmps = sk.guard()
+		}
+		rctx, cancel := s.c.reqCtx(ctx)
+		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
+		cancel()
+		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) && s.waitGen(ctx, genCh) == nil {
+				continue
+			}
+			s.log.Warn("re-writing a key after a concurrent restore failed; it returns with the next restore", "key", key, "err", err)
+			return
+		}
+		if !resp.Succeeded {
+			s.mu.Lock()
+			delete(s.keys, key)
+			s.mu.Unlock()
+			s.log.Warn("session key not restored: its guard no longer holds", "key", key)
+			if sk.onLost != nil {
+				sk.onLost(key)
+			}
+			return
+		}
+		s.mu.Lock()
 		changed := s.gen != gen
 		s.mu.Unlock()
 		if !changed {
-			return true, nil
+			return
 		}
-		// A restore ran between our write and our registration and did
-		// not see this key: write it again under the new lease.
 	}
 }
 
