@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/agent/join"
+	"github.com/weftmesh/weft/agent/pki"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "join",
+		Usage:     "join this machine to a mesh with a token, then start the agent",
+		UsageText: "meshctl join TOKEN [--name NAME] [--labels k=v,...] [--foreground] [-- AGENT-FLAGS...]",
+		Description: `Presents TOKEN (from 'meshctl token create') to the mesh's join service over
+TLS, checking that the service's certificate comes from the mesh CA whose
+SHA-256 the token carries. The service answers with this node's client
+certificate (for a key made here, which never leaves the machine), the mesh
+CA, the etcd endpoints, the cluster and the labels. meshctl writes them to
+<state-dir>/credentials and the agent configuration to --config-file, then
+starts the agent: as a systemd unit where systemd runs, else as a background
+process, or in the foreground with --foreground.
+
+Flags after -- are weft-agent flags written into the configuration file (for
+example -- --wg-port 51900 --underlay-endpoints 198.18.3.10:51900).
+
+Running join again on a machine that already joined this mesh does not use
+the token again: it (re)starts the agent. A machine that belongs to another
+mesh must 'meshctl leave' first. See docs/join.md.
+
+Example:
+  meshctl join weft1.eyJz... --name vm-1 --labels app=db`,
+		Flags: append(agentProcFlags(),
+			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
+			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
+		),
+		Action: joinAction,
+	})
+}
+
+func nodeName(c *cli.Context) (string, error) {
+	name := c.String("name")
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("no --name and no host name: %w", err)
+		}
+		name = strings.ToLower(h)
+	}
+	if err := config.ValidateName("node", name); err != nil {
+		if !c.IsSet("name") {
+			return "", fmt.Errorf("the host name is not usable as a node name (%v): give --name", err)
+		}
+		return "", fmt.Errorf("--name: %w", err)
+	}
+	return name, nil
+}
+
+// joinArgs splits TOKEN from the agent flags after --.
+func joinArgs(c *cli.Context) (string, []string, error) {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return "", nil, errors.New("join needs the token: meshctl join TOKEN (make one with 'meshctl token create' on the mesh's first node)")
+	}
+	tok, rest := args[0], args[1:]
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	} else if len(rest) > 0 {
+		return "", nil, fmt.Errorf("unexpected argument %q after the token: flags go before it, agent flags after --", rest[0])
+	}
+	return tok, rest, nil
+}
+
+func joinAction(c *cli.Context) error {
+	tokStr, agentArgs, err := joinArgs(c)
+	if err != nil {
+		return err
+	}
+	tok, err := join.ParseToken(tokStr)
+	if err != nil {
+		return err
+	}
+	name, err := nodeName(c)
+	if err != nil {
+		return err
+	}
+	labels, err := labelsFlag(c, "labels")
+	if err != nil {
+		return err
+	}
+	binary, err := findAgentBinary(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := cmdContext(c)
+	defer cancel()
+	w := c.App.Writer
+	cfgPath := c.Path("config-file")
+
+	cfg, joined, err := alreadyJoined(cfgPath, tok, name, c.IsSet("name"))
+	if err != nil {
+		return err
+	}
+	if joined {
+		fmt.Fprintf(w, "Already joined this mesh as %s (cluster %s, configuration %s): the token is not used again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
+	} else {
+		creds, err := join.Join(ctx, tok, join.Request{NodeName: name, Labels: labels})
+		if err != nil {
+			return err
+		}
+		for _, o := range creds.Overridden {
+			fmt.Fprintf(c.App.ErrWriter, "note: label %s was replaced by the token's value\n", o)
+		}
+		cfg, err = configFromCredentials(c, creds, agentArgs)
+		if err != nil {
+			return err
+		}
+		if err := writeConfig(cfg, cfgPath); err != nil {
+			return fmt.Errorf("writing the agent configuration: %w", err)
+		}
+		fmt.Fprintf(w, "Joined the mesh as %s in cluster %s (labels %s); credentials in %s, configuration %s.\n",
+			cfg.NodeName, cfg.Cluster, orDash(config.FormatLabels(cfg.Labels)), filepath.Dir(cfg.Etcd.CertFile), cfgPath)
+	}
+	proc, err := startAgent(ctx, c, cfg, cfgPath, binary)
+	if err != nil {
+		return err
+	}
+	if c.Bool("foreground") {
+		return waitForeground(proc)
+	}
+	return nil
+}
+
+// alreadyJoined makes join idempotent: a configuration whose CA is the
+// token's means this machine joined before; one for another mesh (or the
+// first node of a mesh) is refused rather than overwritten.
+func alreadyJoined(cfgPath string, tok join.Token, name string, nameGiven bool) (*config.Config, bool, error) {
+	if _, err := os.Stat(cfgPath); errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, false, fmt.Errorf("an agent configuration exists but does not load (fix or remove it): %w", err)
+	}
+	if cfg.Etcd.Embedded.Enabled {
+		return nil, false, fmt.Errorf("this machine is the first node of a mesh (%s has embedded etcd): it cannot join another one", cfgPath)
+	}
+	caPEM, err := os.ReadFile(cfg.Etcd.CAFile)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s exists but its CA %s does not read (%v): run 'meshctl leave' to start over", cfgPath, cfg.Etcd.CAFile, err)
+	}
+	ca, err := pki.ParseCertPEM(caPEM)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", cfg.Etcd.CAFile, err)
+	}
+	if fp := pki.Fingerprint(ca); fp != tok.CAHash {
+		return nil, false, fmt.Errorf("this machine already belongs to another mesh (CA %s, configuration %s): run 'meshctl leave' first", fp, cfgPath)
+	}
+	if nameGiven && cfg.NodeName != name {
+		return nil, false, fmt.Errorf("this machine already joined this mesh as %s: run 'meshctl leave' first to join as %s", cfg.NodeName, name)
+	}
+	return cfg, true, nil
+}
+
+func configFromCredentials(c *cli.Context, creds *join.Credentials, agentArgs []string) (*config.Config, error) {
+	cfg := config.Default()
+	cfg.StateDir = c.Path("state-dir")
+	cfg.SocketPath = c.Path("socket")
+	files, err := creds.WriteFiles(filepath.Join(cfg.StateDir, "credentials"))
+	if err != nil {
+		return nil, fmt.Errorf("saving the credentials: %w", err)
+	}
+	cfg.NodeName = creds.NodeName
+	cfg.Cluster = creds.Cluster
+	cfg.Labels = creds.Labels
+	cfg.Etcd.Endpoints = creds.EtcdEndpoints
+	cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile = files.CA, files.Cert, files.Key
+	if err := cfg.ApplyArgs(agentArgs); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// startAgent starts the agent unless one already answers (then it
+// returns nil), waits until it is ready and says where it runs.
+func startAgent(ctx context.Context, c *cli.Context, cfg *config.Config, cfgPath, binary string) (*agentProc, error) {
+	w := c.App.Writer
+	cl := api.NewClient(cfg.SocketPath)
+	if agentAnswers(ctx, cl) {
+		if c.Bool("foreground") {
+			return nil, fmt.Errorf("an agent already serves %s: stop it first, or leave out --foreground", cfg.SocketPath)
+		}
+		fmt.Fprintf(w, "The agent is already running (%s); 'meshctl status' shows its peers.\n", cfg.SocketPath)
+		return nil, nil
+	}
+	proc, err := launch(ctx, runMode(c), launchSpec{Binary: binary, ConfigFile: cfgPath, StateDir: cfg.StateDir, Out: c.App.ErrWriter})
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(ctx, cl, proc, c.Duration("wait")); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "The agent is running as %s; 'meshctl status' shows its peers.\n", proc.Describe)
+	return proc, nil
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/config"
+)
+
+// Token lifetimes: long enough to provision a fleet from cloud-init, short
+// enough that a token in a shell history is soon worthless.
+const (
+	minTokenTTL     = time.Minute
+	maxTokenTTL     = 30 * 24 * time.Hour
+	defaultTokenTTL = time.Hour
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "token",
+		Usage: "create, list and revoke join tokens",
+		UsageText: `meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N]
+meshctl token list
+meshctl token revoke ID`,
+		Description: `A join token lets one machine (or, reusable, up to --max-uses machines) join the
+mesh with 'meshctl join TOKEN' until it expires. The token string carries the
+join service's address, the token's id and secret, and the SHA-256 of the mesh
+CA, which the joining machine pins. Only a hash of the secret is stored: the
+string is shown once, at creation. Run these commands on a node that runs the
+join service (the first node, made with 'meshctl up'). See docs/join.md.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "make a join token and print it with the command to run on the new machine",
+				UsageText: "meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
+				Description: `The joining node is placed in --cluster (default: the agent's own) and gets
+the --labels; labels it asks for itself are added, but on the same key the
+token's value wins.
+
+Examples:
+  meshctl token create --labels app=db --ttl 30m
+  meshctl token create --cluster west --reusable --max-uses 20 --ttl 24h`,
+				Flags: agentFlags(
+					&cli.StringFlag{Name: "cluster", Usage: "`CLUSTER` the node joins (default: this agent's)"},
+					&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` given to the node"},
+					&cli.DurationFlag{Name: "ttl", Value: defaultTokenTTL, Usage: "how long the token is valid (1m to 720h)"},
+					&cli.BoolFlag{Name: "reusable", Usage: "let several machines join with this token (needs --max-uses)"},
+					&cli.IntFlag{Name: "max-uses", Usage: "how many machines may join with a --reusable token (`N`)"},
+				),
+				Action: tokenCreateAction,
+			},
+			{
+				Name:      "list",
+				Aliases:   []string{"ls"},
+				Usage:     "list join tokens (never their secrets)",
+				UsageText: "meshctl token list [-o table|json]",
+				Flags:     agentFlags(),
+				Action:    tokenListAction,
+			},
+			{
+				Name:        "revoke",
+				Usage:       "revoke a join token: no machine can join with it any more",
+				UsageText:   "meshctl token revoke ID",
+				Description: `Nodes that already joined with the token keep their credentials.`,
+				Flags:       []cli.Flag{socketFlag()},
+				Action:      tokenRevokeAction,
+			},
+		},
+	})
+}
+
+// tokenRequest validates the create flags into an API request.
+func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
+	req := api.TokenRequest{Cluster: c.String("cluster"), MaxUses: 1}
+	if req.Cluster != "" {
+		if err := config.ValidateName("cluster", req.Cluster); err != nil {
+			return req, fmt.Errorf("--cluster: %w", err)
+		}
+	}
+	labels, err := labelsFlag(c, "labels")
+	if err != nil {
+		return req, err
+	}
+	req.Labels = labels
+	ttl := c.Duration("ttl")
+	if ttl < minTokenTTL || ttl > maxTokenTTL {
+		return req, fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
+	}
+	req.TTL = api.Duration(ttl)
+	switch reusable, max := c.Bool("reusable"), c.Int("max-uses"); {
+	case reusable && !c.IsSet("max-uses"):
+		return req, fmt.Errorf("--reusable needs --max-uses N: how many machines may join with the token")
+	case !reusable && c.IsSet("max-uses"):
+		return req, fmt.Errorf("--max-uses needs --reusable (a token without it is single-use)")
+	case reusable && (max < 1 || max > 10000):
+		return req, fmt.Errorf("--max-uses %d is out of range: use 1 to 10000", max)
+	case reusable:
+		req.MaxUses = max
+	}
+	return req, nil
+}
+
+func tokenCreateAction(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	req, err := tokenRequest(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := cmdContext(c)
+	defer cancel()
+	tok, err := agentClient(c).CreateToken(ctx, req)
+	if err != nil {
+		return fmt.Errorf("creating a token: %w", err)
+	}
+	return render(c, tok, func() error { return printCreatedToken(c.App.Writer, tok) })
+}
+
+// printCreatedToken shows the token once, with what to do with it.
+func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
+	uses := "single use"
+	if tok.MaxUses > 1 {
+		uses = fmt.Sprintf("up to %d machines", tok.MaxUses)
+	}
+	labels := ""
+	if len(tok.Labels) > 0 {
+		labels = ", labels " + config.FormatLabels(tok.Labels)
+	}
+	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
+
+  %s
+
+It is shown only now. On the machine to join, as root:
+
+  meshctl join %s --name NODE-NAME
+`, tok.ID, tok.Cluster, labels, uses, tok.ExpiresAt.Local().Format(time.RFC3339), tok.JoinToken, tok.JoinToken)
+	return err
+}
+
+func tokenState(t api.Token) string {
+	switch {
+	case t.Revoked:
+		return "revoked"
+	case !now().Before(t.ExpiresAt):
+		return "expired"
+	case t.Uses >= t.MaxUses:
+		return "used up"
+	}
+	return "active"
+}
+
+func tokenListAction(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	ctx, cancel := cmdContext(c)
+	defer cancel()
+	toks, err := agentClient(c).Tokens(ctx)
+	if err != nil {
+		return err
+	}
+	sort.Slice(toks, func(i, j int) bool { return toks[i].CreatedAt.Before(toks[j].CreatedAt) })
+	return render(c, toks, func() error {
+		rows := make([][]string, 0, len(toks))
+		for _, t := range toks {
+			expires := t.ExpiresAt.Local().Format(time.RFC3339)
+			if d := t.ExpiresAt.Sub(now()); d > 0 {
+				expires += " (in " + shortDuration(d) + ")"
+			}
+			rows = append(rows, []string{t.ID, t.Cluster, config.FormatLabels(t.Labels), strconv.Itoa(t.Uses) + "/" + strconv.Itoa(t.MaxUses), expires, tokenState(t)})
+		}
+		return printTable(c.App.Writer, []string{"id", "cluster", "labels", "uses", "expires", "state"}, rows)
+	})
+}
+
+func tokenRevokeAction(c *cli.Context) error {
+	id, err := oneArg(c, "id")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := cmdContext(c)
+	defer cancel()
+	if err := agentClient(c).RevokeToken(ctx, id); err != nil {
+		return fmt.Errorf("revoking token %s: %w", id, err)
+	}
+	_, err = fmt.Fprintf(c.App.Writer, "token %s revoked: no machine can join with it any more\n", id)
+	return err
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/config"
+)
+
+// Ports of the first node's services.
+const (
+	etcdClientPort = 2379
+	joinPort       = 51834
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "up",
+		Usage:     "start the first node of a new mesh (embedded etcd, mesh CA, join service) and print a join token",
+		UsageText: "meshctl up [--name NAME] [--cluster C] [--advertise-address IP] [--foreground] [-- AGENT-FLAGS...]",
+		Description: `On a machine with nothing else running, writes an agent configuration with the
+embedded control plane and starts the agent: a single-member etcd (TLS only),
+the mesh CA, the join service, and the node itself. Then it creates a join
+token and prints the command to run on each VM.
+
+Other nodes reach this one at --advertise-address (default: the address of
+the default route): etcd on port 2379, the join service on 51834, WireGuard on
+51833. Flags after -- are weft-agent flags written into the configuration.
+
+Running up again on the first node starts the agent if it is not running and
+prints a fresh token. See docs/join.md.
+
+Example:
+  meshctl up --name seed --advertise-address 198.18.1.10`,
+		Flags: append(agentProcFlags(),
+			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
+			&cli.StringFlag{Name: "cluster", Value: config.DefaultCluster, Usage: "`CLUSTER` of this node (and default of tokens)"},
+			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this node"},
+			&cli.StringFlag{Name: "advertise-address", Usage: "`IP` other nodes reach this one at (default: the default route's source address)"},
+			&cli.DurationFlag{Name: "token-ttl", Value: defaultTokenTTL, Usage: "validity of the printed join token"},
+			&cli.IntFlag{Name: "token-max-uses", Value: 1, Usage: "how many machines may join with the printed token (`N`)"},
+		),
+		Action: upAction,
+	})
+}
+
+// defaultRouteAddress is the source address the kernel would use towards
+// the internet. Connecting a UDP socket sends nothing; it only resolves
+// the route.
+func defaultRouteAddress() (netip.Addr, error) {
+	conn, err := net.Dial("udp4", "192.0.2.1:9") // TEST-NET-1: never actually contacted
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("no default route to take an address from (%v): give --advertise-address IP", err)
+	}
+	defer conn.Close()
+	ap, err := netip.ParseAddrPort(conn.LocalAddr().String())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return ap.Addr().Unmap(), nil
+}
+
+// seedConfig builds the first node's configuration from the flags.
+func seedConfig(c *cli.Context, agentArgs []string) (*config.Config, error) {
+	name, err := nodeName(c)
+	if err != nil {
+		return nil, err
+	}
+	labels, err := labelsFlag(c, "labels")
+	if err != nil {
+		return nil, err
+	}
+	var addr netip.Addr
+	if s := c.String("advertise-address"); s != "" {
+		if addr, err = netip.ParseAddr(s); err != nil || addr.IsUnspecified() || addr.Zone() != "" {
+			return nil, fmt.Errorf("--advertise-address %q is not an IP address other nodes can reach", s)
+		}
+	} else if addr, err = defaultRouteAddress(); err != nil {
+		return nil, err
+	}
+	cfg := config.Default()
+	cfg.NodeName = name
+	cfg.Cluster = c.String("cluster")
+	cfg.Labels = labels
+	cfg.StateDir = c.Path("state-dir")
+	cfg.SocketPath = c.Path("socket")
+	cfg.Etcd.Embedded.Enabled = true
+	cfg.Etcd.Embedded.ClientURL = "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(etcdClientPort))
+	cfg.Join.Listen = net.JoinHostPort(addr.String(), strconv.Itoa(joinPort))
+	cfg.Underlay.Endpoints = []string{net.JoinHostPort(addr.String(), strconv.Itoa(cfg.WireGuard.ListenPort))}
+	if err := cfg.ApplyArgs(agentArgs); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func upArgs(c *cli.Context) ([]string, error) {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return nil, nil
+	}
+	if args[0] != "--" {
+		return nil, fmt.Errorf("up takes no arguments, got %q: agent flags go after --", args[0])
+	}
+	return args[1:], nil
+}
+
+func upAction(c *cli.Context) error {
+	agentArgs, err := upArgs(c)
+	if err != nil {
+		return err
+	}
+	maxUses := c.Int("token-max-uses")
+	if maxUses < 1 || maxUses > 10000 {
+		return fmt.Errorf("--token-max-uses %d is out of range: use 1 to 10000", maxUses)
+	}
+	ttl := c.Duration("token-ttl")
+	if ttl < minTokenTTL || ttl > maxTokenTTL {
+		return fmt.Errorf("--token-ttl %s is out of range: use 1m to 720h", ttl)
+	}
+	binary, err := findAgentBinary(c)
+	if err != nil {
+		return err
+	}
+	cfgPath := c.Path("config-file")
+	var cfg *config.Config
+	if _, statErr := os.Stat(cfgPath); statErr == nil {
+		if cfg, err = config.Load(cfgPath); err != nil {
+			return fmt.Errorf("an agent configuration exists but does not load (fix or remove it): %w", err)
+		}
+		if !cfg.Etcd.Embedded.Enabled {
+			return fmt.Errorf("this machine is configured to join a mesh (%s has no embedded etcd): run 'meshctl leave' before making it a first node", cfgPath)
+		}
+		fmt.Fprintf(c.App.Writer, "Already the first node %s of cluster %s (configuration %s).\n", cfg.NodeName, cfg.Cluster, cfgPath)
+	} else if !errors.Is(statErr, os.ErrNotExist) {
+		return statErr
+	} else {
+		if cfg, err = seedConfig(c, agentArgs); err != nil {
+			return err
+		}
+		if err := writeConfig(cfg, cfgPath); err != nil {
+			return fmt.Errorf("writing the agent configuration: %w", err)
+		}
+	}
+	ctx, cancel := cmdContext(c)
+	defer cancel()
+	proc, err := startAgent(ctx, c, cfg, cfgPath, binary)
+	if err != nil {
+		return err
+	}
+	tok, err := api.NewClient(cfg.SocketPath).CreateToken(ctx, api.TokenRequest{TTL: api.Duration(ttl), MaxUses: maxUses})
+	if err != nil {
+		return fmt.Errorf("the agent is up, but making a join token failed (retry with 'meshctl token create'): %w", err)
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "\nWeft is up: node %s, cluster %s; etcd at %s, join service at %s.\n\n", cfg.NodeName, cfg.Cluster, cfg.EtcdClientEndpoints()[0], cfg.JoinAdvertise())
+	if err := printCreatedToken(w, tok); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nMore tokens: meshctl token create --help. This token expires in %s.\n", ttl.Round(time.Second))
+	if c.Bool("foreground") {
+		return waitForeground(proc)
+	}
+	return nil
+}
