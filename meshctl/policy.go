@@ -41,9 +41,9 @@ Example:
 				Action: policyApplyAction,
 			},
 			{
-				Name:      "get",
-				Usage:     "print a stored policy",
-				UsageText: "meshctl policy get NAME [-o table|json]",
+				Name:        "get",
+				Usage:       "print a stored policy",
+				UsageText:   "meshctl policy get NAME [-o table|json]",
 				Description: `Prints the document as applied (YAML); -o json adds its revision.`,
 				Flags:       agentFlags(),
 				Action:      policyGetAction,

@@ -12,8 +12,8 @@ import (
 
 func init() {
 	register(&cli.Command{
-		Name:  "status",
-		Usage: "show the local node: tunnel, datapath, etcd, health and peers with handshake ages",
+		Name:      "status",
+		Usage:     "show the local node: tunnel, datapath, etcd, health and peers with handshake ages",
 		UsageText: `meshctl status [--socket PATH] [-o table|json]`,
 		Description: `Asks the local agent (over its root-only socket) for the node's state:
 its name, cluster and mesh address; the WireGuard device (kernel or userspace
