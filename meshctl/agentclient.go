@@ -45,24 +45,88 @@ func cmdContext(c *cli.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 }
 
-// noArgs refuses positional arguments a command does not take: a stray
-// word is usually a mistyped flag.
-func noArgs(c *cli.Context) error {
-	if c.Args().Present() {
-		return fmt.Errorf("%s takes no arguments, got %q (see --help)", c.Command.FullName(), strings.Join(c.Args().Slice(), " "))
+// splitArgs separates what urfave/cli left unparsed: it stops at the
+// first positional argument, but users write flags after it too
+// (`meshctl join TOKEN --name vm-1`). Flags of the command found among the
+// arguments are set; the rest are positional, and everything after "--"
+// is passed through (agent flags).
+func splitArgs(c *cli.Context) (pos, passthrough []string, err error) {
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return pos, args[i+1:], nil
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := commandFlag(c.Command, name)
+		if f == nil {
+			return nil, nil, fmt.Errorf("unknown flag %s (see meshctl %s --help)", a, c.Command.FullName())
+		}
+		canonical := f.Names()[0]
+		if _, isBool := f.(*cli.BoolFlag); isBool {
+			if !hasVal {
+				val = "true"
+			}
+		} else if !hasVal {
+			if i+1 >= len(args) {
+				return nil, nil, fmt.Errorf("%s needs a value", a)
+			}
+			i++
+			val = args[i]
+		}
+		if err := c.Set(canonical, val); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", a, err)
+		}
+	}
+	return pos, nil, nil
+}
+
+func commandFlag(cmd *cli.Command, name string) cli.Flag {
+	if cmd == nil {
+		return nil
+	}
+	for _, f := range cmd.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return f
+			}
+		}
 	}
 	return nil
 }
 
-// oneArg returns the single positional argument named what.
+// noArgs refuses positional arguments a command does not take: a stray
+// word is usually a mistyped flag.
+func noArgs(c *cli.Context) error {
+	pos, rest, err := splitArgs(c)
+	if err != nil {
+		return err
+	}
+	if len(pos)+len(rest) > 0 {
+		return fmt.Errorf("%s takes no arguments, got %q (see --help)", c.Command.FullName(), strings.Join(append(pos, rest...), " "))
+	}
+	return nil
+}
+
+// oneArg returns the single positional argument named what; flags may
+// follow it.
 func oneArg(c *cli.Context, what string) (string, error) {
-	switch c.Args().Len() {
+	pos, rest, err := splitArgs(c)
+	if err != nil {
+		return "", err
+	}
+	pos = append(pos, rest...)
+	switch len(pos) {
 	case 1:
-		return c.Args().First(), nil
+		return pos[0], nil
 	case 0:
 		return "", fmt.Errorf("%s needs the %s: meshctl %s %s", c.Command.FullName(), what, c.Command.FullName(), strings.ToUpper(what))
 	default:
-		return "", fmt.Errorf("%s takes one %s, got %d arguments: %q", c.Command.FullName(), what, c.Args().Len(), strings.Join(c.Args().Slice(), " "))
+		return "", fmt.Errorf("%s takes one %s, got %d arguments: %q", c.Command.FullName(), what, len(pos), strings.Join(pos, " "))
 	}
 }
 

@@ -67,17 +67,17 @@ func nodeName(c *cli.Context) (string, error) {
 
 // joinArgs splits TOKEN from the agent flags after --.
 func joinArgs(c *cli.Context) (string, []string, error) {
-	args := c.Args().Slice()
-	if len(args) == 0 {
+	pos, agentArgs, err := splitArgs(c)
+	if err != nil {
+		return "", nil, err
+	}
+	switch len(pos) {
+	case 0:
 		return "", nil, errors.New("join needs the token: meshctl join TOKEN (make one with 'meshctl token create' on the mesh's first node)")
+	case 1:
+		return pos[0], agentArgs, nil
 	}
-	tok, rest := args[0], args[1:]
-	if len(rest) > 0 && rest[0] == "--" {
-		rest = rest[1:]
-	} else if len(rest) > 0 {
-		return "", nil, fmt.Errorf("unexpected argument %q after the token: flags go before it, agent flags after --", rest[0])
-	}
-	return tok, rest, nil
+	return "", nil, fmt.Errorf("join takes one token, got %d arguments (agent flags go after --)", len(pos))
 }
 
 func joinAction(c *cli.Context) error {

@@ -102,15 +102,15 @@ func seedConfig(c *cli.Context, agentArgs []string) (*config.Config, error) {
 	return cfg, nil
 }
 
+// upArgs returns the agent flags. urfave/cli consumes the "--" before
+// them, so every argument left is an agent flag (ApplyArgs validates them:
+// a stray word is refused there).
 func upArgs(c *cli.Context) ([]string, error) {
 	args := c.Args().Slice()
-	if len(args) == 0 {
-		return nil, nil
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
 	}
-	if args[0] != "--" {
-		return nil, fmt.Errorf("up takes no arguments, got %q: agent flags go after --", args[0])
-	}
-	return args[1:], nil
+	return args, nil
 }
 
 func upAction(c *cli.Context) error {
