@@ -351,8 +351,34 @@ func TestTwoLabsAtOnce(t *testing.T) {
 	testutil.Privileged(t)
 	checkRootUnchanged(t)
 	ctx := context.Background()
-	a := labtest.Generate(t, 2, 1, true)
-	b := labtest.Generate(t, 2, 1, true)
+	// Both come up at the same time, as in parallel tests.
+	labs := make([]*lab.Lab, 2)
+	errs := make(chan error, 2)
+	for i := range labs {
+		go func() {
+			var err error
+			labs[i], err = lab.Up(ctx, lab.Generate(labtest.UniqueName(), 2, 1, true), nil)
+			errs <- err
+		}()
+	}
+	for range labs {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, l := range labs {
+		if l != nil {
+			t.Cleanup(func() {
+				if err := l.Down(); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	a, b := labs[0], labs[1]
 	for _, ns := range a.Namespaces() {
 		if slices.Contains(b.Namespaces(), ns) {
 			t.Fatalf("both labs use namespace %s", ns)
@@ -661,4 +687,21 @@ func TestNATDropsEvenWithRoute(t *testing.T) {
 		t.Fatalf("without the drop rule the connection should work: %v", err)
 	}
 	c.Close()
+}
+
+// BenchmarkUpDown measures bringing up and removing a 3-site lab with one
+// NAT'd site, two nodes per site and one workload per node (16 namespaces).
+func BenchmarkUpDown(b *testing.B) {
+	testutil.Privileged(b)
+	for b.Loop() {
+		spec := lab.Generate(labtest.UniqueName(), 3, 2, true)
+		spec.AddWorkloads(1)
+		l, err := lab.Up(context.Background(), spec, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := l.Down(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
