@@ -41,6 +41,8 @@ type Datapath struct {
 	mu       sync.Mutex
 	attached map[string]*attachment // by interface name
 	closed   bool
+
+	policyMu sync.Mutex // serialises SetPolicy's read-modify-write of policy_meta
 }
 
 // Open loads the datapath. Without Config.Ephemeral, it first re-opens the
@@ -98,11 +100,12 @@ func Open(cfg Config) (*Datapath, error) {
 // configure applies sizes and load-time constants to the spec.
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	sizes := map[string]uint32{
-		"ipcache":   cfg.IPCacheEntries,
-		"endpoints": cfg.EndpointEntries,
-		"policy":    cfg.PolicyEntries,
-		"ct":        cfg.ConntrackEntries,
-		"events":    cfg.EventsBytes,
+		"ipcache":     cfg.IPCacheEntries,
+		"endpoints":   cfg.EndpointEntries,
+		"policy_meta": cfg.EndpointEntries,
+		"policy":      cfg.PolicyEntries,
+		"ct":          cfg.ConntrackEntries,
+		"events":      cfg.EventsBytes,
 	}
 	for name, n := range sizes {
 		ms, ok := spec.Maps[name]

@@ -88,12 +88,18 @@ type datapathMetricValue struct {
 
 type datapathPolicyKey struct {
 	_         structs.HostLayout
-	Prefixlen uint32
 	EpId      uint32
 	Identity  uint32
 	Dir       uint8
 	Proto     uint8
 	Port      uint16
+	Prefixlen uint8
+	Pad       [3]uint8
+}
+
+type datapathPolicyMeta struct {
+	_          structs.HostLayout
+	PrefixMask uint32
 }
 
 type datapathPolicyValue struct {
@@ -119,6 +125,7 @@ const (
 	datapathMapIpcache          = "ipcache"
 	datapathMapMetrics          = "metrics"
 	datapathMapPolicy           = "policy"
+	datapathMapPolicyMeta       = "policy_meta"
 	datapathProgWeftFromDev     = "weft_from_dev"
 	datapathProgWeftFromWl      = "weft_from_wl"
 	datapathProgWeftToDev       = "weft_to_dev"
@@ -186,13 +193,14 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Ct        *ebpf.MapSpec `ebpf:"ct"`
-	DropLimit *ebpf.MapSpec `ebpf:"drop_limit"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Ct         *ebpf.MapSpec `ebpf:"ct"`
+	DropLimit  *ebpf.MapSpec `ebpf:"drop_limit"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	Ipcache    *ebpf.MapSpec `ebpf:"ipcache"`
+	Metrics    *ebpf.MapSpec `ebpf:"metrics"`
+	Policy     *ebpf.MapSpec `ebpf:"policy"`
+	PolicyMeta *ebpf.MapSpec `ebpf:"policy_meta"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -230,13 +238,14 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Ct        *ebpf.Map `ebpf:"ct"`
-	DropLimit *ebpf.Map `ebpf:"drop_limit"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	Metrics   *ebpf.Map `ebpf:"metrics"`
-	Policy    *ebpf.Map `ebpf:"policy"`
+	Ct         *ebpf.Map `ebpf:"ct"`
+	DropLimit  *ebpf.Map `ebpf:"drop_limit"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Events     *ebpf.Map `ebpf:"events"`
+	Ipcache    *ebpf.Map `ebpf:"ipcache"`
+	Metrics    *ebpf.Map `ebpf:"metrics"`
+	Policy     *ebpf.Map `ebpf:"policy"`
+	PolicyMeta *ebpf.Map `ebpf:"policy_meta"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -248,6 +257,7 @@ func (m *datapathMaps) Close() error {
 		m.Ipcache,
 		m.Metrics,
 		m.Policy,
+		m.PolicyMeta,
 	)
 }
 

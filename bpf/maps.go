@@ -10,8 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const policyFixedBits = 80 // ep_id, identity, dir, proto: bits before the port
-
 func addrKey(a netip.Addr) [16]byte { return a.As16() }
 
 func prefixKey(p netip.Prefix) (datapathIpcacheKey, error) {
@@ -118,18 +116,25 @@ func (d *Datapath) DeleteEndpoint(addr netip.Addr) error {
 	return nil
 }
 
+func portMask(plen uint8) uint16 {
+	if plen == 0 {
+		return 0
+	}
+	return uint16(0xffff) << (16 - plen)
+}
+
 func policyMapKey(epID uint32, k PolicyKey) datapathPolicyKey {
 	var port [2]byte
-	binary.BigEndian.PutUint16(port[:], k.Port)
+	binary.BigEndian.PutUint16(port[:], k.Port&portMask(k.PortPrefixLen))
 	return datapathPolicyKey{
-		Prefixlen: policyFixedBits + uint32(k.PortPrefixLen),
-		EpId:      epID,
-		Identity:  k.Identity,
-		Dir:       uint8(k.Direction),
-		Proto:     k.Protocol,
+		EpId:     epID,
+		Identity: k.Identity,
+		Dir:      uint8(k.Direction),
+		Proto:    k.Protocol,
 		// The map holds the port in network byte order; the generated
 		// struct field is a native uint16 over the same two bytes.
-		Port: binary.NativeEndian.Uint16(port[:]),
+		Port:      binary.NativeEndian.Uint16(port[:]),
+		Prefixlen: k.PortPrefixLen,
 	}
 }
 
@@ -141,7 +146,7 @@ func policyFromMapKey(mk datapathPolicyKey) PolicyKey {
 		Identity:      mk.Identity,
 		Protocol:      mk.Proto,
 		Port:          binary.BigEndian.Uint16(port[:]),
-		PortPrefixLen: uint8(mk.Prefixlen - policyFixedBits),
+		PortPrefixLen: mk.Prefixlen,
 	}
 }
 
@@ -154,6 +159,7 @@ func (d *Datapath) SetPolicy(epID uint32, upserts map[PolicyKey]Verdict, deletes
 	if epID == 0 {
 		return fmt.Errorf("bpf: set policy: endpoint id 0 is invalid")
 	}
+	var mask uint32
 	for k, v := range upserts {
 		if err := k.Validate(); err != nil {
 			return fmt.Errorf("bpf: set policy for endpoint %d: %w", epID, err)
@@ -161,6 +167,7 @@ func (d *Datapath) SetPolicy(epID uint32, upserts map[PolicyKey]Verdict, deletes
 		if v != Allow && v != Deny {
 			return fmt.Errorf("bpf: set policy for endpoint %d: key %v: verdict %d must be 1 (allow) or 2 (deny)", epID, k, v)
 		}
+		mask |= 1 << k.PortPrefixLen
 	}
 	for _, k := range deletes {
 		if err := k.Validate(); err != nil {
@@ -168,6 +175,24 @@ func (d *Datapath) SetPolicy(epID uint32, upserts map[PolicyKey]Verdict, deletes
 		}
 		if _, ok := upserts[k]; ok {
 			return fmt.Errorf("bpf: set policy for endpoint %d: key %v is both upserted and deleted", epID, k)
+		}
+	}
+	d.policyMu.Lock()
+	defer d.policyMu.Unlock()
+	if len(upserts) > 0 {
+		// The programs probe only the prefix lengths in the mask: widen it
+		// before the entries that need it appear.
+		var meta datapathPolicyMeta
+		err := d.objs.PolicyMeta.Lookup(epID, &meta)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("bpf: set policy for endpoint %d: %w", epID, err)
+		}
+		if meta.PrefixMask|mask != meta.PrefixMask {
+			meta.PrefixMask |= mask
+			if err := d.objs.PolicyMeta.Update(epID, &meta, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("bpf: set policy for endpoint %d: the endpoint table is full (%d entries): %w",
+					epID, d.cfg.EndpointEntries, err)
+			}
 		}
 	}
 	for k, v := range upserts {
@@ -207,7 +232,8 @@ func (d *Datapath) Policy(epID uint32) (map[PolicyKey]Verdict, error) {
 	return out, nil
 }
 
-// ClearPolicy removes every policy entry of an endpoint.
+// ClearPolicy removes every policy entry of an endpoint (when the endpoint
+// goes away).
 func (d *Datapath) ClearPolicy(epID uint32) error {
 	cur, err := d.Policy(epID)
 	if err != nil {
@@ -217,7 +243,15 @@ func (d *Datapath) ClearPolicy(epID uint32) error {
 	for k := range cur {
 		del = append(del, k)
 	}
-	return d.SetPolicy(epID, nil, del)
+	if err := d.SetPolicy(epID, nil, del); err != nil {
+		return err
+	}
+	d.policyMu.Lock()
+	defer d.policyMu.Unlock()
+	if err := d.objs.PolicyMeta.Delete(epID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("bpf: clearing policy of endpoint %d: %w", epID, err)
+	}
+	return nil
 }
 
 // FlushConnections forgets every tracked connection to or from addr, so

@@ -36,14 +36,14 @@ func TestPolicyKeyValidate(t *testing.T) {
 func TestPolicyMapKeyRoundTrip(t *testing.T) {
 	k := PolicyKey{Direction: Egress, Identity: 70000, Protocol: 6, Port: 0x1f00, PortPrefixLen: 8}
 	mk := policyMapKey(7, k)
-	if mk.Prefixlen != policyFixedBits+8 || mk.EpId != 7 {
+	if mk.Prefixlen != 8 || mk.EpId != 7 {
 		t.Fatalf("map key %+v", mk)
 	}
 	// The port is big-endian in the map's memory.
 	var buf bytes.Buffer
 	must(t, binary.Write(&buf, binary.NativeEndian, mk))
-	if b := buf.Bytes(); b[14] != 0x1f || b[15] != 0x00 {
-		t.Fatalf("port bytes % x, want 1f 00", b[14:16])
+	if b := buf.Bytes(); b[10] != 0x1f || b[11] != 0x00 {
+		t.Fatalf("port bytes % x, want 1f 00", b[10:12])
 	}
 	if got := policyFromMapKey(mk); got != k {
 		t.Fatalf("round trip %v, want %v", got, k)

@@ -45,17 +45,18 @@ struct {
 } endpoints SEC(".maps");
 
 /* policy: per endpoint and direction, (peer identity, protocol, port
- * prefix) -> verdict. The port is big-endian and last so that prefixlen
- * 80 + n matches the n leading bits of the port. */
-#define POLICY_FIXED_BITS 80
-
+ * prefix) -> verdict. A hash keyed by the masked port and its prefix length,
+ * probed longest prefix first, gives a longest-prefix match whose cost does
+ * not grow with the number of entries: the probes are limited to the prefix
+ * lengths the endpoint uses (policy_meta). */
 struct policy_key {
-	__u32 prefixlen;
 	__u32 ep_id;
 	__u32 identity;
 	__u8 dir;
 	__u8 proto;
-	__be16 port;
+	__be16 port; /* the leading prefixlen bits; the rest zero */
+	__u8 prefixlen;
+	__u8 pad[3];
 };
 
 struct policy_value {
@@ -64,12 +65,25 @@ struct policy_value {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } policy SEC(".maps");
+
+/* policy_meta: per endpoint, bit n set when it has entries with an n-bit
+ * port prefix (n = 0..16). Bits are only ever added while entries exist. */
+struct policy_meta {
+	__u32 prefix_mask;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct policy_meta);
+	__uint(max_entries, 4096);
+} policy_meta SEC(".maps");
 
 /* ct: connection tracking. The key is the tuple as the first packet of the
  * connection carried it, plus the policy direction that admitted it, so a
