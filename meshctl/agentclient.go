@@ -64,7 +64,7 @@ func splitArgs(c *cli.Context) (pos, passthrough []string, err error) {
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		f := commandFlag(c.Command, name)
 		if f == nil {
-			return nil, nil, fmt.Errorf("unknown flag %s (see meshctl %s --help)", a, c.Command.FullName())
+			return nil, nil, fmt.Errorf("unknown flag %s (see meshctl %s --help)", a, cmdName(c))
 		}
 		canonical := f.Names()[0]
 		if _, isBool := f.(*cli.BoolFlag); isBool {
@@ -83,6 +83,11 @@ func splitArgs(c *cli.Context) (pos, passthrough []string, err error) {
 		}
 	}
 	return pos, nil, nil
+}
+
+// cmdName is the command's name without "meshctl": "endpoint remove".
+func cmdName(c *cli.Context) string {
+	return strings.TrimPrefix(c.Command.HelpName, c.App.Name+" ")
 }
 
 func commandFlag(cmd *cli.Command, name string) cli.Flag {
@@ -107,7 +112,7 @@ func noArgs(c *cli.Context) error {
 		return err
 	}
 	if len(pos)+len(rest) > 0 {
-		return fmt.Errorf("%s takes no arguments, got %q (see --help)", c.Command.FullName(), strings.Join(append(pos, rest...), " "))
+		return fmt.Errorf("%s takes no arguments, got %q (see --help)", cmdName(c), strings.Join(append(pos, rest...), " "))
 	}
 	return nil
 }
@@ -124,9 +129,9 @@ func oneArg(c *cli.Context, what string) (string, error) {
 	case 1:
 		return pos[0], nil
 	case 0:
-		return "", fmt.Errorf("%s needs the %s: meshctl %s %s", c.Command.FullName(), what, c.Command.FullName(), strings.ToUpper(what))
+		return "", fmt.Errorf("%s needs the %s: meshctl %s %s", cmdName(c), what, cmdName(c), strings.ToUpper(what))
 	default:
-		return "", fmt.Errorf("%s takes one %s, got %d arguments: %q", c.Command.FullName(), what, len(pos), strings.Join(pos, " "))
+		return "", fmt.Errorf("%s takes one %s, got %d arguments: %q", cmdName(c), what, len(pos), strings.Join(pos, " "))
 	}
 }
 
