@@ -4,25 +4,76 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/weftmesh/weft/agent"
+	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/internal/version"
+	"github.com/weftmesh/weft/tunnel"
 )
+
+// helperCommand is the hidden subcommand the agent re-executes itself with
+// to run the userspace WireGuard device in its own process, so that the
+// device (and the traffic through it) outlives an agent restart.
+const helperCommand = "wireguard-device"
 
 func main() {
 	app := &cli.App{
-		Name:    "weft-agent",
-		Usage:   "the Weft node agent: mesh registration, WireGuard tunnels and eBPF policy",
+		Name:  "weft-agent",
+		Usage: "the Weft node agent: mesh registration, WireGuard tunnels and eBPF policy",
+		Description: `weft-agent runs on every node of a Weft mesh. It connects to etcd (or runs an
+embedded single-member etcd with --embedded-etcd, which is what 'meshctl up'
+does), registers the node and its workloads, keeps one WireGuard peer per other
+node, and enforces identity-based policy with eBPF. Configuration comes from
+--config FILE, then flags, then WEFT_* environment variables (each flag lists
+its variable). Stopping the agent leaves the tunnel and the datapath in place,
+so a restart does not interrupt traffic; 'meshctl leave' removes the node.`,
 		Version: version.Version,
-		Action: func(c *cli.Context) error {
-			return fmt.Errorf("the agent is not built yet")
-		},
+		Flags:   config.Flags(),
+		Action:  run,
+		Commands: []*cli.Command{{
+			Name:   helperCommand,
+			Hidden: true,
+			Usage:  "run the userspace WireGuard device (started by the agent itself)",
+			Action: func(c *cli.Context) error {
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+				defer stop()
+				return tunnel.RunHelperFromEnv(ctx, nil)
+			},
+		}},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "weft-agent:", err)
 		os.Exit(1)
 	}
+}
+
+func run(c *cli.Context) error {
+	if c.Args().Present() {
+		return fmt.Errorf("unexpected argument %q (see --help)", c.Args().First())
+	}
+	cfg, err := config.FromCLI(c)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("weft-agent needs root (it creates network devices and loads eBPF programs)")
+	}
+	log := cfg.NewLogger(os.Stderr)
+	a, err := agent.New(cfg, agent.Options{
+		TunnelHelper: tunnel.SelfHelper(helperCommand),
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return a.Run(ctx)
 }

@@ -1,0 +1,337 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/internal/version"
+	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/policy"
+)
+
+// serveAPI mounts the local API on the agent's unix socket.
+func (a *Agent) serveAPI(ctx context.Context, run func(string, func(context.Context) error)) error {
+	l, err := api.Listen(a.cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	a.apiSrv = api.NewServer(api.Backend{
+		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
+	}, a.log.With("component", "api"))
+	run("api", func(context.Context) error {
+		if err := a.apiSrv.Serve(l); err != nil && !strings.Contains(err.Error(), "closed") {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// Status implements api.StatusSource.
+func (a *Agent) Status(ctx context.Context) (api.Status, error) {
+	st := api.Status{
+		Node: a.cfg.NodeName, Cluster: a.cfg.Cluster, MeshIP: a.meshIP.String(),
+		CIDRs: []string{a.cidr.String()}, AgentVersion: version.Version, StartedAt: a.started,
+		Etcd: api.EtcdStatus{Endpoints: a.cp.endpoints, Embedded: a.cp.embedded != nil},
+	}
+	ts, err := a.tun.Status()
+	st.Tunnel = api.TunnelStatus{Interface: a.tun.Name(), Kind: string(a.tun.Kind()), ListenPort: a.tun.ListenPort(), PublicKey: a.tun.PublicKey().String(), Up: err == nil}
+	st.Datapath = api.DatapathStatus{Attached: a.dp != nil, PinPath: a.dp.PinDir(), Programs: 2 * (1 + len(a.workloads.list()))}
+	st.Peers, _ = a.Peers(ctx)
+	_ = ts
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := a.cp.kv.Etcd().Get(cctx, kvstore.ClustersPrefix+a.cfg.Cluster); err != nil {
+		st.Etcd.Error = err.Error()
+	} else {
+		st.Etcd.Reachable = true
+	}
+	return st, nil
+}
+
+// Health implements api.StatusSource.
+func (a *Agent) Health(ctx context.Context) (api.Health, error) {
+	st, _ := a.Status(ctx)
+	checks := []api.HealthCheck{
+		{Name: "tunnel", OK: st.Tunnel.Up},
+		{Name: "datapath", OK: st.Datapath.Attached},
+		{Name: "etcd", OK: st.Etcd.Reachable, Message: st.Etcd.Error},
+	}
+	h := api.Health{OK: true, Checks: checks}
+	for _, c := range checks {
+		h.OK = h.OK && c.OK
+	}
+	return h, nil
+}
+
+// Peers implements api.MeshView.
+func (a *Agent) Peers(ctx context.Context) ([]api.Peer, error) {
+	ts, err := a.tun.Status()
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the tunnel: %v", api.ErrUnavailable, err)
+	}
+	byKey := map[string]kvstore.Node{}
+	a.nodes.Range(func(_ string, n kvstore.Node) bool { byKey[n.WGPublicKey] = n; return true })
+	out := make([]api.Peer, 0, len(ts.Peers))
+	for _, p := range ts.Peers {
+		n := byKey[p.PublicKey]
+		ap := api.Peer{Node: n.Name, Cluster: n.Cluster, PublicKey: p.PublicKey, Endpoint: p.Endpoint,
+			LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+		for _, pf := range p.AllowedIPs {
+			ap.AllowedIPs = append(ap.AllowedIPs, pf.String())
+		}
+		out = append(out, ap)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out, nil
+}
+
+// Nodes implements api.MeshView.
+func (a *Agent) Nodes(ctx context.Context) ([]api.Node, error) {
+	var out []api.Node
+	a.nodes.Range(func(_ string, n kvstore.Node) bool {
+		an := api.Node{Name: n.Name, Cluster: n.Cluster, PublicKey: n.WGPublicKey, Labels: labelMap(n.Labels), AgentVersion: n.AgentVersion,
+			Self: n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName}
+		if n.MeshIP.IsValid() {
+			an.MeshIP = n.MeshIP.String()
+		}
+		for _, c := range n.CIDRs {
+			an.CIDRs = append(an.CIDRs, c.String())
+		}
+		for _, e := range n.Endpoints {
+			an.Endpoints = append(an.Endpoints, e.String())
+		}
+		out = append(out, an)
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Cluster+"/"+out[i].Name < out[j].Cluster+"/"+out[j].Name })
+	return out, nil
+}
+
+// Identities implements api.MeshView.
+func (a *Agent) Identities(ctx context.Context) ([]api.Identity, error) {
+	count := map[uint32]int{}
+	a.endpoints.Range(func(_ string, e kvstore.Endpoint) bool { count[e.Identity]++; return true })
+	var out []api.Identity
+	for id, l := range identity.ReservedIdentities() {
+		out = append(out, api.Identity{ID: uint32(id), Labels: l.Strings(), Reserved: true, Endpoints: count[uint32(id)]})
+	}
+	seen := map[uint32]bool{}
+	a.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		if seen[e.Identity] || identity.NumericIdentity(e.Identity).IsReserved() {
+			return true
+		}
+		seen[e.Identity] = true
+		l, ok := a.alloc.LookupByID(identity.NumericIdentity(e.Identity))
+		labels := e.Labels
+		if ok {
+			labels = l.Strings()
+		}
+		out = append(out, api.Identity{ID: e.Identity, Labels: labels, Endpoints: count[e.Identity]})
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Endpoints implements api.EndpointManager: every endpoint of the mesh,
+// local ones with their enforcement state.
+func (a *Agent) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
+	locals, _ := a.policy.localSnapshot()
+	byIP := map[netip.Addr]localEndpoint{}
+	for _, l := range locals {
+		byIP[l.IP] = l
+	}
+	netnsByIP := map[netip.Addr]string{}
+	for _, w := range a.workloads.list() {
+		netnsByIP[w.IP] = w.Netns
+	}
+	var out []api.Endpoint
+	a.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		ae := api.Endpoint{Name: e.Name, Node: e.Node, Cluster: e.Cluster, IP: e.IP.String(), Identity: e.Identity, Labels: e.Labels}
+		if l, ok := byIP[e.IP]; ok && e.Node == a.cfg.NodeName && e.Cluster == a.cfg.Cluster {
+			ae.Local = true
+			ae.Netns = netnsByIP[e.IP]
+			ae.IngressEnforced, ae.EgressEnforced = l.policy.IngressEnforced, l.policy.EgressEnforced
+		}
+		out = append(out, ae)
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Cluster+out[i].Node+out[i].Name < out[j].Cluster+out[j].Node+out[j].Name })
+	return out, nil
+}
+
+// AddEndpoint implements api.EndpointManager.
+func (a *Agent) AddEndpoint(ctx context.Context, spec api.EndpointSpec) (api.Endpoint, error) {
+	w, err := a.workloads.add(ctx, spec)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	return api.Endpoint{Name: w.Name, Node: a.cfg.NodeName, Cluster: a.cfg.Cluster, IP: w.IP.String(), Identity: uint32(w.Identity), Labels: w.Labels, Netns: w.Netns, Local: true}, nil
+}
+
+// RemoveEndpoint implements api.EndpointManager.
+func (a *Agent) RemoveEndpoint(ctx context.Context, name string) error {
+	return a.workloads.remove(ctx, name)
+}
+
+// Policies implements api.PolicyManager.
+func (a *Agent) Policies(ctx context.Context) ([]api.PolicyState, error) {
+	locals, applied := a.policy.localSnapshot()
+	ps, err := a.policy.policyNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []api.PolicyState
+	for _, p := range ps {
+		st := api.PolicyState{Name: p.Name, Revision: applied[p.Name].Revision, SelectedEndpoints: []string{}}
+		for _, l := range locals {
+			if p.EndpointSelector.Matches(l.Labels) {
+				st.SelectedEndpoints = append(st.SelectedEndpoints, l.IP.String())
+			}
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// GetPolicy implements api.PolicyManager.
+func (a *Agent) GetPolicy(ctx context.Context, name string) (api.Policy, error) {
+	p, rev, err := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(name), kvstore.DecodePolicy)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return api.Policy{}, fmt.Errorf("%w: no policy %q (see `meshctl policy list`)", api.ErrNotFound, name)
+	}
+	if err != nil {
+		return api.Policy{}, fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	return api.Policy{Name: p.Name, Revision: rev, Document: p.Document}, nil
+}
+
+// ApplyPolicy implements api.PolicyManager: every document of the file is
+// validated before any is written, so a bad file changes nothing.
+func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (api.ApplyPolicyResult, error) {
+	file := req.Filename
+	if file == "" {
+		file = "<stdin>"
+	}
+	ps, err := policy.Parse(file, []byte(req.Document))
+	if err != nil {
+		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	docs, err := splitDocuments([]byte(req.Document))
+	if err != nil || len(docs) != len(ps) {
+		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s: cannot split the file into its documents: %v", api.ErrInvalid, file, err)
+	}
+	seen := map[string]bool{}
+	for _, p := range ps {
+		if seen[p.Name] {
+			return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s: policy %q appears twice in the file", api.ErrInvalid, file, p.Name)
+		}
+		seen[p.Name] = true
+	}
+	var res api.ApplyPolicyResult
+	for i, p := range ps {
+		action := "created"
+		if old, err := a.cp.kv.GetPolicy(ctx, p.Name); err == nil {
+			action = "updated"
+			if old.Document == docs[i] {
+				action = "unchanged"
+			}
+		}
+		if action != "unchanged" {
+			if err := a.cp.kv.PutPolicy(ctx, kvstore.Policy{Name: p.Name, Format: "yaml", Document: docs[i], Updated: time.Now().UTC(), UpdatedBy: a.cfg.NodeName}); err != nil {
+				return res, fmt.Errorf("%w: storing policy %s: %v", api.ErrUnavailable, p.Name, err)
+			}
+		}
+		_, rev, _ := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(p.Name), kvstore.DecodePolicy)
+		res.Policies = append(res.Policies, api.AppliedPolicy{Name: p.Name, Action: action, Revision: rev})
+	}
+	return res, nil
+}
+
+// splitDocuments returns each YAML document of a file as its own text.
+func splitDocuments(data []byte) ([]string, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var out []string
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(n.Content) == 0 {
+			continue
+		}
+		b, err := yaml.Marshal(&n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, string(b))
+	}
+}
+
+// DeletePolicy implements api.PolicyManager.
+func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
+	err := a.cp.kv.DeletePolicy(ctx, name)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return fmt.Errorf("%w: no policy %q (see `meshctl policy list`)", api.ErrNotFound, name)
+	}
+	return err
+}
+
+// TracePolicy implements api.PolicyManager.
+func (a *Agent) TracePolicy(ctx context.Context, req api.TraceRequest) (api.TraceResult, error) {
+	from, err := parseLabelMap(req.From)
+	if err != nil {
+		return api.TraceResult{}, fmt.Errorf("%w: --from: %v", api.ErrInvalid, err)
+	}
+	to, err := parseLabelMap(req.To)
+	if err != nil {
+		return api.TraceResult{}, fmt.Errorf("%w: --to: %v", api.ErrInvalid, err)
+	}
+	proto, err := protoNumber(req.Protocol)
+	if err != nil {
+		return api.TraceResult{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	tr, err := a.policy.trace(ctx, from, to, req.Port, proto)
+	if err != nil {
+		return api.TraceResult{}, err
+	}
+	step := func(d policy.DirectionTrace) api.TraceStep {
+		s := api.TraceStep{Verdict: strings.ToLower(d.Verdict.String()), Enforced: d.Enforced, Reason: d.Reason}
+		if d.Rule != nil {
+			s.Policies = []string{d.Rule.Policy}
+		}
+		return s
+	}
+	return api.TraceResult{Verdict: strings.ToLower(tr.Verdict.String()), Egress: step(tr.Egress), Ingress: step(tr.Ingress)}, nil
+}
+
+func protoNumber(s string) (uint8, error) {
+	switch strings.ToUpper(s) {
+	case "TCP", "":
+		return 6, nil
+	case "UDP":
+		return 17, nil
+	case "SCTP":
+		return 132, nil
+	case "ICMP":
+		return 1, nil
+	}
+	return 0, fmt.Errorf("protocol %q: use tcp, udp, sctp or icmp", s)
+}

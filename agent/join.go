@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/join"
+	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/kvstore"
+)
+
+// tokenStore adapts the kvstore's tokens to what the join service checks.
+type tokenStore struct{ kv *kvstore.Client }
+
+func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (join.Grant, error) {
+	t, err := s.kv.ConsumeToken(ctx, id, secret, now)
+	if err != nil {
+		for _, m := range []struct{ from, to error }{
+			{kvstore.ErrTokenUnknown, join.ErrTokenUnknown},
+			{kvstore.ErrTokenExpired, join.ErrTokenExpired},
+			{kvstore.ErrTokenRevoked, join.ErrTokenRevoked},
+			{kvstore.ErrTokenUsedUp, join.ErrTokenUsedUp},
+		} {
+			if errors.Is(err, m.from) {
+				return join.Grant{}, fmt.Errorf("%w: %s", m.to, strings.TrimPrefix(err.Error(), "kvstore: "))
+			}
+		}
+		return join.Grant{}, err
+	}
+	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: labelMap(t.Labels)}, nil
+}
+
+// meshCA is the CA the embedded etcd trusts for clients: the join service
+// signs node certificates with it, so joined nodes can reach etcd.
+func (a *Agent) meshCA() (*pki.CA, error) {
+	if a.cp.files.CAKeyFile == "" {
+		return nil, fmt.Errorf("%w: this node does not hold the mesh CA; create tokens on the node that ran `meshctl up`", api.ErrNotSupported)
+	}
+	return pki.LoadCAFiles(a.cp.files.CAFile, a.cp.files.CAKeyFile)
+}
+
+// serveJoin runs the join service next to the embedded etcd.
+func (a *Agent) serveJoin(ctx context.Context, run func(string, func(context.Context) error)) error {
+	ca, err := a.meshCA()
+	if err != nil {
+		return err
+	}
+	adv := a.cfg.JoinAdvertise()
+	host, _, err := net.SplitHostPort(adv)
+	if err != nil {
+		return fmt.Errorf("join.advertise %q: %w", adv, err)
+	}
+	hosts := []string{"localhost", "127.0.0.1"}
+	if host != "" {
+		hosts = append(hosts, host)
+	}
+	srv, err := join.NewServer(join.ServerConfig{
+		CA: ca, Tokens: tokenStore{a.cp.kv}, EtcdEndpoints: a.cp.endpoints,
+		Cluster: a.cfg.Cluster, Hosts: hosts, Log: a.log.With("component", "join"),
+	})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", a.cfg.Join.Listen)
+	if err != nil {
+		return fmt.Errorf("join service: listening on %s: %w", a.cfg.Join.Listen, err)
+	}
+	a.joinSrv = srv
+	run("join service", func(context.Context) error {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "Server closed") {
+			return err
+		}
+		return nil
+	})
+	a.log.Info("join service listening", "listen", a.cfg.Join.Listen, "advertise", adv)
+	return nil
+}
+
+// CreateToken implements api.TokenManager.
+func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.CreatedToken, error) {
+	ca, err := a.meshCA()
+	if err != nil {
+		return api.CreatedToken{}, err
+	}
+	cluster := req.Cluster
+	if cluster == "" {
+		cluster = a.cfg.Cluster
+	}
+	labels, err := parseLabelMap(req.Labels)
+	if err != nil {
+		return api.CreatedToken{}, fmt.Errorf("%w: labels: %v", api.ErrInvalid, err)
+	}
+	ttl := time.Duration(req.TTL)
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	maxUses := req.MaxUses
+	if maxUses <= 0 {
+		maxUses = 1
+	}
+	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses}, time.Now())
+	if err != nil {
+		return api.CreatedToken{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	jt := join.Token{Server: a.cfg.JoinAdvertise(), ID: t.ID, Secret: secret, CAHash: ca.Fingerprint()}
+	if err := jt.Validate(); err != nil {
+		return api.CreatedToken{}, fmt.Errorf("the join service address %q cannot go into a token (set --join-advertise): %w", a.cfg.JoinAdvertise(), err)
+	}
+	return api.CreatedToken{Token: apiToken(t), JoinToken: jt.String()}, nil
+}
+
+// Tokens implements api.TokenManager.
+func (a *Agent) Tokens(ctx context.Context) ([]api.Token, error) {
+	ts, err := a.cp.kv.ListTokens(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	out := make([]api.Token, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, apiToken(t))
+	}
+	return out, nil
+}
+
+// RevokeToken implements api.TokenManager.
+func (a *Agent) RevokeToken(ctx context.Context, id string) error {
+	err := a.cp.kv.RevokeToken(ctx, id)
+	if errors.Is(err, kvstore.ErrNotFound) || errors.Is(err, kvstore.ErrTokenUnknown) {
+		return fmt.Errorf("%w: no token %q (see `meshctl token list`)", api.ErrNotFound, id)
+	}
+	return err
+}
+
+func apiToken(t kvstore.Token) api.Token {
+	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: labelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked}
+}
+
+// labelMap turns canonical labels (vm:app=web) into the configuration form
+// (vm:app -> web).
+func labelMap(ls []string) map[string]string {
+	if len(ls) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(ls))
+	for _, l := range ls {
+		k, v, _ := strings.Cut(l, "=")
+		m[k] = v
+	}
+	return m
+}

@@ -1,0 +1,396 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/identity/allocator"
+	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/policy"
+)
+
+// cidrIdentityBase is where the node-local identities of CIDR peers start.
+// They never leave the node (the ipcache maps a prefix to them and the
+// compiler matches CIDR selectors against them), so they sit above the
+// range the mesh-wide allocator hands out.
+const cidrIdentityBase identity.NumericIdentity = 1 << 24
+
+// policyDatapath is the part of the datapath the policy reconciler writes.
+type policyDatapath interface {
+	SetPolicy(epID uint32, upserts map[bpf.PolicyKey]bpf.Verdict, deletes []bpf.PolicyKey) error
+	UpsertEndpoint(addr netip.Addr, ep bpf.Endpoint) error
+	UpsertIPCache(prefix netip.Prefix, identity uint32, flags uint32) error
+	DeleteIPCache(prefix netip.Prefix) error
+}
+
+// localEndpoint is a workload (or the host) this node enforces policy for.
+type localEndpoint struct {
+	ID       uint32
+	IP       netip.Addr
+	Identity identity.NumericIdentity
+	Labels   identity.Labels
+	Host     bool
+	policy   policy.EndpointPolicy
+}
+
+// policyReconciler owns the compiler. Identity, policy and endpoint changes
+// arrive from cache goroutines and are queued; one loop applies them in
+// order, so the compiler needs no locking and each change costs only its
+// delta in map writes.
+type policyReconciler struct {
+	a  *Agent
+	dp policyDatapath
+
+	mu      sync.Mutex
+	queue   []func()
+	kick    chan struct{}
+	applied map[string]policyApplied // policy name -> what is enforced
+
+	// Owned by the loop.
+	compiler *policy.Compiler
+	locals   map[string]*localEndpoint // by IP string
+	cidrIDs  map[netip.Prefix]identity.NumericIdentity
+	nextCIDR identity.NumericIdentity
+	snapshot []localEndpoint // copy for readers, under mu
+}
+
+type policyApplied struct {
+	Revision int64
+	Applied  time.Time
+}
+
+func newPolicyReconciler(a *Agent) *policyReconciler {
+	return &policyReconciler{
+		a:        a,
+		dp:       a.dp,
+		kick:     make(chan struct{}, 1),
+		applied:  map[string]policyApplied{},
+		compiler: policy.NewCompiler(identity.ReservedIdentities()),
+		locals:   map[string]*localEndpoint{},
+		cidrIDs:  map[netip.Prefix]identity.NumericIdentity{},
+		nextCIDR: cidrIdentityBase,
+	}
+}
+
+func (r *policyReconciler) enqueue(f func()) {
+	r.mu.Lock()
+	r.queue = append(r.queue, f)
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// do runs f on the loop and waits for it.
+func (r *policyReconciler) do(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	r.enqueue(func() { f(); close(done) })
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *policyReconciler) run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.kick:
+		}
+		for {
+			r.mu.Lock()
+			q := r.queue
+			r.queue = nil
+			r.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, f := range q {
+				f()
+			}
+		}
+		r.publish()
+	}
+}
+
+func (r *policyReconciler) identityEvent(ev kvstore.Event[allocator.Identity]) {
+	r.enqueue(func() {
+		var deltas map[string]policy.Delta
+		switch ev.Kind {
+		case kvstore.EventAdd, kvstore.EventUpdate:
+			deltas = r.compiler.AddIdentity(ev.Value.ID, ev.Value.Labels)
+		case kvstore.EventDelete:
+			deltas = r.compiler.RemoveIdentity(ev.Old.ID)
+		}
+		r.applyDeltas(deltas)
+	})
+}
+
+func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
+	rev := r.a.policies.Revision()
+	r.enqueue(func() {
+		var (
+			deltas map[string]policy.Delta
+			err    error
+			name   string
+		)
+		switch ev.Kind {
+		case kvstore.EventAdd, kvstore.EventUpdate:
+			name = ev.Value.Name
+			var p *policy.Policy
+			p, err = policy.ParseOne("policies/"+ev.Value.Name, []byte(ev.Value.Document))
+			if err == nil && p.Name != ev.Value.Name {
+				err = fmt.Errorf("document is named %q but stored as %q", p.Name, ev.Value.Name)
+			}
+			if err == nil {
+				deltas, err = r.compiler.UpsertPolicy(p)
+			}
+		case kvstore.EventDelete:
+			name = ev.Old.Name
+			deltas, err = r.compiler.DeletePolicy(ev.Old.Name)
+		}
+		if err != nil {
+			// The writer validated it; a record that still does not parse
+			// was written around meshctl. Skip it, keep enforcing the rest.
+			r.a.log.Error("skipping policy that does not compile", "policy", name, "err", err)
+			return
+		}
+		r.applyDeltas(deltas)
+		r.syncCIDRIdentities()
+		r.mu.Lock()
+		if ev.Kind == kvstore.EventDelete {
+			delete(r.applied, name)
+		} else {
+			r.applied[name] = policyApplied{Revision: rev, Applied: time.Now()}
+		}
+		r.mu.Unlock()
+	})
+}
+
+// syncCIDRIdentities gives every CIDR the policies name a node-local
+// identity, in the compiler and in the ipcache, and drops unused ones.
+func (r *policyReconciler) syncCIDRIdentities() {
+	want := map[netip.Prefix]bool{}
+	for _, p := range policy.ReferencedCIDRs(r.compiler.Policies()) {
+		want[p] = true
+	}
+	for p := range want {
+		if _, ok := r.cidrIDs[p]; ok {
+			continue
+		}
+		l, err := identity.ParseLabel("cidr:"+p.String(), "")
+		if err != nil {
+			r.a.log.Error("cidr identity", "prefix", p, "err", err)
+			continue
+		}
+		labels, _ := identity.NewLabels(l)
+		id := r.nextCIDR
+		r.nextCIDR++
+		r.cidrIDs[p] = id
+		r.applyDeltas(r.compiler.AddIdentity(id, labels))
+		if err := r.dp.UpsertIPCache(p, uint32(id), 0); err != nil {
+			r.a.log.Error("ipcache upsert for cidr identity", "prefix", p, "err", err)
+		}
+	}
+	for p, id := range r.cidrIDs {
+		if want[p] {
+			continue
+		}
+		delete(r.cidrIDs, p)
+		r.applyDeltas(r.compiler.RemoveIdentity(id))
+		if err := r.dp.DeleteIPCache(p); err != nil {
+			r.a.log.Error("ipcache delete for cidr identity", "prefix", p, "err", err)
+		}
+	}
+}
+
+// addLocal registers a local endpoint and writes its full policy.
+func (r *policyReconciler) addLocal(ctx context.Context, ep localEndpoint) error {
+	var err error
+	derr := r.do(ctx, func() {
+		key := ep.IP.String()
+		full := r.compiler.AddEndpoint(key, ep.Labels)
+		old, existed := r.locals[key]
+		var cur policy.EndpointPolicy
+		if existed && old.ID == ep.ID {
+			cur = old.policy
+		} else if current, rerr := r.currentEntries(ep.ID); rerr == nil {
+			// A restarted agent finds the entries it wrote before in the
+			// pinned map: diff against them so nothing is rewritten.
+			cur = current
+		}
+		e := ep
+		e.policy = policy.EndpointPolicy{Entries: map[policy.Key]policy.Verdict{}}
+		for k, v := range cur.Entries {
+			e.policy.Entries[k] = v
+		}
+		d := diffPolicy(cur, full)
+		r.locals[key] = &e
+		err = r.applyDelta(&e, d, true)
+	})
+	if derr != nil {
+		return derr
+	}
+	return err
+}
+
+func (r *policyReconciler) removeLocal(ctx context.Context, ip netip.Addr) error {
+	return r.do(ctx, func() {
+		key := ip.String()
+		ep, ok := r.locals[key]
+		if !ok {
+			return
+		}
+		r.compiler.RemoveEndpoint(key)
+		var del []bpf.PolicyKey
+		for k := range ep.policy.Entries {
+			del = append(del, toBPFKey(k))
+		}
+		if err := r.dp.SetPolicy(ep.ID, nil, del); err != nil {
+			r.a.log.Error("clearing policy of removed endpoint", "ip", ip, "err", err)
+		}
+		delete(r.locals, key)
+	})
+}
+
+// currentEntries reads what the datapath holds for an endpoint.
+func (r *policyReconciler) currentEntries(epID uint32) (policy.EndpointPolicy, error) {
+	reader, ok := r.dp.(interface {
+		Policy(uint32) (map[bpf.PolicyKey]bpf.Verdict, error)
+	})
+	if !ok {
+		return policy.EndpointPolicy{}, fmt.Errorf("datapath cannot be read")
+	}
+	m, err := reader.Policy(epID)
+	if err != nil {
+		return policy.EndpointPolicy{}, err
+	}
+	out := policy.EndpointPolicy{Entries: map[policy.Key]policy.Verdict{}}
+	for k, v := range m {
+		out.Entries[policy.Key{Direction: policy.Direction(k.Direction), Identity: identity.NumericIdentity(k.Identity),
+			Protocol: k.Protocol, Port: k.Port, PortPrefixLen: k.PortPrefixLen}] = policy.Verdict(v)
+	}
+	return out, nil
+}
+
+func diffPolicy(cur, want policy.EndpointPolicy) policy.Delta {
+	d := policy.Delta{IngressEnforced: want.IngressEnforced, EgressEnforced: want.EgressEnforced, Upsert: map[policy.Key]policy.Verdict{}}
+	for k, v := range want.Entries {
+		if cv, ok := cur.Entries[k]; !ok || cv != v {
+			d.Upsert[k] = v
+		}
+	}
+	for k := range cur.Entries {
+		if _, ok := want.Entries[k]; !ok {
+			d.Delete = append(d.Delete, k)
+		}
+	}
+	return d
+}
+
+func (r *policyReconciler) applyDeltas(deltas map[string]policy.Delta) {
+	for key, d := range deltas {
+		ep, ok := r.locals[key]
+		if !ok {
+			continue
+		}
+		if err := r.applyDelta(ep, d, false); err != nil {
+			r.a.log.Error("applying policy delta", "endpoint", key, "err", err)
+		}
+	}
+}
+
+// applyDelta writes a delta in the order that never opens a gap: new
+// entries first, then the enforcement flags, then the removals.
+func (r *policyReconciler) applyDelta(ep *localEndpoint, d policy.Delta, forceFlags bool) error {
+	ups := make(map[bpf.PolicyKey]bpf.Verdict, len(d.Upsert))
+	for k, v := range d.Upsert {
+		ups[toBPFKey(k)] = bpf.Verdict(v)
+	}
+	if len(ups) > 0 {
+		if err := r.dp.SetPolicy(ep.ID, ups, nil); err != nil {
+			return err
+		}
+	}
+	flagsChanged := forceFlags || d.IngressEnforced != ep.policy.IngressEnforced || d.EgressEnforced != ep.policy.EgressEnforced
+	ep.policy.IngressEnforced, ep.policy.EgressEnforced = d.IngressEnforced, d.EgressEnforced
+	for k, v := range d.Upsert {
+		ep.policy.Entries[k] = v
+	}
+	if flagsChanged {
+		if err := r.dp.UpsertEndpoint(ep.IP, bpf.Endpoint{
+			ID: ep.ID, Identity: uint32(ep.Identity), Host: ep.Host,
+			IngressEnforced: d.IngressEnforced, EgressEnforced: d.EgressEnforced,
+		}); err != nil {
+			return err
+		}
+	}
+	if len(d.Delete) > 0 {
+		del := make([]bpf.PolicyKey, 0, len(d.Delete))
+		for _, k := range d.Delete {
+			del = append(del, toBPFKey(k))
+			delete(ep.policy.Entries, k)
+		}
+		if err := r.dp.SetPolicy(ep.ID, nil, del); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func toBPFKey(k policy.Key) bpf.PolicyKey {
+	return bpf.PolicyKey{Direction: bpf.Direction(k.Direction), Identity: uint32(k.Identity), Protocol: k.Protocol, Port: k.Port, PortPrefixLen: k.PortPrefixLen}
+}
+
+// publish copies the loop's view for API readers.
+func (r *policyReconciler) publish() {
+	snap := make([]localEndpoint, 0, len(r.locals))
+	for _, ep := range r.locals {
+		c := *ep
+		c.policy = policy.EndpointPolicy{IngressEnforced: ep.policy.IngressEnforced, EgressEnforced: ep.policy.EgressEnforced, Entries: map[policy.Key]policy.Verdict{}}
+		for k, v := range ep.policy.Entries {
+			c.policy.Entries[k] = v
+		}
+		snap = append(snap, c)
+	}
+	sort.Slice(snap, func(i, j int) bool { return snap[i].IP.Less(snap[j].IP) })
+	r.mu.Lock()
+	r.snapshot = snap
+	r.mu.Unlock()
+}
+
+// localSnapshot returns the local endpoints as last enforced.
+func (r *policyReconciler) localSnapshot() ([]localEndpoint, map[string]policyApplied) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	applied := make(map[string]policyApplied, len(r.applied))
+	for k, v := range r.applied {
+		applied[k] = v
+	}
+	return r.snapshot, applied
+}
+
+// trace answers `meshctl policy trace` from the compiler's policies.
+func (r *policyReconciler) trace(ctx context.Context, from, to identity.Labels, port uint16, proto uint8) (policy.TraceResult, error) {
+	var res policy.TraceResult
+	err := r.do(ctx, func() { res = r.compiler.Trace(from, to, port, proto) })
+	return res, err
+}
+
+// policiesSelecting lists the policies (by name) and entry counts per local
+// endpoint, for the API.
+func (r *policyReconciler) policyNames(ctx context.Context) ([]*policy.Policy, error) {
+	var ps []*policy.Policy
+	err := r.do(ctx, func() { ps = r.compiler.Policies() })
+	return ps, err
+}
