@@ -168,7 +168,9 @@ func (a *Agent) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 		out = append(out, ae)
 		return true
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Cluster+out[i].Node+out[i].Name < out[j].Cluster+out[j].Node+out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Cluster+out[i].Node+out[i].Name < out[j].Cluster+out[j].Node+out[j].Name
+	})
 	return out, nil
 }
 
