@@ -97,6 +97,9 @@ func joinAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkAgentArgs(agentArgs); err != nil {
+		return err
+	}
 	binary, err := findAgentBinary(c)
 	if err != nil {
 		return err
@@ -136,6 +139,18 @@ func joinAction(c *cli.Context) error {
 	}
 	if c.Bool("foreground") {
 		return waitForeground(proc)
+	}
+	return nil
+}
+
+// checkAgentArgs validates the agent flags before the token is presented,
+// so a typo in them does not use up a single-use token.
+func checkAgentArgs(args []string) error {
+	probe := config.Default()
+	probe.Etcd.Endpoints = []string{"https://placeholder:2379"}
+	probe.Etcd.CAFile, probe.Etcd.CertFile, probe.Etcd.KeyFile = "/ca.pem", "/node.pem", "/node-key.pem"
+	if err := probe.ApplyArgs(args); err != nil {
+		return fmt.Errorf("agent flags after --: %w", err)
 	}
 	return nil
 }

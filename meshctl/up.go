@@ -95,9 +95,12 @@ func seedConfig(c *cli.Context, agentArgs []string) (*config.Config, error) {
 	cfg.Etcd.Embedded.Enabled = true
 	cfg.Etcd.Embedded.ClientURL = "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(etcdClientPort))
 	cfg.Join.Listen = net.JoinHostPort(addr.String(), strconv.Itoa(joinPort))
-	cfg.Underlay.Endpoints = []string{net.JoinHostPort(addr.String(), strconv.Itoa(cfg.WireGuard.ListenPort))}
 	if err := cfg.ApplyArgs(agentArgs); err != nil {
 		return nil, err
+	}
+	// After the agent flags, which may move the WireGuard port.
+	if len(cfg.Underlay.Endpoints) == 0 {
+		cfg.Underlay.Endpoints = []string{net.JoinHostPort(addr.String(), strconv.Itoa(cfg.WireGuard.ListenPort))}
 	}
 	return cfg, nil
 }
