@@ -380,7 +380,7 @@ func TestTokenCommands(t *testing.T) {
 		{[]string{"--labels", "a=b,a=c"}, "given twice"},
 		{[]string{"extra"}, "takes no arguments"},
 	} {
-		_, _, err := runApp(t, append(append([]string{"token", "create", "--socket", sock}, tc.args...))...)
+		_, _, err := runApp(t, append([]string{"token", "create", "--socket", sock}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: want %q, got %v", tc.args, tc.want, err)
 		}

@@ -181,11 +181,3 @@ func shortDuration(d time.Duration) string {
 		return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
 	}
 }
-
-// yesNo renders a bool for a table.
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
-}

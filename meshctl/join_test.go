@@ -153,7 +153,7 @@ func TestJoinTwiceAndLeave(t *testing.T) {
 		t.Errorf("second join: %d token checks, %d agent starts; want 1 and 1", store.calls, len(*modes))
 	}
 	// Under another name it is refused, not silently renamed.
-	_, _, err = runApp(t, append(append([]string{"join", tok.String(), "--name", "vm-9"}, p.flags()...))...)
+	_, _, err = runApp(t, append([]string{"join", tok.String(), "--name", "vm-9"}, p.flags()...)...)
 	if err == nil || !strings.Contains(err.Error(), "already joined this mesh as vm-1") {
 		t.Errorf("rejoin under another name: %v", err)
 	}
