@@ -153,8 +153,11 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 			msg = "the join service failed; its log on the mesh's first node says why"
 		} else {
 			log.Info("join refused", "code", code, "err", err)
+			// The client puts the sentinel back; drop it (and a store's
+			// own copy of it, "join token expired: ...") from the text.
 			for _, c := range errorCodes {
 				msg = strings.TrimPrefix(msg, c.err.Error()+": ")
+				msg = strings.TrimPrefix(msg, strings.TrimPrefix(c.err.Error(), "join: ")+": ")
 			}
 		}
 		writeJSON(w, status, errorBody{Error: msg, Code: code})
