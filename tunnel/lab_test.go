@@ -18,12 +18,10 @@ import (
 
 	"github.com/weftmesh/weft/internal/lab"
 	"github.com/weftmesh/weft/internal/lab/labtest"
-	"github.com/weftmesh/weft/internal/testutil"
 )
 
-// The privileged tests build their own small topologies from network
-// namespaces and veth pairs created inside them; nothing touches the root
-// namespace.
+// The privileged tests run in labs (internal/lab): network namespaces the
+// test creates and removes; nothing touches the root namespace.
 
 func nsPath(ns string) string { return lab.NetnsPath(ns) }
 
@@ -42,31 +40,6 @@ func runErr(ns string, args ...string) (string, error) {
 	full := append([]string{"--net=" + nsPath(ns)}, args...)
 	out, err := exec.Command("nsenter", full...).CombinedOutput()
 	return string(out), err
-}
-
-// ip runs `ip -n ns ...`.
-func ip(t testing.TB, ns string, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip -n %s %s: %v: %s", ns, strings.Join(args, " "), err, out)
-	}
-}
-
-// link connects namespace a (interface an, address aa) with b (bn, ba).
-func link(t testing.TB, a, an, aa, b, bn, ba string) {
-	t.Helper()
-	ip(t, a, "link", "add", an, "type", "veth", "peer", "name", bn, "netns", b)
-	ip(t, a, "addr", "add", aa, "dev", an)
-	ip(t, b, "addr", "add", ba, "dev", bn)
-	ip(t, a, "link", "set", an, "up")
-	ip(t, b, "link", "set", bn, "up")
-}
-
-func newNS(t testing.TB, prefix string) string {
-	ns := testutil.NewNetns(t, prefix)
-	ip(t, ns, "link", "set", "lo", "up")
-	return ns
 }
 
 // natLab is three nodes of a lab (internal/lab): a and b on public sites,

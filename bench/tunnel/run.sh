@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Tunnel throughput benchmark: iperf3 TCP between two network namespaces
+# over (a) the plain underlay veth, (b) a Weft tunnel, (c) stock
+# wireguard-go and (d) Tailscale's wireguard-go fork, the last two
+# configured with `wg` from wg-quick style files. Rounds are interleaved
+# (each round in a rotated order) so machine load hits all four alike; medians and
+# ratios are printed, the last two lines being the ratios to the two
+# userspace WireGuard implementations.
+#
+# Needs root, iperf3, wg (wireguard-tools), ip, nsenter and Go. Creates its
+# own namespaces and removes them, and everything it started, on exit.
+#   ROUNDS=5 DURATION=5 ./bench/tunnel/run.sh
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+MTU=1420
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" != 0 ]; then
+	echo "bench-tunnel creates network namespaces and needs root: sudo make bench-tunnel" >&2
+	exit 1
+fi
+for c in iperf3 wg wg-quick ip nsenter go; do
+	command -v "$c" >/dev/null || { echo "bench-tunnel needs $c (scripts/install-deps.sh installs it)" >&2; exit 1; }
+done
+
+id=$$
+A=wbt-$id-a
+B=wbt-$id-b
+tmp=$(mktemp -d)
+pids=()
+
+cleanup() {
+	set +e
+	[ -n "${BENCH_DEBUG:-}" ] && tail -n 5 "$tmp"/*.log "$tmp"/w?/*.log
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+	[ -x "$tmp/weftnode" ] && {
+		nsenter --net=/var/run/netns/$A "$tmp/weftnode" down -name wb${id}wa -state "$tmp/wa" 2>/dev/null
+		nsenter --net=/var/run/netns/$B "$tmp/weftnode" down -name wb${id}wb -state "$tmp/wb" 2>/dev/null
+	}
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+	ip netns del $A 2>/dev/null
+	ip netns del $B 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+inA() { nsenter --net=/var/run/netns/$A "$@"; }
+inB() { nsenter --net=/var/run/netns/$B "$@"; }
+
+echo "building Weft's bench node, stock wireguard-go and the Tailscale fork..."
+go build -o "$tmp/weftnode" ./bench/tunnel/weftnode
+go build -o "$tmp/wireguard-go" golang.zx2c4.com/wireguard
+(cd bench/tunnel/tsfork && go build -o "$tmp/tsfork-wg" .)
+
+# Two nodes joined by a veth pair created inside the first namespace.
+ip netns add $A
+ip netns add $B
+ip -n $A link set lo up
+ip -n $B link set lo up
+ip -n $A link add eth0 type veth peer name eth0 netns $B
+ip -n $A addr add 198.18.0.1/24 dev eth0
+ip -n $B addr add 198.18.0.2/24 dev eth0
+ip -n $A link set eth0 up
+ip -n $B link set eth0 up
+
+# (b) Weft: first `up` creates the device and key, the second re-attaches and adds the peer.
+ka=$(inA "$tmp/weftnode" up -name wb${id}wa -state "$tmp/wa" -addr 100.64.1.1/32 -mtu $MTU)
+kb=$(inB "$tmp/weftnode" up -name wb${id}wb -state "$tmp/wb" -addr 100.64.1.2/32 -mtu $MTU)
+inA "$tmp/weftnode" up -name wb${id}wa -state "$tmp/wa" -addr 100.64.1.1/32 -mtu $MTU -peer "$kb" -endpoint 198.18.0.2:51833 -allowed 100.64.1.2/32 >/dev/null
+inB "$tmp/weftnode" up -name wb${id}wb -state "$tmp/wb" -addr 100.64.1.2/32 -mtu $MTU -peer "$ka" -endpoint 198.18.0.1:51833 -allowed 100.64.1.1/32 >/dev/null
+
+# (c) and (d): a userspace WireGuard daemon per node, configured by wg from a wg-quick file.
+wgnode() { # ns-func bin ifname port addr peer-addr peer-endpoint-port peer-pub priv
+	local ns=$1 bin=$2 ifn=$3 port=$4 addr=$5 paddr=$6 pport=$7 ppub=$8 priv=$9 peerip
+	if [ "$ns" = inA ]; then peerip=198.18.0.2; else peerip=198.18.0.1; fi
+	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error $ns "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 100); do $ns wg show "$ifn" >/dev/null 2>&1 && break; sleep 0.05; done
+	cat >"$tmp/$ifn.conf" <<CONF
+[Interface]
+Address = $addr/32
+MTU = $MTU
+PrivateKey = $priv
+ListenPort = $port
+
+[Peer]
+PublicKey = $ppub
+Endpoint = $peerip:$pport
+AllowedIPs = $paddr/32
+CONF
+	wg-quick strip "$tmp/$ifn.conf" >"$tmp/$ifn.setconf"
+	$ns wg setconf "$ifn" "$tmp/$ifn.setconf"
+	$ns ip addr add "$addr/32" dev "$ifn"
+	$ns ip link set "$ifn" mtu $MTU up
+	$ns ip route add "$paddr/32" dev "$ifn"
+}
+sa=$(wg genkey); sb=$(wg genkey); ta=$(wg genkey); tb=$(wg genkey)
+wgnode inA "$tmp/wireguard-go" wb${id}sa 51834 100.64.2.1 100.64.2.2 51834 "$(echo "$sb" | wg pubkey)" "$sa"
+wgnode inB "$tmp/wireguard-go" wb${id}sb 51834 100.64.2.2 100.64.2.1 51834 "$(echo "$sa" | wg pubkey)" "$sb"
+wgnode inA "$tmp/tsfork-wg" wb${id}ta 51835 100.64.3.1 100.64.3.2 51835 "$(echo "$tb" | wg pubkey)" "$ta"
+wgnode inB "$tmp/tsfork-wg" wb${id}tb 51835 100.64.3.2 100.64.3.1 51835 "$(echo "$ta" | wg pubkey)" "$tb"
+
+inB iperf3 -s -p 5201 >"$tmp/iperf3-server.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+for dst in 198.18.0.2 100.64.1.2 100.64.2.2 100.64.3.2; do
+	inA ping -q -c 2 -w 5 $dst >/dev/null || { echo "no path to $dst before measuring" >&2; exit 1; }
+done
+
+measure() { # prints Mbit/s received
+	inA iperf3 -c "$1" -p 5201 -t "$DURATION" -O 1 -f m | awk '/receiver/ {print $(NF-2)}'
+}
+names=(underlay weft wireguard-go tailscale-fork)
+dsts=(198.18.0.2 100.64.1.2 100.64.2.2 100.64.3.2)
+declare -A res
+for r in $(seq "$ROUNDS"); do
+	line="round $r:"
+	for k in 0 1 2 3; do
+		i=$(((r + k) % 4)) # rotate the order so no contender always follows the same one
+		v=$(measure "${dsts[$i]}")
+		res[$i]+="$v "
+		line+=" ${names[$i]} $v"
+	done
+	echo "$line Mbit/s"
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+ma=$(echo "${res[0]}" | median); mb=$(echo "${res[1]}" | median)
+mc=$(echo "${res[2]}" | median); md=$(echo "${res[3]}" | median)
+echo "median Mbit/s over $ROUNDS rounds of ${DURATION}s: underlay $ma, weft $mb, wireguard-go $mc, tailscale-fork $md"
+awk -v b="$mb" -v a="$ma" 'BEGIN {printf "weft/underlay throughput ratio: %.2f\n", b/a}'
+awk -v b="$mb" -v c="$mc" 'BEGIN {printf "weft/wireguard-go throughput ratio: %.2f\n", b/c}'
+awk -v b="$mb" -v d="$md" 'BEGIN {printf "weft/tailscale-fork throughput ratio: %.2f\n", b/d}'
