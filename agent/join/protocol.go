@@ -51,14 +51,17 @@ type errorBody struct {
 	Code  string `json:"code"`
 }
 
+// errorCodes maps errors to statuses and wire codes; hint is the message
+// when a store gave no more than the sentinel.
 var errorCodes = []struct {
 	err    error
 	status int
 	code   string
+	hint   string
 }{
-	{ErrTokenUnknown, http.StatusUnauthorized, "token_unknown"},
-	{ErrTokenExpired, http.StatusForbidden, "token_expired"},
-	{ErrTokenRevoked, http.StatusForbidden, "token_revoked"},
-	{ErrTokenUsedUp, http.StatusForbidden, "token_used_up"},
-	{ErrInvalidRequest, http.StatusBadRequest, "invalid"},
+	{ErrTokenUnknown, http.StatusUnauthorized, "token_unknown", "this mesh does not know the token: check it was copied whole, or make a new one with 'meshctl token create'"},
+	{ErrTokenExpired, http.StatusForbidden, "token_expired", "make a new one with 'meshctl token create'"},
+	{ErrTokenRevoked, http.StatusForbidden, "token_revoked", "make a new one with 'meshctl token create'"},
+	{ErrTokenUsedUp, http.StatusForbidden, "token_used_up", "make a new one with 'meshctl token create' (--reusable --max-uses N for several machines)"},
+	{ErrInvalidRequest, http.StatusBadRequest, "invalid", "the join request was refused"},
 }

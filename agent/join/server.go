@@ -156,8 +156,12 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 			// The client puts the sentinel back; drop it (and a store's
 			// own copy of it, "join token expired: ...") from the text.
 			for _, c := range errorCodes {
+				bare := strings.TrimPrefix(c.err.Error(), "join: ")
 				msg = strings.TrimPrefix(msg, c.err.Error()+": ")
-				msg = strings.TrimPrefix(msg, strings.TrimPrefix(c.err.Error(), "join: ")+": ")
+				msg = strings.TrimPrefix(msg, bare+": ")
+				if msg == bare || msg == c.err.Error() {
+					msg = c.hint
+				}
 			}
 		}
 		writeJSON(w, status, errorBody{Error: msg, Code: code})
