@@ -124,7 +124,6 @@ func sameNetnsAsInit() bool {
 func systemdUnit(binary, configFile string) string {
 	return fmt.Sprintf(`[Unit]
 Description=Weft node agent
-Documentation=https://weft.dev/docs/join
 After=network-online.target
 Wants=network-online.target
 
