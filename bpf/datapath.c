@@ -25,6 +25,16 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 /* Keeps struct event in BTF so bpf2go generates its Go twin. */
 const struct event *unused_event __attribute__((unused));
 
+/* peer_identity is the identity of the other end: the ipcache's longest
+ * prefix for the peer's address, or the world. */
+static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir)
+{
+	struct ipcache_key ik = {.prefixlen = 128};
+	__builtin_memcpy(ik.addr, dir == DIR_EGRESS ? f->daddr : f->saddr, 16);
+	struct ipcache_value *peer = bpf_map_lookup_elem(&ipcache, &ik);
+	return peer ? peer->identity : IDENTITY_WORLD;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 {
 	struct flow f = {};
@@ -52,18 +62,16 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 	if (l3 && !(ep->flags & EP_F_HOST))
 		return TC_ACT_UNSPEC;
 
-	struct ipcache_key ik = {.prefixlen = 128};
-	__builtin_memcpy(ik.addr, dir == DIR_EGRESS ? f.daddr : f.saddr, 16);
-	struct ipcache_value *peer = bpf_map_lookup_elem(&ipcache, &ik);
-	__u32 peer_id = peer ? peer->identity : IDENTITY_WORLD;
-
 	v.ep_id = ep->ep_id;
-	v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
-	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
-
-	if (invalid_source(&f))
+	if (invalid_source(&f)) {
+		__u32 peer_id = peer_identity(&f, dir);
+		v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
+		v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
 		return drop(skb, &f, &v, REASON_INVALID_SOURCE, now);
+	}
 
+	/* Most packets belong to a tracked connection: they need neither the
+	 * peer's identity nor policy. */
 	struct ct_entry *e = NULL;
 	int where = ct_lookup(&f, dir, now, &e);
 	if (where != CT_NEW && e) {
@@ -71,6 +79,10 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 		count(dir, METRIC_FORWARDED, REASON_NONE, f.len);
 		return TC_ACT_UNSPEC;
 	}
+
+	__u32 peer_id = peer_identity(&f, dir);
+	v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
+	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
 
 	bool enforced = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
 	__u8 reason = policy_decide(ep->ep_id, dir, enforced, peer_id, f.proto, f.policy_port);

@@ -43,11 +43,11 @@ const (
 
 func main() {
 	var (
-		duration = flag.Duration("duration", 2*time.Second, "length of one connection-rate measurement")
-		rounds   = flag.Int("rounds", 3, "interleaved rounds; the median is reported")
+		duration = flag.Duration("duration", time.Second, "length of one connection-rate measurement")
+		rounds   = flag.Int("rounds", 5, "interleaved rounds; the median is reported")
 		sizesArg = flag.String("sizes", "10,1000,10000", "policy sizes (entries / nftables rules)")
 		workers  = flag.Int("workers", 4, "concurrent connecting clients")
-		tput     = flag.Duration("throughput", 5*time.Second, "length of one iperf3 run (0 skips)")
+		tput     = flag.Duration("throughput", 3*time.Second, "length of one iperf3 run (0 skips)")
 	)
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -370,13 +370,11 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	defer ln.Close()
 
 	type scenario struct {
-		name       string
-		on, off    func() error
-		rates      []float64
-		baselineOf bool
+		name         string
+		on, off      func() error
+		rates, ratio []float64
 	}
 	var scen []*scenario
-	scen = append(scen, &scenario{name: "no filtering", on: func() error { return nil }, off: func() error { return nil }, baselineOf: true})
 	for _, n := range sizes {
 		var d *bpf.Datapath
 		scen = append(scen, &scenario{name: fmt.Sprintf("Weft, %d policy entries", n),
@@ -391,8 +389,16 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	if _, err := b.connRate(ctx, dur); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
+	// Each filtered measurement is paired with an unfiltered one taken just
+	// before it, and the ratio of the pair is what counts: on a shared
+	// machine the load of the moment moves both alike.
+	var baseRates []float64
 	for r := range rounds {
 		for _, s := range scen {
+			base, err := b.connRate(ctx, dur)
+			if err != nil {
+				return fmt.Errorf("no filtering: %w", err)
+			}
 			if err := s.on(); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
@@ -404,34 +410,34 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 			if offErr != nil {
 				return fmt.Errorf("%s: removing: %w", s.name, offErr)
 			}
+			baseRates = append(baseRates, base)
 			s.rates = append(s.rates, rate)
-			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s\n", r+1, s.name, rate)
+			s.ratio = append(s.ratio, rate/base)
+			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s (no filtering just before: %8.0f) %.2fx\n", r+1, s.name, rate, base, rate/base)
 		}
 	}
-	base := median(scen[0].rates)
-	fmt.Printf("\n### New TCP connections per second (median of %d rounds of %v, %d clients)\n\n", rounds, dur, b.workers)
-	fmt.Println("| Filter | conn/s | vs no filtering |")
+	fmt.Printf("\n### New TCP connections per second (%d rounds of %v, %d clients; ratio: median of per-pair ratios)\n\n", rounds, dur, b.workers)
+	fmt.Println("| Filter | conn/s (median) | vs no filtering |")
 	fmt.Println("|---|---:|---:|")
+	fmt.Printf("| no filtering | %.0f | 1.00x |\n", median(baseRates))
 	for _, s := range scen {
-		m := median(s.rates)
-		fmt.Printf("| %s | %.0f | %.2fx |\n", s.name, m, m/base)
+		fmt.Printf("| %s | %.0f | %.2fx |\n", s.name, median(s.rates), median(s.ratio))
 	}
 	if tput <= 0 {
 		return nil
 	}
-	var plain, weft []float64
+	var plain, weft, over []float64
 	n := sizes[len(sizes)-1]
 	for range rounds {
-		g, err := b.iperf(tput)
+		g0, err := b.iperf(tput)
 		if err != nil {
 			return err
 		}
-		plain = append(plain, g)
 		d, err := b.weft(n)
 		if err != nil {
 			return err
 		}
-		g, err = b.iperf(tput)
+		g1, err := b.iperf(tput)
 		offErr := b.unweft(d)
 		if err != nil {
 			return err
@@ -439,14 +445,13 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 		if offErr != nil {
 			return offErr
 		}
-		weft = append(weft, g)
-		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft\n", plain[len(plain)-1], g)
+		plain, weft, over = append(plain, g0), append(weft, g1), append(over, (g0-g1)/g0*100)
+		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft\n", g0, g1)
 	}
-	p, w := median(plain), median(weft)
-	fmt.Printf("\n### TCP throughput (iperf3, one stream, median of %d runs of %v)\n\n", rounds, tput)
-	fmt.Println("| Setup | Gbit/s | overhead |")
+	fmt.Printf("\n### TCP throughput (iperf3, one stream, %d pairs of %v runs; overhead: median of per-pair overheads)\n\n", rounds, tput)
+	fmt.Println("| Setup | Gbit/s (median) | overhead |")
 	fmt.Println("|---|---:|---:|")
-	fmt.Printf("| no programs | %.2f | |\n", p)
-	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% |\n", n, w, (p-w)/p*100)
+	fmt.Printf("| no programs | %.2f | |\n", median(plain))
+	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% |\n", n, median(weft), median(over))
 	return nil
 }
