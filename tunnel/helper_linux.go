@@ -97,7 +97,11 @@ func RunUserspaceDevice(ctx context.Context, name string, opts UserspaceOptions)
 		return fmt.Errorf("opening UAPI socket for %s: %w", name, err)
 	}
 	wlog := &device.Logger{
-		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
+		Verbosef: func(format string, args ...any) {
+			if log.Enabled(context.Background(), slog.LevelDebug) { // skip formatting on the data path
+				log.Debug(fmt.Sprintf(format, args...))
+			}
+		},
 		Errorf:   func(format string, args ...any) { log.Error(fmt.Sprintf(format, args...)) },
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wlog)

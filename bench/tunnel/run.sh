@@ -75,7 +75,10 @@ inB "$tmp/weftnode" up -name wb${id}wb -state "$tmp/wb" -addr 100.64.1.2/32 -mtu
 wgnode() { # ns-func bin ifname port addr peer-addr peer-endpoint-port peer-pub priv
 	local ns=$1 bin=$2 ifn=$3 port=$4 addr=$5 paddr=$6 pport=$7 ppub=$8 priv=$9 peerip
 	if [ "$ns" = inA ]; then peerip=198.18.0.2; else peerip=198.18.0.1; fi
-	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error $ns "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
+	local nsname=$A
+	[ "$ns" = inB ] && nsname=$B
+	# nsenter execs the daemon, so $! is the daemon's own pid (kill it by pid on exit).
+	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error nsenter --net=/var/run/netns/$nsname "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 100); do $ns wg show "$ifn" >/dev/null 2>&1 && break; sleep 0.05; done
 	cat >"$tmp/$ifn.conf" <<CONF
@@ -102,7 +105,7 @@ wgnode inB "$tmp/wireguard-go" wb${id}sb 51834 100.64.2.2 100.64.2.1 51834 "$(ec
 wgnode inA "$tmp/tsfork-wg" wb${id}ta 51835 100.64.3.1 100.64.3.2 51835 "$(echo "$tb" | wg pubkey)" "$ta"
 wgnode inB "$tmp/tsfork-wg" wb${id}tb 51835 100.64.3.2 100.64.3.1 51835 "$(echo "$ta" | wg pubkey)" "$tb"
 
-inB iperf3 -s -p 5201 >"$tmp/iperf3-server.log" 2>&1 &
+nsenter --net=/var/run/netns/$B iperf3 -s -p 5201 >"$tmp/iperf3-server.log" 2>&1 &
 pids+=($!)
 sleep 0.5
 for dst in 198.18.0.2 100.64.1.2 100.64.2.2 100.64.3.2; do
