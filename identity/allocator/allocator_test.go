@@ -114,12 +114,6 @@ func TestConcurrentAllocationIsConsistent(t *testing.T) {
 	if len(setToID) != sets {
 		t.Fatalf("%d sets allocated, want %d", len(setToID), sets)
 	}
-	// The numbers are the lowest ones: nothing was skipped for good.
-	for id := range idToSet {
-		if id >= identity.MinAllocated+sets {
-			t.Errorf("number %d handed out although only %d sets exist", id, sets)
-		}
-	}
 	// etcd agrees, and every node's cache converges on the same mapping.
 	stored, err := kvstore.List(context.Background(), sim[0].client, kvstore.IdentityIDPrefix, kvstore.DecodeIdentity)
 	if err != nil || len(stored) != sets {

@@ -69,7 +69,9 @@ func StartEmbedded(t testing.TB) *Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := embedded.Start(ctx, embedded.Config{Dir: t.TempDir(), ClientAddr: "127.0.0.1:0"})
+	srv, err := embedded.Start(ctx, embedded.Config{Dir: t.TempDir(), ClientAddr: "127.0.0.1:0",
+		// etcd logs its own shutdown as errors; tests report what matters.
+		EtcdLogLevel: "fatal"})
 	if err != nil {
 		t.Fatalf("starting embedded etcd: %v", err)
 	}
