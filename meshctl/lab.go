@@ -223,8 +223,13 @@ func labStatus(c *cli.Context) error {
 	var statuses []lab.Status
 	for _, name := range names {
 		l, err := lab.Load(name)
-		if err != nil {
+		if err != nil && len(args) == 1 {
 			return err
+		}
+		if err != nil {
+			// One damaged lab does not hide the others.
+			fmt.Fprintf(c.App.ErrWriter, "warning: %v\n", err)
+			continue
 		}
 		statuses = append(statuses, l.Status())
 	}

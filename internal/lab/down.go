@@ -160,6 +160,13 @@ func DownAll() error {
 
 // DownAllReport is DownAll with progress lines and a report.
 func DownAllReport(log *slog.Logger) (*CleanupReport, error) {
+	return DownMatching(log, func(string) bool { return true })
+}
+
+// DownMatching is DownAllReport limited to the labs (and leftover
+// namespaces wl-<lab>-...) whose name match accepts: a test cleans up its
+// own crashed labs without touching labs others left running.
+func DownMatching(log *slog.Logger, match func(lab string) bool) (*CleanupReport, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -179,6 +186,9 @@ func DownAllReport(log *slog.Logger) (*CleanupReport, error) {
 	claimed := map[string]bool{}
 	for _, name := range names {
 		claimed[name] = true
+		if !match(name) {
+			continue
+		}
 		s, err := readState(name)
 		if err != nil {
 			if errors.Is(err, ErrNotFound) {
@@ -214,7 +224,7 @@ func DownAllReport(log *slog.Logger) (*CleanupReport, error) {
 	}
 	var orphans []string
 	for _, ns := range all {
-		if !claimed[labOfNetns(ns)] {
+		if lab := labOfNetns(ns); !claimed[lab] && match(lab) {
 			orphans = append(orphans, ns)
 		}
 	}

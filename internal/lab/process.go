@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // procStart reads the start time of a process (clock ticks since boot);
@@ -96,7 +98,9 @@ func nsenterArgs(ns string, args []string) []string {
 }
 
 // Process is a long-running process started in a lab namespace. Its output
-// (stdout and stderr) goes to a file; it is killed on Stop or lab Down.
+// (stdout and stderr) goes to a file; it is killed on Stop or lab Down. It
+// leads its own process group, and what it leaves in that group when it
+// exits is killed with it (processes a test starts must not outlive it).
 type Process struct {
 	Pid     int
 	Name    string
@@ -158,6 +162,16 @@ func (l *Lab) Start(ns string, name string, args ...string) (*Process, error) {
 	}
 	p.start, _ = procStart(p.Pid)
 	go func() {
+		// Wait for the exit without reaping: while the leader is a zombie
+		// its PID, and so the group's ID, cannot be reused, and whatever
+		// it left in its group is killed safely. Then reap.
+		var info unix.Siginfo
+		for {
+			if err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != unix.EINTR {
+				break
+			}
+		}
+		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
@@ -230,10 +244,12 @@ const stopGrace = 3 * time.Second
 func stopProcess(ref procRef, done <-chan struct{}) error {
 	exited := func() bool {
 		if done != nil {
+			// Our own child: done once reaped, after its group was killed.
 			select {
 			case <-done:
 				return true
 			default:
+				return false
 			}
 		}
 		return !ref.alive()
@@ -241,7 +257,9 @@ func stopProcess(ref procRef, done <-chan struct{}) error {
 	if exited() {
 		return nil
 	}
-	_ = syscall.Kill(-ref.Pid, syscall.SIGTERM)
+	if ref.alive() {
+		_ = syscall.Kill(-ref.Pid, syscall.SIGTERM)
+	}
 	if waitFor(exited, stopGrace) {
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -52,6 +53,9 @@ func New(t testing.TB, spec *lab.Spec) *lab.Lab {
 		t.Fatalf("bringing up lab: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			logProcesses(t, l)
+		}
 		if err := l.Down(); err != nil {
 			t.Errorf("removing lab %s: %v", l.Name(), err)
 		}
@@ -65,4 +69,21 @@ func New(t testing.TB, spec *lab.Spec) *lab.Lab {
 func Generate(t testing.TB, sites, nodesPerSite int, natSite bool) *lab.Lab {
 	t.Helper()
 	return New(t, lab.Generate(UniqueName(), sites, nodesPerSite, natSite))
+}
+
+// logProcesses puts the end of every lab process's output in the log of a
+// failed test: Down removes the output files.
+func logProcesses(t testing.TB, l *lab.Lab) {
+	const keep = 60
+	for _, p := range l.Status().Processes {
+		data, err := os.ReadFile(p.Log)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > keep {
+			lines = append([]string{fmt.Sprintf("... (%d lines before)", len(lines)-keep)}, lines[len(lines)-keep:]...)
+		}
+		t.Logf("output of %s (pid %d, %s, running=%t):\n%s", p.Name, p.Pid, p.Netns, p.Running, strings.Join(lines, "\n"))
+	}
 }
