@@ -330,7 +330,7 @@ func labExecCommand() *cli.Command {
 		UsageText: "meshctl lab exec [--lab NAME] NODE -- CMD [ARGS...]",
 		Description: `NODE is a node, workload or router name (or "internet"). Only the network
 namespace is entered: the command sees this machine's files. Its exit status
-is meshctl's. Example: meshctl lab exec site1-n1 -- ping -c 2 198.18.3.10`,
+is meshctl's. Example: meshctl lab exec site3-n1 -- ping -c 2 198.18.1.10`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
 		},
@@ -397,10 +397,11 @@ func labDownCommand() *cli.Command {
 		Usage:     "remove a lab, or every lab no running process holds (--all)",
 		ArgsUsage: "NAME | --all",
 		Description: `Stops the processes started in the lab, kills anything else still inside its
-namespaces, and deletes the namespaces with their links. --all also removes
-labs whose creator crashed and namespaces with the lab prefix (wl-) that no
-lab claims; it leaves alone labs whose creating process still runs (a test in
-progress): remove one of those by name.`,
+namespaces, and deletes the namespaces with their links. --all removes every
+lab no running process holds (labs left up by 'meshctl lab up', labs whose
+creator crashed) and namespaces with the lab prefix (wl-) that no lab claims;
+it leaves alone labs whose creating process still runs (a test in progress):
+remove one of those by name.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "all", Usage: "remove every lab not held by a running process, and leftovers"},
 		},
