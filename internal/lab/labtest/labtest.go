@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -18,9 +19,10 @@ import (
 var seq atomic.Int64
 
 // UniqueName returns a lab name no other test process uses at the same
-// time: t<pid><n> in base 36.
+// time: t<pid><n><random> in base 36 (the random part keeps a leftover of a
+// crashed run whose PID is reused from blocking the name).
 func UniqueName() string {
-	return fmt.Sprintf("t%s%s", itoa36(int64(os.Getpid())), itoa36(seq.Add(1)))
+	return fmt.Sprintf("t%s%s%s", itoa36(int64(os.Getpid())), itoa36(seq.Add(1)), itoa36(36*36+rand.Int64N(36*36*35)))
 }
 
 func itoa36(n int64) string {
