@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -183,6 +184,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.step("serve api", func() error { return a.serveAPI(ctx, run) }); err != nil {
 		return err
 	}
+	if err := a.step("start observability", func() error { return a.startObservability(ctx, run) }); err != nil {
+		return err
+	}
 	if a.cp.embedded != nil {
 		if err := a.step("serve join", func() error { return a.serveJoin(ctx, run) }); err != nil {
 			return err
@@ -296,8 +300,11 @@ func (a *Agent) openDatapath() error {
 }
 
 // bpfScope names this agent's pins: one scope per node, so several lab
-// nodes on one kernel do not share maps.
-func (a *Agent) bpfScope() string { return a.cfg.Cluster + "." + a.cfg.NodeName }
+// nodes on one kernel do not share maps. bpffs refuses names with dots, so
+// dots in names become '-' ('_', which names never contain, separates).
+func (a *Agent) bpfScope() string {
+	return strings.ReplaceAll(a.cfg.Cluster, ".", "-") + "_" + strings.ReplaceAll(a.cfg.NodeName, ".", "-")
+}
 
 // startCaches starts the list+watch caches and the reconcilers they feed,
 // and waits until each has its first listing.
