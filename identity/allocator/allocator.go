@@ -222,18 +222,31 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	a.mu.Unlock()
 
 	labelsKey := kvstore.IdentityLabelsKey(hash)
+	// When the synced cache does not know the set it is most likely new:
+	// try to create it first and save a read. Losing that bet costs one
+	// failed transaction, after which the existing number is referenced.
+	tryCreate := false
+	select {
+	case <-a.cache.Synced():
+		_, known := a.LookupByLabels(labels)
+		tryCreate = !known
+	default:
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		id, ok, err := a.reference(ctx, labels, labelsKey)
-		if err != nil {
-			return 0, err
+		if !tryCreate {
+			id, ok, err := a.reference(ctx, labels, labelsKey)
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				return id, nil
+			}
 		}
-		if ok {
-			return id, nil
-		}
-		id, ok, err = a.create(ctx, labels, labelsKey)
+		tryCreate = false
+		id, ok, err := a.create(ctx, labels, labelsKey)
 		if err != nil {
 			return 0, err
 		}
