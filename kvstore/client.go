@@ -20,7 +20,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 )
 
 // Sentinel errors. Callers test them with errors.Is.
@@ -148,8 +147,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		Username:    cfg.Username,
 		Password:    cfg.Password,
 		Context:     ctx,
-		// Fail the dial instead of returning a client that hangs later.
-		DialOptions: []grpc.DialOption{grpc.WithBlock()}, //nolint:staticcheck // WithBlock is what makes DialTimeout meaningful
 		Logger:      nopZap(),
 		// Keepalives notice a dead server during long watches.
 		DialKeepAliveTime:    10 * time.Second,
@@ -160,7 +157,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("connecting to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
 	c := &Client{etcd: ec, timeout: cfg.RequestTimeout, log: log}
-	// A status call proves the server answers and TLS/auth are accepted.
+	// The client dials lazily: a read proves the server answers and accepts
+	// our TLS and credentials, so a wrong endpoint or certificate is
+	// reported here, not on first use.
 	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := ec.Get(sctx, "weft/v1/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
