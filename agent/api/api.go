@@ -89,4 +89,10 @@ type Backend struct {
 	Policies  PolicyManager
 	Tokens    TokenManager
 	Leaver    Leaver
+
+	Flows  FlowSource
+	Health MeshHealth
+	Prober Prober
+	// Relay forwards /v1/relay/{cluster}/{node}/... to that node's agent.
+	Relay Relayer
 }

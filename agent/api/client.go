@@ -20,6 +20,11 @@ import (
 type Client struct {
 	socket string
 	http   *http.Client
+	// stream has no overall timeout: flow streams stay open.
+	stream *http.Client
+	// relay, when set, sends every request to another node's agent
+	// through the local one (/v1/relay/<cluster>/<node>/...).
+	relay string
 }
 
 // DefaultTimeout bounds one request; applying a policy to a large mesh is
@@ -35,7 +40,7 @@ func NewClient(socket string) *Client {
 		},
 		MaxIdleConns: 2,
 	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: DefaultTimeout}}
+	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: DefaultTimeout}, stream: &http.Client{Transport: tr}}
 }
 
 // Socket is the path the client dials.
@@ -71,7 +76,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path), body)
 	if err != nil {
 		return fmt.Errorf("building the request: %w", err)
 	}

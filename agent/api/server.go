@@ -222,6 +222,8 @@ func (s *Server) Handler() http.Handler {
 		return nil, b.Leaver.Leave(r.Context())
 	})
 
+	s.observeRoutes(mux, route)
+
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: no API route %s %s (is meshctl newer than the agent?)", ErrNotFound, r.Method, r.URL.Path))
 	})

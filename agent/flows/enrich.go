@@ -1,0 +1,150 @@
+package flows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/bpf"
+)
+
+// Verdicts of a flow record.
+const (
+	Forwarded = "forwarded"
+	Dropped   = "dropped"
+)
+
+// EndpointInfo names a mesh endpoint.
+type EndpointInfo struct {
+	Name, Node, Cluster string
+	Identity            uint32
+	Labels              []string
+}
+
+// Directory is what enrichment needs from the agent's caches.
+type Directory interface {
+	// EndpointByIP returns the mesh endpoint holding ip.
+	EndpointByIP(ip netip.Addr) (EndpointInfo, bool)
+	// IdentityLabels returns the labels of a numeric identity (reserved
+	// ones included).
+	IdentityLabels(id uint32) ([]string, bool)
+}
+
+// Enricher turns datapath events into flow records of one node.
+type Enricher struct {
+	Dir           Directory
+	Node, Cluster string
+}
+
+// Flow builds the record of one event.
+func (e *Enricher) Flow(ev bpf.Event) api.Flow {
+	f := api.Flow{
+		Time: ev.Time, Node: e.Node, Cluster: e.Cluster,
+		Type: ev.Type.String(), Direction: ev.Direction.String(),
+		Protocol: ProtocolName(ev.Protocol), Length: ev.Length,
+		Source:      e.end(ev.Src, ev.SrcPort, ev.SrcIdentity),
+		Destination: e.end(ev.Dst, ev.DstPort, ev.DstIdentity),
+	}
+	if ev.Type == bpf.EventDrop {
+		f.Verdict = Dropped
+		f.Reason = ev.Reason.String()
+	} else {
+		f.Verdict = Forwarded
+	}
+	if ev.Protocol == 6 {
+		f.TCPFlags = TCPFlags(ev.TCPFlags)
+	}
+	return f
+}
+
+func (e *Enricher) end(ip netip.Addr, port uint16, id uint32) api.FlowEndpoint {
+	fe := api.FlowEndpoint{Port: port, Identity: id}
+	if ip.IsValid() {
+		ip = ip.Unmap()
+		fe.IP = ip.String()
+		if info, ok := e.Dir.EndpointByIP(ip); ok {
+			fe.Name, fe.Node, fe.Cluster, fe.Labels = info.Name, info.Node, info.Cluster, info.Labels
+			if fe.Identity == 0 {
+				fe.Identity = info.Identity
+			}
+		}
+	}
+	if len(fe.Labels) == 0 && fe.Identity != 0 {
+		if l, ok := e.Dir.IdentityLabels(fe.Identity); ok {
+			fe.Labels = l
+		}
+	}
+	return fe
+}
+
+// ProtocolName names an IP protocol number.
+func ProtocolName(p uint8) string {
+	switch p {
+	case 1:
+		return "icmp"
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 58:
+		return "icmpv6"
+	case 132:
+		return "sctp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// TCPFlags renders TCP flags as SYN,ACK.
+func TCPFlags(fl uint8) string {
+	names := []struct {
+		bit  uint8
+		name string
+	}{{0x02, "SYN"}, {0x10, "ACK"}, {0x01, "FIN"}, {0x04, "RST"}, {0x08, "PSH"}, {0x20, "URG"}}
+	var out []string
+	for _, n := range names {
+		if fl&n.bit != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// EventSource is the datapath's event reader.
+type EventSource interface {
+	Read() (bpf.Event, error)
+	Close() error
+}
+
+// Collector reads events, enriches them and stores them in a ring.
+type Collector struct {
+	Source   EventSource
+	Enricher *Enricher
+	Ring     *Ring
+	// OnFlow, when set, sees every flow (metrics).
+	OnFlow func(api.Flow)
+}
+
+// Run reads until ctx ends (it then closes the source) or the source
+// fails.
+func (c *Collector) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.Source.Close() })
+	defer stop()
+	for {
+		ev, err := c.Source.Read()
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("reading datapath events: %w", err)
+		}
+		f := c.Ring.Add(c.Enricher.Flow(ev))
+		if c.OnFlow != nil {
+			c.OnFlow(f)
+		}
+	}
+}

@@ -1,0 +1,107 @@
+package flows
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/weftmesh/weft/agent/api"
+)
+
+// Matcher is a validated api.FlowFilter.
+type Matcher struct {
+	from, to     []labelMatch
+	fromIP, toIP netip.Addr
+	port         uint16
+	protocol     string
+	verdict      string
+}
+
+// labelMatch is key=value with an optional source; without one it matches
+// the key from any source, as in a policy selector.
+type labelMatch struct {
+	source, key, value string
+}
+
+// NewMatcher validates f.
+func NewMatcher(f api.FlowFilter) (*Matcher, error) {
+	if err := f.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	m := &Matcher{port: f.Port, protocol: strings.ToLower(f.Protocol), verdict: f.Verdict}
+	for _, l := range f.FromLabels {
+		m.from = append(m.from, parseLabelMatch(l))
+	}
+	for _, l := range f.ToLabels {
+		m.to = append(m.to, parseLabelMatch(l))
+	}
+	if f.FromIP != "" {
+		m.fromIP = netip.MustParseAddr(f.FromIP)
+	}
+	if f.ToIP != "" {
+		m.toIP = netip.MustParseAddr(f.ToIP)
+	}
+	return m, nil
+}
+
+func parseLabelMatch(s string) labelMatch {
+	kv, val, _ := strings.Cut(s, "=")
+	lm := labelMatch{key: kv, value: val}
+	if src, k, ok := strings.Cut(kv, ":"); ok {
+		lm.source, lm.key = src, k
+	}
+	return lm
+}
+
+// matches reports whether canonical labels (source:key=value) hold lm.
+func (lm labelMatch) matches(labels []string) bool {
+	for _, l := range labels {
+		kv, val, ok := strings.Cut(l, "=")
+		if !ok || val != lm.value {
+			continue
+		}
+		src, key, ok := strings.Cut(kv, ":")
+		if !ok {
+			src, key = "", kv
+		}
+		if key == lm.key && (lm.source == "" || lm.source == src) {
+			return true
+		}
+	}
+	return false
+}
+
+// Match reports whether f passes every condition of the filter.
+func (m *Matcher) Match(f *api.Flow) bool {
+	for _, lm := range m.from {
+		if !lm.matches(f.Source.Labels) {
+			return false
+		}
+	}
+	for _, lm := range m.to {
+		if !lm.matches(f.Destination.Labels) {
+			return false
+		}
+	}
+	if m.fromIP.IsValid() && !sameIP(m.fromIP, f.Source.IP) {
+		return false
+	}
+	if m.toIP.IsValid() && !sameIP(m.toIP, f.Destination.IP) {
+		return false
+	}
+	if m.port != 0 && f.Source.Port != m.port && f.Destination.Port != m.port {
+		return false
+	}
+	if m.protocol != "" && f.Protocol != m.protocol {
+		return false
+	}
+	if m.verdict != "" && f.Verdict != m.verdict {
+		return false
+	}
+	return true
+}
+
+func sameIP(want netip.Addr, got string) bool {
+	a, err := netip.ParseAddr(got)
+	return err == nil && a.Unmap() == want.Unmap()
+}
