@@ -392,6 +392,8 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	// Each filtered measurement is paired with an unfiltered one taken just
 	// before it, and the ratio of the pair is what counts: on a shared
 	// machine the load of the moment moves both alike.
+	const settle = time.Second
+	time.Sleep(settle)
 	var baseRates []float64
 	for r := range rounds {
 		for _, s := range scen {
@@ -410,6 +412,9 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 			if offErr != nil {
 				return fmt.Errorf("%s: removing: %w", s.name, offErr)
 			}
+			// Let deferred kernel work of the teardown (freeing a large
+			// nftables table, RCU callbacks) finish before the next pair.
+			time.Sleep(settle)
 			baseRates = append(baseRates, base)
 			s.rates = append(s.rates, rate)
 			s.ratio = append(s.ratio, rate/base)
