@@ -1,0 +1,39 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// hostCmd runs a command on the host (tools like tcpdump -r that only read
+// a file) and returns its combined output.
+func hostCmd(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// tokenWithCA re-encodes a join token with another CA fingerprint: what a
+// token for a different mesh (or a tampered one) looks like.
+func tokenWithCA(t *testing.T, token, caHash string) string {
+	t.Helper()
+	body, ok := strings.CutPrefix(token, "weft1.")
+	if !ok {
+		t.Fatalf("unexpected token format %q", token)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["c"] = caHash
+	raw, _ = json.Marshal(m)
+	return "weft1." + base64.RawURLEncoding.EncodeToString(raw)
+}
