@@ -23,10 +23,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/agent/metrics"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
@@ -76,6 +78,11 @@ type Agent struct {
 	apiSrv  *api.Server
 	joinSrv interface{ Shutdown(context.Context) error }
 
+	// obs is flows, metrics, health and probes (observability.go); logs
+	// counts what the agent logs (metrics, connectivity test).
+	obs  atomic.Pointer[observability]
+	logs *metrics.LogCounter
+
 	leaveOnce sync.Once
 	leaving   chan struct{}
 }
@@ -91,7 +98,9 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Timings == nil {
 		opts.Timings = func(string, time.Duration) {}
 	}
-	return &Agent{cfg: cfg, opts: opts, log: opts.Logger, leaving: make(chan struct{})}, nil
+	logs := metrics.NewLogCounter(opts.Logger.Handler())
+	opts.Logger = slog.New(logs)
+	return &Agent{cfg: cfg, opts: opts, log: opts.Logger, logs: logs, leaving: make(chan struct{})}, nil
 }
 
 // step runs one startup step, logs and reports its duration.

@@ -28,6 +28,7 @@ func (a *Agent) serveAPI(ctx context.Context, run func(string, func(context.Cont
 	}
 	a.apiSrv = api.NewServer(api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
+		Flows: a, Health: a, Prober: a, Relay: a,
 	}, a.log.With("component", "api"))
 	run("api", func(context.Context) error {
 		if err := a.apiSrv.Serve(l); err != nil && !strings.Contains(err.Error(), "closed") {

@@ -1,9 +1,620 @@
 package agent
 
-import "context"
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
-// startObservability starts flow collection, metrics and health probing.
-// (Filled in by the observability work: flows, /metrics, memberlist.)
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/flows"
+	"github.com/weftmesh/weft/agent/health"
+	"github.com/weftmesh/weft/agent/meshtls"
+	"github.com/weftmesh/weft/agent/metrics"
+	"github.com/weftmesh/weft/agent/probe"
+	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/kvstore"
+)
+
+// GossipKeyKey holds the mesh-wide gossip encryption key: 32 random bytes
+// the first agent creates (create-if-absent), readable by every node that
+// can read etcd. See docs/observability.md.
+const GossipKeyKey = kvstore.Prefix + "mesh/gossip-key"
+
+// meshMetricsHost, as the host of metrics.address, means the node's mesh
+// address.
+const meshMetricsHost = "mesh"
+
+// observability is the agent's flows, metrics, health and probes.
+type observability struct {
+	a        *Agent
+	ring     *flows.Ring
+	metrics  *metrics.Metrics
+	health   *health.Monitor
+	prober   *probe.Prober
+	wire     *probe.WireWatch
+	creds    *meshtls.Credentials
+	tr       *http.Transport
+	meshSrv  *api.Server
+	etcdOK   atomic.Bool
+	endpoint endpointIndex
+
+	usageMu   sync.Mutex
+	usageAt   time.Time
+	usageLast []metrics.MapUsage
+}
+
+// startObservability starts flow collection, metrics, health probing and
+// the agent-to-agent API on the mesh address.
 func (a *Agent) startObservability(ctx context.Context, run func(string, func(context.Context) error)) error {
+	o := &observability{a: a, ring: flows.NewRing(a.cfg.Flows.Buffer)}
+	o.endpoint.cache = a.endpoints
+	o.metrics = metrics.New(o, a.log.With("component", "metrics"))
+	if a.logs != nil {
+		a.logs.Attach(o.metrics)
+	}
+	o.prober = probe.New(a, a.log.With("component", "probe"))
+	o.wire = &probe.WireWatch{Ifaces: a.underlayIfaces, TunnelPort: a.tun.ListenPort()}
+
+	reader, err := a.dp.Events()
+	if err != nil {
+		return fmt.Errorf("opening the datapath's events: %w", err)
+	}
+	col := &flows.Collector{
+		Source:   reader,
+		Enricher: &flows.Enricher{Dir: o, Node: a.cfg.NodeName, Cluster: a.cfg.Cluster},
+		Ring:     o.ring,
+		OnFlow:   o.metrics.ObserveFlow,
+	}
+	run("flows", col.Run)
+	run("etcd check", o.checkEtcd)
+
+	key, err := o.gossipKey(ctx)
+	if err != nil {
+		return err
+	}
+	self := health.Target{Node: a.cfg.NodeName, Cluster: a.cfg.Cluster, MeshIP: a.meshIP}
+	o.health, err = health.New(health.Config{Self: self, Key: key, Targets: o.targets, Logger: a.log.With("component", "health")})
+	if err != nil {
+		return err
+	}
+	run("health", o.health.Run)
+
+	if err := o.serveMesh(ctx, run); err != nil {
+		// Flows and metrics still work locally; only other nodes' views
+		// are unavailable, so this is not fatal.
+		a.log.Warn("agent-to-agent API not started: `meshctl observe --all-nodes` and `status --all` will not reach this node", "err", err)
+	}
+	if err := o.serveMetrics(run); err != nil {
+		return err
+	}
+	run("probe cleanup", func(ctx context.Context) error {
+		<-ctx.Done()
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		o.prober.RemoveAll(cctx)
+		return nil
+	})
+	a.obs.Store(o)
 	return nil
+}
+
+// observeReconcile records one reconcile pass (reconcilers call it).
+func (a *Agent) observeReconcile(name string, start time.Time) {
+	if o := a.obs.Load(); o != nil {
+		o.metrics.ObserveReconcile(name, time.Since(start))
+	}
+}
+
+// gossipKey reads the mesh's gossip key, creating it if this is the first
+// agent to need it.
+func (o *observability) gossipKey(ctx context.Context) ([]byte, error) {
+	type record struct {
+		Version int    `json:"version"`
+		Key     string `json:"key"`
+	}
+	fresh := make([]byte, 32)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, err
+	}
+	val, _ := json.Marshal(record{Version: 1, Key: base64.StdEncoding.EncodeToString(fresh)})
+	ec := o.a.cp.kv.Etcd()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := ec.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(GossipKeyKey), "=", 0)).
+		Then(clientv3.OpPut(GossipKeyKey, string(val))).
+		Else(clientv3.OpGet(GossipKeyKey)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("reading the mesh gossip key %s: %w", GossipKeyKey, err)
+	}
+	if resp.Succeeded {
+		o.a.log.Info("created the mesh gossip key", "key", GossipKeyKey)
+		return fresh, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("the mesh gossip key %s vanished while reading it: retry", GossipKeyKey)
+	}
+	var rec record
+	if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
+		return nil, fmt.Errorf("the mesh gossip key %s does not decode (%v): delete it and restart the agents", GossipKeyKey, err)
+	}
+	k, err := base64.StdEncoding.DecodeString(rec.Key)
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("the mesh gossip key %s is not 32 bytes of base64: delete it and restart the agents", GossipKeyKey)
+	}
+	return k, nil
+}
+
+// targets lists the mesh's nodes for probing.
+func (o *observability) targets() []health.Target {
+	var out []health.Target
+	o.a.nodes.Range(func(_ string, n kvstore.Node) bool {
+		out = append(out, health.Target{Node: n.Name, Cluster: n.Cluster, MeshIP: n.MeshIP})
+		return true
+	})
+	return out
+}
+
+// serveMesh serves the agent-to-agent API on the mesh address over mTLS.
+func (o *observability) serveMesh(ctx context.Context, run func(string, func(context.Context) error)) error {
+	f := o.a.cp.files
+	creds, err := meshtls.Load(f.CAFile, f.ClientCertFile, f.ClientKey)
+	if err != nil {
+		return err
+	}
+	o.creds = creds
+	o.tr = creds.Transport()
+	addr := net.JoinHostPort(o.a.meshIP.String(), strconv.Itoa(meshtls.DefaultPort))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	a := o.a
+	o.meshSrv = api.NewServer(api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a}, a.log.With("component", "mesh-api"))
+	srv := o.meshSrv
+	run("mesh api", func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		return srv.Serve(tlsListener(l, creds))
+	})
+	a.log.Info("agent-to-agent API listening", "address", addr)
+	return nil
+}
+
+// serveMetrics serves /metrics on metrics.address ("mesh" as the host: the
+// mesh address).
+func (o *observability) serveMetrics(run func(string, func(context.Context) error)) error {
+	addr := o.a.cfg.Metrics.Address
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("metrics.address %q: %w", addr, err)
+	}
+	if host == meshMetricsHost {
+		addr = net.JoinHostPort(o.a.meshIP.String(), port)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: listening on %s (metrics.address; empty turns metrics off): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", o.metrics.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	run("metrics", func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			_ = srv.Close()
+		}()
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	o.a.log.Info("metrics listening", "address", addr)
+	return nil
+}
+
+// checkEtcd refreshes the etcd_connected metric.
+func (o *observability) checkEtcd(ctx context.Context) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := o.a.cp.kv.Etcd().Get(cctx, kvstore.ClustersPrefix+o.a.cfg.Cluster)
+		cancel()
+		o.etcdOK.Store(err == nil)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// --- flows.Directory ---
+
+// endpointIndex looks endpoints up by address, rebuilt from the cache when
+// its revision moves.
+type endpointIndex struct {
+	cache *kvstore.Cache[kvstore.Endpoint]
+	mu    sync.Mutex
+	rev   int64
+	byIP  map[netip.Addr]kvstore.Endpoint
+}
+
+func (x *endpointIndex) get(ip netip.Addr) (kvstore.Endpoint, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if rev := x.cache.Revision(); x.byIP == nil || rev != x.rev {
+		x.byIP = map[netip.Addr]kvstore.Endpoint{}
+		x.cache.Range(func(_ string, e kvstore.Endpoint) bool {
+			x.byIP[e.IP.Unmap()] = e
+			return true
+		})
+		x.rev = rev
+	}
+	e, ok := x.byIP[ip.Unmap()]
+	return e, ok
+}
+
+// EndpointByIP implements flows.Directory.
+func (o *observability) EndpointByIP(ip netip.Addr) (flows.EndpointInfo, bool) {
+	e, ok := o.endpoint.get(ip)
+	if !ok {
+		return flows.EndpointInfo{}, false
+	}
+	return flows.EndpointInfo{Name: e.Name, Node: e.Node, Cluster: e.Cluster, Identity: e.Identity, Labels: e.Labels}, true
+}
+
+// IdentityLabels implements flows.Directory.
+func (o *observability) IdentityLabels(id uint32) ([]string, bool) {
+	if l, ok := identity.ReservedIdentities()[identity.NumericIdentity(id)]; ok {
+		return l.Strings(), true
+	}
+	if l, ok := o.a.alloc.LookupByID(identity.NumericIdentity(id)); ok {
+		return l.Strings(), true
+	}
+	return nil, false
+}
+
+// --- metrics.Source ---
+
+// DatapathCounters implements metrics.Source.
+func (o *observability) DatapathCounters() (bpf.Metrics, error) { return o.a.dp.Metrics() }
+
+// Peers implements metrics.Source.
+func (o *observability) Peers() ([]metrics.Peer, error) {
+	ts, err := o.a.tun.Status()
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]string{}
+	o.a.nodes.Range(func(_ string, n kvstore.Node) bool { byKey[n.WGPublicKey] = n.Cluster + "/" + n.Name; return true })
+	out := make([]metrics.Peer, 0, len(ts.Peers))
+	for _, p := range ts.Peers {
+		name := byKey[p.PublicKey]
+		if name == "" {
+			name = p.PublicKey
+		}
+		out = append(out, metrics.Peer{Node: name, LastHandshake: p.LastHandshake})
+	}
+	return out, nil
+}
+
+// EtcdConnected implements metrics.Source.
+func (o *observability) EtcdConnected() bool { return o.etcdOK.Load() }
+
+// Inventory implements metrics.Source.
+func (o *observability) Inventory() metrics.Inventory {
+	a := o.a
+	inv := metrics.Inventory{Nodes: a.nodes.Len(), Policies: a.policies.Len()}
+	ids := map[uint32]bool{}
+	a.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		ids[e.Identity] = true
+		if e.Node == a.cfg.NodeName && e.Cluster == a.cfg.Cluster {
+			inv.LocalEndpoints++
+		} else {
+			inv.RemoteEndpoints++
+		}
+		return true
+	})
+	inv.Identities = len(ids)
+	locals, _ := a.policy.localSnapshot()
+	for _, l := range locals {
+		inv.PolicyEntries += len(l.policy.Entries)
+	}
+	return inv
+}
+
+// usedMaps are the datapath maps whose fill is reported; docs/datapath.md
+// names them (pinned by name under the scope's pin directory).
+var usedMaps = []string{"ipcache", "endpoints", "policy", "ct"}
+
+// MapUsage implements metrics.Source: it counts the pinned maps' keys, at
+// most every 5 seconds (walking a full conntrack table costs a syscall per
+// entry).
+func (o *observability) MapUsage() ([]metrics.MapUsage, error) {
+	o.usageMu.Lock()
+	defer o.usageMu.Unlock()
+	if time.Since(o.usageAt) < 5*time.Second && o.usageLast != nil {
+		return o.usageLast, nil
+	}
+	dir := o.a.dp.PinDir()
+	if dir == "" {
+		return nil, errors.New("the datapath has no pins")
+	}
+	var out []metrics.MapUsage
+	for _, name := range usedMaps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
+		}
+		capacity := int(m.MaxEntries())
+		n := 0
+		k, err := m.NextKeyBytes(nil)
+		for err == nil && k != nil && n <= capacity {
+			n++
+			k, err = m.NextKeyBytes(k)
+		}
+		m.Close()
+		out = append(out, metrics.MapUsage{Name: name, Entries: n, Capacity: capacity})
+	}
+	o.usageAt, o.usageLast = time.Now(), out
+	return out, nil
+}
+
+// Reachability implements metrics.Source.
+func (o *observability) Reachability() []metrics.Reach {
+	if o.health == nil {
+		return nil
+	}
+	var out []metrics.Reach
+	for _, p := range o.health.View().Probes {
+		out = append(out, metrics.Reach{Node: p.Cluster + "/" + p.Node, Up: p.State == health.StateUp, RTT: time.Duration(p.RTT)})
+	}
+	return out
+}
+
+// --- API backends (local socket and mesh listener) ---
+
+func (a *Agent) observabilityReady() (*observability, error) {
+	o := a.obs.Load()
+	if o == nil {
+		return nil, fmt.Errorf("%w: observability is starting", api.ErrUnavailable)
+	}
+	return o, nil
+}
+
+// Flows implements api.FlowSource.
+func (a *Agent) Flows(ctx context.Context, req api.FlowRequest, emit func(api.FlowLine) error) error {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return err
+	}
+	return o.ring.Stream(ctx, req, emit)
+}
+
+// NodeHealth implements api.MeshHealth.
+func (a *Agent) NodeHealth(ctx context.Context) (api.NodeHealth, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return api.NodeHealth{}, err
+	}
+	return o.health.View(), nil
+}
+
+// HealthMatrix implements api.MeshHealth: this node's view plus every
+// other node's, read over the mesh with a short timeout so a dead node
+// costs at most that.
+func (a *Agent) HealthMatrix(ctx context.Context) (api.HealthMatrix, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return api.HealthMatrix{}, err
+	}
+	self := o.health.View()
+	selfState := map[string]string{}
+	for _, p := range self.Probes {
+		selfState[p.Cluster+"/"+p.Node] = p.State
+	}
+	m := api.HealthMatrix{Time: time.Now().UTC(), From: a.cfg.Cluster + "/" + a.cfg.NodeName, Down: []string{}}
+	targets := o.targets()
+	rows := make([]api.NodeHealth, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		if t.Cluster == a.cfg.Cluster && t.Node == a.cfg.NodeName {
+			rows[i] = self
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rows[i] = o.remoteHealth(ctx, t)
+		}()
+	}
+	wg.Wait()
+	for _, r := range rows {
+		name := r.Cluster + "/" + r.Node
+		st, probed := selfState[name]
+		if name == m.From {
+			st, probed = health.StateUp, true
+		}
+		if st == health.StateDown || (r.Error != "" && (!probed || st != health.StateUp)) {
+			m.Down = append(m.Down, name)
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Cluster+"/"+rows[i].Node < rows[j].Cluster+"/"+rows[j].Node })
+	sort.Strings(m.Down)
+	m.Nodes = rows
+	return m, nil
+}
+
+// remoteHealth reads another node's own view over the mesh.
+func (o *observability) remoteHealth(ctx context.Context, t health.Target) api.NodeHealth {
+	row := api.NodeHealth{Node: t.Node, Cluster: t.Cluster, Probes: []api.Probe{}}
+	if t.MeshIP.IsValid() {
+		row.MeshIP = t.MeshIP.String()
+	}
+	if o.tr == nil || !t.MeshIP.IsValid() {
+		row.Error = "the agent-to-agent API is not available"
+		return row
+	}
+	cctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	url := "https://" + net.JoinHostPort(t.MeshIP.String(), strconv.Itoa(meshtls.DefaultPort)) + "/v1/health/node"
+	req, _ := http.NewRequestWithContext(cctx, http.MethodGet, url, nil)
+	resp, err := (&http.Client{Transport: o.tr}).Do(req)
+	if err != nil {
+		row.Error = fmt.Sprintf("no answer over the mesh: %v", err)
+		return row
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		row.Error = "the agent answered " + resp.Status
+		return row
+	}
+	var got api.NodeHealth
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		row.Error = fmt.Sprintf("decoding its answer: %v", err)
+		return row
+	}
+	return got
+}
+
+// meshOnlyHealth serves a node's own view on the mesh listener; gathering
+// the matrix is for the local socket only (no fan-out on behalf of others).
+type meshOnlyHealth struct{ a *Agent }
+
+func (h meshOnlyHealth) NodeHealth(ctx context.Context) (api.NodeHealth, error) {
+	return h.a.NodeHealth(ctx)
+}
+
+func (h meshOnlyHealth) HealthMatrix(context.Context) (api.HealthMatrix, error) {
+	return api.HealthMatrix{}, fmt.Errorf("%w: the health matrix is served on the local socket only", api.ErrNotSupported)
+}
+
+// Relay implements api.Relayer: requests for this node are served here,
+// others go to that node's agent over the mesh.
+func (a *Agent) Relay(ctx context.Context, cluster, node string) (http.Handler, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return nil, err
+	}
+	if o.meshSrv == nil {
+		return nil, fmt.Errorf("%w: this agent's agent-to-agent API did not start (see its log)", api.ErrUnavailable)
+	}
+	if cluster == a.cfg.Cluster && node == a.cfg.NodeName {
+		return o.meshSrv.Handler(), nil
+	}
+	var target kvstore.Node
+	found := false
+	a.nodes.Range(func(_ string, n kvstore.Node) bool {
+		if n.Cluster == cluster && n.Name == node {
+			target, found = n, true
+			return false
+		}
+		return true
+	})
+	if !found || !target.MeshIP.IsValid() {
+		return nil, fmt.Errorf("%w: no node %s/%s in the mesh (see `meshctl nodes`)", api.ErrNotFound, cluster, node)
+	}
+	return meshtls.Relay(o.tr, netip.AddrPortFrom(target.MeshIP, meshtls.DefaultPort)), nil
+}
+
+// AddProbeWorkload implements api.Prober.
+func (a *Agent) AddProbeWorkload(ctx context.Context, req api.ProbeWorkloadRequest) (api.Endpoint, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	return o.prober.Add(ctx, req)
+}
+
+// RemoveProbeWorkload implements api.Prober.
+func (a *Agent) RemoveProbeWorkload(ctx context.Context, name string) error {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return err
+	}
+	return o.prober.Remove(ctx, name)
+}
+
+// RunProbe implements api.Prober.
+func (a *Agent) RunProbe(ctx context.Context, req api.ProbeRequest) (api.ProbeResult, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return api.ProbeResult{}, err
+	}
+	return o.prober.Run(ctx, req)
+}
+
+// WireCheck implements api.Prober.
+func (a *Agent) WireCheck(ctx context.Context, req api.WireCheckRequest) (api.WireCheckResult, error) {
+	o, err := a.observabilityReady()
+	if err != nil {
+		return api.WireCheckResult{}, err
+	}
+	return o.wire.Check(ctx, req)
+}
+
+// LogErrors implements api.Prober.
+func (a *Agent) LogErrors(ctx context.Context, since time.Time) (api.LogErrors, error) {
+	if a.logs == nil {
+		return api.LogErrors{Recent: []string{}}, nil
+	}
+	n, msgs := a.logs.ErrorsSince(since)
+	if msgs == nil {
+		msgs = []string{}
+	}
+	return api.LogErrors{Count: n, Recent: msgs}, nil
+}
+
+// underlayIfaces are the interfaces holding the node's underlay addresses.
+func (a *Agent) underlayIfaces() ([]int, error) {
+	want := map[netip.Addr]bool{}
+	for _, ep := range a.self.Endpoints {
+		want[ep.Addr().Unmap()] = true
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, ad := range addrs {
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		if ok && want[ip.Unmap()] {
+			out = append(out, ad.LinkIndex)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no interface holds the node's underlay address (%s)", strings.Trim(fmt.Sprint(a.self.Endpoints), "[]"))
+	}
+	return out, nil
+}
+
+func tlsListener(l net.Listener, c *meshtls.Credentials) net.Listener {
+	return tls.NewListener(l, c.ServerConfig())
 }

@@ -41,8 +41,11 @@ func (r *peerReconciler) run(ctx context.Context) error {
 		case <-r.kick:
 		case <-retry.C:
 		}
+		start := time.Now()
 		desired := r.desired()
-		if err := r.a.tun.Reconcile(ctx, desired); err != nil {
+		err := r.a.tun.Reconcile(ctx, desired)
+		r.a.observeReconcile("peers", start)
+		if err != nil {
 			r.a.log.Error("reconciling tunnel peers", "err", err)
 			retry.Reset(time.Second)
 			continue

@@ -107,6 +107,7 @@ func (r *policyReconciler) run(ctx context.Context) error {
 			return ctx.Err()
 		case <-r.kick:
 		}
+		start := time.Now()
 		for {
 			r.mu.Lock()
 			q := r.queue
@@ -120,6 +121,7 @@ func (r *policyReconciler) run(ctx context.Context) error {
 			}
 		}
 		r.publish()
+		r.a.observeReconcile("policy", start)
 	}
 }
 

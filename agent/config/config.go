@@ -38,7 +38,8 @@ const (
 	DefaultBPFPinPath     = "/sys/fs/bpf/weft"
 	DefaultLogFormat      = "text"
 	DefaultLogLevel       = "info"
-	DefaultMetricsAddress = "127.0.0.1:9962"
+	DefaultMetricsAddress = "mesh:9962" // host "mesh": the node's mesh address
+	DefaultFlowBuffer     = 8192
 	DefaultNodeLeaseTTL   = 15 * time.Second
 	DefaultEtcdClientURL  = "https://127.0.0.1:2379"
 	DefaultEtcdPeerURL    = "https://127.0.0.1:2380"
@@ -77,6 +78,7 @@ type Config struct {
 	BPF       BPF        `json:"bpf,omitempty"`
 	Log       Log        `json:"log,omitempty"`
 	Metrics   Metrics    `json:"metrics,omitempty"`
+	Flows     Flows      `json:"flows,omitempty"`
 	Join      JoinServer `json:"join,omitempty"`
 	// Workloads are network namespaces this node runs as mesh endpoints
 	// (the same as `meshctl endpoint add`, but declared).
@@ -161,8 +163,15 @@ type Log struct {
 
 // Metrics configures the Prometheus endpoint.
 type Metrics struct {
-	// Address serves /metrics; empty disables it.
+	// Address serves /metrics; empty disables it. The host "mesh" means
+	// the node's mesh address.
 	Address string `json:"address,omitempty"`
+}
+
+// Flows configures the flow records `meshctl observe` reads.
+type Flows struct {
+	// Buffer is how many recent flows the agent keeps in memory.
+	Buffer int `json:"buffer,omitempty"`
 }
 
 // Workload is a network namespace the agent makes a mesh endpoint.
@@ -195,6 +204,7 @@ func Default() *Config {
 		BPF:     BPF{PinPath: DefaultBPFPinPath},
 		Log:     Log{Format: DefaultLogFormat, Level: DefaultLogLevel},
 		Metrics: Metrics{Address: DefaultMetricsAddress},
+		Flows:   Flows{Buffer: DefaultFlowBuffer},
 		Join:    JoinServer{Listen: DefaultJoinListen},
 	}
 }
@@ -400,6 +410,9 @@ func (c *Config) Validate() error {
 		if err := checkHostPort(c.Metrics.Address); err != nil {
 			bad("metrics.address", "%v (empty disables metrics)", err)
 		}
+	}
+	if c.Flows.Buffer < 16 || c.Flows.Buffer > 1<<20 {
+		bad("flows.buffer", "%d is out of range: keep 16..1048576 recent flows", c.Flows.Buffer)
 	}
 	seen := map[string]bool{}
 	for i, wl := range c.Workloads {

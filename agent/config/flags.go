@@ -41,6 +41,7 @@ const (
 	FlagLogFormat          = "log-format"
 	FlagLogLevel           = "log-level"
 	FlagMetricsAddress     = "metrics-address"
+	FlagFlowBuffer         = "flow-buffer"
 	envPrefix              = "WEFT_"
 	categoryControlPlane   = "control plane"
 	categoryEmbedded       = "embedded control plane (first node)"
@@ -93,7 +94,8 @@ func Flags() []cli.Flag {
 
 		&cli.StringFlag{Name: FlagLogFormat, EnvVars: env(FlagLogFormat), Value: d.Log.Format, Usage: "log format: text or json", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagLogLevel, EnvVars: env(FlagLogLevel), Value: d.Log.Level, Usage: "log level: debug, info, warn or error", Category: categoryObservability},
-		&cli.StringFlag{Name: FlagMetricsAddress, EnvVars: env(FlagMetricsAddress), Value: d.Metrics.Address, Usage: "`HOST:PORT` serving /metrics (empty: off)", Category: categoryObservability},
+		&cli.StringFlag{Name: FlagMetricsAddress, EnvVars: env(FlagMetricsAddress), Value: d.Metrics.Address, Usage: "`HOST:PORT` serving /metrics; the host \"mesh\" is the node's mesh address (empty: off)", Category: categoryObservability},
+		&cli.IntFlag{Name: FlagFlowBuffer, EnvVars: env(FlagFlowBuffer), Value: d.Flows.Buffer, Usage: "how many recent flows to keep for meshctl observe (`N`)", Category: categoryObservability},
 	}
 }
 
@@ -180,6 +182,7 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagLogFormat, &cfg.Log.Format)
 	setS(FlagLogLevel, &cfg.Log.Level)
 	setS(FlagMetricsAddress, &cfg.Metrics.Address)
+	setI(FlagFlowBuffer, &cfg.Flows.Buffer)
 	return nil
 }
 
