@@ -14,7 +14,7 @@ func init() {
 	register(&cli.Command{
 		Name:      "status",
 		Usage:     "show the local node: tunnel, datapath, etcd, health and peers with handshake ages",
-		UsageText: `meshctl status [--socket PATH] [-o table|json]`,
+		UsageText: `meshctl status [--all] [--socket PATH] [-o table|json]`,
 		Description: `Asks the local agent (over its root-only socket) for the node's state:
 its name, cluster and mesh address; the WireGuard device (kernel or userspace
 implementation, port, public key); whether the eBPF datapath is attached;
@@ -22,9 +22,15 @@ whether etcd is reachable (the datapath keeps working from the agent's cache
 when it is not); the agent's health checks; and every peer with the age of its
 last WireGuard handshake.
 
-Exit status is 1 when the agent cannot be reached or a health check fails,
-so scripts can use it as a readiness probe.`,
-		Flags:  agentFlags(),
+With --all, it shows the whole mesh instead: every node's probes to every
+other node through the tunnel, as a reachability matrix of round-trip times,
+and the nodes that are down (their agent stopped answering probes or gossip;
+a node is shown down within a few seconds). The local agent reads the other
+agents' views over the mesh (see docs/observability.md).
+
+Exit status is 1 when the agent cannot be reached or a health check fails
+(with --all: when a node is down), so scripts can use it as a readiness probe.`,
+		Flags:  agentFlags(&cli.BoolFlag{Name: "all", Usage: "show every node and the reachability matrix"}),
 		Action: statusAction,
 	})
 }
@@ -42,6 +48,9 @@ func statusAction(c *cli.Context) error {
 	ctx, cancel := cmdContext(c)
 	defer cancel()
 	cl := agentClient(c)
+	if c.Bool("all") {
+		return statusAll(ctx, c, cl)
+	}
 	st, err := cl.Status(ctx)
 	if err != nil {
 		return err
