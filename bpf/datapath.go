@@ -85,8 +85,7 @@ func Open(cfg Config) (*Datapath, error) {
 			}
 		}()
 	}
-	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
+	if err := loadObjects(spec, &d.objs, repl); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("bpf: the kernel's verifier refused the datapath: %+v", ve)
