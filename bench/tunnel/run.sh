@@ -7,13 +7,24 @@
 # ratios are printed, the last two lines being the ratios to the two
 # userspace WireGuard implementations.
 #
-# Needs root, iperf3, wg (wireguard-tools), ip, nsenter and Go. Creates its
-# own namespaces and removes them, and everything it started, on exit.
-#   ROUNDS=5 DURATION=5 ./bench/tunnel/run.sh
+# All three tunnels get the same MTU, the same iperf3 settings and the same
+# CPUs (CPUS, a taskset list, default every online CPU) and default Go
+# runtime settings; the script prints what each daemon got so that can be
+# checked. One discarded warm-up pass precedes the rounds.
+#
+# PROFILE=DIR also records, after the rounds, where each tunnel's daemons
+# spend CPU during one more transfer (perf, if installed: DIR/NAME.perf.txt)
+# and a Go CPU profile of Weft's helper (DIR/weft.pprof, via WEFT_TUNNEL_PPROF).
+#
+# Needs root, iperf3, wg (wireguard-tools), ip, nsenter, taskset and Go.
+# Creates its own namespaces and removes them, and everything it started, on exit.
+#   ROUNDS=7 DURATION=5 ./bench/tunnel/run.sh
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-5}
+CPUS=${CPUS:-$(cat /sys/devices/system/cpu/online)}
+PROFILE=${PROFILE:-}
 MTU=1420
 cd "$(dirname "$0")/../.."
 
@@ -21,7 +32,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "bench-tunnel creates network namespaces and needs root: sudo make bench-tunnel" >&2
 	exit 1
 fi
-for c in iperf3 wg wg-quick ip nsenter go; do
+for c in iperf3 wg wg-quick ip nsenter taskset go; do
 	command -v "$c" >/dev/null || { echo "bench-tunnel needs $c (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
@@ -46,8 +57,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-inA() { nsenter --net=/var/run/netns/$A "$@"; }
-inB() { nsenter --net=/var/run/netns/$B "$@"; }
+inA() { nsenter --net=/var/run/netns/$A taskset -c "$CPUS" "$@"; }
+inB() { nsenter --net=/var/run/netns/$B taskset -c "$CPUS" "$@"; }
 
 echo "building Weft's bench node, stock wireguard-go and the Tailscale fork..."
 go build -o "$tmp/weftnode" ./bench/tunnel/weftnode
@@ -66,7 +77,9 @@ ip -n $A link set eth0 up
 ip -n $B link set eth0 up
 
 # (b) Weft: first `up` creates the device and key, the second re-attaches and adds the peer.
+[ -n "$PROFILE" ] && mkdir -p "$PROFILE" && export WEFT_TUNNEL_PPROF=$tmp/wa.pprof # inherited by A's helper only
 ka=$(inA "$tmp/weftnode" up -name wb${id}wa -state "$tmp/wa" -addr 100.64.1.1/32 -mtu $MTU)
+unset WEFT_TUNNEL_PPROF
 kb=$(inB "$tmp/weftnode" up -name wb${id}wb -state "$tmp/wb" -addr 100.64.1.2/32 -mtu $MTU)
 inA "$tmp/weftnode" up -name wb${id}wa -state "$tmp/wa" -addr 100.64.1.1/32 -mtu $MTU -peer "$kb" -endpoint 198.18.0.2:51833 -allowed 100.64.1.2/32 >/dev/null
 inB "$tmp/weftnode" up -name wb${id}wb -state "$tmp/wb" -addr 100.64.1.2/32 -mtu $MTU -peer "$ka" -endpoint 198.18.0.1:51833 -allowed 100.64.1.1/32 >/dev/null
@@ -78,7 +91,7 @@ wgnode() { # ns-func bin ifname port addr peer-addr peer-endpoint-port peer-pub 
 	local nsname=$A
 	[ "$ns" = inB ] && nsname=$B
 	# nsenter execs the daemon, so $! is the daemon's own pid (kill it by pid on exit).
-	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error nsenter --net=/var/run/netns/$nsname "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
+	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error nsenter --net=/var/run/netns/$nsname taskset -c "$CPUS" "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 100); do $ns wg show "$ifn" >/dev/null 2>&1 && break; sleep 0.05; done
 	cat >"$tmp/$ifn.conf" <<CONF
@@ -105,19 +118,38 @@ wgnode inB "$tmp/wireguard-go" wb${id}sb 51834 100.64.2.2 100.64.2.1 51834 "$(ec
 wgnode inA "$tmp/tsfork-wg" wb${id}ta 51835 100.64.3.1 100.64.3.2 51835 "$(echo "$tb" | wg pubkey)" "$ta"
 wgnode inB "$tmp/tsfork-wg" wb${id}tb 51835 100.64.3.2 100.64.3.1 51835 "$(echo "$ta" | wg pubkey)" "$tb"
 
-nsenter --net=/var/run/netns/$B iperf3 -s -p 5201 >"$tmp/iperf3-server.log" 2>&1 &
+nsenter --net=/var/run/netns/$B taskset -c "$CPUS" iperf3 -s -p 5201 >"$tmp/iperf3-server.log" 2>&1 &
 pids+=($!)
 sleep 0.5
 for dst in 198.18.0.2 100.64.1.2 100.64.2.2 100.64.3.2; do
 	inA ping -q -c 2 -w 5 $dst >/dev/null || { echo "no path to $dst before measuring" >&2; exit 1; }
 done
 
-measure() { # prints Mbit/s received
-	inA iperf3 -c "$1" -p 5201 -t "$DURATION" -O 1 -f m | awk '/receiver/ {print $(NF-2)}'
+measure() { # DST [SECONDS]: prints Mbit/s received
+	inA iperf3 -c "$1" -p 5201 -t "${2:-$DURATION}" -O 1 -f m | awk '/receiver/ {print $(NF-2)}'
 }
 names=(underlay weft wireguard-go tailscale-fork)
 dsts=(198.18.0.2 100.64.1.2 100.64.2.2 100.64.3.2)
 declare -A res
+
+# What each tunnel daemon runs with, to check the comparison is like for like.
+daemons() { # name: pids of that contender's two daemons
+	case $1 in
+	weft) pgrep -f "^$tmp/weftnode __device-helper" ;;
+	wireguard-go) pgrep -f "^$tmp/wireguard-go -f wb${id}s" ;;
+	tailscale-fork) pgrep -f "^$tmp/tsfork-wg wb${id}t" ;;
+	esac
+}
+for n in weft wireguard-go tailscale-fork; do
+	for p in $(daemons $n); do
+		env=$(tr '\0' '\n' </proc/$p/environ | grep -E '^(GOGC|GOMAXPROCS|GOMEMLIMIT|GODEBUG)=' | tr '\n' ' ')
+		echo "$n daemon $p: cpus $(awk '/Cpus_allowed_list/ {print $2}' /proc/$p/status) threads $(awk '/Threads/ {print $2}' /proc/$p/status) go-env [${env% }]"
+	done
+done
+for l in wb${id}wa wb${id}sa wb${id}ta; do echo "A: $l $(inA ip -o link show $l | grep -o 'mtu [0-9]*')"; done
+echo "iperf3: TCP, 1 stream, ${DURATION}s + 1s omitted, CPUs $CPUS"
+
+for i in 0 1 2 3; do measure "${dsts[$i]}" 2 >/dev/null; done # warm-up, discarded
 for r in $(seq "$ROUNDS"); do
 	line="round $r:"
 	for k in 0 1 2 3; do
@@ -128,6 +160,25 @@ for r in $(seq "$ROUNDS"); do
 	done
 	echo "$line Mbit/s"
 done
+if [ -n "$PROFILE" ]; then
+	for i in 1 2 3; do
+		n=${names[$i]}
+		if command -v perf >/dev/null; then
+			pl=$(daemons $n | paste -sd,)
+			perf record -q -g -o "$tmp/$n.perf" -p "$pl" -- sleep "$DURATION" >/dev/null 2>&1 &
+			pp=$!
+		fi
+		[ $n = weft ] && curl -s --unix-socket "$tmp/wa.pprof" "http://helper/debug/pprof/profile?seconds=$DURATION" >"$PROFILE/weft.pprof" &
+		cp=$!
+		v=$(measure "${dsts[$i]}")
+		wait $cp
+		if command -v perf >/dev/null; then
+			wait $pp
+			perf report -i "$tmp/$n.perf" --no-children --sort sym -q --stdio -g none 2>/dev/null | head -40 >"$PROFILE/$n.perf.txt"
+		fi
+		echo "profiled $n ($v Mbit/s under profiling): $PROFILE/$n.perf.txt"
+	done
+fi
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 ma=$(echo "${res[0]}" | median); mb=$(echo "${res[1]}" | median)
 mc=$(echo "${res[2]}" | median); md=$(echo "${res[3]}" | median)

@@ -1,0 +1,192 @@
+package tunnel
+
+import (
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/tailscale/wireguard-go/conn"
+	"github.com/tailscale/wireguard-go/device"
+)
+
+// roamingBind restores endpoint learning on top of Tailscale's
+// wireguard-go fork, which (unlike stock wireguard-go) never takes a peer's
+// endpoint from received packets: tailscaled sets endpoints itself. Weft
+// relies on it: a public node learns a NAT'd node's endpoint from its
+// handshake, and a roaming peer is followed.
+//
+// It wraps the endpoint of every received datagram so the fork reports,
+// through two optional Endpoint interfaces, whom a packet came from:
+//
+//   - FromPeer, after a transport packet decrypted and passed the replay
+//     check (authenticated): the peer's endpoint follows it, as in stock
+//     wireguard-go.
+//   - InitiationMessagePublicKey, for a handshake initiation before it is
+//     verified: the reply needs an endpoint, so the source becomes the
+//     peer's endpoint, but only when no authenticated packet confirmed
+//     another endpoint within the session lifetime (trustWindow). A forged
+//     initiation can therefore only redirect a peer that has been silent
+//     that long, and the real peer's next handshake takes it back.
+//
+// Endpoint changes are written through the device's UAPI (IpcSet), like any
+// other configuration, so `wg show` and wgctrl see them.
+type roamingBind struct {
+	conn.Bind
+	log *slog.Logger
+
+	mu    sync.Mutex
+	dev   *device.Device // set by attach, before the device comes up
+	peers map[[32]byte]*roamState
+	queue map[[32]byte]netip.AddrPort // authenticated changes for the worker
+	kick  chan struct{}
+	done  chan struct{}
+}
+
+type roamState struct {
+	ep        netip.AddrPort
+	confirmed time.Time // last authenticated packet from ep
+}
+
+// trustWindow is how long an authenticated packet vouches for an endpoint
+// against unverified initiations: WireGuard's session lifetime
+// (RejectAfterTime), after which a live peer has re-handshaken anyway.
+const trustWindow = 180 * time.Second
+
+func newRoamingBind(b conn.Bind, log *slog.Logger) *roamingBind {
+	r := &roamingBind{Bind: b, log: log, peers: map[[32]byte]*roamState{},
+		queue: map[[32]byte]netip.AddrPort{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go r.worker()
+	return r
+}
+
+// attach hands the bind the device whose peers it updates.
+func (r *roamingBind) attach(d *device.Device) {
+	r.mu.Lock()
+	r.dev = d
+	r.mu.Unlock()
+}
+
+// stop ends the worker; call after the device is closed.
+func (r *roamingBind) stop() { close(r.done) }
+
+func (r *roamingBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, p, err := r.Bind.Open(port)
+	if err != nil {
+		return nil, p, err
+	}
+	out := make([]conn.ReceiveFunc, len(fns))
+	for i, fn := range fns {
+		out[i] = func(slab []byte, packets []conn.ReceivedPacket) (int, error) {
+			n, err := fn(slab, packets)
+			// One wrapper per datagram: the packets split from one GRO
+			// datagram share its endpoint.
+			var last conn.Endpoint
+			var wrapped *roamEndpoint
+			for j := range packets[:n] {
+				ep := packets[j].Endpoint
+				if ep != last {
+					last = ep
+					if std, ok := ep.(*conn.StdNetEndpoint); ok {
+						wrapped = &roamEndpoint{StdNetEndpoint: std, bind: r}
+					} else {
+						wrapped = nil
+					}
+				}
+				if wrapped != nil {
+					packets[j].Endpoint = wrapped
+				}
+			}
+			return n, err
+		}
+	}
+	return out, p, nil
+}
+
+// Send unwraps received endpoints (the device answers cookie requests to
+// them); the fork's bind accepts only its own endpoint type.
+func (r *roamingBind) Send(bufs [][]byte, ep conn.Endpoint, offset int) error {
+	if w, ok := ep.(*roamEndpoint); ok {
+		ep = w.StdNetEndpoint
+	}
+	return r.Bind.Send(bufs, ep, offset)
+}
+
+// roamEndpoint is a received datagram's endpoint that reports its peer.
+type roamEndpoint struct {
+	*conn.StdNetEndpoint
+	bind *roamingBind
+}
+
+func (e *roamEndpoint) FromPeer(pk [32]byte) { e.bind.authenticated(pk, e.AddrPort) }
+
+func (e *roamEndpoint) InitiationMessagePublicKey(pk [32]byte) {
+	e.bind.initiation(pk, e.AddrPort)
+}
+
+// authenticated runs on the receive path for every decrypted batch: cheap
+// unless the endpoint changed, and then it only queues the change.
+func (r *roamingBind) authenticated(pk [32]byte, from netip.AddrPort) {
+	now := time.Now()
+	r.mu.Lock()
+	st := r.peers[pk]
+	if st != nil && st.ep == from {
+		st.confirmed = now
+		r.mu.Unlock()
+		return
+	}
+	r.peers[pk] = &roamState{ep: from, confirmed: now}
+	r.queue[pk] = from
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// initiation runs before the device answers an initiation, so it sets the
+// endpoint synchronously (the handshake worker holds no device lock here).
+func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
+	r.mu.Lock()
+	st := r.peers[pk]
+	if st != nil && (st.ep == from || time.Since(st.confirmed) < trustWindow) {
+		r.mu.Unlock()
+		return
+	}
+	r.peers[pk] = &roamState{ep: from} // not confirmed until a packet authenticates
+	dev := r.dev
+	r.mu.Unlock()
+	r.set(dev, pk, from)
+}
+
+func (r *roamingBind) worker() {
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-r.kick:
+		}
+		r.mu.Lock()
+		dev, q := r.dev, r.queue
+		r.queue = map[[32]byte]netip.AddrPort{}
+		r.mu.Unlock()
+		for pk, ep := range q {
+			r.set(dev, pk, ep)
+		}
+	}
+}
+
+// set points an existing peer at ep (update_only: a removed peer stays removed).
+func (r *roamingBind) set(dev *device.Device, pk [32]byte, ep netip.AddrPort) {
+	if dev == nil {
+		return
+	}
+	err := dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(pk[:]), ep))
+	if err != nil {
+		r.log.Warn("could not update a peer's endpoint", "endpoint", ep.String(), "err", err)
+		return
+	}
+	r.log.Debug("peer endpoint learned", "endpoint", ep.String())
+}
