@@ -160,11 +160,11 @@ type HealthMatrix struct {
 
 // ProbeWorkloadRequest asks an agent to create a probe workload: a network
 // namespace named Name, made a mesh endpoint with Labels, running an echo
-// server on Port for TCP and UDP (POST /v1/probe/workloads).
+// server on each of Ports for TCP and UDP (POST /v1/probe/workloads).
 type ProbeWorkloadRequest struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels,omitempty"`
-	Port   uint16            `json:"port"`
+	Ports  []uint16          `json:"ports"`
 }
 
 // ProbeRequest runs one client connection (POST /v1/probe/run).

@@ -88,8 +88,11 @@ func (p *Prober) Add(ctx context.Context, req api.ProbeWorkloadRequest) (api.End
 	if err := ValidateName(req.Name); err != nil {
 		return api.Endpoint{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
-	if req.Port == 0 {
-		req.Port = DefaultPort
+	if len(req.Ports) == 0 {
+		req.Ports = []uint16{DefaultPort}
+	}
+	if len(req.Ports) > 8 {
+		return api.Endpoint{}, fmt.Errorf("%w: at most 8 echo ports", api.ErrInvalid)
 	}
 	p.mu.Lock()
 	_, exists := p.workloads[req.Name]
@@ -116,29 +119,40 @@ func (p *Prober) Add(ctx context.Context, req api.ProbeWorkloadRequest) (api.End
 	if err != nil {
 		return fail(err)
 	}
-	addr := net.JoinHostPort("0.0.0.0", strconv.Itoa(int(req.Port)))
-	var tl net.Listener
-	var ul net.PacketConn
+	var (
+		tls []net.Listener
+		uls []net.PacketConn
+	)
 	if err := inNetns(req.Name, func() error {
-		var err error
-		if tl, err = net.Listen("tcp4", addr); err != nil {
-			return err
+		for _, port := range req.Ports {
+			addr := net.JoinHostPort("0.0.0.0", strconv.Itoa(int(port)))
+			tl, err := net.Listen("tcp4", addr)
+			if err != nil {
+				return err
+			}
+			w.closers = append(w.closers, tl)
+			tls = append(tls, tl)
+			ul, err := net.ListenPacket("udp4", addr)
+			if err != nil {
+				return err
+			}
+			w.closers = append(w.closers, ul)
+			uls = append(uls, ul)
 		}
-		w.closers = append(w.closers, tl)
-		if ul, err = net.ListenPacket("udp4", addr); err != nil {
-			return err
-		}
-		w.closers = append(w.closers, ul)
 		return nil
 	}); err != nil {
-		return fail(fmt.Errorf("starting the echo server in %s: %w", req.Name, err))
+		return fail(fmt.Errorf("starting the echo servers in %s: %w", req.Name, err))
 	}
-	go serveTCP(tl)
-	go serveUDP(ul)
+	for _, l := range tls {
+		go serveTCP(l)
+	}
+	for _, pc := range uls {
+		go serveUDP(pc)
+	}
 	p.mu.Lock()
 	p.workloads[req.Name] = w
 	p.mu.Unlock()
-	p.log.Info("probe workload ready", "name", req.Name, "ip", ep.IP, "port", req.Port)
+	p.log.Info("probe workload ready", "name", req.Name, "ip", ep.IP, "ports", req.Ports)
 	return ep, nil
 }
 

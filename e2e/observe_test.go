@@ -1,0 +1,327 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/internal/lab"
+)
+
+// observeSpec: a seed and three nodes on three sites, the last behind NAT,
+// each of the three with one workload.
+func observeSpec() *lab.Spec {
+	return &lab.Spec{Sites: []lab.SiteSpec{
+		{Name: "site1", Nodes: []lab.NodeSpec{{Name: "oseed"}, {Name: "ovm1", Workloads: []lab.WorkloadSpec{{Name: "web"}}}}},
+		{Name: "site2", Nodes: []lab.NodeSpec{{Name: "ovm2", Workloads: []lab.WorkloadSpec{{Name: "db"}}}}},
+		{Name: "site3", NAT: true, Nodes: []lab.NodeSpec{{Name: "ovm3", Workloads: []lab.WorkloadSpec{{Name: "cache"}}}}},
+	}}
+}
+
+const denyWebToDB = `apiVersion: weft.dev/v1
+kind: Policy
+metadata: {name: no-web-to-db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingressDeny:
+    - from: [{matchLabels: {app: web}}]
+      ports: [{port: 5432, protocol: TCP}, {port: 5353, protocol: UDP}]
+`
+
+// TestObserve is the observability story on one lab: flows of a denied
+// connection, flows of three nodes merged, metrics that count the traffic,
+// the connectivity test, and a killed node shown down.
+func TestObserve(t *testing.T) {
+	m := NewMesh(t, observeSpec())
+	m.Up("oseed")
+	for _, n := range []string{"ovm1", "ovm2", "ovm3"} {
+		m.Join(n, "")
+	}
+	ips := map[string]string{
+		"web":   m.AddWorkload("web", "app=web"),
+		"db":    m.AddWorkload("db", "app=db"),
+		"cache": m.AddWorkload("cache", "app=cache"),
+	}
+	for w, ip := range ips {
+		m.Echo(w, ip, 5432)
+		m.Echo(w, ip, 5353)
+		m.Echo(w, ip, 8080)
+	}
+	for _, c := range [][2]string{{"web", "db"}, {"cache", "web"}, {"db", "cache"}} {
+		Eventually(t, 60*time.Second, c[0]+" reaches "+c[1], func() error {
+			err := m.Talk(c[0], "tcp", ips[c[1]], 8080, "hello")
+			return err
+		})
+	}
+	applyPolicy(t, m, "oseed", writeFile(t, "deny.yaml", denyWebToDB))
+	checkMatrix(t, m, ips, []verdictCase{{"web", "tcp", "db", 5432, false}, {"web", "tcp", "db", 8080, true}})
+
+	t.Run("a denied connection is followed with both ends and the reason", func(t *testing.T) {
+		m := m.For(t)
+		n := m.node("ovm2")
+		follow, err := m.Lab.Start(n.Lab.Netns, "observe-follow", "env", "WEFT_SOCKET="+n.Socket, filepath.Join(binDir, "meshctl"),
+			"observe", "--follow", "--last", "0", "--verdict", "dropped", "--from-label", "app=web", "--to-label", "app=db", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer follow.Stop()
+		time.Sleep(500 * time.Millisecond) // the stream is open
+		sent := time.Now()
+		talked := make(chan error, 1)
+		go func() { talked <- m.Talk("web", "tcp", ips["db"], 5432, "denied") }()
+		var (
+			f     api.Flow
+			shown time.Duration
+		)
+		Eventually(t, 20*time.Second, "the drop in `meshctl observe --follow`", func() error {
+			line, _, _ := strings.Cut(follow.Output(), "\n")
+			if line == "" {
+				return fmt.Errorf("no flow yet; output %q", follow.Output())
+			}
+			shown = time.Since(sent)
+			return json.Unmarshal([]byte(line), &f)
+		})
+		if err := <-talked; err == nil {
+			t.Fatal("web reached db on 5432 despite the deny rule")
+		}
+		// Polled every 200ms: the figure is an upper bound.
+		t.Logf("drop shown by observe --follow within %s of the connection attempt", shown.Round(time.Millisecond))
+		if f.Verdict != "dropped" || f.Reason != bpf.ReasonPolicyDeny.String() || f.Direction != "ingress" || f.Protocol != "tcp" || f.Node != "ovm2" {
+			t.Fatalf("flow = %+v, want an ingress tcp drop on ovm2 with reason %s", f, bpf.ReasonPolicyDeny)
+		}
+		if f.Source.IP != ips["web"] || !slices.Contains(f.Source.Labels, "vm:app=web") || f.Source.Node != "ovm1" {
+			t.Fatalf("source = %+v, want web (%s) on ovm1 with vm:app=web", f.Source, ips["web"])
+		}
+		if f.Destination.IP != ips["db"] || f.Destination.Port != 5432 || !slices.Contains(f.Destination.Labels, "vm:app=db") || f.Destination.Name == "" {
+			t.Fatalf("destination = %+v, want db (%s:5432) with vm:app=db", f.Destination, ips["db"])
+		}
+		// The table form names the same things.
+		out := m.MustMeshctl("ovm2", "observe", "--verdict", "dropped", "--to-ip", ips["db"], "--port", "5432")
+		if !strings.Contains(out, "DROPPED") || !strings.Contains(out, bpf.ReasonPolicyDeny.String()) || !strings.Contains(out, "vm:app=web") {
+			t.Fatalf("table output lacks the drop:\n%s", out)
+		}
+		// Bad filters are refused before anything is asked.
+		if out, err := m.Meshctl("ovm2", "observe", "--verdict", "denied"); err == nil || !strings.Contains(out, "forwarded or dropped") {
+			t.Fatalf("--verdict denied: err %v, output:\n%s", err, out)
+		}
+	})
+
+	t.Run("flows of three nodes merged in time order", func(t *testing.T) {
+		m := m.For(t)
+		for _, c := range []verdictCase{{"cache", "tcp", "web", 8080, true}, {"web", "tcp", "cache", 8080, true}, {"cache", "tcp", "db", 8080, true}} {
+			checkMatrix(t, m, ips, []verdictCase{c})
+		}
+		var flows []api.Flow
+		Eventually(t, 20*time.Second, "flows from ovm1, ovm2 and ovm3", func() error {
+			out, err := m.Meshctl("oseed", "observe", "--all-nodes", "--last", "-1", "--port", "8080", "-o", "json")
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			flows = nil
+			sc := bufio.NewScanner(strings.NewReader(out))
+			for sc.Scan() {
+				var f api.Flow
+				if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
+					return fmt.Errorf("line %q: %v", sc.Text(), err)
+				}
+				flows = append(flows, f)
+			}
+			nodes := map[string]bool{}
+			for _, f := range flows {
+				nodes[f.Node] = true
+			}
+			if !nodes["ovm1"] || !nodes["ovm2"] || !nodes["ovm3"] {
+				return fmt.Errorf("flows from %v", nodes)
+			}
+			return nil
+		})
+		for i := 1; i < len(flows); i++ {
+			if flows[i].Time.Before(flows[i-1].Time) {
+				t.Fatalf("flow %d (%s on %s) is older than flow %d (%s on %s): not merged in time order", i, flows[i].Time, flows[i].Node, i-1, flows[i-1].Time, flows[i-1].Node)
+			}
+		}
+		t.Logf("%d flows from 3 nodes, in time order", len(flows))
+	})
+
+	t.Run("metrics count the generated traffic", func(t *testing.T) {
+		m := m.For(t)
+		var st statusJSON
+		m.JSON("ovm2", &st, "status")
+		drops := map[string]string{"direction": "ingress", "verdict": "dropped", "reason": bpf.ReasonPolicyDeny.String()}
+		flowDrops := map[string]string{"direction": "ingress", "verdict": "dropped", "reason": bpf.ReasonPolicyDeny.String()}
+		before := scrapeMetrics(t, m, "ovm2", st.MeshIP)
+		pkts0 := metricValue(before, "weft_datapath_packets_total", drops)
+		flows0 := metricValue(before, "weft_flows_total", flowDrops)
+		const k = 30
+		sendUDP(t, m, "web", ips["db"], 5353, k)
+		Eventually(t, 20*time.Second, "the drop counters to move by the datagrams sent", func() error {
+			after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
+			pkts := metricValue(after, "weft_datapath_packets_total", drops) - pkts0
+			fl := metricValue(after, "weft_flows_total", flowDrops) - flows0
+			if pkts != k || fl != k {
+				return fmt.Errorf("after %d denied datagrams: packets +%v, flow records +%v", k, pkts, fl)
+			}
+			return nil
+		})
+		after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
+		for _, c := range []struct {
+			name   string
+			labels map[string]string
+			min    float64
+		}{
+			{"weft_tunnel_peers", map[string]string{"state": "up"}, 3},
+			{"weft_etcd_connected", nil, 1},
+			{"weft_endpoints", map[string]string{"scope": "local"}, 2}, // db and the host
+			{"weft_policies", nil, 1},
+			{"weft_datapath_map_entries", map[string]string{"map": "ct"}, 1},
+			{"weft_node_reachable", map[string]string{"node": "default/oseed"}, 1},
+			{"weft_reconcile_duration_seconds", map[string]string{"reconciler": "policy"}, 1},
+		} {
+			if v := metricValue(after, c.name, c.labels); v < c.min {
+				t.Errorf("%s%v = %v, want at least %v", c.name, c.labels, v, c.min)
+			}
+		}
+	})
+
+	t.Run("a killed node is shown down by status --all", func(t *testing.T) {
+		m := m.For(t)
+		Eventually(t, 30*time.Second, "every pair reachable", func() error {
+			var hm api.HealthMatrix
+			if err := statusAllJSON(m, "oseed", &hm); err != nil {
+				return err
+			}
+			if len(hm.Nodes) != 4 || len(hm.Down) != 0 {
+				return fmt.Errorf("%d nodes, down %v", len(hm.Nodes), hm.Down)
+			}
+			for _, n := range hm.Nodes {
+				for _, p := range n.Probes {
+					if p.State != "up" {
+						return fmt.Errorf("%s -> %s: %s", n.Node, p.Node, p.State)
+					}
+				}
+			}
+			return nil
+		})
+		out, err := m.Meshctl("oseed", "status", "--all")
+		if err != nil || !strings.Contains(out, "Reachability") {
+			t.Fatalf("status --all on a healthy mesh: %v\n%s", err, out)
+		}
+		killed := time.Now()
+		killProcessTree(m.node("ovm3").Proc.Pid)
+		var seen time.Duration
+		Eventually(t, 30*time.Second, "ovm3 down in status --all", func() error {
+			var hm api.HealthMatrix
+			if err := statusAllJSON(m, "oseed", &hm); err != nil {
+				return err
+			}
+			if !slices.Contains(hm.Down, "default/ovm3") {
+				return fmt.Errorf("down: %v", hm.Down)
+			}
+			seen = time.Since(killed)
+			return nil
+		})
+		t.Logf("killed node shown down by status --all after %s", seen.Round(time.Millisecond))
+		out, err = m.Meshctl("oseed", "status", "--all")
+		if err == nil || !strings.Contains(out, "DOWN") {
+			t.Fatalf("status --all with a node down: err %v (want exit 1)\n%s", err, out)
+		}
+	})
+}
+
+// statusAllJSON runs `status --all -o json`, which exits 1 when a node is
+// down but still prints the matrix.
+func statusAllJSON(m *Mesh, node string, v *api.HealthMatrix) error {
+	out, _ := m.Meshctl(node, "status", "--all", "-o", "json")
+	start := strings.Index(out, "{")
+	if start < 0 {
+		return fmt.Errorf("no JSON in: %s", out)
+	}
+	return json.NewDecoder(strings.NewReader(out[start:])).Decode(v)
+}
+
+// scrapeMetrics fetches /metrics from a node's mesh address, from inside
+// the node, and parses it as Prometheus does.
+func scrapeMetrics(t *testing.T, m *Mesh, node, meshIP string) map[string]*dto.MetricFamily {
+	t.Helper()
+	ns := m.node(node).Lab.Netns
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return m.Lab.Dial(ctx, ns, network, addr)
+		},
+	}}
+	resp, err := cl.Get("http://" + net.JoinHostPort(meshIP, "9962") + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping %s: %v", node, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("parsing the metrics of %s: %v", node, err)
+	}
+	return fams
+}
+
+// metricValue sums the samples of a family whose labels include want.
+func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	fam, ok := fams[name]
+	if !ok {
+		return 0
+	}
+	var sum float64
+next:
+	for _, mt := range fam.Metric {
+		got := map[string]string{}
+		for _, lp := range mt.Label {
+			got[lp.GetName()] = lp.GetValue()
+		}
+		for k, v := range want {
+			if got[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case mt.Counter != nil:
+			sum += mt.Counter.GetValue()
+		case mt.Gauge != nil:
+			sum += mt.Gauge.GetValue()
+		case mt.Histogram != nil:
+			sum += float64(mt.Histogram.GetSampleCount())
+		}
+	}
+	return sum
+}
+
+// sendUDP sends n datagrams from a workload.
+func sendUDP(t *testing.T, m *Mesh, from, ip string, port, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.Lab.Dial(ctx, m.Lab.Workload(from).Netns, "udp", net.JoinHostPort(ip, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range n {
+		if _, err := fmt.Fprintf(c, "datagram %d", i); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
