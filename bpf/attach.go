@@ -72,6 +72,9 @@ func (a *attachment) detach() error {
 // is looked up in the calling thread's network namespace. Attaching again,
 // also from a restarted agent, replaces the programs without a gap.
 func (d *Datapath) AttachWorkload(iface string) error {
+	if err := d.workloadPrograms(); err != nil {
+		return err
+	}
 	return d.attach(iface, d.objs.WeftFromWl, d.objs.WeftToWl)
 }
 

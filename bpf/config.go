@@ -33,6 +33,11 @@ type Config struct {
 	// Ephemeral loads without pinning anything: the maps and programs go
 	// away with the Datapath (tests, benchmarks).
 	Ephemeral bool
+	// LazyWorkloadPrograms lets Open return once the host-device programs
+	// are loaded; the workload programs load in the background and
+	// AttachWorkload waits for them. The agent sets it: a node's start-up
+	// then waits for half the verifier's work.
+	LazyWorkloadPrograms bool
 
 	IPCacheEntries   uint32 // default 524288
 	EndpointEntries  uint32 // default 4096

@@ -43,12 +43,20 @@ type Datapath struct {
 	closed   bool
 
 	policyMu sync.Mutex // serialises SetPolicy's read-modify-write of policy_meta
+
+	// progsLoaded is closed when the workload programs, which load in the
+	// background after Open returns, are in objs; progsErr tells whether
+	// that failed. See loadObjects.
+	progsLoaded chan struct{}
+	progsErr    error
 }
 
 // Open loads the datapath. Without Config.Ephemeral, it first re-opens the
 // maps pinned under PinRoot/Scope (creating them, and mounting bpffs at
 // /sys/fs/bpf, if missing), so state survives an agent restart. Programs
 // are always loaded fresh; attaching them replaces the pinned ones in place.
+// With Config.LazyWorkloadPrograms, Open returns once the host-device
+// programs are loaded and the workload programs follow in the background.
 // Missing kernel features give errors that wrap ebpf.ErrNotSupported.
 func Open(cfg Config) (*Datapath, error) {
 	cfg = cfg.withDefaults()
@@ -85,15 +93,26 @@ func Open(cfg Config) (*Datapath, error) {
 			}
 		}()
 	}
-	if err := loadObjects(spec, &d.objs, repl); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("bpf: the kernel's verifier refused the datapath: %+v", ve)
+	if err := d.loadObjects(spec, repl); err != nil {
+		return nil, loadError(err)
+	}
+	if !cfg.LazyWorkloadPrograms {
+		if err := d.workloadPrograms(); err != nil {
+			d.Close()
+			return nil, err
 		}
-		return nil, fmt.Errorf("bpf: loading the datapath: %w", err)
 	}
 	d.log.Info("datapath loaded", "pins", d.dir, "ephemeral", cfg.Ephemeral)
 	return d, nil
+}
+
+// loadError says why loading failed, with the verifier's log if it refused.
+func loadError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("bpf: the kernel's verifier refused the datapath: %+v", ve)
+	}
+	return fmt.Errorf("bpf: loading the datapath: %w", err)
 }
 
 // configure applies sizes and load-time constants to the spec.
@@ -145,6 +164,7 @@ func (d *Datapath) Close() error {
 		return nil
 	}
 	d.closed = true
+	_ = d.workloadPrograms() // objs is complete only then
 	var errs []error
 	for name, a := range d.attached {
 		if d.dir == "" {

@@ -3,33 +3,82 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 
 	"github.com/cilium/ebpf"
 )
 
-// loadObjects loads spec into objs: first its maps (repl's maps take the
-// place of their namesakes), then every program at the same time. The
-// kernel verifies each program on its own and verification is nearly all of
-// the load (about 80 ms per program on a 2-vCPU machine against a few ms for
-// the maps), so side by side the programs load in the time of the slowest
-// one when there are CPUs enough: that time is on the critical path of a
-// node joining the mesh. The programs share the one set of maps, .rodata
-// and .bss included, exactly as a single collection's programs would.
-func loadObjects(spec *ebpf.CollectionSpec, objs *datapathObjects, repl map[string]*ebpf.Map) error {
+// Programs loaded before anything else; the others (the workload
+// programs) load in the background, and AttachWorkload waits for them.
+var hostPrograms = []string{"weft_from_dev", "weft_to_dev"}
+
+// loadObjects loads spec into d.objs: first its maps (repl's maps take the
+// place of their namesakes), then the host-device programs side by side;
+// the workload programs follow in the background, d.progsLoaded is closed
+// when they are in d.objs (d.progsErr says if they failed).
+//
+// The kernel verifies each program on its own and verification is nearly all
+// of the load (about 80 ms per program on a 2-vCPU machine against a few ms
+// for the maps), and it lies on the critical path of a node joining the
+// mesh: loading side by side takes the time of the slowest program when
+// there are CPUs enough, and a node needs its workload programs only when it
+// has workloads. The programs share the one set of maps, .rodata and .bss
+// included, exactly as a single collection's programs would.
+func (d *Datapath) loadObjects(spec *ebpf.CollectionSpec, repl map[string]*ebpf.Map) error {
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = nil
 	coll, err := ebpf.NewCollectionWithOptions(mapsOnly, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return err
 	}
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	coll.Programs = make(map[string]*ebpf.Program, len(spec.Programs))
+	var rest []string
 	for name := range spec.Programs {
+		if !contains(hostPrograms, name) {
+			rest = append(rest, name)
+		}
+	}
+	progs, err := loadPrograms(spec, hostPrograms, coll.Maps)
+	if err != nil {
+		coll.Close()
+		return err
+	}
+	// The background loads need every map as a replacement, also those
+	// d.objs takes over below; Close waits for them before closing d.objs.
+	shared := maps.Clone(coll.Maps)
+	if err := coll.Assign(&d.objs.datapathMaps); err != nil {
+		closePrograms(progs)
+		coll.Close()
+		return err
+	}
+	d.objs.WeftFromDev, d.objs.WeftToDev = progs["weft_from_dev"], progs["weft_to_dev"]
+	d.progsLoaded = make(chan struct{})
+	go func() {
+		defer close(d.progsLoaded)
+		defer coll.Close() // .rodata and .bss: the programs hold their own references
+		progs, err := loadPrograms(spec, rest, shared)
+		if err != nil {
+			d.progsErr = loadError(fmt.Errorf("workload programs: %w", err))
+			return
+		}
+		d.objs.WeftFromWl, d.objs.WeftToWl = progs["weft_from_wl"], progs["weft_to_wl"]
+	}()
+	return nil
+}
+
+// loadPrograms loads the named programs of spec concurrently, each with
+// maps in place of the spec's maps.
+func loadPrograms(spec *ebpf.CollectionSpec, names []string, maps map[string]*ebpf.Map) (map[string]*ebpf.Program, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		errs  []error
+		progs = make(map[string]*ebpf.Program, len(names))
+	)
+	for _, name := range names {
+		if _, ok := spec.Programs[name]; !ok {
+			return nil, fmt.Errorf("embedded object has no program %q", name)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -39,26 +88,45 @@ func loadObjects(spec *ebpf.CollectionSpec, objs *datapathObjects, repl map[stri
 					delete(one.Programs, n)
 				}
 			}
-			c, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: coll.Maps})
+			c, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps})
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("program %s: %w", name, err))
 				return
 			}
-			coll.Programs[name] = c.DetachProgram(name)
+			progs[name] = c.DetachProgram(name)
 			c.Close() // its clones of the shared maps
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		coll.Close()
-		return err
+		closePrograms(progs)
+		return nil, err
 	}
-	if err := coll.Assign(objs); err != nil {
-		coll.Close()
-		return err
+	return progs, nil
+}
+
+func closePrograms(progs map[string]*ebpf.Program) {
+	for _, p := range progs {
+		p.Close()
 	}
-	coll.Close() // what objs did not take (.rodata and .bss stay referenced by the programs)
-	return nil
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// workloadPrograms waits until the workload programs are loaded.
+func (d *Datapath) workloadPrograms() error {
+	if d.progsLoaded == nil {
+		return nil
+	}
+	<-d.progsLoaded
+	return d.progsErr
 }
