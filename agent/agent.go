@@ -128,6 +128,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("starting weft-agent", "version", version.Version, "node", a.cfg.NodeName, "cluster", a.cfg.Cluster)
 
+	// The datapath's programs take longest to load (the kernel verifies
+	// each) and need nothing from etcd or the tunnel: they load while the
+	// control plane and the tunnel come up, and are attached once the
+	// tunnel exists.
+	dpLoaded := a.loadDatapath()
+	dpTaken := false
+	defer func() {
+		if !dpTaken { // Run failed before taking it
+			if r := <-dpLoaded; r.dp != nil {
+				_ = r.dp.Close()
+			}
+		}
+	}()
+
 	var err error
 	if err = a.step("connect to etcd", func() error {
 		a.cp, err = startControlPlane(ctx, a.cfg, a.log)
@@ -146,14 +160,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		if a.tun != nil {
 			_ = a.tun.Close()
-		}
-	}()
-	if err := a.step("load datapath", a.openDatapath); err != nil {
-		return err
-	}
-	defer func() {
-		if a.dp != nil {
-			_ = a.dp.Close()
 		}
 	}()
 	if err := a.step("open session", func() error {
@@ -176,10 +182,44 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
-	if err := a.step("start caches", func() error { return a.startCaches(ctx, run) }); err != nil {
+	// Peers come in two stages around the node record, because WireGuard
+	// drops a handshake from a key it does not know and retries only after
+	// 5 s: first every node is admitted so that it can handshake with this
+	// one (nodes learning of the record answer or initiate at once), then,
+	// with the datapath enforcing, the full configuration opens traffic and
+	// this node's own handshakes go to nodes that know it by then.
+	if err := a.step("watch nodes", func() error { return a.startNodeCache(ctx, run) }); err != nil {
+		return err
+	}
+	if err := a.step("admit peers", func() error { return a.admitPeers(ctx) }); err != nil {
 		return err
 	}
 	if err := a.step("register node", func() error { return a.registerNode(ctx) }); err != nil {
+		return err
+	}
+	if err := a.step("attach datapath", func() error {
+		r := <-dpLoaded
+		dpTaken = true
+		if r.err != nil {
+			return fmt.Errorf("load datapath: %w", r.err)
+		}
+		a.dp = r.dp
+		a.opts.Timings("load datapath", r.took)
+		a.log.Debug("startup step done", "step", "load datapath", "took", r.took, "overlapped", true)
+		if err := a.dp.AttachHostDevice(a.tun.Name()); err != nil {
+			return fmt.Errorf("attaching to %s: %w", a.tun.Name(), err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	defer func() {
+		if a.dp != nil {
+			_ = a.dp.Close()
+		}
+	}()
+
+	if err := a.step("start caches", func() error { return a.startCaches(ctx, run) }); err != nil {
 		return err
 	}
 	if err := a.step("register host endpoint", func() error { return a.registerHost(ctx) }); err != nil {
@@ -188,6 +228,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.step("restore workloads", func() error { return a.workloads.restore(ctx, a.cfg.Workloads) }); err != nil {
 		return err
 	}
+	if err := a.step("configure peers", func() error { return a.configurePeers(ctx) }); err != nil {
+		return err
+	}
+	run("peer reconciler", a.peers.run)
 	run("tunnel upkeep", func(ctx context.Context) error { return a.tun.Run(ctx, 2*time.Second) })
 	run("identity gc", func(ctx context.Context) error { a.alloc.RunGC(ctx, time.Minute, allocator.DefaultGCGrace); return nil })
 	if err := a.step("serve api", func() error { return a.serveAPI(ctx, run) }); err != nil {
@@ -292,20 +336,30 @@ func (a *Agent) openTunnel() error {
 	return nil
 }
 
-func (a *Agent) openDatapath() error {
-	dp, err := bpf.Open(bpf.Config{
-		Scope:   a.bpfScope(),
-		PinRoot: a.cfg.BPF.PinPath,
-		Logger:  a.log.With("component", "datapath"),
-	})
-	if err != nil {
-		return err
-	}
-	a.dp = dp
-	if err := dp.AttachHostDevice(a.tun.Name()); err != nil {
-		return fmt.Errorf("attaching to %s: %w", a.tun.Name(), err)
-	}
-	return nil
+// datapathLoad is the outcome of loading the datapath in the background.
+type datapathLoad struct {
+	dp   *bpf.Datapath
+	err  error
+	took time.Duration
+}
+
+// loadDatapath loads the datapath's maps and programs in the background;
+// the channel yields the result once.
+func (a *Agent) loadDatapath() <-chan datapathLoad {
+	ch := make(chan datapathLoad, 1)
+	go func() {
+		t0 := time.Now()
+		dp, err := bpf.Open(bpf.Config{
+			Scope:   a.bpfScope(),
+			PinRoot: a.cfg.BPF.PinPath,
+			// The workload programs load while the node registers and
+			// configures its peers; the first workload waits for them.
+			LazyWorkloadPrograms: true,
+			Logger:               a.log.With("component", "datapath"),
+		})
+		ch <- datapathLoad{dp: dp, err: err, took: time.Since(t0)}
+	}()
+	return ch
 }
 
 // bpfScope names this agent's pins: one scope per node, so several lab
@@ -315,12 +369,88 @@ func (a *Agent) bpfScope() string {
 	return strings.ReplaceAll(a.cfg.Cluster, ".", "-") + "_" + strings.ReplaceAll(a.cfg.NodeName, ".", "-")
 }
 
-// startCaches starts the list+watch caches and the reconcilers they feed,
-// and waits until each has its first listing.
+// startNodeCache starts the list+watch cache of the mesh's nodes, which
+// feeds the peer reconciler (started later, by Run), and waits for its
+// first listing.
+func (a *Agent) startNodeCache(ctx context.Context, run func(string, func(context.Context) error)) error {
+	a.peers = newPeerReconciler(a)
+	var err error
+	a.nodes, err = kvstore.NewCache(a.cp.kv.Etcd(), kvstore.CacheConfig[kvstore.Node]{
+		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
+		OnEvent: func(kvstore.Event[kvstore.Node]) { a.peers.trigger() },
+		Logger:  a.log,
+	})
+	if err != nil {
+		return err
+	}
+	run("node cache", a.nodes.Run)
+	return waitSynced(ctx, a.nodes.Synced())
+}
+
+// waitSynced waits for the first listing of caches.
+func waitSynced(ctx context.Context, synced ...<-chan struct{}) error {
+	timeout := time.After(30 * time.Second)
+	for _, s := range synced {
+		select {
+		case <-s:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timeout:
+			return errors.New("etcd caches did not sync within 30s: is etcd reachable?")
+		}
+	}
+	return nil
+}
+
+// admitPeers adds the nodes the device does not know yet as peers that can
+// only handshake: no allowed prefixes (no traffic either way before the
+// datapath is attached), no routes and no keepalive (this node does not
+// initiate yet). Peers already on the device, left by an agent that
+// restarted, keep their configuration, so their traffic goes on. A failure
+// is only logged: configurePeers applies the whole configuration later.
+func (a *Agent) admitPeers(ctx context.Context) error {
+	st, err := a.tun.Status()
+	if err != nil {
+		a.log.Warn("reading the tunnel's peers; skipping early admission", "err", err)
+		return nil
+	}
+	have := map[string]bool{}
+	for _, p := range st.Peers {
+		have[p.PublicKey] = true
+	}
+	desired := a.peers.desired()
+	for i := range desired {
+		if !have[desired[i].PublicKey] {
+			desired[i].AllowedIPs, desired[i].Keepalive = nil, 0
+		}
+	}
+	if err := a.tun.Reconcile(ctx, desired); err != nil {
+		a.log.Warn("admitting peers before registration; the full configuration follows", "err", err)
+	}
+	return nil
+}
+
+// configurePeers applies the full peer configuration once (the peer
+// reconciler keeps it current from then on): allowed prefixes, routes and
+// keepalives, which makes this node handshake with the peers that have not
+// done so yet.
+func (a *Agent) configurePeers(ctx context.Context) error {
+	desired := a.peers.desired()
+	if err := a.tun.Reconcile(ctx, desired); err != nil {
+		a.log.Warn("configuring tunnel peers; the peer reconciler retries", "err", err)
+		a.peers.trigger()
+		return nil
+	}
+	a.peers.last = desired
+	return nil
+}
+
+// startCaches starts the list+watch caches of identities, endpoints and
+// policies and the reconcilers they feed, and waits until each has its
+// first listing.
 func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.Context) error)) error {
 	ec := a.cp.kv.Etcd()
 	var err error
-	a.peers = newPeerReconciler(a)
 	a.ipcache = newIPCacheReconciler(a.dp, a.log)
 	a.policy = newPolicyReconciler(a)
 	a.workloads = newWorkloadManager(a)
@@ -333,14 +463,6 @@ func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.C
 			go a.workloads.reallocate(ctx, id)
 		},
 		Logger: a.log.With("component", "identities"),
-	})
-	if err != nil {
-		return err
-	}
-	a.nodes, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Node]{
-		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
-		OnEvent: func(kvstore.Event[kvstore.Node]) { a.peers.trigger() },
-		Logger:  a.log,
 	})
 	if err != nil {
 		return err
@@ -360,21 +482,10 @@ func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.C
 		return err
 	}
 	run("identity cache", a.alloc.Run)
-	run("node cache", a.nodes.Run)
 	run("endpoint cache", a.endpoints.Run)
 	run("policy cache", a.policies.Run)
-	run("peer reconciler", a.peers.run)
 	run("policy reconciler", a.policy.run)
-	for _, s := range []<-chan struct{}{a.alloc.Synced(), a.nodes.Synced(), a.endpoints.Synced(), a.policies.Synced()} {
-		select {
-		case <-s:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(30 * time.Second):
-			return errors.New("etcd caches did not sync within 30s: is etcd reachable?")
-		}
-	}
-	return nil
+	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced())
 }
 
 // registerNode writes this node's record under the session's lease.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -42,6 +43,8 @@ Example:
 		Flags: append(agentProcFlags(),
 			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
 			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
+			// For `make bench-join`: where the join's time goes.
+			&cli.BoolFlag{Name: "timings", Hidden: true, Usage: "print the duration of each step of the join to stderr"},
 		),
 		Action: joinAction,
 	})
@@ -108,6 +111,7 @@ func joinAction(c *cli.Context) error {
 	defer cancel()
 	w := c.App.Writer
 	cfgPath := c.Path("config-file")
+	timed := stepTimer(c)
 
 	cfg, joined, err := alreadyJoined(cfgPath, tok, name, c.IsSet("name"))
 	if err != nil {
@@ -116,31 +120,55 @@ func joinAction(c *cli.Context) error {
 	if joined {
 		fmt.Fprintf(w, "Already joined this mesh as %s (cluster %s, configuration %s): the token is not used again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
 	} else {
-		creds, err := join.Join(ctx, tok, join.Request{NodeName: name, Labels: labels})
-		if err != nil {
+		var creds *join.Credentials
+		if err := timed("join service exchange", func() (err error) {
+			creds, err = join.Join(ctx, tok, join.Request{NodeName: name, Labels: labels})
+			return err
+		}); err != nil {
 			return err
 		}
 		for _, o := range creds.Overridden {
 			fmt.Fprintf(c.App.ErrWriter, "note: label %s was replaced by the token's value\n", o)
 		}
-		cfg, err = configFromCredentials(c, creds, agentArgs)
-		if err != nil {
+		if err := timed("write credentials and configuration", func() (err error) {
+			if cfg, err = configFromCredentials(c, creds, agentArgs); err != nil {
+				return err
+			}
+			if err := writeConfig(cfg, cfgPath); err != nil {
+				return fmt.Errorf("writing the agent configuration: %w", err)
+			}
+			return nil
+		}); err != nil {
 			return err
-		}
-		if err := writeConfig(cfg, cfgPath); err != nil {
-			return fmt.Errorf("writing the agent configuration: %w", err)
 		}
 		fmt.Fprintf(w, "Joined the mesh as %s in cluster %s (labels %s); credentials in %s, configuration %s.\n",
 			cfg.NodeName, cfg.Cluster, orDash(config.FormatLabels(cfg.Labels)), filepath.Dir(cfg.Etcd.CertFile), cfgPath)
 	}
-	proc, err := startAgent(ctx, c, cfg, cfgPath, binary)
-	if err != nil {
+	var proc *agentProc
+	if err := timed("start the agent and wait until it is ready", func() (err error) {
+		proc, err = startAgent(ctx, c, cfg, cfgPath, binary)
+		return err
+	}); err != nil {
 		return err
 	}
 	if c.Bool("foreground") {
 		return waitForeground(proc)
 	}
 	return nil
+}
+
+// stepTimer runs a step of the join and, with --timings, prints how long it
+// took in the agent's log format (step="..." took=...).
+func stepTimer(c *cli.Context) func(step string, f func() error) error {
+	if !c.Bool("timings") {
+		return func(_ string, f func() error) error { return f() }
+	}
+	return func(step string, f func() error) error {
+		t0 := time.Now()
+		err := f()
+		fmt.Fprintf(c.App.ErrWriter, "meshctl timing step=%q took=%s\n", step, time.Since(t0))
+		return err
+	}
 }
 
 // checkAgentArgs validates the agent flags before the token is presented,
