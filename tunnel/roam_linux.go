@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tailscale/wireguard-go/conn"
@@ -43,11 +44,14 @@ type roamingBind struct {
 	queue map[[32]byte]netip.AddrPort // authenticated changes for the worker
 	kick  chan struct{}
 	done  chan struct{}
+	// clock is a coarse time (unix seconds) for the receive path, ticked
+	// by the worker, so a decrypted batch costs no clock read.
+	clock atomic.Int64
 }
 
 type roamState struct {
 	ep        netip.AddrPort
-	confirmed time.Time // last authenticated packet from ep
+	confirmed int64 // unix seconds of the last authenticated packet from ep; 0: none
 }
 
 // trustWindow is how long an authenticated packet vouches for an endpoint
@@ -58,15 +62,17 @@ const trustWindow = 180 * time.Second
 func newRoamingBind(b conn.Bind, log *slog.Logger) *roamingBind {
 	r := &roamingBind{Bind: b, log: log, peers: map[[32]byte]*roamState{},
 		queue: map[[32]byte]netip.AddrPort{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
-	go r.worker()
+	r.clock.Store(time.Now().Unix())
 	return r
 }
 
-// attach hands the bind the device whose peers it updates.
+// attach hands the bind the device whose peers it updates and starts
+// applying learned endpoints to it.
 func (r *roamingBind) attach(d *device.Device) {
 	r.mu.Lock()
 	r.dev = d
 	r.mu.Unlock()
+	go r.worker()
 }
 
 // stop ends the worker; call after the device is closed.
@@ -129,7 +135,7 @@ func (e *roamEndpoint) InitiationMessagePublicKey(pk [32]byte) {
 // authenticated runs on the receive path for every decrypted batch: cheap
 // unless the endpoint changed, and then it only queues the change.
 func (r *roamingBind) authenticated(pk [32]byte, from netip.AddrPort) {
-	now := time.Now()
+	now := r.clock.Load()
 	r.mu.Lock()
 	st := r.peers[pk]
 	if st != nil && st.ep == from {
@@ -151,7 +157,7 @@ func (r *roamingBind) authenticated(pk [32]byte, from netip.AddrPort) {
 func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
 	r.mu.Lock()
 	st := r.peers[pk]
-	if st != nil && (st.ep == from || time.Since(st.confirmed) < trustWindow) {
+	if st != nil && (st.ep == from || (st.confirmed != 0 && time.Now().Unix()-st.confirmed < int64(trustWindow/time.Second))) {
 		r.mu.Unlock()
 		return
 	}
@@ -162,10 +168,15 @@ func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
 }
 
 func (r *roamingBind) worker() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-r.done:
 			return
+		case now := <-tick.C:
+			r.clock.Store(now.Unix())
+			continue
 		case <-r.kick:
 		}
 		r.mu.Lock()

@@ -142,7 +142,7 @@ daemons() { # name: pids of that contender's two daemons
 }
 for n in weft wireguard-go tailscale-fork; do
 	for p in $(daemons $n); do
-		env=$(tr '\0' '\n' </proc/$p/environ | grep -E '^(GOGC|GOMAXPROCS|GOMEMLIMIT|GODEBUG)=' | tr '\n' ' ')
+		env=$(tr '\0' '\n' </proc/$p/environ | { grep -E '^(GOGC|GOMAXPROCS|GOMEMLIMIT|GODEBUG)=' || true; } | tr '\n' ' ')
 		echo "$n daemon $p: cpus $(awk '/Cpus_allowed_list/ {print $2}' /proc/$p/status) threads $(awk '/Threads/ {print $2}' /proc/$p/status) go-env [${env% }]"
 	done
 done
@@ -168,13 +168,16 @@ if [ -n "$PROFILE" ]; then
 			perf record -q -g -o "$tmp/$n.perf" -p "$pl" -- sleep "$DURATION" >/dev/null 2>&1 &
 			pp=$!
 		fi
-		[ $n = weft ] && curl -s --unix-socket "$tmp/wa.pprof" "http://helper/debug/pprof/profile?seconds=$DURATION" >"$PROFILE/weft.pprof" &
-		cp=$!
+		cp=
+		if [ $n = weft ]; then
+			curl -s --unix-socket "$tmp/wa.pprof" "http://helper/debug/pprof/profile?seconds=$DURATION" >"$PROFILE/weft.pprof" &
+			cp=$!
+		fi
 		v=$(measure "${dsts[$i]}")
-		wait $cp
+		[ -z "$cp" ] || wait $cp
 		if command -v perf >/dev/null; then
 			wait $pp
-			perf report -i "$tmp/$n.perf" --no-children --sort sym -q --stdio -g none 2>/dev/null | head -40 >"$PROFILE/$n.perf.txt"
+			perf report -i "$tmp/$n.perf" --no-children --sort sym -q --stdio -g none 2>/dev/null | head -40 >"$PROFILE/$n.perf.txt" || true
 		fi
 		echo "profiled $n ($v Mbit/s under profiling): $PROFILE/$n.perf.txt"
 	done
