@@ -1,57 +1,131 @@
 #!/usr/bin/env bash
-# The Weft demo, for now: a three-site lab whose third site sits behind NAT,
-# built from network namespaces on this machine. It shows the lab, a
-# cross-site ping and the NAT at work, and leaves the lab up to explore.
-# `make demo` builds bin/meshctl first; run it as root.
+# The Weft demo: a lab of network namespaces on this machine — three sites,
+# the third behind NAT — becomes a mesh. A seed node runs `meshctl up`, three
+# VMs `meshctl join` (one behind NAT), workloads web and db sit on different
+# sites, a policy lets web reach db on 5432 only, and a capture shows the
+# underlay carries only WireGuard. The lab stays up to explore.
+# `make demo` installs the dependencies and builds bin/ first; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MESHCTL=${MESHCTL:-bin/meshctl}
-LAB=${LAB:-demo}
+BIN=${BIN:-$PWD/bin}
+MESHCTL=$BIN/meshctl
+LAB=demo
+STATE=/run/weft-demo           # per-node state dirs, sockets and configs
+PINS=/sys/fs/bpf/weft-demo     # bpffs pins of the demo's agents
 
 if [ "$(id -u)" != 0 ]; then
 	echo "the demo builds network namespaces and needs root: sudo make demo" >&2
 	exit 1
 fi
-if [ ! -x "$MESHCTL" ]; then
-	echo "$MESHCTL is missing: run make build (or make demo)" >&2
-	exit 1
-fi
+for b in meshctl weft-agent; do
+	[ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: run make build (or make demo)" >&2; exit 1; }
+done
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
+# node_ctl NODE ARGS...: meshctl against NODE's agent. The local API is a
+# unix socket, reachable from outside the node's network namespace.
+node_ctl() { local n=$1; shift; "$MESHCTL" "$@" --socket "$STATE/$n/agent.sock"; }
+agent_flags() { echo -- --wg-interface "wf-$1" --bpf-pin-path "$PINS" --wg-keepalive 10s; }
+proc_flags() {
+	echo --state-dir "$STATE/$1" --socket "$STATE/$1/agent.sock" \
+		--config-file "$STATE/$1/agent.yaml" --agent-binary "$BIN/weft-agent"
+}
 
 if "$MESHCTL" lab status "$LAB" >/dev/null 2>&1; then
 	step "a lab named $LAB is already up: replacing it"
 	run "$MESHCTL" lab down "$LAB"
 fi
+rm -rf "$STATE" "$PINS"
+mkdir -p "$STATE"
 
-step "bring up lab $LAB: 3 sites x 2 nodes, site3 behind NAT, one workload per node"
-run "$MESHCTL" lab up --name "$LAB" --sites 3 --nodes-per-site 2 --nat-site --workloads-per-node 1 >/dev/null
-
-step "what was built"
+step "bring up the lab: site1 (seed, vm1+web), site2 (vm2+db), site3 behind NAT (vm3+cache)"
+run "$MESHCTL" lab up -f scripts/demo-topology.yaml >/dev/null
 run "$MESHCTL" lab status "$LAB"
 
-step "site1-n1 pings site2-n1 on another site (routed through the internet namespace)"
-run "$MESHCTL" lab exec --lab "$LAB" site1-n1 -- ping -c 2 198.18.2.10
+step "seed: meshctl up — embedded etcd (TLS), mesh CA, join service, the node itself"
+# shellcheck disable=SC2046
+out=$(run "$MESHCTL" lab exec --lab "$LAB" seed -- "$MESHCTL" up --name seed \
+	--advertise-address 198.18.1.10 --token-max-uses 10 $(proc_flags seed) $(agent_flags seed))
+echo "$out"
+TOKEN=$(grep -o 'weft1\.[A-Za-z0-9_-]*' <<<"$out" | head -1)
+[ -n "$TOKEN" ] || { echo "meshctl up printed no token" >&2; exit 1; }
 
-step "site3-n1, behind NAT, reaches out to site1-n1"
-run "$MESHCTL" lab exec --lab "$LAB" site3-n1 -- ping -c 2 198.18.1.10
+for spec in vm1:role=frontend vm2:role=database vm3:role=cache; do
+	n=${spec%%:*}; labels=${spec#*:}
+	step "$n: meshctl join (labels $labels)$([ "$n" = vm3 ] && echo ' — from behind NAT')"
+	# shellcheck disable=SC2046
+	run "$MESHCTL" lab exec --lab "$LAB" "$n" -- "$MESHCTL" join "$TOKEN" --name "$n" \
+		--labels "$labels" $(proc_flags "$n") $(agent_flags "$n")
+done
 
-step "site1-n1 cannot reach site3-n1 unsolicited: nothing routes into a NAT'd LAN"
-if run "$MESHCTL" lab exec --lab "$LAB" site1-n1 -- ping -c 1 -W 2 198.18.3.10; then
-	echo "unexpected: the NAT'd node answered" >&2
-	exit 1
-fi
-echo "(as expected: unreachable)"
+step "workloads: web on vm1 (site1), db on vm2 (site2), cache on vm3 (site3, NAT)"
+# add NODE WORKLOAD LABELS: prints the workload's mesh address.
+add() {
+	local out
+	out=$(run node_ctl "$1" endpoint add --netns "wl-$LAB-$2" --labels "$3")
+	echo "$out" >&2
+	grep -o '100\.[0-9.]*' <<<"$out" | head -1
+}
+WEB=$(add vm1 web app=web); DB=$(add vm2 db app=db); CACHE=$(add vm3 cache app=cache)
+echo "web=$WEB db=$DB cache=$CACHE"
+
+step "the mesh as seed sees it"
+run node_ctl seed nodes
+sleep 1
+run node_ctl seed status
+
+step "db listens on 5432 and 8080 (netcat in its namespace)"
+for port in 5432 8080; do
+	setsid "$MESHCTL" lab exec --lab "$LAB" db -- nc -lk "$DB" "$port" </dev/null >/dev/null 2>&1 &
+done
+sleep 0.5
+try() { # try FROM PORT: one TCP connection from a workload to db
+	if "$MESHCTL" lab exec --lab "$LAB" "$1" -- nc -z -w 2 "$DB" "$2"; then
+		echo "  $1 -> db:$2  connected"
+	else
+		echo "  $1 -> db:$2  refused or dropped"
+	fi
+}
+step "before any policy everything is open"
+try web 5432; try web 8080; try cache 5432
+
+step "apply a policy: only web may reach db, and only on 5432/tcp"
+cat >"$STATE/db-policy.yaml" <<'POL'
+apiVersion: weft.dev/v1
+kind: Policy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - from: [{matchLabels: {app: web}}]
+      ports: [{port: 5432, protocol: TCP}]
+POL
+cat "$STATE/db-policy.yaml"
+run node_ctl vm1 policy apply -f "$STATE/db-policy.yaml"
+sleep 0.5
+step "allowed and denied"
+try web 5432; try web 8080; try cache 5432
+run node_ctl vm1 policy trace --from app=cache --to app=db --port 5432/tcp || true
+
+step "the underlay between sites carries only WireGuard (UDP 51833): a capture in the internet namespace"
+"$MESHCTL" lab exec --lab "$LAB" internet -- timeout 4 tcpdump -nn -i any -c 8 -A udp or tcp 2>/dev/null \
+	| grep -E 'IP |SECRET' || true &
+capture=$!
+sleep 1
+"$MESHCTL" lab exec --lab "$LAB" web -- sh -c "echo SECRET-PAYLOAD | nc -w 1 $DB 5432" || true
+wait "$capture" || true
+echo "(the payload SECRET-PAYLOAD never appears on the underlay: only UDP between WireGuard ports)"
 
 cat <<EOT
 
-The lab stays up. Things to try:
-  $MESHCTL lab exec site3-n1 -- ip route              # default route via the site router
-  $MESHCTL lab exec site3-router -- nft list ruleset  # the masquerade of the NAT site
-  $MESHCTL lab exec site1-n1 -- ip link               # eth0 (underlay) and wl0 (workload veth)
-  $MESHCTL lab status -o json
-  $MESHCTL lab down $LAB                              # remove it (or: lab down --all)
-See docs/lab.md.
+The mesh stays up. Things to try (the agents' sockets are under $STATE/<node>/):
+  $MESHCTL status --socket $STATE/vm3/agent.sock        # the NAT'd node: peers and handshakes
+  $MESHCTL endpoints --socket $STATE/seed/agent.sock    # every workload and its identity
+  $MESHCTL policy trace --from app=web --to app=db --port 5432/tcp --socket $STATE/seed/agent.sock
+  $MESHCTL lab exec --lab $LAB web -- ping -c 3 $DB
+  $MESHCTL lab exec --lab $LAB vm2 -- wg show wf-vm2
+  $MESHCTL token create --socket $STATE/seed/agent.sock  # a token for one more machine
+Clean up: $MESHCTL lab down $LAB && rm -rf $STATE $PINS
 EOT
