@@ -68,7 +68,7 @@ func TestObserve(t *testing.T) {
 			return err
 		})
 	}
-	applyPolicy(t, m, "oseed", writeFile(t, "deny.yaml", denyWebToDB))
+	applyNamedPolicy(t, m, "oseed", "no-web-to-db", writeFile(t, "deny.yaml", denyWebToDB))
 	checkMatrix(t, m, ips, []verdictCase{{"web", "tcp", "db", 5432, false}, {"web", "tcp", "db", 8080, true}})
 
 	t.Run("a denied connection is followed with both ends and the reason", func(t *testing.T) {
@@ -198,6 +198,89 @@ func TestObserve(t *testing.T) {
 		}
 	})
 
+	t.Run("connectivity test passes on a healthy mesh", func(t *testing.T) {
+		m := m.For(t)
+		rep := connectivity(t, m, "oseed", "--timeout", "15s")
+		if !rep.Passed {
+			t.Fatalf("connectivity test failed on a healthy mesh: %+v", rep.Scenarios)
+		}
+		for _, name := range []string{"same node", "across nodes", "across sites", "behind NAT", "host to workload", "ingress allow/deny",
+			"egress allow/deny", "deny beats allow", "encryption on wire", "no unexpected drops", "no errors in logs"} {
+			if r := scenario(rep, name); r.Result != "pass" {
+				t.Errorf("scenario %q: %+v, want pass", name, r)
+			}
+		}
+		// It cleaned up: no probe workload or policy is left.
+		out := m.MustMeshctl("oseed", "endpoints")
+		if strings.Contains(out, "probe-") {
+			t.Fatalf("probe workloads left behind:\n%s", out)
+		}
+		if out := m.MustMeshctl("oseed", "policy", "list"); strings.Contains(out, "probe-") {
+			t.Fatalf("probe policies left behind:\n%s", out)
+		}
+	})
+
+	t.Run("connectivity test names the scenario a misapplied policy breaks", func(t *testing.T) {
+		m := m.For(t)
+		t.Cleanup(func() { _, _ = m.Meshctl("oseed", "policy", "delete", "misapplied") })
+		applyNamedPolicy(t, m, "oseed", "misapplied", writeFile(t, "misapplied.yaml", `apiVersion: weft.dev/v1
+kind: Policy
+metadata: {name: misapplied}
+spec:
+  endpointSelector: {matchLabels: {weft-probe-role: echo}}
+  ingressDeny:
+    - from: [{matchLabels: {weft-probe-role: client}}]
+`))
+		rep := connectivity(t, m, "oseed", "--timeout", "4s")
+		if rep.Passed {
+			t.Fatal("the connectivity test passed with a policy denying the probes")
+		}
+		r := scenario(rep, "across sites")
+		if r.Result != "fail" || !strings.Contains(r.Reason, bpf.ReasonPolicyDeny.String()) {
+			t.Fatalf("across sites: %+v, want a failure naming the drop reason %s", r, bpf.ReasonPolicyDeny)
+		}
+		if r := scenario(rep, "host to workload"); r.Result != "pass" {
+			t.Fatalf("host to workload: %+v: the policy only denies the client", r)
+		}
+	})
+
+	t.Run("connectivity test names the scenario a broken tunnel breaks", func(t *testing.T) {
+		m := m.For(t)
+		ns := m.node("ovm2").Lab.Netns
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// Drop WireGuard on ovm2's underlay, inside the lab node only.
+		for _, cmd := range [][]string{
+			{"nft", "add", "table", "inet", "obsbreak"},
+			{"nft", "add", "chain", "inet", "obsbreak", "in", "{ type filter hook input priority 0 ; }"},
+			{"nft", "add", "chain", "inet", "obsbreak", "out", "{ type filter hook output priority 0 ; }"},
+			{"nft", "add", "rule", "inet", "obsbreak", "in", "udp", "dport", "51833", "drop"},
+			{"nft", "add", "rule", "inet", "obsbreak", "out", "udp", "sport", "51833", "drop"},
+		} {
+			if out, err := m.Lab.Exec(ctx, ns, cmd...); err != nil {
+				t.Fatalf("%v: %v\n%s", cmd, err, out)
+			}
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _ = m.Lab.Exec(ctx, ns, "nft", "delete", "table", "inet", "obsbreak")
+		})
+		rep := connectivity(t, m, "oseed", "--timeout", "4s")
+		if rep.Passed {
+			t.Fatal("the connectivity test passed with ovm2's tunnel broken")
+		}
+		r := scenario(rep, "across sites")
+		if r.Result != "fail" || !strings.Contains(r.Reason, "ovm2") {
+			t.Fatalf("across sites: %+v, want a failure naming ovm2", r)
+		}
+		for _, name := range []string{"same node", "across nodes", "behind NAT"} {
+			if r := scenario(rep, name); r.Result != "pass" {
+				t.Errorf("%s: %+v, want pass (only ovm2 is cut off)", name, r)
+			}
+		}
+	})
+
 	t.Run("a killed node is shown down by status --all", func(t *testing.T) {
 		m := m.For(t)
 		Eventually(t, 30*time.Second, "every pair reachable", func() error {
@@ -323,5 +406,62 @@ func sendUDP(t *testing.T, m *Mesh, from, ip string, port, n int) {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// connectivityReport is `meshctl connectivity test -o json`.
+type connectivityReport struct {
+	Passed    bool `json:"passed"`
+	Scenarios []struct {
+		Name   string `json:"name"`
+		Result string `json:"result"`
+		Reason string `json:"reason"`
+	} `json:"scenarios"`
+}
+
+type scenarioResult = struct {
+	Name   string `json:"name"`
+	Result string `json:"result"`
+	Reason string `json:"reason"`
+}
+
+// connectivity runs the connectivity test (it exits 1 when a scenario
+// fails, but still prints its report).
+func connectivity(t *testing.T, m *Mesh, node string, args ...string) connectivityReport {
+	t.Helper()
+	out, err := m.Meshctl(node, append([]string{"connectivity", "test", "-o", "json"}, args...)...)
+	var rep connectivityReport
+	start := strings.Index(out, "{")
+	if start < 0 {
+		t.Fatalf("connectivity test printed no report (%v):\n%s", err, out)
+	}
+	if jerr := json.NewDecoder(strings.NewReader(out[start:])).Decode(&rep); jerr != nil {
+		t.Fatalf("decoding the report: %v\n%s", jerr, out)
+	}
+	if (err == nil) != rep.Passed {
+		t.Fatalf("exit status %v disagrees with passed=%v:\n%s", err, rep.Passed, out)
+	}
+	t.Logf("connectivity test: passed=%v", rep.Passed)
+	for _, s := range rep.Scenarios {
+		t.Logf("  %-20s %-4s %s", s.Name, s.Result, s.Reason)
+	}
+	return rep
+}
+
+func scenario(rep connectivityReport, name string) scenarioResult {
+	for _, s := range rep.Scenarios {
+		if s.Name == name {
+			return s
+		}
+	}
+	return scenarioResult{Name: name, Result: "missing"}
+}
+
+// applyNamedPolicy applies a policy file and checks the output names it.
+func applyNamedPolicy(t *testing.T, m *Mesh, node, name, file string) {
+	t.Helper()
+	out := m.MustMeshctl(node, "policy", "apply", "-f", file)
+	if !strings.Contains(out, name) {
+		t.Fatalf("policy apply output does not name the policy %s:\n%s", name, out)
 	}
 }
