@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/policy"
+)
+
+func TestEndpointIDIsOffsetInCIDR(t *testing.T) {
+	cidr := netip.MustParsePrefix("100.64.7.0/24")
+	for _, c := range []struct {
+		ip   string
+		want uint32
+	}{{"100.64.7.1", 1}, {"100.64.7.2", 2}, {"100.64.7.254", 254}} {
+		if got := endpointID(cidr, netip.MustParseAddr(c.ip)); got != c.want {
+			t.Errorf("endpointID(%s) = %d, want %d", c.ip, got, c.want)
+		}
+	}
+}
+
+func TestHostIfaceNameIsStableShortAndDistinct(t *testing.T) {
+	a, b := hostIfaceName("wl-demo-web"), hostIfaceName("wl-demo-db")
+	if a == b {
+		t.Fatalf("two namespaces got the same interface name %q", a)
+	}
+	if a != hostIfaceName("wl-demo-web") {
+		t.Fatal("interface name is not stable")
+	}
+	if len(a) > 15 || !strings.HasPrefix(a, "wl") {
+		t.Fatalf("interface name %q: want wl..., at most 15 bytes", a)
+	}
+}
+
+func TestDiffPolicyWritesOnlyTheDifference(t *testing.T) {
+	k := func(id identity.NumericIdentity, port uint16) policy.Key {
+		return policy.Key{Direction: policy.Ingress, Identity: id, Protocol: 6, Port: port, PortPrefixLen: 16}
+	}
+	cur := policy.EndpointPolicy{IngressEnforced: true, Entries: map[policy.Key]policy.Verdict{
+		k(256, 80): policy.Allow, k(257, 80): policy.Allow, k(258, 22): policy.Deny,
+	}}
+	want := policy.EndpointPolicy{IngressEnforced: true, Entries: map[policy.Key]policy.Verdict{
+		k(256, 80): policy.Allow, k(258, 22): policy.Allow, k(259, 443): policy.Allow,
+	}}
+	d := diffPolicy(cur, want)
+	if len(d.Upsert) != 2 || d.Upsert[k(258, 22)] != policy.Allow || d.Upsert[k(259, 443)] != policy.Allow {
+		t.Fatalf("upserts = %v, want the changed verdict and the new entry only", d.Upsert)
+	}
+	if len(d.Delete) != 1 || d.Delete[0] != k(257, 80) {
+		t.Fatalf("deletes = %v, want only the entry that went away", d.Delete)
+	}
+	if !d.IngressEnforced || d.EgressEnforced {
+		t.Fatalf("flags = %v/%v, want the wanted ones", d.IngressEnforced, d.EgressEnforced)
+	}
+}
+
+// fakeDatapath records the writes a reconciler makes.
+type fakeDatapath struct {
+	ipcache   map[netip.Prefix]uint32
+	policy    map[uint32]map[bpf.PolicyKey]bpf.Verdict
+	endpoints map[netip.Addr]bpf.Endpoint
+	log       []string
+}
+
+func newFakeDatapath() *fakeDatapath {
+	return &fakeDatapath{ipcache: map[netip.Prefix]uint32{}, policy: map[uint32]map[bpf.PolicyKey]bpf.Verdict{}, endpoints: map[netip.Addr]bpf.Endpoint{}}
+}
+
+func (f *fakeDatapath) UpsertIPCache(p netip.Prefix, id uint32, _ uint32) error {
+	f.ipcache[p] = id
+	f.log = append(f.log, "ipcache+ "+p.String())
+	return nil
+}
+
+func (f *fakeDatapath) DeleteIPCache(p netip.Prefix) error {
+	delete(f.ipcache, p)
+	f.log = append(f.log, "ipcache- "+p.String())
+	return nil
+}
+
+func (f *fakeDatapath) SetPolicy(ep uint32, ups map[bpf.PolicyKey]bpf.Verdict, dels []bpf.PolicyKey) error {
+	m := f.policy[ep]
+	if m == nil {
+		m = map[bpf.PolicyKey]bpf.Verdict{}
+		f.policy[ep] = m
+	}
+	for k, v := range ups {
+		m[k] = v
+		f.log = append(f.log, "policy+ "+k.String())
+	}
+	for _, k := range dels {
+		delete(m, k)
+		f.log = append(f.log, "policy- "+k.String())
+	}
+	return nil
+}
+
+func (f *fakeDatapath) UpsertEndpoint(a netip.Addr, ep bpf.Endpoint) error {
+	f.endpoints[a] = ep
+	f.log = append(f.log, "endpoint "+a.String())
+	return nil
+}
+
+func TestIPCacheFollowsEndpointEvents(t *testing.T) {
+	dp := newFakeDatapath()
+	r := newIPCacheReconciler(dp, slog.New(slog.DiscardHandler))
+	ep := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300}
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: ep})
+	if dp.ipcache[netip.MustParsePrefix("100.64.1.2/32")] != 300 {
+		t.Fatalf("ipcache = %v after add", dp.ipcache)
+	}
+	moved := ep
+	moved.IP = netip.MustParseAddr("100.64.1.3")
+	moved.Identity = 301
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventUpdate, Value: moved, Old: ep})
+	if _, ok := dp.ipcache[netip.MustParsePrefix("100.64.1.2/32")]; ok || dp.ipcache[netip.MustParsePrefix("100.64.1.3/32")] != 301 {
+		t.Fatalf("ipcache = %v after the endpoint moved", dp.ipcache)
+	}
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: moved})
+	if len(dp.ipcache) != 0 {
+		t.Fatalf("ipcache = %v after delete, want empty", dp.ipcache)
+	}
+}
+
+func TestApplyDeltaNeverOpensAGap(t *testing.T) {
+	// Becoming enforced: allow entries must be in the map before the
+	// endpoint flips to deny-by-default, and stale entries go last.
+	dp := newFakeDatapath()
+	r := &policyReconciler{dp: dp}
+	old := policy.Key{Direction: policy.Ingress, Identity: 300, Protocol: 6, Port: 80, PortPrefixLen: 16}
+	ep := &localEndpoint{ID: 2, IP: netip.MustParseAddr("100.64.1.2"), policy: policy.EndpointPolicy{Entries: map[policy.Key]policy.Verdict{old: policy.Allow}}}
+	nk := policy.Key{Direction: policy.Ingress, Identity: 301, Protocol: 6, Port: 5432, PortPrefixLen: 16}
+	d := policy.Delta{IngressEnforced: true, Upsert: map[policy.Key]policy.Verdict{nk: policy.Allow}, Delete: []policy.Key{old}}
+	if err := r.applyDelta(ep, d, false); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"policy+ " + toBPFKey(nk).String(), "endpoint 100.64.1.2", "policy- " + toBPFKey(old).String()}
+	if strings.Join(dp.log, "|") != strings.Join(want, "|") {
+		t.Fatalf("write order = %v, want %v", dp.log, want)
+	}
+	if !dp.endpoints[ep.IP].IngressEnforced || len(ep.policy.Entries) != 1 {
+		t.Fatalf("endpoint state after delta: %+v, entries %v", dp.endpoints[ep.IP], ep.policy.Entries)
+	}
+	// The same delta again changes no flag: no endpoint rewrite.
+	dp.log = nil
+	if err := r.applyDelta(ep, policy.Delta{IngressEnforced: true}, false); err != nil {
+		t.Fatal(err)
+	}
+	if len(dp.log) != 0 {
+		t.Fatalf("an empty delta wrote %v", dp.log)
+	}
+}
+
+func TestWorkloadLabelsAddClusterAndRefuseMeshSources(t *testing.T) {
+	a := &Agent{cfg: &config.Config{Cluster: "east"}}
+	l, err := a.workloadLabels(map[string]string{"app": "web", "k8s:tier": "front"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.String(); got != "k8s:tier=front,mesh:cluster=east,vm:app=web" {
+		t.Fatalf("labels = %s", got)
+	}
+	for _, bad := range []string{"mesh:cluster", "reserved:host", "cidr:10.0.0.0/8"} {
+		if _, err := a.workloadLabels(map[string]string{bad: "x"}); err == nil {
+			t.Errorf("label %s accepted from a user", bad)
+		}
+	}
+	h, err := a.hostLabels()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := h.Get("mesh:kind"); v != "vm" {
+		t.Fatalf("host labels %s lack mesh:kind=vm", h)
+	}
+}
