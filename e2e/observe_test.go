@@ -274,7 +274,7 @@ spec:
 		if r.Result != "fail" || !strings.Contains(r.Reason, "ovm2") {
 			t.Fatalf("across sites: %+v, want a failure naming ovm2", r)
 		}
-		for _, name := range []string{"same node", "across nodes", "behind NAT"} {
+		for _, name := range []string{"same node", "across nodes", "behind NAT", "host to workload", "ingress allow/deny"} {
 			if r := scenario(rep, name); r.Result != "pass" {
 				t.Errorf("%s: %+v, want pass (only ovm2 is cut off)", name, r)
 			}
