@@ -20,8 +20,9 @@ import (
 
 func init() {
 	register(&cli.Command{
-		Name:  "connectivity",
-		Usage: "check the mesh end to end with probe workloads",
+		Name:      "connectivity",
+		Usage:     "check the mesh end to end with probe workloads",
+		UsageText: `meshctl connectivity test [--timeout DURATION] [--nodes N1,N2] [-o table|json]`,
 		Subcommands: []*cli.Command{{
 			Name:      "test",
 			Usage:     "put probe workloads on every node and run named scenarios; pass/fail per scenario",
