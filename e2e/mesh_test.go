@@ -90,7 +90,7 @@ func TestMesh(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(500 * time.Millisecond) // tcpdump attaches
+		m.waitOutput(tcpdump, regexp.MustCompile(`listening on`), 30*time.Second, "tcpdump to attach")
 		marker := "WEFT-PLAINTEXT-MARKER-4b1d"
 		for _, from := range []string{"web", "db", "cache"} {
 			for _, to := range []string{"web", "db", "cache"} {
@@ -105,7 +105,7 @@ func TestMesh(t *testing.T) {
 				})
 			}
 		}
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // the last packets reach the file (-U)
 		_ = tcpdump.Stop()
 		data, err := os.ReadFile(capFile)
 		if err != nil {
