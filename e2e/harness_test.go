@@ -132,7 +132,21 @@ func (m *Mesh) newNode(name string) *MeshNode {
 // share one kernel: their own WireGuard device name (the userspace UAPI
 // socket directory is global) and their own bpffs pin root.
 func (m *Mesh) agentFlags(n *MeshNode) []string {
-	return []string{"--", "--wg-interface", "wf-" + n.Name, "--bpf-pin-path", m.pinRoot, "--lease-ttl", "5s", "--wg-keepalive", "5s", "--log-level", "debug"}
+	return []string{"--", "--wg-interface", m.wgName(n.Name), "--bpf-pin-path", m.pinRoot, "--lease-ttl", "5s", "--wg-keepalive", "5s", "--log-level", "debug"}
+}
+
+// wgName is a node's WireGuard device name, unique per lab (the UAPI
+// socket directory is shared by every namespace) and at most 15 bytes.
+func (m *Mesh) wgName(node string) string {
+	name := "w" + m.Lab.Name()
+	if len(name) > 6 {
+		name = name[:6]
+	}
+	name += "-" + node
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	return name
 }
 
 func (m *Mesh) procFlags(n *MeshNode) []string {

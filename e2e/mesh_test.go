@@ -86,7 +86,7 @@ func TestMesh(t *testing.T) {
 	t.Run("every workload reaches every other, encrypted on the wire", func(t *testing.T) {
 		m := m.For(t)
 		capFile := filepath.Join(t.TempDir(), "underlay.pcap")
-		tcpdump, err := m.Lab.Start(m.Lab.Internet(), "tcpdump", "tcpdump", "-i", "any", "-U", "-s", "0", "-w", capFile)
+		tcpdump, err := m.Lab.Start(m.Lab.Internet(), "tcpdump", "tcpdump", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", capFile)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,7 +112,7 @@ func TestMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(data) < 2000 {
-			t.Fatalf("the capture holds only %d bytes: it missed the transfers", len(data))
+			t.Fatalf("the capture holds only %d bytes: it missed the transfers; tcpdump said:\n%s", len(data), tcpdump.Output())
 		}
 		if bytes.Contains(data, []byte(marker)) {
 			t.Fatal("the underlay capture holds the plaintext marker: traffic between sites is not encrypted")
@@ -263,7 +263,16 @@ spec:
 		m.JSON("vm4", &st, "status")
 		cidr := st.CIDRs[0]
 		n := m.node("vm4")
+		// The machine dies: the agent is SIGKILLed with everything else
+		// running in the node (the WireGuard helper included), and its
+		// network namespace is removed.
 		killProcessTree(n.Proc.Pid)
+		for _, pid := range pidsInNetns(t, n.Lab.Netns) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if out, err := hostCmd("ip", "netns", "del", n.Lab.Netns); err != nil {
+			t.Fatalf("removing the crashed node's namespace: %v: %s", err, out)
+		}
 		Eventually(t, 40*time.Second, "peers drop the crashed vm4", func() error {
 			if err := noPeer(m, "seed", "vm4", cidr); err != nil {
 				return err

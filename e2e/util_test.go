@@ -3,8 +3,11 @@ package e2e
 import (
 	"encoding/base64"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -36,4 +39,27 @@ func tokenWithCA(t *testing.T, token, caHash string) string {
 	m["c"] = caHash
 	raw, _ = json.Marshal(m)
 	return "weft1." + base64.RawURLEncoding.EncodeToString(raw)
+}
+
+// pidsInNetns lists the processes whose network namespace is the named
+// one (by inode), so a test can end what it started there.
+func pidsInNetns(t *testing.T, name string) []int {
+	t.Helper()
+	var want syscall.Stat_t
+	if err := syscall.Stat("/var/run/netns/"+name, &want); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/"+e.Name()+"/ns/net", &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
