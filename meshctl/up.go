@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -164,7 +165,12 @@ func upAction(c *cli.Context) error {
 		return fmt.Errorf("the agent is up, but making a join token failed (retry with 'meshctl token create'): %w", err)
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "\nWeft is up: node %s, cluster %s; etcd at %s, join service at %s.\n\n", cfg.NodeName, cfg.Cluster, cfg.EtcdClientEndpoints()[0], cfg.JoinAdvertise())
+	fmt.Fprintf(w, "\nWeft is up: node %s, cluster %s; etcd at %s, join service at %s.\n", cfg.NodeName, cfg.Cluster, cfg.EtcdClientEndpoints()[0], cfg.JoinAdvertise())
+	// The embedded etcd made an administrative client certificate next to
+	// its CA: what an operator's etcdctl (or a second admin machine) uses.
+	pkiDir := filepath.Join(cfg.EtcdDataDir(), "pki")
+	fmt.Fprintf(w, "Admin credentials for etcd (keep them root-only): CA %s, certificate %s, key %s.\n\n",
+		filepath.Join(pkiDir, "ca.crt"), filepath.Join(pkiDir, "client.crt"), filepath.Join(pkiDir, "client.key"))
 	if err := printCreatedToken(w, tok); err != nil {
 		return err
 	}
