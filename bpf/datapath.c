@@ -35,17 +35,19 @@ static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir)
 	return peer ? peer->identity : IDENTITY_WORLD;
 }
 
+/* handle judges one packet. It is inlined into each entry point with l3 and
+ * dir constant, so each program holds only its own hook's logic; the work
+ * shared by all of them is in global functions, verified once each. */
 static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 {
 	struct flow f = {};
-	struct verdict_ctx v = {.dir = dir, .l3 = l3};
-	__u64 now = bpf_ktime_get_ns();
+	struct verdict_ctx v = {.now = bpf_ktime_get_ns(), .dir = dir, .l3 = l3};
 
 	int r = parse_packet(skb, !l3, &f);
 	if (r == PARSE_PASS)
 		return TC_ACT_UNSPEC;
 	if (r != PARSE_JUDGE)
-		return drop(skb, &f, &v, r, now);
+		return drop(skb, &f, &v, r);
 
 	struct endpoint_key ek;
 	__builtin_memcpy(ek.addr, dir == DIR_EGRESS ? f.saddr : f.daddr, 16);
@@ -54,43 +56,43 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 		/* A workload may only send from its own addresses; anything
 		 * else on these hooks is not for an endpoint of ours. */
 		if (!l3 && dir == DIR_EGRESS)
-			return drop(skb, &f, &v, REASON_INVALID_SOURCE, now);
+			return drop(skb, &f, &v, REASON_INVALID_SOURCE);
 		return TC_ACT_UNSPEC;
 	}
+	/* Copied out so that no map pointer stays live across the calls
+	 * below: fewer registers for the verifier to track. */
+	__u32 ep_id = ep->ep_id, ep_identity = ep->identity, ep_flags = ep->flags;
 	/* On the mesh device only the host endpoint is ours: workloads'
 	 * routed packets are judged at their own veth. */
-	if (l3 && !(ep->flags & EP_F_HOST))
+	if (l3 && !(ep_flags & EP_F_HOST))
 		return TC_ACT_UNSPEC;
 
-	v.ep_id = ep->ep_id;
+	v.ep_id = ep_id;
 	if (invalid_source(&f)) {
 		__u32 peer_id = peer_identity(&f, dir);
-		v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
-		v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
-		return drop(skb, &f, &v, REASON_INVALID_SOURCE, now);
+		v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
+		v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
+		return drop(skb, &f, &v, REASON_INVALID_SOURCE);
 	}
 
 	/* Most packets belong to a tracked connection: they need neither the
 	 * peer's identity nor policy. */
-	struct ct_entry *e = NULL;
-	int where = ct_lookup(&f, dir, now, &e);
-	if (where != CT_NEW && e) {
-		ct_refresh(e, &f, where, now);
+	if (ct_track(&f, dir, v.now) != CT_NEW) {
 		count(dir, METRIC_FORWARDED, REASON_NONE, f.len);
 		return TC_ACT_UNSPEC;
 	}
 
 	__u32 peer_id = peer_identity(&f, dir);
-	v.src_identity = dir == DIR_EGRESS ? ep->identity : peer_id;
-	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep->identity;
+	v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
+	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
 
-	bool enforced = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
-	__u8 reason = policy_decide(ep->ep_id, dir, enforced, peer_id, f.proto, f.policy_port);
+	bool enforced = ep_flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
+	int reason = policy_decide(ep_id, dir, enforced, peer_id, &f);
 	if (reason != REASON_NONE)
-		return drop(skb, &f, &v, reason, now);
+		return drop(skb, &f, &v, reason);
 
-	if (ct_create(&f, dir, ep->ep_id, peer_id, now))
-		emit_event(skb, &f, &v, EVENT_NEW_CONN, REASON_NONE, now);
+	if (ct_create(&f, dir, ep_id, peer_id, v.now))
+		emit_event(skb, &f, &v, EVENT_NEW_CONN, REASON_NONE);
 	count(dir, METRIC_FORWARDED, REASON_NONE, f.len);
 	return TC_ACT_UNSPEC;
 }

@@ -59,6 +59,17 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* __weft_func marks a global BPF-to-BPF function. The verifier checks a
+ * global function once, on its own, against its argument types, instead of
+ * once for every path that reaches a call: inlined, the policy, conntrack,
+ * parsing and event code multiplied the paths the verifier walks (about
+ * 185,000 instructions per program), and loading the programs is on a
+ * joining node's critical path. The price is a call per use at run time (a
+ * few ns); pointer arguments other than the context may be NULL as far as
+ * the verifier knows, so these functions check them. Arguments are at most
+ * five, as for every BPF function. */
+#define __weft_func __attribute__((noinline))
+
 /* Result of parsing: pass untouched (not IP, or IPv6 neighbour discovery
  * that must work before any policy can), judge, or drop with a reason. */
 #define PARSE_JUDGE 0
@@ -115,8 +126,10 @@ static __always_inline void map_v4(__u8 *dst, const __u8 *src)
 	dst[15] = src[3];
 }
 
-static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32 off, __u32 l4len)
+__weft_func int parse_l4(struct __sk_buff *skb, struct flow *f, __u32 off, __u32 l4len)
 {
+	if (!f)
+		return REASON_MALFORMED;
 	switch (f->proto) {
 	case PROTO_TCP: {
 		__u8 h[14];
@@ -177,8 +190,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	}
 }
 
-static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f, __u32 off)
+__weft_func int parse_ipv4(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
+	if (!f)
+		return REASON_MALFORMED;
 	struct ipv4h ip;
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
 		return REASON_MALFORMED;
@@ -198,8 +213,10 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f, __u
 
 #define IPV6_MAX_EXT 6
 
-static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow *f, __u32 off)
+__weft_func int parse_ipv6(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
+	if (!f)
+		return REASON_MALFORMED;
 	struct ipv6h ip;
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
 		return REASON_MALFORMED;
@@ -242,8 +259,10 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow *f, __u
 /* parse_packet fills f; it returns PARSE_JUDGE, PARSE_PASS or a drop reason.
  * L2 devices (veth) carry an Ethernet header; L3 devices (WireGuard, TUN)
  * start at the IP header, whose version nibble says the family. */
-static __always_inline int parse_packet(struct __sk_buff *skb, bool l2, struct flow *f)
+__weft_func int parse_packet(struct __sk_buff *skb, __u32 l2, struct flow *f)
 {
+	if (!f)
+		return REASON_MALFORMED;
 	__u32 off = 0;
 	__u8 version;
 
@@ -273,8 +292,10 @@ static __always_inline int parse_packet(struct __sk_buff *skb, bool l2, struct f
 
 /* A source no packet can legitimately carry: unspecified, multicast,
  * IPv4 limited broadcast, loopback. */
-static __always_inline bool invalid_source(const struct flow *f)
+__weft_func int invalid_source(const struct flow *f)
 {
+	if (!f)
+		return true;
 	const __u8 *a = f->saddr;
 	if (f->family == 4) {
 		if (a[12] == 0 || a[12] == 127 || (a[12] & 0xf0) == 0xe0)

@@ -86,15 +86,18 @@ static __always_inline void ct_refresh(struct ct_entry *e, const struct flow *f,
 	}
 }
 
-/* ct_lookup finds the connection a packet belongs to, in the direction
+/* ct_track finds the connection a packet belongs to, in the direction
  * being judged (the original direction) or as a reply to a connection
- * admitted the other way. A fresh SYN on a closing connection starts a new
- * one, which policy judges again. */
-static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u64 now, struct ct_entry **out)
+ * admitted the other way, and refreshes it. A fresh SYN on a closing
+ * connection starts a new one, which policy judges again. It returns
+ * CT_NEW when the packet belongs to no tracked connection. */
+__weft_func int ct_track(const struct flow *f, __u32 dir, __u64 now)
 {
 	struct ct_key k;
 	struct ct_entry *e;
 
+	if (!f)
+		return CT_NEW;
 	ct_fill_key(&k, f, dir, false);
 	e = bpf_map_lookup_elem(&ct, &k);
 	if (e && e->expires > now) {
@@ -103,13 +106,13 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u64 now, 
 			bpf_map_delete_elem(&ct, &k);
 			return CT_NEW;
 		}
-		*out = e;
+		ct_refresh(e, f, CT_ORIGINAL, now);
 		return CT_ORIGINAL;
 	}
 	ct_fill_key(&k, f, dir ^ 1, true);
 	e = bpf_map_lookup_elem(&ct, &k);
 	if (e && e->expires > now) {
-		*out = e;
+		ct_refresh(e, f, CT_REPLY, now);
 		return CT_REPLY;
 	}
 	return CT_NEW;
@@ -117,8 +120,10 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u64 now, 
 
 /* ct_create records a connection policy just admitted. It returns false for
  * packets that do not open one (a stray RST, an ICMP error or echo reply). */
-static __always_inline bool ct_create(const struct flow *f, __u8 dir, __u32 ep_id, __u32 peer, __u64 now)
+__weft_func int ct_create(const struct flow *f, __u32 dir, __u32 ep_id, __u32 peer, __u64 now)
 {
+	if (!f)
+		return false;
 	__u8 state = CT_ESTABLISHED;
 	if (f->proto == PROTO_TCP) {
 		if (f->tcp_flags & TCP_RST)

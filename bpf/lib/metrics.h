@@ -51,23 +51,29 @@ static __always_inline bool drop_event_allowed(__u64 now)
 	return true;
 }
 
+/* verdict_ctx is what an event says besides the packet: where and when it
+ * was judged, and between whom. */
 struct verdict_ctx {
+	__u64 now; /* bpf_ktime_get_ns() when the packet arrived */
 	__u32 ep_id;
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u8 dir;
 	__u8 l3;
+	__u8 pad[2];
 };
 
-static __always_inline void emit_event(struct __sk_buff *skb, const struct flow *f,
-				       const struct verdict_ctx *v, __u8 type, __u8 reason, __u64 now)
+__weft_func int emit_event(struct __sk_buff *skb, const struct flow *f,
+			   const struct verdict_ctx *v, __u32 type, __u32 reason)
 {
+	if (!f || !v)
+		return 0;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_slot(METRIC_EVENTS_LOST);
-		return;
+		return 0;
 	}
-	e->ts = now;
+	e->ts = v->now;
 	e->ep_id = v->ep_id;
 	e->src_identity = v->src_identity;
 	e->dst_identity = v->dst_identity;
@@ -86,14 +92,19 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct flow 
 	e->family = f->family;
 	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
+	return 0;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, const struct flow *f,
-				const struct verdict_ctx *v, __u8 reason, __u64 now)
+/* drop counts a dropped packet, reports it (rate-limited) and returns the
+ * verdict that drops it. */
+__weft_func int drop(struct __sk_buff *skb, const struct flow *f,
+		     const struct verdict_ctx *v, __u32 reason)
 {
+	if (!f || !v)
+		return TC_ACT_SHOT;
 	count(v->dir, METRIC_DROPPED, reason, f->len ? f->len : skb->len);
-	if (drop_event_allowed(now))
-		emit_event(skb, f, v, EVENT_DROP, reason, now);
+	if (drop_event_allowed(v->now))
+		emit_event(skb, f, v, EVENT_DROP, reason);
 	else
 		count_slot(METRIC_DROP_EVENTS_SUPPRESSED);
 	return TC_ACT_SHOT;
