@@ -116,3 +116,36 @@ func BenchmarkLoad(b *testing.B) {
 		})
 	}
 }
+
+// verifierBudget is the most instructions the verifier may walk for one
+// program. The programs need about 4,000; when the shared code was inlined
+// into every path they needed about 185,000, and about 80 ms per program to
+// load. A change that brings that back fails here rather than in the
+// mesh's join time.
+const verifierBudget = 20_000
+
+// TestVerifierBudget loads every program and checks the verifier's work
+// against verifierBudget; -v prints the figures.
+func TestVerifierBudget(t *testing.T) {
+	l := newProgramLoader(t)
+	for _, name := range l.names() {
+		s := l.stats(t, name)
+		t.Logf("%s: %d instructions, verifier walked %d (%d states, peak %d)", name, s.Insns, s.Verified, s.TotalStates, s.PeakStates)
+		if s.Verified > verifierBudget {
+			t.Errorf("%s: the verifier walked %d instructions, more than the budget of %d: keep shared code in global functions (bpf/lib/common.h, __weft_func)", name, s.Verified, verifierBudget)
+		}
+	}
+}
+
+// BenchmarkOpen measures a whole Open of an ephemeral datapath (maps and
+// all four programs, loaded side by side as the agent does) and its Close.
+func BenchmarkOpen(b *testing.B) {
+	testutil.Privileged(b)
+	for b.Loop() {
+		d, err := Open(Config{Ephemeral: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Close()
+	}
+}
