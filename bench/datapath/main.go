@@ -4,6 +4,10 @@
 // Weft's programs and with an equivalent nftables chain. Every figure is a
 // ratio against the unfiltered baseline measured in the same run. It needs
 // root; it creates its own namespaces and removes them when it ends.
+//
+// With -summarize UNITS it instead reads `go test -bench` output on stdin
+// and prints each benchmark's median and range for those units (run.sh uses
+// it for the BPF_PROG_RUN and load benchmarks).
 package main
 
 import (
@@ -44,12 +48,20 @@ const (
 func main() {
 	var (
 		duration = flag.Duration("duration", time.Second, "length of one connection-rate measurement")
-		rounds   = flag.Int("rounds", 5, "interleaved rounds; the median is reported")
+		rounds   = flag.Int("rounds", 7, "interleaved rounds; the median is reported")
 		sizesArg = flag.String("sizes", "10,1000,10000", "policy sizes (entries / nftables rules)")
 		workers  = flag.Int("workers", 4, "concurrent connecting clients")
 		tput     = flag.Duration("throughput", 3*time.Second, "length of one iperf3 run (0 skips)")
+		summ     = flag.String("summarize", "", "comma-separated units: summarize `go test -bench` output from stdin and exit")
 	)
 	flag.Parse()
+	if *summ != "" {
+		if err := summarize(os.Stdin, os.Stdout, strings.Split(*summ, ",")); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-datapath -summarize:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-datapath needs root (namespaces, eBPF, nftables): sudo make bench-datapath")
 		os.Exit(1)
@@ -353,10 +365,21 @@ func (b *bench) iperf(d time.Duration) (float64, error) {
 	return res.End.SumReceived.BitsPerSecond / 1e9, nil
 }
 
+// median of xs; of an even count, the mean of the middle two.
 func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
+}
+
+// spread is the smallest and largest of xs.
+func spread(xs []float64) (lo, hi float64) {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[0], s[len(s)-1]
 }
 
 func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time.Duration) error {
@@ -389,17 +412,30 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	if _, err := b.connRate(ctx, dur); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	// Each filtered measurement is paired with an unfiltered one taken just
-	// before it, and the ratio of the pair is what counts: on a shared
-	// machine the load of the moment moves both alike.
+	// Each filtered measurement is paired with an unfiltered one taken next
+	// to it, and the ratio of the pair is what counts: on a shared machine
+	// the load of the moment moves both alike. The scenarios' order rotates
+	// from round to round and every other round measures the filter first,
+	// so neither a slow phase of the machine nor the order within a pair
+	// favours one setup.
 	const settle = time.Second
 	time.Sleep(settle)
 	var baseRates []float64
 	for r := range rounds {
-		for _, s := range scen {
-			base, err := b.connRate(ctx, dur)
-			if err != nil {
-				return fmt.Errorf("no filtering: %w", err)
+		for i := range scen {
+			s := scen[(i+r)%len(scen)]
+			var base, rate float64
+			measureBase := func() (err error) {
+				base, err = b.connRate(ctx, dur)
+				if err != nil {
+					return fmt.Errorf("no filtering: %w", err)
+				}
+				return nil
+			}
+			if r%2 == 0 {
+				if err := measureBase(); err != nil {
+					return err
+				}
 			}
 			if err := s.on(); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
@@ -413,50 +449,66 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 				return fmt.Errorf("%s: removing: %w", s.name, offErr)
 			}
 			// Let deferred kernel work of the teardown (freeing a large
-			// nftables table, RCU callbacks) finish before the next pair.
+			// nftables table, RCU callbacks) finish before the next
+			// measurement.
 			time.Sleep(settle)
+			if r%2 == 1 {
+				if err := measureBase(); err != nil {
+					return err
+				}
+			}
 			baseRates = append(baseRates, base)
 			s.rates = append(s.rates, rate)
 			s.ratio = append(s.ratio, rate/base)
-			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s (no filtering just before: %8.0f) %.2fx\n", r+1, s.name, rate, base, rate/base)
+			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s (no filtering next to it: %8.0f) %.2fx\n", r+1, s.name, rate, base, rate/base)
 		}
 	}
 	fmt.Printf("\n### New TCP connections per second (%d rounds of %v, %d clients; ratio: median of per-pair ratios)\n\n", rounds, dur, b.workers)
-	fmt.Println("| Filter | conn/s (median) | vs no filtering |")
-	fmt.Println("|---|---:|---:|")
-	fmt.Printf("| no filtering | %.0f | 1.00x |\n", median(baseRates))
+	fmt.Println("| Filter | conn/s (median) | vs no filtering | per-pair ratios (min–max) |")
+	fmt.Println("|---|---:|---:|---:|")
+	fmt.Printf("| no filtering | %.0f | 1.00x | |\n", median(baseRates))
 	for _, s := range scen {
-		fmt.Printf("| %s | %.0f | %.2fx |\n", s.name, median(s.rates), median(s.ratio))
+		lo, hi := spread(s.ratio)
+		fmt.Printf("| %s | %.0f | %.2fx | %.2fx–%.2fx |\n", s.name, median(s.rates), median(s.ratio), lo, hi)
 	}
 	if tput <= 0 {
 		return nil
 	}
 	var plain, weft, over []float64
 	n := sizes[len(sizes)-1]
-	for range rounds {
+	for r := range rounds {
+		// As above: every other pair measures with the programs first.
+		var g0, g1 float64
+		withWeft := func() error {
+			d, err := b.weft(n)
+			if err != nil {
+				return err
+			}
+			g1, err = b.iperf(tput)
+			return errors.Join(err, b.unweft(d))
+		}
+		if r%2 == 1 {
+			if err := withWeft(); err != nil {
+				return err
+			}
+		}
 		g0, err := b.iperf(tput)
 		if err != nil {
 			return err
 		}
-		d, err := b.weft(n)
-		if err != nil {
-			return err
-		}
-		g1, err := b.iperf(tput)
-		offErr := b.unweft(d)
-		if err != nil {
-			return err
-		}
-		if offErr != nil {
-			return offErr
+		if r%2 == 0 {
+			if err := withWeft(); err != nil {
+				return err
+			}
 		}
 		plain, weft, over = append(plain, g0), append(weft, g1), append(over, (g0-g1)/g0*100)
-		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft\n", g0, g1)
+		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft (%.1f%%)\n", g0, g1, (g0-g1)/g0*100)
 	}
+	lo, hi := spread(over)
 	fmt.Printf("\n### TCP throughput (iperf3, one stream, %d pairs of %v runs; overhead: median of per-pair overheads)\n\n", rounds, tput)
-	fmt.Println("| Setup | Gbit/s (median) | overhead |")
-	fmt.Println("|---|---:|---:|")
-	fmt.Printf("| no programs | %.2f | |\n", median(plain))
-	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% |\n", n, median(weft), median(over))
+	fmt.Println("| Setup | Gbit/s (median) | overhead | per-pair overheads (min–max) |")
+	fmt.Println("|---|---:|---:|---:|")
+	fmt.Printf("| no programs | %.2f | | |\n", median(plain))
+	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% | %.1f%% – %.1f%% |\n", n, median(weft), median(over), lo, hi)
 	return nil
 }
