@@ -82,6 +82,6 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) tool staticcheck ./...
 
 .PHONY: clean
-clean: ## remove build output and any leftover lab (needs root for the lab)
-	rm -rf $(BIN)
+clean: ## remove leftover labs (as root) and the build output
 	@if [ "$$(id -u)" = 0 ] && [ -x $(BIN)/meshctl ]; then $(BIN)/meshctl lab down --all || true; fi
+	rm -rf $(BIN)
