@@ -185,15 +185,20 @@ func ValidateLabels(labels []string) error {
 
 // Node is nodes/<cluster>/<node>, written under the node's lease.
 type Node struct {
-	Version      int              `json:"version"`
-	Name         string           `json:"name"`
-	Cluster      string           `json:"cluster"`
-	Endpoints    []netip.AddrPort `json:"endpoints,omitempty"`
-	WGPublicKey  string           `json:"wgPublicKey"`
-	CIDRs        []netip.Prefix   `json:"cidrs,omitempty"`
-	MeshIP       netip.Addr       `json:"meshIP,omitzero"`
-	Labels       []string         `json:"labels,omitempty"`
-	AgentVersion string           `json:"agentVersion,omitempty"`
+	Version     int              `json:"version"`
+	Name        string           `json:"name"`
+	Cluster     string           `json:"cluster"`
+	Endpoints   []netip.AddrPort `json:"endpoints,omitempty"`
+	WGPublicKey string           `json:"wgPublicKey"`
+	// WGNextPublicKey is the key the node announced it will rotate to;
+	// empty outside a rotation. Peers install it beside WGPublicKey so the
+	// switch loses no traffic (docs/tunnel.md). Optional, so records of
+	// agents that do not rotate stay version 1.
+	WGNextPublicKey string         `json:"wgNextPublicKey,omitempty"`
+	CIDRs           []netip.Prefix `json:"cidrs,omitempty"`
+	MeshIP          netip.Addr     `json:"meshIP,omitzero"`
+	Labels          []string       `json:"labels,omitempty"`
+	AgentVersion    string         `json:"agentVersion,omitempty"`
 }
 
 func (*Node) recordKind() string   { return "node" }
@@ -218,6 +223,14 @@ func (n Node) Validate() error {
 	}
 	if err := ValidateWGKey(n.WGPublicKey); err != nil {
 		return invalid("node", "%s: wgPublicKey: %v", id, err)
+	}
+	if n.WGNextPublicKey != "" {
+		if err := ValidateWGKey(n.WGNextPublicKey); err != nil {
+			return invalid("node", "%s: wgNextPublicKey: %v", id, err)
+		}
+		if n.WGNextPublicKey == n.WGPublicKey {
+			return invalid("node", "%s: wgNextPublicKey equals wgPublicKey: a rotation needs a new key (leave wgNextPublicKey empty when not rotating)", id)
+		}
 	}
 	for i, p := range n.CIDRs {
 		if err := canonicalPrefix(p); err != nil {

@@ -40,6 +40,33 @@ func TestRecordsRoundTrip(t *testing.T) {
 	}
 }
 
+// TestNodeNextKey: the next key of a rotation survives a round trip, and a
+// node that is not rotating writes no such field, so agents that predate
+// rotation read its record unchanged.
+func TestNodeNextKey(t *testing.T) {
+	n := validNode()
+	data, err := Encode(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "wgNextPublicKey") {
+		t.Fatalf("a node that is not rotating writes wgNextPublicKey: %s", data)
+	}
+	next := make([]byte, 32)
+	next[0] = 1
+	n.WGNextPublicKey = base64.StdEncoding.EncodeToString(next)
+	if data, err = Encode(&n); err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeNode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.WGNextPublicKey != n.WGNextPublicKey || got.WGPublicKey != n.WGPublicKey {
+		t.Fatalf("round trip changed the keys: %+v", got)
+	}
+}
+
 func TestDecodeRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name, data string
@@ -54,6 +81,8 @@ func TestDecodeRefuses(t *testing.T) {
 		{"host bits", `{"version":1,"name":"a","cluster":"east","wgPublicKey":"` + testKey + `","cidrs":["100.64.1.1/24"]}`, ErrInvalidRecord, "did you mean 100.64.1.0/24"},
 		{"port zero", `{"version":1,"name":"a","cluster":"east","wgPublicKey":"` + testKey + `","endpoints":["198.18.0.1:0"]}`, ErrInvalidRecord, "non-zero port"},
 		{"bad label", `{"version":1,"name":"a","cluster":"east","wgPublicKey":"` + testKey + `","labels":["app"]}`, ErrInvalidRecord, "source:key=value"},
+		{"bad next key", `{"version":1,"name":"a","cluster":"east","wgPublicKey":"` + testKey + `","wgNextPublicKey":"abc"}`, ErrInvalidRecord, "wgNextPublicKey"},
+		{"next key equals current", `{"version":1,"name":"a","cluster":"east","wgPublicKey":"` + testKey + `","wgNextPublicKey":"` + testKey + `"}`, ErrInvalidRecord, "equals wgPublicKey"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeNode([]byte(tc.data))
