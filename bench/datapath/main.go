@@ -47,7 +47,8 @@ const (
 
 func main() {
 	var (
-		duration = flag.Duration("duration", time.Second, "length of one connection-rate measurement")
+		duration = flag.Duration("duration", 2*time.Second, "time of one connection-rate measurement, filtered and again unfiltered")
+		slices   = flag.Int("slices", 8, "alternating slices a connection-rate measurement is cut into, per side")
 		rounds   = flag.Int("rounds", 7, "interleaved rounds; the median is reported")
 		sizesArg = flag.String("sizes", "10,1000,10000", "policy sizes (entries / nftables rules)")
 		workers  = flag.Int("workers", 4, "concurrent connecting clients")
@@ -78,7 +79,11 @@ func main() {
 	b := &bench{prefix: fmt.Sprintf("wbd%d", os.Getpid()), workers: *workers}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := b.run(ctx, sizes, *rounds, *duration, *tput)
+	if *rounds < 1 || *slices < 1 || *duration < time.Duration(*slices)*10*time.Millisecond {
+		fmt.Fprintln(os.Stderr, "-rounds and -slices must be at least 1, and -duration at least 10ms per slice")
+		os.Exit(2)
+	}
+	err := b.run(ctx, sizes, *rounds, *slices, *duration, *tput)
 	b.teardown()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-datapath:", err)
@@ -200,13 +205,14 @@ func (b *bench) server() (net.Listener, error) {
 }
 
 // connRate runs workers that connect, wait for the server's FIN and reset
-// the connection (no TIME_WAIT to exhaust ports), and returns connections
-// per second.
-func (b *bench) connRate(ctx context.Context, d time.Duration) (float64, error) {
+// the connection (no TIME_WAIT to exhaust ports), and returns how many
+// connections they completed and in how long.
+func (b *bench) connRate(ctx context.Context, d time.Duration) (int64, time.Duration, error) {
 	var n, failed atomic.Int64
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
 	errc := make(chan error, b.workers)
+	start := time.Now()
 	for range b.workers {
 		wg.Add(1)
 		go func() {
@@ -229,23 +235,48 @@ func (b *bench) connRate(ctx context.Context, d time.Duration) (float64, error) 
 			})
 		}()
 	}
-	start := time.Now()
 	wg.Wait()
+	elapsed := time.Since(start)
 	close(errc)
 	for err := range errc {
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	if f := failed.Load(); f > 0 {
-		return 0, fmt.Errorf("%d connections failed: the filter does not allow the benchmark's traffic", f)
+		return 0, 0, fmt.Errorf("%d connections failed: the filter does not allow the benchmark's traffic", f)
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), ctx.Err()
+	return n.Load(), elapsed, ctx.Err()
 }
 
-// weft loads the datapath with entries policy entries on B's ingress (the
-// one allowing A added last) and attaches it to both veths.
-func (b *bench) weft(entries int) (*bpf.Datapath, error) {
+// filter is a setup under test. setup and teardown are slow (loading
+// programs, installing a rule set) and happen once per round; enable and
+// disable are quick (attaching the loaded programs, a jump to the loaded
+// chain), so a measurement can alternate between filtered and unfiltered
+// many times.
+type filter struct {
+	name            string
+	setup, teardown func() error
+	enable, disable func() error
+}
+
+// weft returns the filter of Weft's programs with entries policy entries
+// on B's ingress (the one allowing A added last), attached to both veths.
+func (b *bench) weft(entries int) *filter {
+	var d *bpf.Datapath
+	f := &filter{name: fmt.Sprintf("Weft, %d policy entries", entries)}
+	f.setup = func() (err error) { d, err = b.loadWeft(entries); return err }
+	f.teardown = func() error { return inNetns(b.node, d.Remove) }
+	f.enable = func() error {
+		return inNetns(b.node, func() error { return errors.Join(d.AttachWorkload("hA"), d.AttachWorkload("hB")) })
+	}
+	f.disable = func() error {
+		return inNetns(b.node, func() error { return errors.Join(d.Detach("hA"), d.Detach("hB")) })
+	}
+	return f
+}
+
+func (b *bench) loadWeft(entries int) (*bpf.Datapath, error) {
 	d, err := bpf.Open(bpf.Config{Ephemeral: true, PolicyEntries: uint32(entries + 16), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
@@ -280,20 +311,35 @@ func (b *bench) weft(entries int) (*bpf.Datapath, error) {
 	if err := d.SetPolicy(2, last, nil); err != nil {
 		return fail(err)
 	}
-	if err := inNetns(b.node, func() error {
-		return errors.Join(d.AttachWorkload("hA"), d.AttachWorkload("hB"))
-	}); err != nil {
-		return fail(err)
-	}
 	return d, nil
 }
 
-func (b *bench) unweft(d *bpf.Datapath) error { return inNetns(b.node, d.Remove) }
+// nft returns the filter of an nftables rule set of the same size in B:
+// established connections accepted first, then one `ip saddr @set tcp
+// dport P accept` rule per identity-port pair, the one matching A last,
+// then drop. The per-pair rules are loaded once (setup; 10,000 of them take
+// seconds); enabling hooks a base chain that holds the established rule and
+// jumps to them, disabling removes that chain. The established rule lives
+// in the base chain so that, disabled, no rule uses connection tracking
+// and the kernel stops tracking connections in B: the unfiltered side is
+// truly unfiltered.
+func (b *bench) nft(entries int) *filter {
+	return &filter{
+		name:     fmt.Sprintf("nftables, %d rules", entries),
+		setup:    func() error { return b.loadNft(entries) },
+		teardown: func() error { return b.exec(b.b, "nft", "delete", "table", "inet", "weftbench") },
+		enable: func() error {
+			return b.exec(b.b, "nft", "add chain inet weftbench input { type filter hook input priority 0; policy accept; }; "+
+				"add rule inet weftbench input ct state established,related accept; "+
+				"add rule inet weftbench input jump rules")
+		},
+		disable: func() error {
+			return b.exec(b.b, "nft", "flush chain inet weftbench input; delete chain inet weftbench input")
+		},
+	}
+}
 
-// nft installs in B an input chain of the same size: established first,
-// then one `ip saddr @set tcp dport P accept` rule per identity-port pair,
-// the one matching A last.
-func (b *bench) nft(entries int) error {
+func (b *bench) loadNft(entries int) error {
 	var sb strings.Builder
 	sb.WriteString("table inet weftbench {\n")
 	for i := range entries {
@@ -303,7 +349,7 @@ func (b *bench) nft(entries int) error {
 		}
 		fmt.Fprintf(&sb, "  set id%d { type ipv4_addr; elements = { %s } }\n", i, addr)
 	}
-	sb.WriteString("  chain input {\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n")
+	sb.WriteString("  chain rules {\n")
 	for i := range entries {
 		if i == entries-1 {
 			fmt.Fprintf(&sb, "    ip saddr @id%d tcp dport { %d, %d } accept\n", i, connPort, iperfPt)
@@ -311,7 +357,7 @@ func (b *bench) nft(entries int) error {
 			fmt.Fprintf(&sb, "    ip saddr @id%d tcp dport %d accept\n", i, 10000+i%50000)
 		}
 	}
-	sb.WriteString("  }\n}\n")
+	sb.WriteString("    drop\n  }\n}\n")
 	f, err := os.CreateTemp("", "weft-bench-*.nft")
 	if err != nil {
 		return err
@@ -323,8 +369,6 @@ func (b *bench) nft(entries int) error {
 	f.Close()
 	return b.exec(b.b, "nft", "-f", f.Name())
 }
-
-func (b *bench) unnft() error { return b.exec(b.b, "nft", "delete", "table", "inet", "weftbench") }
 
 // iperf returns the received throughput in Gbit/s.
 func (b *bench) iperf(d time.Duration) (float64, error) {
@@ -382,7 +426,40 @@ func spread(xs []float64) (lo, hi float64) {
 	return s[0], s[len(s)-1]
 }
 
-func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time.Duration) error {
+// pairRate measures the connection rate with f enabled and disabled in
+// slices alternating between the two (the first slice alternates from
+// round to round), and returns both rates. Alternating in short slices
+// means a burst of other work on the machine hits both sides alike.
+func (b *bench) pairRate(ctx context.Context, f *filter, round, slices int, dur time.Duration) (on, off float64, err error) {
+	var n [2]int64
+	var t [2]time.Duration
+	slice := dur / time.Duration(slices)
+	for i := range 2 * slices {
+		filtered := (i+round)%2 == 0
+		if filtered {
+			err = f.enable()
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: enabling: %w", f.name, err)
+		}
+		k, el, err := b.connRate(ctx, slice)
+		if filtered {
+			err = errors.Join(err, f.disable())
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s (filtered %v): %w", f.name, filtered, err)
+		}
+		side := 1
+		if filtered {
+			side = 0
+		}
+		n[side] += k
+		t[side] += el
+	}
+	return float64(n[0]) / t[0].Seconds(), float64(n[1]) / t[1].Seconds(), nil
+}
+
+func (b *bench) run(ctx context.Context, sizes []int, rounds, slices int, dur, tput time.Duration) error {
 	if err := b.setup(); err != nil {
 		return err
 	}
@@ -393,78 +470,51 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	defer ln.Close()
 
 	type scenario struct {
-		name         string
-		on, off      func() error
-		rates, ratio []float64
+		*filter
+		rates, base, ratio []float64
 	}
 	var scen []*scenario
 	for _, n := range sizes {
-		var d *bpf.Datapath
-		scen = append(scen, &scenario{name: fmt.Sprintf("Weft, %d policy entries", n),
-			on:  func() (err error) { d, err = b.weft(n); return err },
-			off: func() error { return b.unweft(d) }})
+		scen = append(scen, &scenario{filter: b.weft(n)})
 	}
 	for _, n := range sizes {
-		scen = append(scen, &scenario{name: fmt.Sprintf("nftables, %d rules", n),
-			on: func() error { return b.nft(n) }, off: b.unnft})
+		scen = append(scen, &scenario{filter: b.nft(n)})
 	}
 	// Warm up (caches, conntrack, the scheduler) before anything counts.
-	if _, err := b.connRate(ctx, dur); err != nil {
+	if _, _, err := b.connRate(ctx, dur); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	// Each filtered measurement is paired with an unfiltered one taken next
-	// to it, and the ratio of the pair is what counts: on a shared machine
-	// the load of the moment moves both alike. The scenarios' order rotates
-	// from round to round and every other round measures the filter first,
-	// so neither a slow phase of the machine nor the order within a pair
-	// favours one setup.
+	// Every filtered rate is measured together with an unfiltered one, in
+	// alternating slices (pairRate), and the ratio of the pair is what
+	// counts. The scenarios' order rotates from round to round.
 	const settle = time.Second
-	time.Sleep(settle)
-	var baseRates []float64
 	for r := range rounds {
 		for i := range scen {
 			s := scen[(i+r)%len(scen)]
-			var base, rate float64
-			measureBase := func() (err error) {
-				base, err = b.connRate(ctx, dur)
-				if err != nil {
-					return fmt.Errorf("no filtering: %w", err)
-				}
-				return nil
-			}
-			if r%2 == 0 {
-				if err := measureBase(); err != nil {
-					return err
-				}
-			}
-			if err := s.on(); err != nil {
+			if err := s.setup(); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			rate, err := b.connRate(ctx, dur)
-			offErr := s.off()
+			on, off, err := b.pairRate(ctx, s.filter, r, slices, dur)
+			if terr := s.teardown(); err == nil && terr != nil {
+				err = fmt.Errorf("%s: removing: %w", s.name, terr)
+			}
 			if err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
-			}
-			if offErr != nil {
-				return fmt.Errorf("%s: removing: %w", s.name, offErr)
+				return err
 			}
 			// Let deferred kernel work of the teardown (freeing a large
-			// nftables table, RCU callbacks) finish before the next
-			// measurement.
+			// nftables table, RCU callbacks) finish before the next pair.
 			time.Sleep(settle)
-			if r%2 == 1 {
-				if err := measureBase(); err != nil {
-					return err
-				}
-			}
-			baseRates = append(baseRates, base)
-			s.rates = append(s.rates, rate)
-			s.ratio = append(s.ratio, rate/base)
-			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s (no filtering next to it: %8.0f) %.2fx\n", r+1, s.name, rate, base, rate/base)
+			s.rates, s.base, s.ratio = append(s.rates, on), append(s.base, off), append(s.ratio, on/off)
+			fmt.Fprintf(os.Stderr, "round %d: %-28s %8.0f conn/s (no filtering, alternating with it: %8.0f) %.2fx\n", r+1, s.name, on, off, on/off)
 		}
 	}
-	fmt.Printf("\n### New TCP connections per second (%d rounds of %v, %d clients; ratio: median of per-pair ratios)\n\n", rounds, dur, b.workers)
-	fmt.Println("| Filter | conn/s (median) | vs no filtering | per-pair ratios (min–max) |")
+	var baseRates []float64
+	for _, s := range scen {
+		baseRates = append(baseRates, s.base...)
+	}
+	fmt.Printf("\n### New TCP connections per second (%d rounds; each pair %v filtered and %v unfiltered in %d alternating slices each; %d clients)\n\n",
+		rounds, dur, dur, slices, b.workers)
+	fmt.Println("| Filter | conn/s (median) | vs no filtering (median of per-round ratios) | per-round ratios (min–max) |")
 	fmt.Println("|---|---:|---:|---:|")
 	fmt.Printf("| no filtering | %.0f | 1.00x | |\n", median(baseRates))
 	for _, s := range scen {
@@ -474,41 +524,50 @@ func (b *bench) run(ctx context.Context, sizes []int, rounds int, dur, tput time
 	if tput <= 0 {
 		return nil
 	}
+	return b.throughput(rounds, sizes[len(sizes)-1], tput)
+}
+
+// throughput measures iperf3 with and without Weft's programs (entries
+// policy entries), loaded once and attached for every other run; every
+// other round starts with the programs attached.
+func (b *bench) throughput(rounds, entries int, d time.Duration) (err error) {
+	f := b.weft(entries)
+	if err := f.setup(); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.teardown()) }()
 	var plain, weft, over []float64
-	n := sizes[len(sizes)-1]
 	for r := range rounds {
-		// As above: every other pair measures with the programs first.
-		var g0, g1 float64
-		withWeft := func() error {
-			d, err := b.weft(n)
+		var g [2]float64 // with, without
+		for i := range 2 {
+			filtered := (i+r)%2 == 1
+			if filtered {
+				if err := f.enable(); err != nil {
+					return err
+				}
+			}
+			v, err := b.iperf(d)
+			if filtered {
+				err = errors.Join(err, f.disable())
+			}
 			if err != nil {
 				return err
 			}
-			g1, err = b.iperf(tput)
-			return errors.Join(err, b.unweft(d))
-		}
-		if r%2 == 1 {
-			if err := withWeft(); err != nil {
-				return err
+			if filtered {
+				g[0] = v
+			} else {
+				g[1] = v
 			}
 		}
-		g0, err := b.iperf(tput)
-		if err != nil {
-			return err
-		}
-		if r%2 == 0 {
-			if err := withWeft(); err != nil {
-				return err
-			}
-		}
-		plain, weft, over = append(plain, g0), append(weft, g1), append(over, (g0-g1)/g0*100)
-		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft (%.1f%%)\n", g0, g1, (g0-g1)/g0*100)
+		o := (g[1] - g[0]) / g[1] * 100
+		plain, weft, over = append(plain, g[1]), append(weft, g[0]), append(over, o)
+		fmt.Fprintf(os.Stderr, "throughput: %.2f Gbit/s plain, %.2f Gbit/s with Weft (%.1f%%)\n", g[1], g[0], o)
 	}
 	lo, hi := spread(over)
-	fmt.Printf("\n### TCP throughput (iperf3, one stream, %d pairs of %v runs; overhead: median of per-pair overheads)\n\n", rounds, tput)
+	fmt.Printf("\n### TCP throughput (iperf3, one stream, %d pairs of %v runs; overhead: median of per-pair overheads)\n\n", rounds, d)
 	fmt.Println("| Setup | Gbit/s (median) | overhead | per-pair overheads (min–max) |")
 	fmt.Println("|---|---:|---:|---:|")
 	fmt.Printf("| no programs | %.2f | | |\n", median(plain))
-	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% | %.1f%% – %.1f%% |\n", n, median(weft), median(over), lo, hi)
+	fmt.Printf("| Weft programs, %d policy entries | %.2f | %.1f%% | %.1f%% – %.1f%% |\n", entries, median(weft), median(over), lo, hi)
 	return nil
 }
