@@ -80,6 +80,13 @@ type Leaver interface {
 	Leave(ctx context.Context) error
 }
 
+// KeyRotator rotates the node's WireGuard key without interrupting
+// traffic: it announces the next key, waits until the peers have installed
+// it, switches, and retires the old key (docs/tunnel.md).
+type KeyRotator interface {
+	RotateKey(ctx context.Context, req RotateKeyRequest) (RotateKeyResult, error)
+}
+
 // Backend is what the server serves. A nil member makes its routes answer
 // ErrNotSupported, so an agent can grow its API piece by piece.
 type Backend struct {
@@ -95,4 +102,6 @@ type Backend struct {
 	Prober Prober
 	// Relay forwards /v1/relay/{cluster}/{node}/... to that node's agent.
 	Relay Relayer
+	// Rotator serves POST /v1/tunnel/rotate.
+	Rotator KeyRotator
 }

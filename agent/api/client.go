@@ -234,4 +234,12 @@ var (
 	_ PolicyManager   = (*Client)(nil)
 	_ TokenManager    = (*Client)(nil)
 	_ Leaver          = (*Client)(nil)
+	_ KeyRotator      = (*Client)(nil)
 )
+
+// RotateKey rotates the node's WireGuard key; it returns once the old key
+// is retired (tens of seconds at most).
+func (c *Client) RotateKey(ctx context.Context, req RotateKeyRequest) (RotateKeyResult, error) {
+	var out RotateKeyResult
+	return out, c.do(ctx, http.MethodPost, "/v1/tunnel/rotate", req, &out)
+}

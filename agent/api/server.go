@@ -222,6 +222,14 @@ func (s *Server) Handler() http.Handler {
 		return nil, b.Leaver.Leave(r.Context())
 	})
 
+	route("POST /v1/tunnel/rotate", b.Rotator != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req RotateKeyRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		return b.Rotator.RotateKey(r.Context(), req)
+	})
+
 	s.observeRoutes(mux, route)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -227,6 +227,34 @@ type HealthCheck struct {
 	Message string `json:"message,omitempty"`
 }
 
+// RotateKeyRequest asks the agent to rotate its WireGuard key.
+type RotateKeyRequest struct {
+	// Force switches even when some peers did not confirm the next key in
+	// time; those lose traffic to this node until they read its new record.
+	Force bool `json:"force,omitempty"`
+}
+
+// RotateKeyResult is a finished rotation.
+type RotateKeyResult struct {
+	OldPublicKey string        `json:"oldPublicKey"`
+	NewPublicKey string        `json:"newPublicKey"`
+	Took         Duration      `json:"took"`
+	Peers        []RotatedPeer `json:"peers"`
+}
+
+// RotatedPeer is what one peer did during a rotation.
+type RotatedPeer struct {
+	Node    string `json:"node"`
+	Cluster string `json:"cluster"`
+	// Installed: the peer reported the announced key before the switch.
+	Installed bool `json:"installed"`
+	// Handshake: the peer completed a handshake with the new key before
+	// the old one was retired.
+	Handshake bool `json:"handshake"`
+	// Error says why the peer could not confirm, when it did not.
+	Error string `json:"error,omitempty"`
+}
+
 // Duration is a time.Duration sent as a string ("1h0m0s").
 type Duration time.Duration
 
