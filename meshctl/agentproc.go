@@ -75,6 +75,20 @@ var launch agentLauncher = launchAgent
 
 // findAgentBinary returns --agent-binary, weft-agent next to meshctl, or
 // weft-agent from PATH.
+// geteuid is os.Geteuid; unit tests that fake the agent start pretend to
+// be root.
+var geteuid = os.Geteuid
+
+// needRootFor refuses, before anything is written, a command that
+// configures and starts the agent: it writes root-only files and the agent
+// creates network devices and loads eBPF programs.
+func needRootFor(cmd string) error {
+	if geteuid() != 0 {
+		return fmt.Errorf("meshctl %s needs root (it writes the agent's configuration and starts or stops the agent, which manages network devices and eBPF programs): run it with sudo", cmd)
+	}
+	return nil
+}
+
 func findAgentBinary(c *cli.Context) (string, error) {
 	if p := c.Path("agent-binary"); p != "" {
 		if _, err := os.Stat(p); err != nil {

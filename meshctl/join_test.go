@@ -83,7 +83,9 @@ func fakeLaunch(t *testing.T) (*[]string, *fakeAgent) {
 		serveFake(t, agent, cfg.SocketPath)
 		return &agentProc{Describe: "fake agent", exited: make(chan struct{})}, nil
 	}
-	t.Cleanup(func() { launch = old })
+	oldEuid := geteuid
+	geteuid = func() int { return 0 }
+	t.Cleanup(func() { launch, geteuid = old, oldEuid })
 	return &modes, agent
 }
 
@@ -282,5 +284,25 @@ func TestSystemdUnit(t *testing.T) {
 		if !strings.Contains(u, want) {
 			t.Errorf("unit lacks %q:\n%s", want, u)
 		}
+	}
+}
+
+func TestAgentCommandsNeedRoot(t *testing.T) {
+	fakeLaunch(t)
+	geteuid = func() int { return 65534 }
+	p := newPaths(t)
+	tok := join.Token{Server: "127.0.0.1:1", ID: "t1", Secret: testSecret, CAHash: "sha256:" + strings.Repeat("0", 64)}
+	for _, args := range [][]string{
+		append([]string{"up", "--advertise-address", "198.18.1.10"}, p.flags()...),
+		append([]string{"join", tok.String(), "--name", "vm-1"}, p.flags()...),
+		{"leave", "--config-file", p.cfg, "--socket", p.sock},
+	} {
+		_, _, err := runApp(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "meshctl "+args[0]+" needs root") || !strings.Contains(err.Error(), "sudo") {
+			t.Errorf("%s as a user: %v", args[0], err)
+		}
+	}
+	if _, err := os.Stat(p.cfg); !errors.Is(err, os.ErrNotExist) {
+		t.Error("a refused command wrote a configuration")
 	}
 }

@@ -45,6 +45,9 @@ func leaveAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
+	if err := needRootFor("leave"); err != nil {
+		return err
+	}
 	w := c.App.Writer
 	cfgPath := c.Path("config-file")
 	cfg, err := config.Load(cfgPath)

@@ -19,11 +19,25 @@ func main() {
 		Version:              version.Version,
 		EnableBashCompletion: true,
 		Commands:             commands(),
+		CommandNotFound:      unknownCommand,
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "meshctl:", err)
 		os.Exit(1)
 	}
+}
+
+// unknownCommand replaces urfave/cli's "No help topic" with what is
+// wrong and where to look; it cannot return an error, so it exits.
+func unknownCommand(c *cli.Context, name string) {
+	parent := "meshctl"
+	if c.Command != nil {
+		if full := c.Command.FullName(); full != "" && full != parent {
+			parent += " " + full
+		}
+	}
+	fmt.Fprintf(os.Stderr, "meshctl: unknown command %q for %q: see %s --help\n", name, parent, parent)
+	os.Exit(1)
 }
 
 // commands gathers the command groups; each group lives in its own file
