@@ -94,8 +94,8 @@ func (f *fakeAgent) ApplyPolicy(_ context.Context, r api.ApplyPolicyRequest) (ap
 	f.mu.Lock()
 	f.applied = append(f.applied, r)
 	f.mu.Unlock()
-	if strings.Contains(r.Document, "70000") {
-		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s:6: spec.ingress[0].ports[0].port: 70000 is not a port (1-65535)", api.ErrInvalid, r.Filename)
+	if strings.Contains(r.Document, "name: refused") {
+		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s:4: the agent refuses this one", api.ErrInvalid, r.Filename)
 	}
 	return api.ApplyPolicyResult{Policies: []api.AppliedPolicy{{Name: "db", Action: "created", Revision: 8}}}, nil
 }
@@ -297,18 +297,31 @@ func TestPolicyCommands(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "db.yaml")
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(good, []byte("kind: Policy\n"), 0o644)
-	os.WriteFile(bad, []byte("port: 70000\n"), 0o644)
+	refused := filepath.Join(dir, "refused.yaml")
+	const doc = "apiVersion: weft.dev/v1\nkind: Policy\nmetadata:\n  name: db\nspec:\n  endpointSelector: {}\n  ingress:\n  - ports:\n    - port: 5432\n"
+	os.WriteFile(good, []byte(doc), 0o644)
+	os.WriteFile(bad, []byte(strings.Replace(doc, "5432", "70000", 1)), 0o644)
+	os.WriteFile(refused, []byte(strings.Replace(doc, "name: db", "name: refused", 1)), 0o644)
 	out, _, err := runApp(t, "policy", "apply", "--socket", sock, "-f", good)
 	if err != nil || out != "policy db created (revision 8)\n" {
 		t.Errorf("apply: %v %q", err, out)
 	}
-	if f.applied[0].Filename != good || f.applied[0].Document != "kind: Policy\n" {
+	if f.applied[0].Filename != good || f.applied[0].Document != doc {
 		t.Errorf("sent %+v", f.applied[0])
 	}
+	// An invalid file is refused with file, line and reason before the
+	// agent hears of it.
 	_, _, err = runApp(t, "policy", "apply", "--socket", sock, "-f", bad)
-	if err == nil || err.Error() != "policy not applied, nothing changed: "+bad+":6: spec.ingress[0].ports[0].port: 70000 is not a port (1-65535)" {
+	if err == nil || !strings.HasPrefix(err.Error(), "policy not applied, nothing changed: "+bad+":9:") || !strings.Contains(err.Error(), "port 70000 is out of range") {
 		t.Errorf("invalid policy: %v", err)
+	}
+	if len(f.applied) != 1 {
+		t.Errorf("an invalid policy reached the agent: %+v", f.applied[1:])
+	}
+	// What the agent refuses is passed on as it said it.
+	_, _, err = runApp(t, "policy", "apply", "--socket", sock, "-f", refused)
+	if err == nil || err.Error() != "policy not applied, nothing changed: "+refused+":4: the agent refuses this one" {
+		t.Errorf("refused policy: %v", err)
 	}
 	_, _, err = runApp(t, "policy", "apply", "--socket", sock, "-f", filepath.Join(dir, "missing.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "reading the policy file") {

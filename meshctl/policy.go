@@ -12,6 +12,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/policy"
 )
 
 func init() {
@@ -101,6 +102,11 @@ func policyApplyAction(c *cli.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("reading the policy file: %w", err)
+	}
+	// The agent validates too; checking here first names the file's
+	// mistakes even when the agent is not running.
+	if _, err := policy.Parse(file, data); err != nil {
+		return fmt.Errorf("policy not applied, nothing changed: %w", err)
 	}
 	ctx, cancel := cmdContext(c)
 	defer cancel()
