@@ -85,6 +85,11 @@ type Agent struct {
 
 	leaveOnce sync.Once
 	leaving   chan struct{}
+
+	// rotateMu lets one key rotation run at a time; selfMu guards the key
+	// fields of self, which a rotation rewrites (rotation.go).
+	rotateMu sync.Mutex
+	selfMu   sync.Mutex
 }
 
 // New checks the configuration; Run does the work.
@@ -236,6 +241,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("identity gc", func(ctx context.Context) error { a.alloc.RunGC(ctx, time.Minute, allocator.DefaultGCGrace); return nil })
 	if err := a.step("serve api", func() error { return a.serveAPI(ctx, run) }); err != nil {
 		return err
+	}
+	if every := a.cfg.WireGuard.RotateEvery.D(); every > 0 {
+		run("key rotation", func(ctx context.Context) error { return a.runRotation(ctx, every) })
 	}
 	if err := a.step("start observability", func() error { return a.startObservability(ctx, run) }); err != nil {
 		return err

@@ -28,7 +28,7 @@ func (a *Agent) serveAPI(ctx context.Context, run func(string, func(context.Cont
 	}
 	a.apiSrv = api.NewServer(api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
-		Flows: a, Health: a, Prober: a, Relay: a,
+		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a,
 	}, a.log.With("component", "api"))
 	run("api", func(context.Context) error {
 		if err := a.apiSrv.Serve(l); err != nil && !strings.Contains(err.Error(), "closed") {
@@ -83,7 +83,13 @@ func (a *Agent) Peers(ctx context.Context) ([]api.Peer, error) {
 		return nil, fmt.Errorf("%w: reading the tunnel: %v", api.ErrUnavailable, err)
 	}
 	byKey := map[string]kvstore.Node{}
-	a.nodes.Range(func(_ string, n kvstore.Node) bool { byKey[n.WGPublicKey] = n; return true })
+	a.nodes.Range(func(_ string, n kvstore.Node) bool {
+		byKey[n.WGPublicKey] = n
+		if n.WGNextPublicKey != "" { // a rotating node has two entries
+			byKey[n.WGNextPublicKey] = n
+		}
+		return true
+	})
 	out := make([]api.Peer, 0, len(ts.Peers))
 	for _, p := range ts.Peers {
 		n := byKey[p.PublicKey]

@@ -64,14 +64,29 @@ func (r *peerReconciler) desired() []tunnel.Peer {
 	a := r.a
 	var peers []tunnel.Peer
 	seenPrefix := map[netip.Prefix]string{}
+	// The device's key, not the record's: during this node's own rotation
+	// the device switches keys before the record follows.
+	own := a.tun.PublicKey().String()
+	// Every key in use, so that a next key colliding with one (a bad
+	// record) is dropped instead of failing the whole reconcile.
+	inUse := map[string]bool{own: true}
+	a.nodes.Range(func(_ string, n kvstore.Node) bool { inUse[n.WGPublicKey] = true; return true })
 	a.nodes.Range(func(_ string, n kvstore.Node) bool {
 		if n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName {
 			return true
 		}
-		if n.WGPublicKey == a.self.WGPublicKey {
+		if n.WGPublicKey == own {
 			return true
 		}
 		p := tunnel.Peer{PublicKey: n.WGPublicKey, Keepalive: a.cfg.WireGuard.PersistentKeepalive.D()}
+		if n.WGNextPublicKey != "" {
+			if inUse[n.WGNextPublicKey] {
+				a.log.Warn("node record announces a next WireGuard key that is already in use; ignoring it", "node", n.Name, "cluster", n.Cluster, "next_key", n.WGNextPublicKey)
+			} else {
+				p.NextPublicKey = n.WGNextPublicKey
+				inUse[n.WGNextPublicKey] = true
+			}
+		}
 		if len(n.Endpoints) > 0 {
 			p.Endpoint = n.Endpoints[0].String()
 		}

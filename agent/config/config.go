@@ -33,6 +33,7 @@ const (
 	DefaultInterface      = "weft0"
 	DefaultListenPort     = 51833
 	DefaultKeepalive      = 25 * time.Second
+	MinRotateEvery        = time.Minute
 	DefaultMeshPool       = "100.64.0.0/16"
 	DefaultNodePrefixLen  = 24
 	DefaultBPFPinPath     = "/sys/fs/bpf/weft"
@@ -130,6 +131,10 @@ type WireGuard struct {
 	Mode string `json:"mode,omitempty"`
 	// PersistentKeepalive keeps NAT mappings open for nodes behind NAT.
 	PersistentKeepalive Duration `json:"persistentKeepalive,omitempty"`
+	// RotateEvery rotates the WireGuard key at this interval, without
+	// interrupting traffic (docs/tunnel.md); 0 (the default) never rotates
+	// on its own, `meshctl rotate-key` still does.
+	RotateEvery Duration `json:"rotateEvery,omitempty"`
 }
 
 // Underlay lists the addresses other nodes use to reach this one.
@@ -380,6 +385,9 @@ func (c *Config) Validate() error {
 	}
 	if w.PersistentKeepalive.D() < 0 || w.PersistentKeepalive.D() > 65535*time.Second {
 		bad("wireguard.persistentKeepalive", "%s is out of range: use 0 (off) up to 65535s", w.PersistentKeepalive.D())
+	}
+	if r := w.RotateEvery.D(); r != 0 && r < MinRotateEvery {
+		bad("wireguard.rotateEvery", "%s is too short: use 0 (off) or at least %s (a rotation waits for every peer)", r, MinRotateEvery)
 	}
 	for i, ep := range c.Underlay.Endpoints {
 		if _, err := netip.ParseAddrPort(ep); err != nil {

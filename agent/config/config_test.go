@@ -130,6 +130,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"port", externalEtcd + "wireguard: {listenPort: 70000}\n", "wireguard.listenPort"},
 		{"long interface", externalEtcd + "wireguard: {interface: averyveryverylongname}\n", "wireguard.interface"},
 		{"mode", externalEtcd + "wireguard: {mode: magic}\n", "wireguard.mode"},
+		{"rotate too often", externalEtcd + "wireguard: {rotateEvery: 10s}\n", "wireguard.rotateEvery: 10s is too short"},
 		{"underlay", externalEtcd + "underlay: {endpoints: [198.18.0.1]}\n", "underlay.endpoints[0]"},
 		{"pool host bits", externalEtcd + "ipam: {meshPool: 100.64.0.1/16}\n", "ipam.meshPool"},
 		{"prefix", externalEtcd + "ipam: {nodePrefixLength: 8}\n", "ipam.nodePrefixLength"},
