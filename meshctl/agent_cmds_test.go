@@ -444,3 +444,16 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	}
 	_ = config.DefaultSocketPath
 }
+
+// A bad -o is named before the agent is asked anything: no agent listens
+// on the socket here, and the error must not be about that.
+func TestOutputFormatCheckedFirst(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, cmd := range [][]string{{"status"}, {"nodes"}, {"policy", "list"}, {"observe"}} {
+		args := append(append([]string{}, cmd...), "--socket", sock, "-o", "yaml")
+		_, _, err := runApp(t, args...)
+		if err == nil || err.Error() != `--output "yaml" is not a format: use table or json` {
+			t.Errorf("%v: %v", cmd, err)
+		}
+	}
+}

@@ -41,7 +41,10 @@ func printJSON(w io.Writer, v any) error {
 
 // outputFlag is the -o/--output flag shared by commands that print tables.
 func outputFlag() *cli.StringFlag {
-	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json",
+		// Checked before the command runs, so a typo is named before the
+		// agent is asked anything (or found missing).
+		Action: func(c *cli.Context, _ string) error { _, err := outputFormat(c); return err }}
 }
 
 // outputFormat returns the validated value of outputFlag.
