@@ -239,7 +239,7 @@ func Parse(data []byte) (*Config, error) {
 
 func (c *Config) merge(data []byte) error {
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %s", ErrInvalid, describeYAMLError(data, err))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,6 +180,21 @@ func TestFileErrors(t *testing.T) {
 		_, err := Load(writeFile(t, externalEtcd+"wireguards: {}\n"))
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "wireguards") {
 			t.Errorf("want an error naming the unknown key, got %v", err)
+		}
+	})
+	t.Run("unknown key names its line", func(t *testing.T) {
+		_, err := Load(writeFile(t, externalEtcd+"workloads:\n  - name: web\n    lables: {app: web}\n"))
+		line := strings.Count(externalEtcd, "\n") + 3
+		want := fmt.Sprintf(`line %d: unknown field "lables"`, line)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "JSON") {
+			t.Errorf("want %q (and no JSON internals), got %v", want, err)
+		}
+	})
+	t.Run("wrong type names the key", func(t *testing.T) {
+		_, err := Load(writeFile(t, externalEtcd+"wireguard:\n  listenPort: abc\n"))
+		want := fmt.Sprintf("line %d: wireguard.listenPort: a string where a whole number is expected", strings.Count(externalEtcd, "\n")+2)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q, got %v", want, err)
 		}
 	})
 	t.Run("bad duration", func(t *testing.T) {
