@@ -19,12 +19,19 @@ var (
 	privReason string
 )
 
-// Privileged skips t unless the process is root on Linux and can create a
-// network namespace. The skip message says what is missing so a developer
+// Privileged skips t unless the process is root on Linux, and fails it when
+// root cannot create a network namespace (a broken machine, not a reason
+// to skip). The skip message says what is missing so a developer
 // knows how to run the tier (`sudo make test`).
 func Privileged(t testing.TB) {
 	t.Helper()
 	privOnce.Do(func() { privReason = privilegedMissing() })
+	if privReason != "" && os.Geteuid() == 0 && runtime.GOOS == "linux" {
+		// Root is how CI runs every tier: a machine that cannot make a
+		// namespace there is broken, and skipping would pass CI with the
+		// privileged tier never run.
+		t.Fatalf("privileged test cannot run as root: %s", privReason)
+	}
 	if privReason != "" {
 		t.Skipf("privileged test skipped: %s (run as root: sudo make test)", privReason)
 	}
