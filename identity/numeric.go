@@ -9,7 +9,7 @@ import (
 // same label set has the same number on every node of the mesh.
 type NumericIdentity uint32
 
-// Reserved identities (DESIGN.md): numbers below MinAllocated are never
+// Reserved identities (docs/policy.md, "Peers", lists their entities): numbers below MinAllocated are never
 // handed out by the allocator.
 const (
 	// IdentityAny is no identity; in a policy key it means "any peer".
