@@ -44,7 +44,7 @@ Example:
 			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
 			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
 			// For `make bench-join`: where the join's time goes.
-			&cli.BoolFlag{Name: "timings", Hidden: true, Usage: "print the duration of each step of the join to stderr"},
+			&cli.BoolFlag{Name: "timings", Usage: "print the duration of each step of the join to stderr"},
 		),
 		Action: joinAction,
 	})
