@@ -164,20 +164,42 @@ func TestObserve(t *testing.T) {
 		m.JSON("ovm2", &st, "status")
 		drops := map[string]string{"direction": "ingress", "verdict": "dropped", "reason": bpf.ReasonPolicyDeny.String()}
 		flowDrops := map[string]string{"direction": "ingress", "verdict": "dropped", "reason": bpf.ReasonPolicyDeny.String()}
-		before := scrapeMetrics(t, m, "ovm2", st.MeshIP)
-		pkts0 := metricValue(before, "weft_datapath_packets_total", drops)
-		flows0 := metricValue(before, "weft_flows_total", flowDrops)
+		// The counters must move by exactly what reached the node. UDP over
+		// a loaded userspace tunnel can lose a datagram in transit, which no
+		// counter could see; so a round that falls short (and stays short)
+		// is repeated, up to three times. Counting more than was sent fails
+		// at once, and at least one round must match exactly.
 		const k = 30
-		sendUDP(t, m, "web", ips["db"], 5353, k)
-		Eventually(t, 20*time.Second, "the drop counters to move by the datagrams sent", func() error {
-			after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
-			pkts := metricValue(after, "weft_datapath_packets_total", drops) - pkts0
-			fl := metricValue(after, "weft_flows_total", flowDrops) - flows0
-			if pkts != k || fl != k {
-				return fmt.Errorf("after %d denied datagrams: packets +%v, flow records +%v", k, pkts, fl)
+		var short []string
+		for round := 1; ; round++ {
+			before := scrapeMetrics(t, m, "ovm2", st.MeshIP)
+			pkts0 := metricValue(before, "weft_datapath_packets_total", drops)
+			flows0 := metricValue(before, "weft_flows_total", flowDrops)
+			sendUDP(t, m, "web", ips["db"], 5353, k)
+			var pkts, fl float64
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
+				pkts = metricValue(after, "weft_datapath_packets_total", drops) - pkts0
+				fl = metricValue(after, "weft_flows_total", flowDrops) - flows0
+				if pkts > k || fl > k {
+					t.Fatalf("after %d denied datagrams: packets +%v, flow records +%v: counted more than was sent", k, pkts, fl)
+				}
+				if pkts == k && fl == k {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
-			return nil
-		})
+			if pkts == k && fl == k {
+				t.Logf("round %d: %d denied datagrams, packets +%v, flow records +%v", round, k, pkts, fl)
+				break
+			}
+			short = append(short, fmt.Sprintf("round %d: packets +%v, flow records +%v", round, pkts, fl))
+			if round == 3 {
+				t.Fatalf("after %d denied datagrams per round the counters never matched: %v", k, short)
+			}
+			t.Logf("round %d fell short (datagrams lost in transit?): packets +%v, flow records +%v; repeating", round, pkts, fl)
+		}
 		after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
 		for _, c := range []struct {
 			name   string
