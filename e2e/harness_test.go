@@ -93,17 +93,40 @@ type MeshNode struct {
 func NewMesh(t testing.TB, spec *lab.Spec) *Mesh {
 	t.Helper()
 	testutil.E2E(t)
+	m := &Mesh{t: t, meshState: &meshState{nodes: map[string]*MeshNode{}}}
+	// Registered before the lab, so it runs after the lab's teardown has
+	// stopped every agent and WireGuard helper.
+	t.Cleanup(m.removeHostState)
 	l := labtest.New(t, spec)
-	m := &Mesh{t: t, meshState: &meshState{Lab: l, nodes: map[string]*MeshNode{}}}
+	m.Lab = l
 	// A bpffs directory of the test's own, so agents of concurrent runs
 	// (or of a developer's demo) never share pinned maps.
 	m.pinRoot = "/sys/fs/bpf/weft-e2e-" + l.Name()
-	t.Cleanup(func() {
-		// The lab's teardown (registered first, so it runs after this)
-		// kills the agents; their pins go here.
-		_ = os.RemoveAll(m.pinRoot)
-	})
 	return m
+}
+
+// removeHostState removes what the mesh left outside its namespaces: the
+// agents' bpffs pins (they outlive an agent by design) and, as a failure,
+// any userspace WireGuard UAPI socket the lab's teardown did not see
+// unlinked.
+func (m *Mesh) removeHostState() {
+	if m.Lab == nil {
+		return
+	}
+	if m.pinRoot != "" {
+		if err := os.RemoveAll(m.pinRoot); err != nil {
+			m.t.Errorf("removing pins: %v", err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name := range m.nodes {
+		sock := filepath.Join("/var/run/wireguard", m.wgName(name)+".sock")
+		if _, err := os.Stat(sock); err == nil {
+			m.t.Errorf("%s is left after the lab's teardown", sock)
+			_ = os.Remove(sock)
+		}
+	}
 }
 
 func (m *Mesh) node(name string) *MeshNode {

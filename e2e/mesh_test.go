@@ -237,13 +237,14 @@ spec:
 			t.Fatalf("the first use of a fresh token was refused: %v\n%s", err, out)
 		}
 		out = joinExpectError(t, m, "vm3", tok.JoinToken)
-		if !strings.Contains(out, "used") {
+		if !strings.Contains(out, "used 1 of 1 times") {
 			t.Fatalf("used-up token: message does not say so:\n%s", out)
 		}
 		// A token whose CA fingerprint is not the mesh CA's.
-		forged := tokenWithCA(t, tok.JoinToken, "sha256:"+strings.Repeat("ab", 32))
+		pin := "sha256:" + strings.Repeat("ab", 32)
+		forged := tokenWithCA(t, tok.JoinToken, pin)
 		out = joinExpectError(t, m, "vm3", forged)
-		if !strings.Contains(strings.ToLower(out), "ca") {
+		if !strings.Contains(out, "the token pins CA "+pin) {
 			t.Fatalf("wrong-CA token: message does not mention the CA:\n%s", out)
 		}
 	})
@@ -273,6 +274,10 @@ spec:
 		if out, err := hostCmd("ip", "netns", "del", n.Lab.Netns); err != nil {
 			t.Fatalf("removing the crashed node's namespace: %v: %s", err, out)
 		}
+		// A machine that dies loses its /var/run with it; here that
+		// directory is the host's, so the dead helper's UAPI socket goes
+		// by hand (the mesh's cleanup fails on any socket left over).
+		_ = os.Remove(filepath.Join("/var/run/wireguard", m.wgName("vm4")+".sock"))
 		Eventually(t, 40*time.Second, "peers drop the crashed vm4", func() error {
 			if err := noPeer(m, "seed", "vm4", cidr); err != nil {
 				return err

@@ -14,7 +14,7 @@ import (
 )
 
 // Down removes the lab: it stops the processes started in it (by PID, each
-// checked against its recorded start time), kills any other process still
+// checked against its recorded start time), stops any other process still
 // inside a lab namespace (those would keep the namespace and its links
 // alive), deletes the namespaces (which deletes every link in them), and
 // finally the state file. If something cannot be removed the state file
@@ -68,7 +68,11 @@ func mergeNames(a, b []string) []string {
 	return out
 }
 
-// removeNamespaces kills what still runs inside the namespaces, then
+// termGrace is how long a process left in a lab namespace has to exit
+// after SIGTERM before it gets SIGKILL.
+const termGrace = 3 * time.Second
+
+// removeNamespaces stops what still runs inside the namespaces, then
 // deletes them.
 func removeNamespaces(names []string, log *slog.Logger) error {
 	var errs []error
@@ -85,12 +89,30 @@ func removeNamespaces(names []string, log *slog.Logger) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// SIGTERM first, so a process that cleans up outside the namespace
+	// does: a userspace WireGuard helper unlinks its UAPI socket in the
+	// host-wide /var/run/wireguard, which deleting the namespace does
+	// not. What is still there after a short grace gets SIGKILL.
+	gone := func(pid int) bool { _, ok := procStart(pid); return !ok }
 	for pid, ns := range inside {
-		log.Warn("killing a process left inside a lab namespace", "pid", pid, "netns", ns, "cmd", procCmdline(pid))
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		log.Warn("stopping a process left inside a lab namespace", "pid", pid, "netns", ns, "cmd", procCmdline(pid))
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	waitFor(func() bool {
+		for pid := range inside {
+			if !gone(pid) {
+				return false
+			}
+		}
+		return true
+	}, termGrace)
+	for pid := range inside {
+		if !gone(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	for pid := range inside {
-		if !waitFor(func() bool { _, ok := procStart(pid); return !ok }, 10*time.Second) {
+		if !waitFor(func() bool { return gone(pid) }, 10*time.Second) {
 			errs = append(errs, fmt.Errorf("process %d inside the lab did not exit after SIGKILL", pid))
 		}
 	}
