@@ -1,14 +1,14 @@
 package e2e
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/weftmesh/weft/agent/join"
 )
 
 // hostCmd runs a command on the host (tools like tcpdump -r that only read
@@ -20,25 +20,17 @@ func hostCmd(name string, args ...string) (string, error) {
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
-// tokenWithCA re-encodes a join token with another CA fingerprint: what a
-// token for a different mesh (or a tampered one) looks like.
+// tokenWithCA returns token with its CA fingerprint replaced, still in
+// the canonical form meshctl accepts, so the join gets as far as the TLS
+// handshake and is refused there.
 func tokenWithCA(t *testing.T, token, caHash string) string {
 	t.Helper()
-	body, ok := strings.CutPrefix(token, "weft1.")
-	if !ok {
-		t.Fatalf("unexpected token format %q", token)
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(body)
+	tok, err := join.ParseToken(token)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m map[string]string
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	m["c"] = caHash
-	raw, _ = json.Marshal(m)
-	return "weft1." + base64.RawURLEncoding.EncodeToString(raw)
+	tok.CAHash = caHash
+	return tok.String()
 }
 
 // pidsInNetns lists the processes whose network namespace is the named
