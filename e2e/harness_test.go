@@ -155,7 +155,7 @@ func (m *Mesh) newNode(name string) *MeshNode {
 // share one kernel: their own WireGuard device name (the userspace UAPI
 // socket directory is global) and their own bpffs pin root.
 func (m *Mesh) agentFlags(n *MeshNode) []string {
-	return []string{"--", "--wg-interface", m.wgName(n.Name), "--bpf-pin-path", m.pinRoot, "--lease-ttl", "5s", "--wg-keepalive", "5s", "--log-level", "debug"}
+	return []string{"--", "--wg-interface", m.wgName(n.Name), "--bpf-pin-path", m.pinRoot, "--wg-mode", "userspace", "--lease-ttl", "5s", "--wg-keepalive", "5s", "--log-level", "debug"}
 }
 
 // wgName is a node's WireGuard device name, unique per lab (the UAPI

@@ -95,8 +95,12 @@ func openNode(t testing.TB, ns, suffix string, mesh string) *Tunnel {
 		StateDir:  t.TempDir(),
 		Addresses: []netip.Prefix{netip.MustParsePrefix(mesh)},
 		Helper:    SelfHelper(),
-		Netns:     nsPath(ns),
-		Logger:    testLogger(t).With("node", suffix),
+		// The userspace path is the one every machine can run and the
+		// one whose helper must survive restarts: test it even where the
+		// kernel has WireGuard.
+		Mode:   ModeUserspace,
+		Netns:  nsPath(ns),
+		Logger: testLogger(t).With("node", suffix),
 	})
 	if err != nil {
 		t.Fatalf("opening tunnel in %s: %v", ns, err)

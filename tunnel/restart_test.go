@@ -47,7 +47,7 @@ func runTestAgent() int {
 	}
 	tun, err := Open(context.Background(), Config{
 		Name: spec.Name, StateDir: spec.StateDir, Netns: spec.Netns,
-		Addresses: []netip.Prefix{spec.Address}, Helper: SelfHelper(),
+		Addresses: []netip.Prefix{spec.Address}, Helper: SelfHelper(), Mode: ModeUserspace,
 	})
 	if err != nil {
 		report(agentReport{Error: err.Error()})
