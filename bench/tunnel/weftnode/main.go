@@ -51,7 +51,7 @@ func main() {
 	allowed := fs.String("allowed", "", "peer allowed prefix")
 	_ = fs.Parse(os.Args[2:])
 
-	cfg := tunnel.Config{Name: *name, StateDir: *state, ListenPort: *port, MTU: *mtu, Helper: tunnel.SelfHelper(helperCmd),
+	cfg := tunnel.Config{Name: *name, StateDir: *state, ListenPort: *port, MTU: *mtu, Helper: tunnel.SelfHelper(helperCmd), Mode: tunnel.ModeUserspace,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if *addr != "" {
 		p, err := netip.ParsePrefix(*addr)
