@@ -80,10 +80,27 @@ func TestObserve(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer follow.Stop()
-		time.Sleep(500 * time.Millisecond) // the stream is open
+		// The stream may open after the first attempt on a loaded machine:
+		// keep attempting until a drop shows (each attempt is denied), and
+		// measure from the attempt that produced it at the latest.
 		sent := time.Now()
 		talked := make(chan error, 1)
-		go func() { talked <- m.Talk("web", "tcp", ips["db"], 5432, "denied") }()
+		stop := make(chan struct{})
+		go func() {
+			for {
+				err := m.Talk("web", "tcp", ips["db"], 5432, "denied")
+				select {
+				case <-stop:
+					talked <- err
+					return
+				default:
+				}
+				if err == nil {
+					talked <- err
+					return
+				}
+			}
+		}()
 		var (
 			f     api.Flow
 			shown time.Duration
@@ -96,6 +113,7 @@ func TestObserve(t *testing.T) {
 			shown = time.Since(sent)
 			return json.Unmarshal([]byte(line), &f)
 		})
+		close(stop)
 		if err := <-talked; err == nil {
 			t.Fatal("web reached db on 5432 despite the deny rule")
 		}
