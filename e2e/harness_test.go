@@ -7,6 +7,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -161,11 +162,10 @@ func (m *Mesh) agentFlags(n *MeshNode) []string {
 // wgName is a node's WireGuard device name, unique per lab (the UAPI
 // socket directory is shared by every namespace) and at most 15 bytes.
 func (m *Mesh) wgName(node string) string {
-	name := "w" + m.Lab.Name()
-	if len(name) > 6 {
-		name = name[:6]
-	}
-	name += "-" + node
+	// A short hash of the lab's name keeps two labs of one test process
+	// (whose names differ only at the end) apart.
+	h := sha256.Sum256([]byte(m.Lab.Name()))
+	name := fmt.Sprintf("w%x-%s", h[:2], node)
 	if len(name) > 15 {
 		name = name[:15]
 	}
