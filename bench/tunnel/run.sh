@@ -8,9 +8,10 @@
 # userspace WireGuard implementations.
 #
 # All three tunnels get the same MTU, the same iperf3 settings and the same
-# CPUs (CPUS, a taskset list, default every online CPU) and default Go
-# runtime settings; the script prints what each daemon got so that can be
-# checked. One discarded warm-up pass precedes the rounds.
+# CPUs (CPUS, a taskset list, default every online CPU), default Go runtime
+# settings and each daemon its own session, as Weft's helper has (see
+# wgnode); the script prints what each daemon got so that can be checked.
+# One discarded warm-up pass precedes the rounds.
 #
 # PROFILE=DIR also records, after the rounds, where each tunnel's daemons
 # spend CPU during one more transfer (perf, if installed: DIR/NAME.perf.txt)
@@ -32,7 +33,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "bench-tunnel creates network namespaces and needs root: sudo make bench-tunnel" >&2
 	exit 1
 fi
-for c in iperf3 wg wg-quick ip nsenter taskset go; do
+for c in iperf3 wg wg-quick ip nsenter taskset setsid go; do
 	command -v "$c" >/dev/null || { echo "bench-tunnel needs $c (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
@@ -90,10 +91,23 @@ wgnode() { # ns-func bin ifname port addr peer-addr peer-endpoint-port peer-pub 
 	if [ "$ns" = inA ]; then peerip=198.18.0.2; else peerip=198.18.0.1; fi
 	local nsname=$A
 	[ "$ns" = inB ] && nsname=$B
-	# nsenter execs the daemon, so $! is the daemon's own pid (kill it by pid on exit).
-	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error nsenter --net=/var/run/netns/$nsname taskset -c "$CPUS" "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
-	pids+=($!)
+	# Each daemon gets its own session, like Weft's helper: with the
+	# kernel's scheduler autogroups (sched_autogroup_enabled) a session is
+	# a CPU scheduling group, so a
+	# daemon left in this script's session would share iperf3's group while
+	# Weft's helper competes as a group of its own; that alone moved the
+	# Weft/fork ratio by about 15 %.
+	# nsenter, taskset and setsid exec in turn (setsid forks only for a
+	# process group leader, which a background job of this script is not),
+	# so $! is the daemon's own pid (kill it by pid on exit); checked below.
+	WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error nsenter --net=/var/run/netns/$nsname taskset -c "$CPUS" setsid "$bin" $([ "$bin" = "$tmp/wireguard-go" ] && echo -f) "$ifn" >"$tmp/$ifn.log" 2>&1 &
+	local pid=$!
+	pids+=($pid)
 	for _ in $(seq 100); do $ns wg show "$ifn" >/dev/null 2>&1 && break; sleep 0.05; done
+	if [ "$(readlink /proc/$pid/exe)" != "$bin" ]; then
+		echo "pid $pid is not $bin: the daemon for $ifn did not start in place" >&2
+		exit 1
+	fi
 	cat >"$tmp/$ifn.conf" <<CONF
 [Interface]
 Address = $addr/32
@@ -143,7 +157,8 @@ daemons() { # name: pids of that contender's two daemons
 for n in weft wireguard-go tailscale-fork; do
 	for p in $(daemons $n); do
 		env=$(tr '\0' '\n' </proc/$p/environ | { grep -E '^(GOGC|GOMAXPROCS|GOMEMLIMIT|GODEBUG)=' || true; } | tr '\n' ' ')
-		echo "$n daemon $p: cpus $(awk '/Cpus_allowed_list/ {print $2}' /proc/$p/status) threads $(awk '/Threads/ {print $2}' /proc/$p/status) go-env [${env% }]"
+		sid=$(awk '{print $6}' /proc/$p/stat) # field 6 is the session: these binaries' names have no spaces
+		echo "$n daemon $p: session $([ "$sid" = "$p" ] && echo own || echo "$sid") cpus $(awk '/Cpus_allowed_list/ {print $2}' /proc/$p/status) threads $(awk '/Threads/ {print $2}' /proc/$p/status) go-env [${env% }]"
 	done
 done
 for l in wb${id}wa wb${id}sa wb${id}ta; do echo "A: $l $(inA ip -o link show $l | grep -o 'mtu [0-9]*')"; done
