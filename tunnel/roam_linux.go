@@ -154,7 +154,17 @@ func (r *roamingBind) authenticated(pk [32]byte, from netip.AddrPort) {
 
 // initiation runs before the device answers an initiation, so it sets the
 // endpoint synchronously (the handshake worker holds no device lock here).
+//
+// The fork reports the key before it looks the peer up, so pk may be any key
+// an attacker made up: keys the device has no peer for are ignored, or every
+// such initiation would grow r.peers and cost an IpcSet.
 func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
+	r.mu.Lock()
+	dev := r.dev
+	r.mu.Unlock()
+	if dev != nil && dev.LookupPeer(pk) == nil {
+		return
+	}
 	r.mu.Lock()
 	st := r.peers[pk]
 	if st != nil && (st.ep == from || (st.confirmed != 0 && time.Now().Unix()-st.confirmed < int64(trustWindow/time.Second))) {
@@ -162,7 +172,6 @@ func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
 		return
 	}
 	r.peers[pk] = &roamState{ep: from} // not confirmed until a packet authenticates
-	dev := r.dev
 	r.mu.Unlock()
 	r.set(dev, pk, from)
 }

@@ -5,6 +5,10 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/tailscale/wireguard-go/conn"
+	"github.com/tailscale/wireguard-go/device"
+	"github.com/tailscale/wireguard-go/tun/tuntest"
 )
 
 // TestRoamingTrust: which source a peer's endpoint follows. Authenticated
@@ -46,5 +50,26 @@ func TestRoamingTrust(t *testing.T) {
 	r.initiation(pk, z)
 	if got := ep(); got != z {
 		t.Fatalf("initiation from %s after %v of silence: endpoint %s", z, trustWindow, got)
+	}
+}
+
+// TestRoamingIgnoresUnknownKeys: the fork reports an initiation's key before
+// it checks that a peer has it; made-up keys must leave no state behind.
+func TestRoamingIgnoresUnknownKeys(t *testing.T) {
+	r := newRoamingBind(nil, slog.New(slog.DiscardHandler))
+	dev := device.NewDevice(tuntest.NewChannelTUN().TUN(), conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+	t.Cleanup(dev.Close)
+	r.attach(dev)
+	t.Cleanup(r.stop)
+	for i := range 100 {
+		var pk [32]byte
+		pk[0], pk[1] = 2, byte(i)
+		r.initiation(pk, netip.MustParseAddrPort("198.18.5.1:51833"))
+	}
+	r.mu.Lock()
+	n := len(r.peers)
+	r.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("initiations with keys of no peer left %d peer states", n)
 	}
 }
