@@ -51,6 +51,15 @@ func agentProcFlags() []cli.Flag {
 	}
 }
 
+// checkWait refuses a --wait that could never see the agent ready, before
+// anything is written or started.
+func checkWait(c *cli.Context) error {
+	if d := c.Duration("wait"); d <= 0 {
+		return fmt.Errorf("--wait %s is not a positive duration: give how long to wait for the agent, e.g. --wait 2m", d)
+	}
+	return nil
+}
+
 // agentLauncher starts the agent; tests replace it.
 type agentLauncher func(ctx context.Context, mode string, spec launchSpec) (*agentProc, error)
 
@@ -249,7 +258,11 @@ func waitReady(ctx context.Context, cl *api.Client, p *agentProc, timeout time.D
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("the agent exited before it was ready: %v", p.err)
+			why := "it exited with status 0"
+			if p.err != nil {
+				why = p.err.Error()
+			}
+			return fmt.Errorf("the agent (%s) exited before it was ready: %s", p.Describe, why)
 		case <-ctx.Done():
 			return fmt.Errorf("the agent was not ready after %s: %v", timeout, last)
 		case <-tick.C:

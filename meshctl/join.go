@@ -103,6 +103,9 @@ func joinAction(c *cli.Context) error {
 	if err := checkAgentArgs(agentArgs); err != nil {
 		return err
 	}
+	if err := checkWait(c); err != nil {
+		return err
+	}
 	if err := needRootFor("join"); err != nil {
 		return err
 	}

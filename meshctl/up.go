@@ -130,6 +130,9 @@ func upAction(c *cli.Context) error {
 	if ttl < minTokenTTL || ttl > maxTokenTTL {
 		return fmt.Errorf("--token-ttl %s is out of range: use 1m to 720h", ttl)
 	}
+	if err := checkWait(c); err != nil {
+		return err
+	}
 	if err := needRootFor("up"); err != nil {
 		return err
 	}
