@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,7 +71,9 @@ func decodeEvent(raw []byte, boot time.Time) (Event, error) {
 		return Event{}, fmt.Errorf("bpf: event record of %d bytes, want at least %d", len(raw), eventSize)
 	}
 	var e datapathEvent
-	if err := binary.Read(bytes.NewReader(raw[:eventSize]), binary.NativeEndian, &e); err != nil {
+	// Decode, not Read: the record is already in memory, so no reader and
+	// no second copy per event.
+	if _, err := binary.Decode(raw[:eventSize], binary.NativeEndian, &e); err != nil {
 		return Event{}, fmt.Errorf("bpf: decoding event: %w", err)
 	}
 	t := EventType(e.Type)
