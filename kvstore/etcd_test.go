@@ -539,6 +539,25 @@ func TestIPAM(t *testing.T) {
 	if _, err := c.AllocateNodeCIDR(ctx, "small", "n2", 24); !errors.Is(err, kvstore.ErrPoolExhausted) {
 		t.Fatalf("third /24 from a /23: %v", err)
 	}
+	// A value that names another CIDR than its key: the key is what is
+	// claimed, so the key's CIDR is taken and the allocation moves on
+	// (before, it retried the existing key forever).
+	odd := kvstore.Cluster{Name: "odd", ID: 4, MeshPool: netip.MustParsePrefix("100.67.0.0/22")}
+	if err := c.PutCluster(ctx, odd); err != nil {
+		t.Fatal(err)
+	}
+	stray, err := kvstore.Encode(&kvstore.IPAMAllocation{Cluster: "odd", Node: "ghost", CIDR: netip.MustParsePrefix("100.67.1.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Etcd().Put(ctx, kvstore.IPAMKey("odd", netip.MustParsePrefix("100.67.0.0/24")), string(stray)); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second) // only so a regression fails instead of hanging
+	defer cancel()
+	if p, err := c.AllocateNodeCIDR(actx, "odd", "n0", 24); err != nil || p != netip.MustParsePrefix("100.67.1.0/24") {
+		t.Fatalf("allocation beside a mismatched record = %s, %v; want 100.67.1.0/24", p, err)
+	}
 }
 
 func TestTokens(t *testing.T) {

@@ -108,24 +108,30 @@ func (cl *Client) AllocateNodeCIDR(ctx context.Context, cluster, node string, bi
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("reading %s: %w", prefix, err)
 		}
+		// The key is what a claim creates, so the key's CIDR is what is
+		// taken, whatever its value says: a value naming another CIDR
+		// would otherwise send every allocation back to a key that
+		// already exists, forever.
 		var taken []netip.Prefix
 		for _, kv := range resp.Kvs {
-			a, err := DecodeIPAM(kv.Value)
+			pk, err := ParseKey(string(kv.Key))
 			if err != nil {
-				// A value we cannot read still occupies its range.
-				pk, perr := ParseKey(string(kv.Key))
-				if perr != nil {
-					cl.log.Warn("skipping IPAM key that does not parse", "key", string(kv.Key), "err", perr)
-					continue
-				}
-				cl.log.Warn("IPAM value does not decode; treating its CIDR as taken", "key", string(kv.Key), "err", err)
-				taken = append(taken, pk.CIDR)
+				// Not a canonical CIDR key: no claim can collide with it.
+				cl.log.Warn("skipping IPAM key that does not parse", "key", string(kv.Key), "err", err)
+				continue
+			}
+			taken = append(taken, pk.CIDR)
+			a, err := DecodeIPAM(kv.Value)
+			if err == nil && (a.CIDR != pk.CIDR || a.Cluster != cluster) {
+				err = fmt.Errorf("%w: allocation of %s in cluster %q stored at %s", ErrInvalidRecord, a.CIDR, a.Cluster, kv.Key)
+			}
+			if err != nil {
+				cl.log.Warn("IPAM value does not decode or does not match its key; treating its CIDR as taken", "key", string(kv.Key), "err", err)
 				continue
 			}
 			if a.Node == node && a.CIDR.Bits() == bits && pool.Contains(a.CIDR.Addr()) {
 				return a.CIDR, nil
 			}
-			taken = append(taken, a.CIDR)
 		}
 		cand, ok := firstFree(pool, bits, taken)
 		if !ok {
