@@ -192,6 +192,40 @@ func TestReleaseCollectAndReuse(t *testing.T) {
 	}
 }
 
+// An identity whose labels key does not point back to it is left alone and
+// does not keep the identities listed after it from being collected.
+func TestCollectSkipsInconsistentIdentity(t *testing.T) {
+	srv := kvstoretest.StartServer(t)
+	n1 := newNode(t, srv, "node-1", allocator.Config{})
+	ctx := context.Background()
+	a, b := labelSet(1), labelSet(2)
+	ida, err := n1.alloc.Allocate(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idb, err := n1.alloc.Allocate(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []identity.NumericIdentity{ida, idb} {
+		if err := n1.alloc.Release(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// ida is listed first (same number of digits, lower); its labels key
+	// goes missing.
+	if err := n1.client.Delete(ctx, kvstore.IdentityLabelsKey(a.Hash())); err != nil {
+		t.Fatal(err)
+	}
+	del, err := n1.alloc.CollectGarbage(ctx, 0)
+	if err != nil || len(del) != 1 || del[0] != idb {
+		t.Fatalf("collected %v, %v; want only %d (%d is inconsistent)", del, err, idb, ida)
+	}
+	if _, _, err := kvstore.Get(ctx, n1.client, kvstore.IdentityIDKey(uint32(ida)), kvstore.DecodeIdentity); err != nil {
+		t.Fatalf("inconsistent identity %d was touched: %v", ida, err)
+	}
+}
+
 func TestRefusesInvalidSets(t *testing.T) {
 	srv := kvstoretest.StartServer(t)
 	n := newNode(t, srv, "node-1", allocator.Config{})

@@ -76,15 +76,25 @@ func (a *Allocator) CollectGarbage(ctx context.Context, grace time.Duration) ([]
 			clientv3.Compare(clientv3.ModRevision(kvstore.IdentityRefsPrefix), "<", rev+1).WithPrefix(),
 			clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision),
 			clientv3.Compare(clientv3.Value(labelsKey), "=", string(numRec)),
-		).Then(clientv3.OpDelete(key), clientv3.OpDelete(labelsKey)).Commit()
+		).Then(clientv3.OpDelete(key), clientv3.OpDelete(labelsKey)).
+			// On failure, learn whether references changed: only then is
+			// every later deletion bound to fail too.
+			Else(clientv3.OpGet(kvstore.IdentityRefsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))).
+			Commit()
 		cancel()
 		if err != nil {
 			return deleted, fmt.Errorf("deleting identity %d: %w", ident.ID, err)
 		}
 		if !resp.Succeeded {
-			// References changed since we listed them: try again on the
-			// next round with a fresh view.
-			return deleted, nil
+			if len(resp.Responses) == 1 && len(resp.Responses[0].GetResponseRange().GetKvs()) > 0 {
+				// References changed since we listed them: try again on
+				// the next round with a fresh view.
+				return deleted, nil
+			}
+			// This identity changed, or its labels key does not point
+			// back to it: leave it, and let it not block the others.
+			a.log.Warn("not collecting identity: it changed or its labels key does not point back to it", "id", uint32(ident.ID), "labelsKey", labelsKey)
+			continue
 		}
 		delete(a.unrefSince, ident.ID)
 		deleted = append(deleted, ident.ID)
