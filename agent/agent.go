@@ -70,8 +70,10 @@ type Agent struct {
 	meshIP    netip.Addr
 	hostIdent identity.NumericIdentity
 
-	peers     *peerReconciler
-	ipcache   *ipcacheReconciler
+	peers *peerReconciler
+	// ipcache is published once the endpoint cache exists; node events,
+	// which start earlier, reach it through the pointer.
+	ipcache   atomic.Pointer[ipcacheReconciler]
 	policy    *policyReconciler
 	workloads *workloadManager
 
@@ -385,8 +387,17 @@ func (a *Agent) startNodeCache(ctx context.Context, run func(string, func(contex
 	var err error
 	a.nodes, err = kvstore.NewCache(a.cp.kv.Etcd(), kvstore.CacheConfig[kvstore.Node]{
 		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
-		OnEvent: func(kvstore.Event[kvstore.Node]) { a.peers.trigger() },
-		Logger:  a.log,
+		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
+			a.peers.trigger()
+			if r := a.ipcache.Load(); r != nil {
+				n := ev.Value
+				if ev.Kind == kvstore.EventDelete {
+					n = ev.Old
+				}
+				r.resyncNode(n.Cluster, n.Name)
+			}
+		},
+		Logger: a.log,
 	})
 	if err != nil {
 		return err
@@ -459,7 +470,6 @@ func (a *Agent) configurePeers(ctx context.Context) error {
 func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.Context) error)) error {
 	ec := a.cp.kv.Etcd()
 	var err error
-	a.ipcache = newIPCacheReconciler(a.dp, a.log)
 	a.policy = newPolicyReconciler(a)
 	a.workloads = newWorkloadManager(a)
 
@@ -477,11 +487,14 @@ func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.C
 	}
 	a.endpoints, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Endpoint]{
 		Name: "endpoints", Prefix: kvstore.EndpointsPrefix, Decode: kvstore.EndpointDecoder,
-		OnEvent: a.ipcache.event, Logger: a.log,
+		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) { a.ipcache.Load().event(ev) },
+		Logger:  a.log,
 	})
 	if err != nil {
 		return err
 	}
+	// Published before the endpoint cache runs, so no event finds it nil.
+	a.ipcache.Store(newIPCacheReconciler(a.dp, a.nodePrefixes, a.endpoints, a.log))
 	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
 		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
 		OnEvent: a.policy.policyEvent, Logger: a.log,

@@ -107,10 +107,24 @@ func (f *fakeDatapath) UpsertEndpoint(a netip.Addr, ep bpf.Endpoint) error {
 	return nil
 }
 
+// fakeEndpoints is an endpoint cache for resyncNode.
+type fakeEndpoints []kvstore.Endpoint
+
+func (f fakeEndpoints) Range(fn func(string, kvstore.Endpoint) bool) {
+	for _, e := range f {
+		if !fn(e.IP.String(), e) {
+			return
+		}
+	}
+}
+
 func TestIPCacheFollowsEndpointEvents(t *testing.T) {
 	dp := newFakeDatapath()
-	r := newIPCacheReconciler(dp, slog.New(slog.DiscardHandler))
-	ep := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300}
+	owned := func(cluster, node string) ([]netip.Prefix, bool) {
+		return []netip.Prefix{netip.MustParsePrefix("100.64.1.0/24")}, node == "n1"
+	}
+	r := newIPCacheReconciler(dp, owned, fakeEndpoints(nil), slog.New(slog.DiscardHandler))
+	ep := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Cluster: "c", Node: "n1"}
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: ep})
 	if dp.ipcache[netip.MustParsePrefix("100.64.1.2/32")] != 300 {
 		t.Fatalf("ipcache = %v after add", dp.ipcache)
@@ -125,6 +139,26 @@ func TestIPCacheFollowsEndpointEvents(t *testing.T) {
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: moved})
 	if len(dp.ipcache) != 0 {
 		t.Fatalf("ipcache = %v after delete, want empty", dp.ipcache)
+	}
+}
+
+func TestIPCacheRefusesEndpointsOutsideTheirNode(t *testing.T) {
+	dp := newFakeDatapath()
+	prefixes := map[string][]netip.Prefix{"n1": {netip.MustParsePrefix("100.64.1.0/24")}}
+	owned := func(cluster, node string) ([]netip.Prefix, bool) { p, ok := prefixes[node]; return p, ok }
+	// n1 claims an address of n2's CIDR; n2's endpoint comes before n2's record.
+	spoof := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.2.9"), Identity: 666, Cluster: "c", Node: "n1"}
+	early := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.2.2"), Identity: 300, Cluster: "c", Node: "n2"}
+	r := newIPCacheReconciler(dp, owned, fakeEndpoints{spoof, early}, slog.New(slog.DiscardHandler))
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: spoof})
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: early})
+	if len(dp.ipcache) != 0 {
+		t.Fatalf("ipcache = %v: a spoofed or not-yet-owned address got an identity", dp.ipcache)
+	}
+	prefixes["n2"] = []netip.Prefix{netip.MustParsePrefix("100.64.2.0/24")}
+	r.resyncNode("c", "n2")
+	if len(dp.ipcache) != 1 || dp.ipcache[netip.MustParsePrefix("100.64.2.2/32")] != 300 {
+		t.Fatalf("ipcache = %v after n2's record arrived, want only n2's own endpoint", dp.ipcache)
 	}
 }
 
@@ -177,5 +211,18 @@ func TestWorkloadLabelsAddClusterAndRefuseMeshSources(t *testing.T) {
 	}
 	if v, _ := h.Get("mesh:kind"); v != "vm" {
 		t.Fatalf("host labels %s lack mesh:kind=vm", h)
+	}
+}
+
+func TestFreeIPSkipsMeshIPWorkloadsAndAddsInFlight(t *testing.T) {
+	cidr := netip.MustParsePrefix("100.64.9.0/30") // .1 mesh IP, .2 usable, .3 broadcast
+	m := &workloadManager{a: &Agent{cidr: cidr, meshIP: netip.MustParseAddr("100.64.9.1")}, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
+	ip, err := m.freeIP()
+	if err != nil || ip != netip.MustParseAddr("100.64.9.2") {
+		t.Fatalf("freeIP = %v, %v; want 100.64.9.2", ip, err)
+	}
+	m.adding["wl-a"] = ip // another add is setting it up
+	if ip, err := m.freeIP(); err == nil {
+		t.Fatalf("freeIP handed out %v although the only address is being added", ip)
 	}
 }

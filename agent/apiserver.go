@@ -18,6 +18,7 @@ import (
 	"github.com/weftmesh/weft/internal/version"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/policy"
+	"github.com/weftmesh/weft/tunnel"
 )
 
 // serveAPI mounts the local API on the agent's unix socket.
@@ -49,8 +50,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	ts, err := a.tun.Status()
 	st.Tunnel = api.TunnelStatus{Interface: a.tun.Name(), Kind: string(a.tun.Kind()), ListenPort: a.tun.ListenPort(), PublicKey: a.tun.PublicKey().String(), Up: err == nil}
 	st.Datapath = api.DatapathStatus{Attached: a.dp != nil, PinPath: a.dp.PinDir(), Programs: 2 * (1 + len(a.workloads.list()))}
-	st.Peers, _ = a.Peers(ctx)
-	_ = ts
+	if err == nil {
+		st.Peers = a.peersFrom(ts)
+	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := a.cp.kv.Etcd().Get(cctx, kvstore.ClustersPrefix+a.cfg.Cluster); err != nil {
@@ -82,6 +84,12 @@ func (a *Agent) Peers(ctx context.Context) ([]api.Peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the tunnel: %v", api.ErrUnavailable, err)
 	}
+	return a.peersFrom(ts), nil
+}
+
+// peersFrom names the device's peers after the node records holding their
+// keys (Status and Peers read the device once each).
+func (a *Agent) peersFrom(ts tunnel.Status) []api.Peer {
 	byKey := map[string]kvstore.Node{}
 	a.nodes.Range(func(_ string, n kvstore.Node) bool {
 		byKey[n.WGPublicKey] = n
@@ -101,7 +109,7 @@ func (a *Agent) Peers(ctx context.Context) ([]api.Peer, error) {
 		out = append(out, ap)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
-	return out, nil
+	return out
 }
 
 // Nodes implements api.MeshView.

@@ -3,6 +3,7 @@ package agent
 import (
 	"log/slog"
 	"net/netip"
+	"sync"
 
 	"github.com/weftmesh/weft/kvstore"
 )
@@ -13,31 +14,78 @@ type ipcacheWriter interface {
 	DeleteIPCache(prefix netip.Prefix) error
 }
 
-// ipcacheReconciler mirrors every endpoint of the mesh into the datapath's
-// ipcache (address -> identity), one map write per event. Cryptokey routing
-// makes these source addresses trustworthy: a packet from the tunnel with a
-// source inside a node's prefixes was sent by that node's key.
+// nodeOwnership answers which prefixes a node owns: its CIDRs and mesh IP
+// as its node record says; known is false while no record is seen.
+type nodeOwnership func(cluster, node string) (owned []netip.Prefix, known bool)
+
+// ipcacheReconciler mirrors the endpoints of the mesh into the datapath's
+// ipcache (address -> identity), one map write per event.
+//
+// Cryptokey routing makes a source address trustworthy only inside the
+// prefixes of the node whose key sent it. So an endpoint record counts only
+// if its address lies in the prefixes of the node that published it:
+// otherwise a node (or whoever can write its keys) could give another
+// node's workload an identity of its choosing. Records of a node whose own
+// record is not seen yet wait; resyncNode applies them when it arrives.
 type ipcacheReconciler struct {
-	dp  ipcacheWriter
-	log *slog.Logger
+	dp        ipcacheWriter
+	owned     nodeOwnership
+	endpoints endpointLister
+	log       *slog.Logger
+	mu        sync.Mutex // endpoint and node events come from two caches
 }
 
-func newIPCacheReconciler(dp ipcacheWriter, log *slog.Logger) *ipcacheReconciler {
-	return &ipcacheReconciler{dp: dp, log: log}
+// endpointLister is the endpoint cache, as resyncNode reads it.
+type endpointLister interface {
+	Range(func(key string, e kvstore.Endpoint) bool)
+}
+
+func newIPCacheReconciler(dp ipcacheWriter, owned nodeOwnership, endpoints endpointLister, log *slog.Logger) *ipcacheReconciler {
+	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log}
 }
 
 func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	switch ev.Kind {
 	case kvstore.EventAdd, kvstore.EventUpdate:
 		if ev.Kind == kvstore.EventUpdate && ev.Old.IP != ev.Value.IP {
 			r.remove(ev.Old.IP)
 		}
-		pfx := netip.PrefixFrom(ev.Value.IP, ev.Value.IP.BitLen())
-		if err := r.dp.UpsertIPCache(pfx, ev.Value.Identity, 0); err != nil {
-			r.log.Error("ipcache upsert", "prefix", pfx, "identity", ev.Value.Identity, "err", err)
-		}
+		r.apply(ev.Value)
 	case kvstore.EventDelete:
 		r.remove(ev.Old.IP)
+	}
+}
+
+// resyncNode re-judges a node's endpoints after its record changed (it
+// appeared, or its prefixes moved).
+func (r *ipcacheReconciler) resyncNode(cluster, node string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		if e.Cluster == cluster && e.Node == node {
+			r.apply(e)
+		}
+		return true
+	})
+}
+
+// apply writes or withholds one endpoint. Caller holds r.mu.
+func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
+	owned, known := r.owned(e.Cluster, e.Node)
+	if !known {
+		return // resyncNode applies it once the node's record is in
+	}
+	if !containsAddr(owned, e.IP) {
+		r.log.Warn("ignoring an endpoint outside its node's prefixes", "endpoint", e.Name, "ip", e.IP,
+			"node", e.Cluster+"/"+e.Node, "nodePrefixes", owned)
+		r.remove(e.IP)
+		return
+	}
+	pfx := netip.PrefixFrom(e.IP, e.IP.BitLen())
+	if err := r.dp.UpsertIPCache(pfx, e.Identity, 0); err != nil {
+		r.log.Error("ipcache upsert", "prefix", pfx, "identity", e.Identity, "err", err)
 	}
 }
 
@@ -49,4 +97,17 @@ func (r *ipcacheReconciler) remove(ip netip.Addr) {
 	if err := r.dp.DeleteIPCache(pfx); err != nil {
 		r.log.Error("ipcache delete", "prefix", pfx, "err", err)
 	}
+}
+
+// nodePrefixes is the nodeOwnership of the agent's node cache.
+func (a *Agent) nodePrefixes(cluster, node string) ([]netip.Prefix, bool) {
+	n, ok := a.nodes.Get(kvstore.NodeKey(cluster, node))
+	if !ok {
+		return nil, false
+	}
+	owned := append([]netip.Prefix(nil), n.CIDRs...)
+	if n.MeshIP.IsValid() {
+		owned = append(owned, netip.PrefixFrom(n.MeshIP, n.MeshIP.BitLen()))
+	}
+	return owned, true
 }

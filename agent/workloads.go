@@ -53,10 +53,13 @@ type workloadManager struct {
 	a  *Agent
 	mu sync.Mutex
 	wl map[string]*workload // by name
+	// adding holds the names and addresses of workloads being set up, so
+	// two concurrent adds never take one address or plumb one namespace.
+	adding map[string]netip.Addr
 }
 
 func newWorkloadManager(a *Agent) *workloadManager {
-	return &workloadManager{a: a, wl: map[string]*workload{}}
+	return &workloadManager{a: a, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
 }
 
 func (m *workloadManager) statePath() string {
@@ -119,11 +122,23 @@ func (m *workloadManager) add(ctx context.Context, spec api.EndpointSpec) (*work
 		}
 		return nil, fmt.Errorf("%w: workload %s exists with labels %v; remove it first to change them", api.ErrConflict, w.Name, w.Labels)
 	}
+	if _, busy := m.adding[spec.Netns]; busy {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: workload %s is being added by another request; retry in a moment", api.ErrConflict, spec.Netns)
+	}
 	ip, err := m.freeIP()
+	if err == nil {
+		m.adding[spec.Netns] = ip
+	}
 	m.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		m.mu.Lock()
+		delete(m.adding, spec.Netns)
+		m.mu.Unlock()
+	}()
 	w := &workload{
 		Name: spec.Netns, Netns: spec.Netns, IP: ip, ID: endpointID(m.a.cidr, ip),
 		HostIface: hostIfaceName(spec.Netns), Labels: labels.Strings(),
@@ -263,6 +278,9 @@ func (m *workloadManager) freeIP() (netip.Addr, error) {
 	used := map[netip.Addr]bool{m.a.meshIP: true}
 	for _, w := range m.wl {
 		used[w.IP] = true
+	}
+	for _, ip := range m.adding {
+		used[ip] = true
 	}
 	cidr := m.a.cidr
 	for ip := cidr.Addr().Next(); cidr.Contains(ip); ip = ip.Next() {
