@@ -302,3 +302,59 @@ func TestApplyArgs(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseLabels: what ParseLabels accepts prints back (FormatLabels) to
+// the same labels, and every refusal is an error, never a panic.
+func FuzzParseLabels(f *testing.F) {
+	for _, s := range []string{"", "app=web", " tier=db , app=x ", "vm:zone=a,k8s:team=net", "empty=", "app=x,vm:app=y", "mesh:cluster=x", "=x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := ParseLabels(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseLabels(FormatLabels(l))
+		if err != nil {
+			t.Fatalf("%q parsed, but its formatting %q does not: %v", s, FormatLabels(l), err)
+		}
+		if FormatLabels(again) != FormatLabels(l) {
+			t.Fatalf("%q: round trip changed the labels: %q -> %q", s, FormatLabels(l), FormatLabels(again))
+		}
+	})
+}
+
+// FuzzParse: refusals wrap ErrInvalid, and a valid configuration (what
+// meshctl writes) marshals to YAML that parses back to the same one. Only
+// valid ones round-trip: an explicit empty field (nodeName: "") is left
+// out by Marshal and comes back as the default.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(""))
+	f.Add([]byte(externalEtcd + "labels: {app: web}\nworkloads: [{netns: w1, labels: {app: x}}]\n"))
+	f.Add([]byte("wireguard: {listenPort: 70000}\n"))
+	f.Add([]byte("nodeName: [x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(data)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error without ErrInvalid: %v", err)
+			}
+			return
+		}
+		if cfg.Validate() != nil {
+			return
+		}
+		a, err := cfg.Marshal()
+		if err != nil {
+			t.Fatalf("marshalling an accepted configuration: %v", err)
+		}
+		back, err := Parse(a)
+		if err != nil {
+			t.Fatalf("re-reading marshalled config: %v\n%s", err, a)
+		}
+		b, _ := back.Marshal()
+		if !bytes.Equal(a, b) {
+			t.Fatalf("round trip differs:\n%s\n---\n%s", a, b)
+		}
+	})
+}
