@@ -238,6 +238,9 @@ func Parse(data []byte) (*Config, error) {
 }
 
 func (c *Config) merge(data []byte) error {
+	if err := checkKeyCase(data); err != nil {
+		return err
+	}
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
 		return fmt.Errorf("%w: %s", ErrInvalid, describeYAMLError(data, err))
 	}

@@ -358,3 +358,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestKeysAreCaseSensitive(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{"NODENAME: x\n", `key "NODENAME": keys are case-sensitive; did you mean "nodeName"?`},
+		{"wireguard: {ListenPort: 5}\n", `"wireguard.ListenPort"`},
+		{"workloads: [{Netns: a}]\n", `"workloads[0].netns"`},
+	} {
+		_, err := Parse([]byte(c.doc))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %s", c.doc, err, c.want)
+		}
+	}
+	if _, err := Parse([]byte("nodeName: x\nwireguard: {listenPort: 5}\n")); err != nil {
+		t.Fatalf("exact keys refused: %v", err)
+	}
+}
