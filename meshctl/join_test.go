@@ -321,3 +321,25 @@ func TestAgentCommandsNeedRoot(t *testing.T) {
 		t.Error("a refused command wrote a configuration")
 	}
 }
+
+func TestUpSaysWhichFlagsAnExistingConfigurationOverrides(t *testing.T) {
+	fakeLaunch(t)
+	p := newPaths(t)
+	cfg := config.Default()
+	cfg.NodeName, cfg.StateDir, cfg.SocketPath = "seed", p.state, p.sock
+	cfg.Etcd.Embedded.Enabled = true
+	data, err := cfg.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(p.cfg), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.cfg, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, _ := runApp(t, append([]string{"up", "--name", "other", "--advertise-address", "198.18.1.10"}, p.flags()...)...)
+	if !strings.Contains(stderr, "--name, --advertise-address ignored") {
+		t.Fatalf("up with an existing configuration did not say which flags it ignored; stderr:\n%s", stderr)
+	}
+}

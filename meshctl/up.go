@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -150,6 +151,20 @@ func upAction(c *cli.Context) error {
 			return fmt.Errorf("this machine is configured to join a mesh (%s has no embedded etcd): run 'meshctl leave' before making it a first node", cfgPath)
 		}
 		fmt.Fprintf(c.App.Writer, "Already the first node %s of cluster %s (configuration %s).\n", cfg.NodeName, cfg.Cluster, cfgPath)
+		// The existing configuration wins; say so rather than drop flags
+		// without a word.
+		var ignored []string
+		for _, f := range []string{"name", "cluster", "labels", "advertise-address"} {
+			if c.IsSet(f) {
+				ignored = append(ignored, "--"+f)
+			}
+		}
+		if len(agentArgs) > 0 {
+			ignored = append(ignored, "the agent flags after --")
+		}
+		if len(ignored) > 0 {
+			fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: the configuration in %s is used as it is (edit it, or 'meshctl leave --force' and run up again)\n", strings.Join(ignored, ", "), cfgPath)
+		}
 	} else if !errors.Is(statErr, os.ErrNotExist) {
 		return statErr
 	} else {
