@@ -509,6 +509,9 @@ func TestIPAM(t *testing.T) {
 	if err := c.ReleaseNodeCIDR(ctx, "east", "vm-3", got[3]); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := c.NodeCIDRs(ctx, "East/../x", "vm-3"); !errors.Is(err, kvstore.ErrInvalidKey) {
+		t.Fatalf("NodeCIDRs of a bad cluster name: %v", err)
+	}
 	if cidrs, _ := c.NodeCIDRs(ctx, "east", "vm-3"); len(cidrs) != 0 {
 		t.Fatalf("vm-3 still owns %v", cidrs)
 	}

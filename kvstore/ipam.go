@@ -256,6 +256,10 @@ func (cl *Client) ReleaseNodeCIDR(ctx context.Context, cluster, node string, cid
 
 // NodeCIDRs lists the CIDRs allocated to node in cluster.
 func (cl *Client) NodeCIDRs(ctx context.Context, cluster, node string) ([]netip.Prefix, error) {
+	// The key builder panics on a bad name: refuse it as input instead.
+	if err := ValidateName("cluster", cluster); err != nil {
+		return nil, err
+	}
 	all, err := List(ctx, cl, IPAMClusterPrefix(cluster), DecodeIPAM)
 	if err != nil {
 		return nil, err
