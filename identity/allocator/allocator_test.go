@@ -170,6 +170,10 @@ func TestReleaseCollectAndReuse(t *testing.T) {
 	if err := n1.alloc.Release(ctx, ida); !errors.Is(err, allocator.ErrNotHeld) {
 		t.Fatalf("releasing more than allocated: %v", err)
 	}
+	// node-2's cache must have seen a before it can be asked to forget it;
+	// otherwise "forgotten" below holds vacuously and a's late arrival makes
+	// node-2 skip the freed number.
+	eventually(t, "node-2's cache sees a", func() bool { _, ok := n2.alloc.LookupByID(ida); return ok })
 	// Within the grace period nothing is collected.
 	if del, err := n1.alloc.CollectGarbage(ctx, time.Hour); err != nil || len(del) != 0 {
 		t.Fatalf("collected %v (%v) within the grace period", del, err)
