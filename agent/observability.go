@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/flowcollect"
 	"github.com/weftmesh/weft/agent/flows"
 	"github.com/weftmesh/weft/agent/health"
 	"github.com/weftmesh/weft/agent/meshtls"
@@ -78,9 +79,9 @@ func (a *Agent) startObservability(ctx context.Context, run func(string, func(co
 	if err != nil {
 		return fmt.Errorf("opening the datapath's events: %w", err)
 	}
-	col := &flows.Collector{
+	col := &flowcollect.Collector{
 		Source:   reader,
-		Enricher: &flows.Enricher{Dir: o, Node: a.cfg.NodeName, Cluster: a.cfg.Cluster},
+		Enricher: &flowcollect.Enricher{Dir: o, Node: a.cfg.NodeName, Cluster: a.cfg.Cluster},
 		Ring:     o.ring,
 		OnFlow:   o.metrics.ObserveFlow,
 	}
@@ -255,7 +256,7 @@ func (o *observability) checkEtcd(ctx context.Context) error {
 	}
 }
 
-// --- flows.Directory ---
+// --- flowcollect.Directory ---
 
 // endpointIndex looks endpoints up by address, rebuilt from the cache when
 // its revision moves.
@@ -281,16 +282,16 @@ func (x *endpointIndex) get(ip netip.Addr) (kvstore.Endpoint, bool) {
 	return e, ok
 }
 
-// EndpointByIP implements flows.Directory.
-func (o *observability) EndpointByIP(ip netip.Addr) (flows.EndpointInfo, bool) {
+// EndpointByIP implements flowcollect.Directory.
+func (o *observability) EndpointByIP(ip netip.Addr) (flowcollect.EndpointInfo, bool) {
 	e, ok := o.endpoint.get(ip)
 	if !ok {
-		return flows.EndpointInfo{}, false
+		return flowcollect.EndpointInfo{}, false
 	}
-	return flows.EndpointInfo{Name: e.Name, Node: e.Node, Cluster: e.Cluster, Identity: e.Identity, Labels: e.Labels}, true
+	return flowcollect.EndpointInfo{Name: e.Name, Node: e.Node, Cluster: e.Cluster, Identity: e.Identity, Labels: e.Labels}, true
 }
 
-// IdentityLabels implements flows.Directory.
+// IdentityLabels implements flowcollect.Directory.
 func (o *observability) IdentityLabels(id uint32) ([]string, bool) {
 	if l, ok := identity.ReservedIdentities()[identity.NumericIdentity(id)]; ok {
 		return l.Strings(), true

@@ -3,15 +3,11 @@ package flows
 import (
 	"context"
 	"errors"
-	"net/netip"
-	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
-	"github.com/weftmesh/weft/bpf"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -231,78 +227,5 @@ func TestMergerReleasesInTimeOrderOnlyWhenEveryStreamHasCaughtUp(t *testing.T) {
 	m.Push(0, api.FlowLine{Lost: 3})
 	if m.Lost() != 3 {
 		t.Fatal("lost flows not counted")
-	}
-}
-
-type fakeDir struct{}
-
-func (fakeDir) EndpointByIP(ip netip.Addr) (EndpointInfo, bool) {
-	if ip == netip.MustParseAddr("100.64.1.2") {
-		return EndpointInfo{Name: "web-1", Node: "n1", Cluster: "east", Identity: 300, Labels: []string{"vm:app=web"}}, true
-	}
-	return EndpointInfo{}, false
-}
-
-func (fakeDir) IdentityLabels(id uint32) ([]string, bool) {
-	if id == 2 {
-		return []string{"reserved:world"}, true
-	}
-	return nil, false
-}
-
-type fakeSource struct {
-	mu     sync.Mutex
-	events chan bpf.Event
-	closed chan struct{}
-}
-
-func (s *fakeSource) Read() (bpf.Event, error) {
-	select {
-	case ev := <-s.events:
-		return ev, nil
-	case <-s.closed:
-		return bpf.Event{}, os.ErrClosed
-	}
-}
-
-func (s *fakeSource) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.closed:
-	default:
-		close(s.closed)
-	}
-	return nil
-}
-
-func TestCollectorEnrichesBothEnds(t *testing.T) {
-	src := &fakeSource{events: make(chan bpf.Event, 1), closed: make(chan struct{})}
-	ring := NewRing(8)
-	got := make(chan api.Flow, 1)
-	c := &Collector{Source: src, Enricher: &Enricher{Dir: fakeDir{}, Node: "n2", Cluster: "east"}, Ring: ring,
-		OnFlow: func(f api.Flow) { got <- f }}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	src.events <- bpf.Event{Type: bpf.EventDrop, Reason: bpf.ReasonPolicyDeny, Direction: bpf.Ingress,
-		Src: netip.MustParseAddr("100.64.1.2"), Dst: netip.MustParseAddr("198.51.100.7"), SrcIdentity: 300, DstIdentity: 2,
-		Protocol: 6, SrcPort: 40000, DstPort: 5432, TCPFlags: 0x02, Time: t0}
-	f := <-got
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Run = %v", err)
-	}
-	if f.Verdict != Dropped || f.Reason != bpf.ReasonPolicyDeny.String() || f.Node != "n2" || f.Protocol != "tcp" || f.TCPFlags != "SYN" {
-		t.Fatalf("flow = %+v", f)
-	}
-	if f.Source.Name != "web-1" || f.Source.Node != "n1" || !slices.Equal(f.Source.Labels, []string{"vm:app=web"}) {
-		t.Fatalf("source = %+v", f.Source)
-	}
-	if f.Destination.Identity != 2 || !slices.Equal(f.Destination.Labels, []string{"reserved:world"}) {
-		t.Fatalf("destination = %+v", f.Destination)
-	}
-	if ring.Len() != 1 || f.Seq != 1 {
-		t.Fatalf("ring holds %d, seq %d", ring.Len(), f.Seq)
 	}
 }

@@ -1,4 +1,4 @@
-package flows
+package flowcollect
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/flows"
 	"github.com/weftmesh/weft/bpf"
 )
 
@@ -20,17 +21,17 @@ func BenchmarkFlowPipeline(b *testing.B) {
 		Protocol: 6, SrcPort: 40000, DstPort: 5432, TCPFlags: 0x02, Time: time.Now()}
 	en := &Enricher{Dir: fakeDir{}, Node: "n2", Cluster: "east"}
 	b.Run("baseline store only", func(b *testing.B) {
-		r := NewRing(DefaultSize)
+		r := flows.NewRing(flows.DefaultSize)
 		f := en.Flow(ev)
 		for b.Loop() {
 			r.Add(f)
 		}
 	})
 	b.Run("enrich store and follow", func(b *testing.B) {
-		r := NewRing(DefaultSize)
+		r := flows.NewRing(flows.DefaultSize)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go r.Stream(ctx, api.FlowRequest{Follow: true, Filter: api.FlowFilter{Verdict: Dropped, FromLabels: []string{"app=web"}}},
+		go r.Stream(ctx, api.FlowRequest{Follow: true, Filter: api.FlowFilter{Verdict: flows.Dropped, FromLabels: []string{"app=web"}}},
 			func(api.FlowLine) error { return nil })
 		for r.Subscribers() == 0 {
 			time.Sleep(time.Millisecond)

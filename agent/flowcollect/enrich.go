@@ -1,4 +1,4 @@
-package flows
+package flowcollect
 
 import (
 	"context"
@@ -6,17 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/flows"
 	"github.com/weftmesh/weft/bpf"
-)
-
-// Verdicts of a flow record.
-const (
-	Forwarded = "forwarded"
-	Dropped   = "dropped"
 )
 
 // EndpointInfo names a mesh endpoint.
@@ -46,18 +39,18 @@ func (e *Enricher) Flow(ev bpf.Event) api.Flow {
 	f := api.Flow{
 		Time: ev.Time, Node: e.Node, Cluster: e.Cluster,
 		Type: ev.Type.String(), Direction: ev.Direction.String(),
-		Protocol: ProtocolName(ev.Protocol), Length: ev.Length,
+		Protocol: flows.ProtocolName(ev.Protocol), Length: ev.Length,
 		Source:      e.end(ev.Src, ev.SrcPort, ev.SrcIdentity),
 		Destination: e.end(ev.Dst, ev.DstPort, ev.DstIdentity),
 	}
 	if ev.Type == bpf.EventDrop {
-		f.Verdict = Dropped
+		f.Verdict = flows.Dropped
 		f.Reason = ev.Reason.String()
 	} else {
-		f.Verdict = Forwarded
+		f.Verdict = flows.Forwarded
 	}
 	if ev.Protocol == 6 {
-		f.TCPFlags = TCPFlags(ev.TCPFlags)
+		f.TCPFlags = flows.TCPFlags(ev.TCPFlags)
 	}
 	return f
 }
@@ -82,38 +75,6 @@ func (e *Enricher) end(ip netip.Addr, port uint16, id uint32) api.FlowEndpoint {
 	return fe
 }
 
-// ProtocolName names an IP protocol number.
-func ProtocolName(p uint8) string {
-	switch p {
-	case 1:
-		return "icmp"
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 58:
-		return "icmpv6"
-	case 132:
-		return "sctp"
-	}
-	return strconv.Itoa(int(p))
-}
-
-// TCPFlags renders TCP flags as SYN,ACK.
-func TCPFlags(fl uint8) string {
-	names := []struct {
-		bit  uint8
-		name string
-	}{{0x02, "SYN"}, {0x10, "ACK"}, {0x01, "FIN"}, {0x04, "RST"}, {0x08, "PSH"}, {0x20, "URG"}}
-	var out []string
-	for _, n := range names {
-		if fl&n.bit != 0 {
-			out = append(out, n.name)
-		}
-	}
-	return strings.Join(out, ",")
-}
-
 // EventSource is the datapath's event reader.
 type EventSource interface {
 	Read() (bpf.Event, error)
@@ -124,7 +85,7 @@ type EventSource interface {
 type Collector struct {
 	Source   EventSource
 	Enricher *Enricher
-	Ring     *Ring
+	Ring     *flows.Ring
 	// OnFlow, when set, sees every flow (metrics).
 	OnFlow func(api.Flow)
 }
