@@ -154,3 +154,11 @@ func formatPrefixes(ps []netip.Prefix) string {
 	}
 	return strings.Join(ss, ",")
 }
+
+// ValidatePeers checks a desired peer set the way Reconcile does, without a
+// device: in-memory devices (tunneltest) refuse exactly what a real one
+// refuses. self is the device's own public key.
+func ValidatePeers(desired []Peer, self wgtypes.Key) error {
+	_, err := validatePeers(desired, self)
+	return err
+}
