@@ -2,15 +2,18 @@
 // (kvstore, identity allocation, policy compilation) to the node's kernel
 // state (WireGuard tunnel, eBPF datapath) and serves the local API.
 //
-// Every reconciler is its own loop fed by a kvstore cache, so the datapath
-// never waits on etcd and keeps working on the last known state while etcd
-// is unreachable:
+// The agent is a list of components started in order (components.go);
+// every reconciler is its own loop fed by a kvstore cache and takes only
+// the small interfaces it uses, so the datapath never waits on etcd, keeps
+// working on the last known state while etcd is unreachable, and each
+// reconciler runs in unit tests on in-memory fakes:
 //
-//	nodes      -> tunnel peers and routes      (peers.go)
-//	endpoints  -> ipcache                      (ipcache.go)
+//	nodes      -> tunnel peers and routes        (peers.go)
+//	endpoints  -> ipcache                        (ipcache.go)
 //	identities
 //	 + policies -> policy maps of local endpoints (policy.go)
-//	local workloads -> identities, endpoint records, datapath (workloads.go)
+//	workload sources (netns.go, later Kubernetes)
+//	           -> endpoint manager: identity, policy, record (endpoints.go)
 package agent
 
 import (
@@ -29,7 +32,6 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/metrics"
-	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/internal/version"
@@ -46,6 +48,14 @@ type Options struct {
 	// Timings, when set, receives the duration of each startup step
 	// (for `make bench-join`: where the join-to-reachable time goes).
 	Timings func(step string, d time.Duration)
+	// OpenTunnel and OpenDatapath make the node's WireGuard device and
+	// eBPF datapath; nil means the kernel's. Unit tests pass in-memory
+	// ones (tunnel/tunneltest, bpf/bpftest).
+	OpenTunnel   OpenTunnelFunc
+	OpenDatapath OpenDatapathFunc
+
+	// veths connects workload namespaces; nil means the kernel's.
+	veths vethPlumber
 }
 
 // Agent is one running node agent.
@@ -56,10 +66,11 @@ type Agent struct {
 	started time.Time
 
 	cp      *controlPlane
+	cidrs   cidrSource
 	session *kvstore.Session
 	alloc   *allocator.Allocator
-	tun     *tunnel.Tunnel
-	dp      *bpf.Datapath
+	tun     Device
+	dp      Datapath
 
 	nodes     *kvstore.Cache[kvstore.Node]
 	endpoints *kvstore.Cache[kvstore.Endpoint]
@@ -75,7 +86,8 @@ type Agent struct {
 	// which start earlier, reach it through the pointer.
 	ipcache   atomic.Pointer[ipcacheReconciler]
 	policy    *policyReconciler
-	workloads *workloadManager
+	eps       *endpointManager
+	workloads *netnsSource
 
 	apiSrv  *api.Server
 	joinSrv interface{ Shutdown(context.Context) error }
@@ -85,8 +97,13 @@ type Agent struct {
 	obs  atomic.Pointer[observability]
 	logs *metrics.LogCounter
 
+	// group runs the agent's long-lived loops (go).
+	group sync.WaitGroup
+	ctx   context.Context
+
 	leaveOnce sync.Once
 	leaving   chan struct{}
+	left      bool // finishLeave removed the datapath and the device
 
 	// rotateMu lets one key rotation run at a time; selfMu guards the key
 	// fields of self, which a rotation rewrites (rotation.go).
@@ -104,6 +121,15 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	if opts.Timings == nil {
 		opts.Timings = func(string, time.Duration) {}
+	}
+	if opts.OpenTunnel == nil {
+		opts.OpenTunnel = openKernelTunnel
+	}
+	if opts.OpenDatapath == nil {
+		opts.OpenDatapath = openKernelDatapath
+	}
+	if opts.veths == nil {
+		opts.veths = kernelVeths{}
 	}
 	logs := metrics.NewLogCounter(opts.Logger.Handler())
 	opts.Logger = slog.New(logs)
@@ -123,13 +149,27 @@ func (a *Agent) step(name string, f func() error) error {
 	return nil
 }
 
-// Run starts the agent and serves until ctx ends or the node leaves the
-// mesh. On return the datapath and the tunnel stay in place (unless the node
-// left), so restarting the agent does not interrupt traffic.
+// goRun runs a long-lived loop until the agent stops; its error (other
+// than the agent stopping) is logged.
+func (a *Agent) goRun(name string, f func(context.Context) error) {
+	a.group.Add(1)
+	go func() {
+		defer a.group.Done()
+		if err := f(a.ctx); err != nil && !errors.Is(err, context.Canceled) {
+			a.log.Error("component stopped", "component", name, "err", err)
+		}
+	}()
+}
+
+// Run starts the agent's components in order and serves until ctx ends or
+// the node leaves the mesh. On return the datapath and the tunnel stay in
+// place (unless the node left), so restarting the agent does not interrupt
+// traffic.
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.ctx = ctx
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("creating state dir: %w", err)
 	}
@@ -139,142 +179,65 @@ func (a *Agent) Run(ctx context.Context) error {
 	// each) and need nothing from etcd or the tunnel: they load while the
 	// control plane and the tunnel come up, and are attached once the
 	// tunnel exists.
-	dpLoaded := a.loadDatapath()
-	dpTaken := false
-	defer func() {
-		if !dpTaken { // Run failed before taking it
-			if r := <-dpLoaded; r.dp != nil {
-				_ = r.dp.Close()
+	dp := a.loadDatapath()
+	var started []component
+	stopAll := func() {
+		cancel()
+		a.group.Wait()
+		sctx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		defer done()
+		for i := len(started) - 1; i >= 0; i-- {
+			if s := started[i].stop; s != nil {
+				if err := s(sctx); err != nil {
+					a.log.Warn("stopping component", "component", started[i].name, "err", err)
+				}
 			}
 		}
-	}()
-
-	var err error
-	if err = a.step("connect to etcd", func() error {
-		a.cp, err = startControlPlane(ctx, a.cfg, a.log)
-		return err
-	}); err != nil {
-		return err
+		dp.discard()
 	}
-	defer a.cp.Close()
-
-	if err := a.step("register cluster and allocate node CIDR", func() error { return a.registerCluster(ctx) }); err != nil {
-		return err
-	}
-	if err := a.step("open tunnel", a.openTunnel); err != nil {
-		return err
-	}
-	defer func() {
-		if a.tun != nil {
-			_ = a.tun.Close()
+	for _, c := range a.components(dp) {
+		if c.when != nil && !c.when() {
+			continue
 		}
-	}()
-	if err := a.step("open session", func() error {
-		a.session, err = a.cp.kv.NewSession(ctx, kvstore.SessionConfig{TTL: a.cfg.Etcd.LeaseTTL.D(), Logger: a.log})
-		return err
-	}); err != nil {
-		return err
-	}
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				a.log.Error("component stopped", "component", name, "err", err)
-			}
-		}()
-	}
-
-	// Peers come in two stages around the node record, because WireGuard
-	// drops a handshake from a key it does not know and retries only after
-	// 5 s: first every node is admitted so that it can handshake with this
-	// one (nodes learning of the record answer or initiate at once), then,
-	// with the datapath enforcing, the full configuration opens traffic and
-	// this node's own handshakes go to nodes that know it by then.
-	if err := a.step("watch nodes", func() error { return a.startNodeCache(ctx, run) }); err != nil {
-		return err
-	}
-	if err := a.step("admit peers", func() error { return a.admitPeers(ctx) }); err != nil {
-		return err
-	}
-	if err := a.step("register node", func() error { return a.registerNode(ctx) }); err != nil {
-		return err
-	}
-	if err := a.step("attach datapath", func() error {
-		r := <-dpLoaded
-		dpTaken = true
-		if r.err != nil {
-			return fmt.Errorf("load datapath: %w", r.err)
+		var err error
+		if c.untimed {
+			err = c.start(ctx)
+		} else {
+			err = a.step(c.name, func() error { return c.start(ctx) })
 		}
-		a.dp = r.dp
-		a.opts.Timings("load datapath", r.took)
-		a.log.Debug("startup step done", "step", "load datapath", "took", r.took, "overlapped", true)
-		if err := a.dp.AttachHostDevice(a.tun.Name()); err != nil {
-			return fmt.Errorf("attaching to %s: %w", a.tun.Name(), err)
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	defer func() {
-		if a.dp != nil {
-			_ = a.dp.Close()
-		}
-	}()
-
-	if err := a.step("start caches", func() error { return a.startCaches(ctx, run) }); err != nil {
-		return err
-	}
-	if err := a.step("register host endpoint", func() error { return a.registerHost(ctx) }); err != nil {
-		return err
-	}
-	if err := a.step("restore workloads", func() error { return a.workloads.restore(ctx, a.cfg.Workloads) }); err != nil {
-		return err
-	}
-	if err := a.step("configure peers", func() error { return a.configurePeers(ctx) }); err != nil {
-		return err
-	}
-	run("peer reconciler", a.peers.run)
-	run("tunnel upkeep", func(ctx context.Context) error { return a.tun.Run(ctx, 2*time.Second) })
-	run("identity gc", func(ctx context.Context) error { a.alloc.RunGC(ctx, time.Minute, allocator.DefaultGCGrace); return nil })
-	if err := a.step("serve api", func() error { return a.serveAPI(ctx, run) }); err != nil {
-		return err
-	}
-	if every := a.cfg.WireGuard.RotateEvery.D(); every > 0 {
-		run("key rotation", func(ctx context.Context) error { return a.runRotation(ctx, every) })
-	}
-	if err := a.step("start observability", func() error { return a.startObservability(ctx, run) }); err != nil {
-		return err
-	}
-	if a.cp.embedded != nil {
-		if err := a.step("serve join", func() error { return a.serveJoin(ctx, run) }); err != nil {
+		if err != nil {
+			stopAll()
 			return err
 		}
+		started = append(started, c)
 	}
 	a.log.Info("agent ready", "meshIP", a.meshIP, "cidr", a.cidr, "tunnel", a.tun.Kind(), "took", time.Since(a.started).Round(time.Millisecond))
 
+	var runErr error
 	select {
 	case <-ctx.Done():
 	case <-a.leaving:
 	case err := <-a.cp.fatal():
-		return fmt.Errorf("embedded etcd failed: %w", err)
+		runErr = fmt.Errorf("embedded etcd failed: %w", err)
 	}
+	// The servers stop first, so no request sees a half-stopped agent.
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
-	if a.apiSrv != nil {
-		_ = a.apiSrv.Shutdown(shutdownCtx)
-	}
-	if a.joinSrv != nil {
-		_ = a.joinSrv.Shutdown(shutdownCtx)
+	for _, s := range []interface{ Shutdown(context.Context) error }{a.apiSrvOrNil(), a.joinSrv} {
+		if s != nil {
+			_ = s.Shutdown(shutdownCtx)
+		}
 	}
 	select {
 	case <-a.leaving:
-		return a.finishLeave(shutdownCtx)
+		err := a.finishLeave(shutdownCtx)
+		stopAll()
+		return err
 	default:
+	}
+	stopAll()
+	if runErr != nil {
+		return runErr
 	}
 	// A plain stop keeps the lease alive until it expires on its own: the
 	// node's records vanish only if the agent does not come back in time.
@@ -282,45 +245,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// registerCluster makes sure the node's cluster exists and that the node
-// owns a CIDR from its mesh pool; the first address is the node's mesh IP.
-func (a *Agent) registerCluster(ctx context.Context) error {
-	kv := a.cp.kv
-	cl, err := kv.GetCluster(ctx, a.cfg.Cluster)
-	switch {
-	case errors.Is(err, kvstore.ErrNotFound):
-		pool, perr := netip.ParsePrefix(a.cfg.IPAM.MeshPool)
-		if perr != nil {
-			return fmt.Errorf("ipam.meshPool: %w", perr)
-		}
-		id := a.cfg.ClusterID
-		if id == 0 {
-			id = 1
-		}
-		cl = kvstore.Cluster{Name: a.cfg.Cluster, ID: id, MeshPool: pool}
-		if err := kv.PutCluster(ctx, cl); err != nil {
-			// Another node may have registered it meanwhile.
-			if got, gerr := kv.GetCluster(ctx, a.cfg.Cluster); gerr == nil {
-				cl = got
-			} else {
-				return fmt.Errorf("registering cluster %s: %w", a.cfg.Cluster, err)
-			}
-		} else {
-			a.log.Info("registered cluster", "cluster", cl.Name, "id", cl.ID, "meshPool", cl.MeshPool)
-		}
-	case err != nil:
-		return fmt.Errorf("reading cluster %s: %w", a.cfg.Cluster, err)
+func (a *Agent) apiSrvOrNil() interface{ Shutdown(context.Context) error } {
+	if a.apiSrv == nil {
+		return nil
 	}
-	cidr, err := kv.AllocateNodeCIDR(ctx, a.cfg.Cluster, a.cfg.NodeName, a.cfg.IPAM.NodePrefixLength)
-	if err != nil {
-		return fmt.Errorf("allocating a CIDR for node %s: %w", a.cfg.NodeName, err)
-	}
-	a.cidr = cidr
-	a.meshIP = cidr.Addr().Next()
-	return nil
+	return a.apiSrv
 }
 
-func (a *Agent) openTunnel() error {
+func (a *Agent) openTunnel(ctx context.Context) error {
 	mode := tunnel.ModeAuto
 	switch a.cfg.WireGuard.Mode {
 	case "kernel":
@@ -328,7 +260,7 @@ func (a *Agent) openTunnel() error {
 	case "userspace":
 		mode = tunnel.ModeUserspace
 	}
-	t, err := tunnel.Open(context.Background(), tunnel.Config{
+	t, err := a.opts.OpenTunnel(ctx, tunnel.Config{
 		Name:         a.cfg.WireGuard.Interface,
 		ListenPort:   a.cfg.WireGuard.ListenPort,
 		StateDir:     filepath.Join(a.cfg.StateDir, "wireguard"),
@@ -346,64 +278,11 @@ func (a *Agent) openTunnel() error {
 	return nil
 }
 
-// datapathLoad is the outcome of loading the datapath in the background.
-type datapathLoad struct {
-	dp   *bpf.Datapath
-	err  error
-	took time.Duration
-}
-
-// loadDatapath loads the datapath's maps and programs in the background;
-// the channel yields the result once.
-func (a *Agent) loadDatapath() <-chan datapathLoad {
-	ch := make(chan datapathLoad, 1)
-	go func() {
-		t0 := time.Now()
-		dp, err := bpf.Open(bpf.Config{
-			Scope:   a.bpfScope(),
-			PinRoot: a.cfg.BPF.PinPath,
-			// The workload programs load while the node registers and
-			// configures its peers; the first workload waits for them.
-			LazyWorkloadPrograms: true,
-			Logger:               a.log.With("component", "datapath"),
-		})
-		ch <- datapathLoad{dp: dp, err: err, took: time.Since(t0)}
-	}()
-	return ch
-}
-
 // bpfScope names this agent's pins: one scope per node, so several lab
 // nodes on one kernel do not share maps. bpffs refuses names with dots, so
 // dots in names become '-' ('_', which names never contain, separates).
 func (a *Agent) bpfScope() string {
 	return strings.ReplaceAll(a.cfg.Cluster, ".", "-") + "_" + strings.ReplaceAll(a.cfg.NodeName, ".", "-")
-}
-
-// startNodeCache starts the list+watch cache of the mesh's nodes, which
-// feeds the peer reconciler (started later, by Run), and waits for its
-// first listing.
-func (a *Agent) startNodeCache(ctx context.Context, run func(string, func(context.Context) error)) error {
-	a.peers = newPeerReconciler(a)
-	var err error
-	a.nodes, err = kvstore.NewCache(a.cp.kv.Etcd(), kvstore.CacheConfig[kvstore.Node]{
-		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
-		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
-			a.peers.trigger()
-			if r := a.ipcache.Load(); r != nil {
-				n := ev.Value
-				if ev.Kind == kvstore.EventDelete {
-					n = ev.Old
-				}
-				r.resyncNode(n.Cluster, n.Name)
-			}
-		},
-		Logger: a.log,
-	})
-	if err != nil {
-		return err
-	}
-	run("node cache", a.nodes.Run)
-	return waitSynced(ctx, a.nodes.Synced())
 }
 
 // waitSynced waits for the first listing of caches.
@@ -419,94 +298,6 @@ func waitSynced(ctx context.Context, synced ...<-chan struct{}) error {
 		}
 	}
 	return nil
-}
-
-// admitPeers adds the nodes the device does not know yet as peers that can
-// only handshake: no allowed prefixes (no traffic either way before the
-// datapath is attached), no routes and no keepalive (this node does not
-// initiate yet). Peers already on the device, left by an agent that
-// restarted, keep their configuration, so their traffic goes on. A failure
-// is only logged: configurePeers applies the whole configuration later.
-func (a *Agent) admitPeers(ctx context.Context) error {
-	st, err := a.tun.Status()
-	if err != nil {
-		a.log.Warn("reading the tunnel's peers; skipping early admission", "err", err)
-		return nil
-	}
-	have := map[string]bool{}
-	for _, p := range st.Peers {
-		have[p.PublicKey] = true
-	}
-	desired := a.peers.desired()
-	for i := range desired {
-		if !have[desired[i].PublicKey] {
-			desired[i].AllowedIPs, desired[i].Keepalive = nil, 0
-		}
-	}
-	if err := a.tun.Reconcile(ctx, desired); err != nil {
-		a.log.Warn("admitting peers before registration; the full configuration follows", "err", err)
-	}
-	return nil
-}
-
-// configurePeers applies the full peer configuration once (the peer
-// reconciler keeps it current from then on): allowed prefixes, routes and
-// keepalives, which makes this node handshake with the peers that have not
-// done so yet.
-func (a *Agent) configurePeers(ctx context.Context) error {
-	desired := a.peers.desired()
-	if err := a.tun.Reconcile(ctx, desired); err != nil {
-		a.log.Warn("configuring tunnel peers; the peer reconciler retries", "err", err)
-		a.peers.trigger()
-		return nil
-	}
-	a.peers.last = desired
-	return nil
-}
-
-// startCaches starts the list+watch caches of identities, endpoints and
-// policies and the reconcilers they feed, and waits until each has its
-// first listing.
-func (a *Agent) startCaches(ctx context.Context, run func(string, func(context.Context) error)) error {
-	ec := a.cp.kv.Etcd()
-	var err error
-	a.policy = newPolicyReconciler(a)
-	a.workloads = newWorkloadManager(a)
-
-	a.alloc, err = allocator.New(allocator.Config{
-		Client: a.cp.kv, Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
-		OnEvent: a.policy.identityEvent,
-		OnLost: func(id allocator.Identity) {
-			a.log.Warn("identity reference lost after a lease loss; re-allocating", "identity", id.ID)
-			go a.workloads.reallocate(ctx, id)
-		},
-		Logger: a.log.With("component", "identities"),
-	})
-	if err != nil {
-		return err
-	}
-	a.endpoints, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Endpoint]{
-		Name: "endpoints", Prefix: kvstore.EndpointsPrefix, Decode: kvstore.EndpointDecoder,
-		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) { a.ipcache.Load().event(ev) },
-		Logger:  a.log,
-	})
-	if err != nil {
-		return err
-	}
-	// Published before the endpoint cache runs, so no event finds it nil.
-	a.ipcache.Store(newIPCacheReconciler(a.dp, a.nodePrefixes, a.endpoints, a.log))
-	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
-		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
-		OnEvent: a.policy.policyEvent, Logger: a.log,
-	})
-	if err != nil {
-		return err
-	}
-	run("identity cache", a.alloc.Run)
-	run("endpoint cache", a.endpoints.Run)
-	run("policy cache", a.policies.Run)
-	run("policy reconciler", a.policy.run)
-	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced())
 }
 
 // registerNode writes this node's record under the session's lease.
@@ -526,10 +317,26 @@ func (a *Agent) registerNode(ctx context.Context) error {
 		WGPublicKey:  a.tun.PublicKey().String(),
 		CIDRs:        []netip.Prefix{a.cidr},
 		MeshIP:       a.meshIP,
-		Labels:       labelStrings(labels),
+		Labels:       labels.Strings(),
 		AgentVersion: version.Version,
 	}
 	return a.session.Put(ctx, a.self.Key(), &a.self)
+}
+
+// peerSelf is what the peer reconciler needs of this node.
+func (a *Agent) peerSelf() peerSelf {
+	return peerSelf{Cluster: a.cfg.Cluster, Node: a.cfg.NodeName, CIDRs: a.cidrsOwned(), Keepalive: a.cfg.WireGuard.PersistentKeepalive.D()}
+}
+
+// reallocate re-registers the endpoints whose identity was collected while
+// the node's lease was lost.
+func (a *Agent) reallocate(ctx context.Context, lost allocator.Identity) {
+	a.workloads.reallocate(ctx, lost.ID)
+	if a.hostIdent == lost.ID {
+		if err := a.registerHost(ctx); err != nil {
+			a.log.Error("re-allocating host identity", "err", err)
+		}
+	}
 }
 
 // Leave removes the node from the mesh: records, workloads, datapath and
@@ -549,15 +356,16 @@ func (a *Agent) finishLeave(ctx context.Context) error {
 		errs = append(errs, a.session.Close(ctx))
 	}
 	for _, c := range a.cidrsOwned() {
-		errs = append(errs, a.cp.kv.ReleaseNodeCIDR(ctx, a.cfg.Cluster, a.cfg.NodeName, c))
+		errs = append(errs, a.cidrs.Release(ctx, c))
 	}
+	// The datapath and the device go; their components' stops then have
+	// nothing left to close.
+	a.left = true
 	if a.dp != nil {
 		errs = append(errs, a.dp.Remove())
-		a.dp = nil
 	}
 	if a.tun != nil {
 		errs = append(errs, a.tun.Destroy())
-		a.tun = nil
 	}
 	_ = os.Remove(filepath.Join(a.cfg.StateDir, workloadStateFile))
 	return errors.Join(errs...)

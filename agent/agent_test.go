@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/weftmesh/weft/agent/config"
-	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/bpf/bpftest"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/policy"
@@ -60,53 +60,6 @@ func TestDiffPolicyWritesOnlyTheDifference(t *testing.T) {
 	}
 }
 
-// fakeDatapath records the writes a reconciler makes.
-type fakeDatapath struct {
-	ipcache   map[netip.Prefix]uint32
-	policy    map[uint32]map[bpf.PolicyKey]bpf.Verdict
-	endpoints map[netip.Addr]bpf.Endpoint
-	log       []string
-}
-
-func newFakeDatapath() *fakeDatapath {
-	return &fakeDatapath{ipcache: map[netip.Prefix]uint32{}, policy: map[uint32]map[bpf.PolicyKey]bpf.Verdict{}, endpoints: map[netip.Addr]bpf.Endpoint{}}
-}
-
-func (f *fakeDatapath) UpsertIPCache(p netip.Prefix, id uint32, _ uint32) error {
-	f.ipcache[p] = id
-	f.log = append(f.log, "ipcache+ "+p.String())
-	return nil
-}
-
-func (f *fakeDatapath) DeleteIPCache(p netip.Prefix) error {
-	delete(f.ipcache, p)
-	f.log = append(f.log, "ipcache- "+p.String())
-	return nil
-}
-
-func (f *fakeDatapath) SetPolicy(ep uint32, ups map[bpf.PolicyKey]bpf.Verdict, dels []bpf.PolicyKey) error {
-	m := f.policy[ep]
-	if m == nil {
-		m = map[bpf.PolicyKey]bpf.Verdict{}
-		f.policy[ep] = m
-	}
-	for k, v := range ups {
-		m[k] = v
-		f.log = append(f.log, "policy+ "+k.String())
-	}
-	for _, k := range dels {
-		delete(m, k)
-		f.log = append(f.log, "policy- "+k.String())
-	}
-	return nil
-}
-
-func (f *fakeDatapath) UpsertEndpoint(a netip.Addr, ep bpf.Endpoint) error {
-	f.endpoints[a] = ep
-	f.log = append(f.log, "endpoint "+a.String())
-	return nil
-}
-
 // fakeEndpoints is an endpoint cache for resyncNode.
 type fakeEndpoints []kvstore.Endpoint
 
@@ -119,31 +72,31 @@ func (f fakeEndpoints) Range(fn func(string, kvstore.Endpoint) bool) {
 }
 
 func TestIPCacheFollowsEndpointEvents(t *testing.T) {
-	dp := newFakeDatapath()
+	dp := bpftest.New()
 	owned := func(cluster, node string) ([]netip.Prefix, bool) {
 		return []netip.Prefix{netip.MustParsePrefix("100.64.1.0/24")}, node == "n1"
 	}
 	r := newIPCacheReconciler(dp, owned, fakeEndpoints(nil), slog.New(slog.DiscardHandler))
 	ep := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Cluster: "c", Node: "n1"}
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: ep})
-	if dp.ipcache[netip.MustParsePrefix("100.64.1.2/32")] != 300 {
-		t.Fatalf("ipcache = %v after add", dp.ipcache)
+	if dp.IPCache()[netip.MustParsePrefix("100.64.1.2/32")] != 300 {
+		t.Fatalf("ipcache = %v after add", dp.IPCache())
 	}
 	moved := ep
 	moved.IP = netip.MustParseAddr("100.64.1.3")
 	moved.Identity = 301
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventUpdate, Value: moved, Old: ep})
-	if _, ok := dp.ipcache[netip.MustParsePrefix("100.64.1.2/32")]; ok || dp.ipcache[netip.MustParsePrefix("100.64.1.3/32")] != 301 {
-		t.Fatalf("ipcache = %v after the endpoint moved", dp.ipcache)
+	if ipc := dp.IPCache(); ipc[netip.MustParsePrefix("100.64.1.2/32")] != 0 || ipc[netip.MustParsePrefix("100.64.1.3/32")] != 301 {
+		t.Fatalf("ipcache = %v after the endpoint moved", ipc)
 	}
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: moved})
-	if len(dp.ipcache) != 0 {
-		t.Fatalf("ipcache = %v after delete, want empty", dp.ipcache)
+	if len(dp.IPCache()) != 0 {
+		t.Fatalf("ipcache = %v after delete, want empty", dp.IPCache())
 	}
 }
 
 func TestIPCacheRefusesEndpointsOutsideTheirNode(t *testing.T) {
-	dp := newFakeDatapath()
+	dp := bpftest.New()
 	prefixes := map[string][]netip.Prefix{"n1": {netip.MustParsePrefix("100.64.1.0/24")}}
 	owned := func(cluster, node string) ([]netip.Prefix, bool) { p, ok := prefixes[node]; return p, ok }
 	// n1 claims an address of n2's CIDR; n2's endpoint comes before n2's record.
@@ -152,20 +105,20 @@ func TestIPCacheRefusesEndpointsOutsideTheirNode(t *testing.T) {
 	r := newIPCacheReconciler(dp, owned, fakeEndpoints{spoof, early}, slog.New(slog.DiscardHandler))
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: spoof})
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: early})
-	if len(dp.ipcache) != 0 {
-		t.Fatalf("ipcache = %v: a spoofed or not-yet-owned address got an identity", dp.ipcache)
+	if len(dp.IPCache()) != 0 {
+		t.Fatalf("ipcache = %v: a spoofed or not-yet-owned address got an identity", dp.IPCache())
 	}
 	prefixes["n2"] = []netip.Prefix{netip.MustParsePrefix("100.64.2.0/24")}
 	r.resyncNode("c", "n2")
-	if len(dp.ipcache) != 1 || dp.ipcache[netip.MustParsePrefix("100.64.2.2/32")] != 300 {
-		t.Fatalf("ipcache = %v after n2's record arrived, want only n2's own endpoint", dp.ipcache)
+	if ipc := dp.IPCache(); len(ipc) != 1 || ipc[netip.MustParsePrefix("100.64.2.2/32")] != 300 {
+		t.Fatalf("ipcache = %v after n2's record arrived, want only n2's own endpoint", ipc)
 	}
 }
 
 func TestApplyDeltaNeverOpensAGap(t *testing.T) {
 	// Becoming enforced: allow entries must be in the map before the
 	// endpoint flips to deny-by-default, and stale entries go last.
-	dp := newFakeDatapath()
+	dp := bpftest.New()
 	r := &policyReconciler{dp: dp}
 	old := policy.Key{Direction: policy.Ingress, Identity: 300, Protocol: 6, Port: 80, PortPrefixLen: 16}
 	ep := &localEndpoint{ID: 2, IP: netip.MustParseAddr("100.64.1.2"), policy: policy.EndpointPolicy{Entries: map[policy.Key]policy.Verdict{old: policy.Allow}}}
@@ -175,19 +128,18 @@ func TestApplyDeltaNeverOpensAGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"policy+ " + toBPFKey(nk).String(), "endpoint 100.64.1.2", "policy- " + toBPFKey(old).String()}
-	if strings.Join(dp.log, "|") != strings.Join(want, "|") {
-		t.Fatalf("write order = %v, want %v", dp.log, want)
+	if got := dp.Writes(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("write order = %v, want %v", got, want)
 	}
-	if !dp.endpoints[ep.IP].IngressEnforced || len(ep.policy.Entries) != 1 {
-		t.Fatalf("endpoint state after delta: %+v, entries %v", dp.endpoints[ep.IP], ep.policy.Entries)
+	if e, _ := dp.Endpoint(ep.IP); !e.IngressEnforced || len(ep.policy.Entries) != 1 {
+		t.Fatalf("endpoint state after delta: %+v, entries %v", e, ep.policy.Entries)
 	}
 	// The same delta again changes no flag: no endpoint rewrite.
-	dp.log = nil
 	if err := r.applyDelta(ep, policy.Delta{IngressEnforced: true}, false); err != nil {
 		t.Fatal(err)
 	}
-	if len(dp.log) != 0 {
-		t.Fatalf("an empty delta wrote %v", dp.log)
+	if got := dp.Writes(); len(got) != 0 {
+		t.Fatalf("an empty delta wrote %v", got)
 	}
 }
 
@@ -216,7 +168,7 @@ func TestWorkloadLabelsAddClusterAndRefuseMeshSources(t *testing.T) {
 
 func TestFreeIPSkipsMeshIPWorkloadsAndAddsInFlight(t *testing.T) {
 	cidr := netip.MustParsePrefix("100.64.9.0/30") // .1 mesh IP, .2 usable, .3 broadcast
-	m := &workloadManager{a: &Agent{cidr: cidr, meshIP: netip.MustParseAddr("100.64.9.1")}, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
+	m := &netnsSource{addr: func() (netip.Prefix, netip.Addr) { return cidr, netip.MustParseAddr("100.64.9.1") }, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
 	ip, err := m.freeIP()
 	if err != nil || ip != netip.MustParseAddr("100.64.9.2") {
 		t.Fatalf("freeIP = %v, %v; want 100.64.9.2", ip, err)

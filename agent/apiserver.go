@@ -22,7 +22,8 @@ import (
 )
 
 // serveAPI mounts the local API on the agent's unix socket.
-func (a *Agent) serveAPI(ctx context.Context, run func(string, func(context.Context) error)) error {
+func (a *Agent) serveAPI(ctx context.Context) error {
+	run := a.goRun
 	l, err := api.Listen(a.cfg.SocketPath)
 	if err != nil {
 		return err

@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftmesh/weft/identity"
-	"github.com/weftmesh/weft/kvstore"
 )
 
 // parseLabelMap turns configuration labels (key or source:key -> value)
@@ -57,19 +56,15 @@ func (a *Agent) registerHost(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	id, err := a.alloc.Allocate(ctx, labels)
+	id, err := a.eps.add(ctx, endpointSpec{Name: a.cfg.NodeName, ID: endpointID(a.cidr, a.meshIP), IP: a.meshIP, Labels: labels, Host: true}, nil)
 	if err != nil {
-		return fmt.Errorf("allocating host identity: %w", err)
+		return err
 	}
 	if a.hostIdent != 0 && a.hostIdent != id {
 		_ = a.alloc.Release(ctx, a.hostIdent)
 	}
 	a.hostIdent = id
-	if err := a.policy.addLocal(ctx, localEndpoint{ID: endpointID(a.cidr, a.meshIP), IP: a.meshIP, Identity: id, Labels: labels, Host: true}); err != nil {
-		return err
-	}
-	rec := kvstore.Endpoint{IP: a.meshIP, Identity: uint32(id), Labels: labels.Strings(), Name: a.cfg.NodeName, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName}
-	return a.session.Put(ctx, rec.Key(), &rec)
+	return nil
 }
 
 // underlayEndpoints are the addresses peers reach this node at: the
@@ -113,5 +108,3 @@ func (a *Agent) underlayEndpoints() ([]netip.AddrPort, error) {
 	}
 	return nil, errors.New("no default route to take the underlay address from: set underlay.endpoints (--advertise) to the ip:port peers reach this node at")
 }
-
-func labelStrings(l identity.Labels) []string { return l.Strings() }

@@ -99,15 +99,13 @@ func (r *ipcacheReconciler) remove(ip netip.Addr) {
 	}
 }
 
-// nodePrefixes is the nodeOwnership of the agent's node cache.
-func (a *Agent) nodePrefixes(cluster, node string) ([]netip.Prefix, bool) {
-	n, ok := a.nodes.Get(kvstore.NodeKey(cluster, node))
-	if !ok {
-		return nil, false
+// ownershipOf answers nodeOwnership from a node cache.
+func ownershipOf(nodes nodeSet) nodeOwnership {
+	return func(cluster, node string) ([]netip.Prefix, bool) {
+		n, ok := nodes.Get(kvstore.NodeKey(cluster, node))
+		if !ok {
+			return nil, false
+		}
+		return nodePrefixes(n), true
 	}
-	owned := append([]netip.Prefix(nil), n.CIDRs...)
-	if n.MeshIP.IsValid() {
-		owned = append(owned, netip.PrefixFrom(n.MeshIP, n.MeshIP.BitLen()))
-	}
-	return owned, true
 }

@@ -45,7 +45,8 @@ func (a *Agent) meshCA() (*pki.CA, error) {
 }
 
 // serveJoin runs the join service next to the embedded etcd.
-func (a *Agent) serveJoin(ctx context.Context, run func(string, func(context.Context) error)) error {
+func (a *Agent) serveJoin(ctx context.Context) error {
+	run := a.goRun
 	ca, err := a.meshCA()
 	if err != nil {
 		return err

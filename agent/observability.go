@@ -65,7 +65,8 @@ type observability struct {
 
 // startObservability starts flow collection, metrics, health probing and
 // the agent-to-agent API on the mesh address.
-func (a *Agent) startObservability(ctx context.Context, run func(string, func(context.Context) error)) error {
+func (a *Agent) startObservability(ctx context.Context) error {
+	run := a.goRun
 	o := &observability{a: a, ring: flows.NewRing(a.cfg.Flows.Buffer)}
 	o.endpoint.cache = a.endpoints
 	o.metrics = metrics.New(o, a.log.With("component", "metrics"))
@@ -116,13 +117,6 @@ func (a *Agent) startObservability(ctx context.Context, run func(string, func(co
 	})
 	a.obs.Store(o)
 	return nil
-}
-
-// observeReconcile records one reconcile pass (reconcilers call it).
-func (a *Agent) observeReconcile(name string, start time.Time) {
-	if o := a.obs.Load(); o != nil {
-		o.metrics.ObserveReconcile(name, time.Since(start))
-	}
 }
 
 // gossipKey reads the mesh's gossip key, creating it if this is the first

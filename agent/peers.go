@@ -2,26 +2,153 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/tunnel"
 )
 
+// peerDevice is the part of the tunnel the peer reconciler drives.
+type peerDevice interface {
+	Reconcile(ctx context.Context, desired []tunnel.Peer) error
+	// PublicKey is the device's current key, which during this node's own
+	// rotation runs ahead of its node record.
+	PublicKey() wgtypes.Key
+}
+
+// peerSelf is what the node→peer translation needs to know about this node.
+type peerSelf struct {
+	Cluster, Node string
+	// Key is the device's current public key.
+	Key string
+	// CIDRs are this node's own prefixes, which no peer may claim.
+	CIDRs     []netip.Prefix
+	Keepalive time.Duration
+}
+
+// peerRejection is a part of a node record desiredPeers left out, with why.
+type peerRejection struct {
+	Node   string // cluster/name
+	Prefix netip.Prefix
+	Key    string // a next key that collided
+	Reason string
+}
+
+// desiredPeers turns node records into tunnel peers: every node but this
+// one, with its CIDRs and mesh IP as allowed prefixes, sorted by key. It is
+// a pure function: what it leaves out (a prefix a second node claims, a
+// prefix of this node's own, a next key already in use) it returns as
+// rejections for the caller to log, so one bad record never fails the
+// whole reconcile and never cuts the rest of the mesh.
+//
+// Every peer gets a persistent keepalive: a node behind NAT must send one
+// (it keeps the mapping open and lets the public side learn its endpoint),
+// and a node cannot always tell that it is behind NAT, so all of them do;
+// the cost is one 32-byte packet per peer per interval.
+func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRejection) {
+	// Records in a fixed order, so which of two claims wins does not depend
+	// on map iteration: the first by cluster/name.
+	nodes = slices.Clone(nodes)
+	slices.SortFunc(nodes, func(x, y kvstore.Node) int {
+		return strings.Compare(x.Cluster+"/"+x.Name, y.Cluster+"/"+y.Name)
+	})
+	var (
+		peers    []tunnel.Peer
+		rejected []peerRejection
+	)
+	// Every key in use, so that a next key colliding with one (a bad
+	// record) is dropped instead of failing the whole reconcile.
+	inUse := map[string]bool{self.Key: true}
+	for _, n := range nodes {
+		inUse[n.WGPublicKey] = true
+	}
+	seenPrefix := map[netip.Prefix]string{}
+	for _, n := range nodes {
+		name := n.Cluster + "/" + n.Name
+		if (n.Cluster == self.Cluster && n.Name == self.Node) || n.WGPublicKey == self.Key {
+			continue
+		}
+		p := tunnel.Peer{PublicKey: n.WGPublicKey, Keepalive: self.Keepalive}
+		if n.WGNextPublicKey != "" {
+			if inUse[n.WGNextPublicKey] {
+				rejected = append(rejected, peerRejection{Node: name, Key: n.WGNextPublicKey, Reason: "next WireGuard key is already in use"})
+			} else {
+				p.NextPublicKey = n.WGNextPublicKey
+				inUse[n.WGNextPublicKey] = true
+			}
+		}
+		if len(n.Endpoints) > 0 {
+			p.Endpoint = n.Endpoints[0].String()
+		}
+		for _, pf := range nodePrefixes(n) {
+			if owner, dup := seenPrefix[pf]; dup {
+				rejected = append(rejected, peerRejection{Node: name, Prefix: pf, Reason: "prefix already claimed by " + owner})
+				continue
+			}
+			if overlapsAny(self.CIDRs, pf) {
+				rejected = append(rejected, peerRejection{Node: name, Prefix: pf, Reason: "prefix overlaps this node's own"})
+				continue
+			}
+			seenPrefix[pf] = name
+			p.AllowedIPs = append(p.AllowedIPs, pf)
+		}
+		peers = append(peers, p)
+	}
+	slices.SortFunc(peers, func(x, y tunnel.Peer) int { return strings.Compare(x.PublicKey, y.PublicKey) })
+	return peers, rejected
+}
+
+// nodePrefixes are the prefixes a node record owns: its CIDRs and its mesh
+// IP (when outside them).
+func nodePrefixes(n kvstore.Node) []netip.Prefix {
+	out := slices.Clone(n.CIDRs)
+	if n.MeshIP.IsValid() && !containsAddr(out, n.MeshIP) {
+		out = append(out, netip.PrefixFrom(n.MeshIP, n.MeshIP.BitLen()))
+	}
+	return out
+}
+
+func overlapsAny(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func containsAddr(ps []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // peerReconciler keeps the tunnel's peers equal to the node records of the
 // mesh. Node events only signal; the loop coalesces a burst of them into one
 // Reconcile, which writes just the difference to the device.
 type peerReconciler struct {
-	a    *Agent
-	kick chan struct{}
-	// applied counts successful reconciles (status, tests).
-	last []tunnel.Peer
+	dev     peerDevice
+	nodes   nodeSet
+	self    func() peerSelf
+	log     *slog.Logger
+	observe func(name string, start time.Time)
+	kick    chan struct{}
+	// retryAfter is the pause before a failed reconcile is tried again.
+	retryAfter time.Duration
 }
 
-func newPeerReconciler(a *Agent) *peerReconciler {
-	return &peerReconciler{a: a, kick: make(chan struct{}, 1)}
+func newPeerReconciler(dev peerDevice, nodes nodeSet, self func() peerSelf, log *slog.Logger, observe func(string, time.Time)) *peerReconciler {
+	return &peerReconciler{dev: dev, nodes: nodes, self: self, log: log, observe: observe,
+		kick: make(chan struct{}, 1), retryAfter: time.Second}
 }
 
 func (r *peerReconciler) trigger() {
@@ -42,93 +169,63 @@ func (r *peerReconciler) run(ctx context.Context) error {
 		case <-retry.C:
 		}
 		start := time.Now()
-		desired := r.desired()
-		err := r.a.tun.Reconcile(ctx, desired)
-		r.a.observeReconcile("peers", start)
+		err := r.dev.Reconcile(ctx, r.desired())
+		r.observe("peers", start)
 		if err != nil {
-			r.a.log.Error("reconciling tunnel peers", "err", err)
-			retry.Reset(time.Second)
-			continue
+			r.log.Error("reconciling tunnel peers", "err", err)
+			retry.Reset(r.retryAfter)
 		}
-		r.last = desired
 	}
 }
 
-// desired turns the node cache into peers: every node but this one, with its
-// CIDRs and mesh IP as allowed prefixes. Every node keeps a persistent
-// keepalive towards its peers: a node behind NAT must (it keeps the mapping
-// open and lets the public side learn its endpoint from the handshake), and
-// a node cannot always tell that it is behind NAT, so all of them do; the
-// cost is one 32-byte packet per peer per interval.
+// desired computes the peers from the node cache and logs what it left out.
 func (r *peerReconciler) desired() []tunnel.Peer {
-	a := r.a
-	var peers []tunnel.Peer
-	seenPrefix := map[netip.Prefix]string{}
+	var nodes []kvstore.Node
+	r.nodes.Range(func(_ string, n kvstore.Node) bool { nodes = append(nodes, n); return true })
+	self := r.self()
 	// The device's key, not the record's: during this node's own rotation
 	// the device switches keys before the record follows.
-	own := a.tun.PublicKey().String()
-	// Every key in use, so that a next key colliding with one (a bad
-	// record) is dropped instead of failing the whole reconcile.
-	inUse := map[string]bool{own: true}
-	a.nodes.Range(func(_ string, n kvstore.Node) bool { inUse[n.WGPublicKey] = true; return true })
-	a.nodes.Range(func(_ string, n kvstore.Node) bool {
-		if n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName {
-			return true
+	self.Key = r.dev.PublicKey().String()
+	peers, rejected := desiredPeers(nodes, self)
+	for _, x := range rejected {
+		if x.Key != "" {
+			r.log.Warn("node record announces a next WireGuard key that is already in use; ignoring it", "node", x.Node, "next_key", x.Key)
+		} else {
+			r.log.Warn("node record claims a prefix that is already taken; ignoring that prefix", "node", x.Node, "prefix", x.Prefix, "reason", x.Reason)
 		}
-		if n.WGPublicKey == own {
-			return true
-		}
-		p := tunnel.Peer{PublicKey: n.WGPublicKey, Keepalive: a.cfg.WireGuard.PersistentKeepalive.D()}
-		if n.WGNextPublicKey != "" {
-			if inUse[n.WGNextPublicKey] {
-				a.log.Warn("node record announces a next WireGuard key that is already in use; ignoring it", "node", n.Name, "cluster", n.Cluster, "next_key", n.WGNextPublicKey)
-			} else {
-				p.NextPublicKey = n.WGNextPublicKey
-				inUse[n.WGNextPublicKey] = true
-			}
-		}
-		if len(n.Endpoints) > 0 {
-			p.Endpoint = n.Endpoints[0].String()
-		}
-		prefixes := slices.Clone(n.CIDRs)
-		if n.MeshIP.IsValid() && !containsAddr(prefixes, n.MeshIP) {
-			prefixes = append(prefixes, netip.PrefixFrom(n.MeshIP, n.MeshIP.BitLen()))
-		}
-		// Two records claiming one prefix would make the whole reconcile
-		// fail; keep the first and log the other, so one bad record does
-		// not cut the rest of the mesh.
-		var ok []netip.Prefix
-		for _, pf := range prefixes {
-			if owner, dup := seenPrefix[pf]; dup || overlapsOwn(a, pf) {
-				a.log.Warn("node record claims a prefix that is already taken; ignoring that prefix", "node", n.Name, "cluster", n.Cluster, "prefix", pf, "owner", owner)
-				continue
-			}
-			seenPrefix[pf] = n.Cluster + "/" + n.Name
-			ok = append(ok, pf)
-		}
-		p.AllowedIPs = ok
-		peers = append(peers, p)
-		return true
-	})
-	slices.SortFunc(peers, func(x, y tunnel.Peer) int {
-		if x.PublicKey < y.PublicKey {
-			return -1
-		}
-		if x.PublicKey > y.PublicKey {
-			return 1
-		}
-		return 0
-	})
+	}
 	return peers
 }
 
-func overlapsOwn(a *Agent, p netip.Prefix) bool { return a.cidr.Overlaps(p) }
-
-func containsAddr(ps []netip.Prefix, ip netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(ip) {
-			return true
+// admit adds the nodes the device does not know yet as peers that can only
+// handshake: no allowed prefixes (no traffic either way before the datapath
+// is attached), no routes and no keepalive (this node does not initiate
+// yet). Peers already on the device, left by an agent that restarted, keep
+// their configuration, so their traffic goes on. A failure is only logged:
+// configure applies the whole configuration later.
+func (r *peerReconciler) admit(ctx context.Context, have func() (map[string]bool, error)) {
+	known, err := have()
+	if err != nil {
+		r.log.Warn("reading the tunnel's peers; skipping early admission", "err", err)
+		return
+	}
+	desired := r.desired()
+	for i := range desired {
+		if !known[desired[i].PublicKey] {
+			desired[i].AllowedIPs, desired[i].Keepalive = nil, 0
 		}
 	}
-	return false
+	if err := r.dev.Reconcile(ctx, desired); err != nil {
+		r.log.Warn("admitting peers before registration; the full configuration follows", "err", err)
+	}
+}
+
+// configure applies the full peer configuration once (the loop keeps it
+// current from then on): allowed prefixes, routes and keepalives, which
+// makes this node handshake with the peers that have not done so yet.
+func (r *peerReconciler) configure(ctx context.Context) {
+	if err := r.dev.Reconcile(ctx, r.desired()); err != nil {
+		r.log.Warn("configuring tunnel peers; the peer reconciler retries", "err", err)
+		r.trigger()
+	}
 }

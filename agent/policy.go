@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sort"
 	"sync"
@@ -25,8 +26,10 @@ const cidrIdentityBase identity.NumericIdentity = 1 << 24
 type policyDatapath interface {
 	SetPolicy(epID uint32, upserts map[bpf.PolicyKey]bpf.Verdict, deletes []bpf.PolicyKey) error
 	UpsertEndpoint(addr netip.Addr, ep bpf.Endpoint) error
-	UpsertIPCache(prefix netip.Prefix, identity uint32, flags uint32) error
-	DeleteIPCache(prefix netip.Prefix) error
+	// Policy reads an endpoint's entries back (a restarted agent diffs
+	// against what it wrote before).
+	Policy(epID uint32) (map[bpf.PolicyKey]bpf.Verdict, error)
+	ipcacheWriter
 }
 
 // localEndpoint is a workload (or the host) this node enforces policy for.
@@ -44,8 +47,12 @@ type localEndpoint struct {
 // order, so the compiler needs no locking and each change costs only its
 // delta in map writes.
 type policyReconciler struct {
-	a  *Agent
 	dp policyDatapath
+	// revision is the policy cache's revision, recorded with each applied
+	// policy (`meshctl policy list` shows it).
+	revision func() int64
+	log      *slog.Logger
+	observe  func(name string, start time.Time)
 
 	mu      sync.Mutex
 	queue   []func()
@@ -65,10 +72,12 @@ type policyApplied struct {
 	Applied  time.Time
 }
 
-func newPolicyReconciler(a *Agent) *policyReconciler {
+func newPolicyReconciler(dp policyDatapath, revision func() int64, log *slog.Logger, observe func(string, time.Time)) *policyReconciler {
 	return &policyReconciler{
-		a:        a,
-		dp:       a.dp,
+		dp:       dp,
+		revision: revision,
+		log:      log,
+		observe:  observe,
 		kick:     make(chan struct{}, 1),
 		applied:  map[string]policyApplied{},
 		compiler: policy.NewCompiler(identity.ReservedIdentities()),
@@ -121,7 +130,7 @@ func (r *policyReconciler) run(ctx context.Context) error {
 			}
 		}
 		r.publish()
-		r.a.observeReconcile("policy", start)
+		r.observe("policy", start)
 	}
 }
 
@@ -139,7 +148,7 @@ func (r *policyReconciler) identityEvent(ev kvstore.Event[allocator.Identity]) {
 }
 
 func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
-	rev := r.a.policies.Revision()
+	rev := r.revision()
 	r.enqueue(func() {
 		var (
 			deltas map[string]policy.Delta
@@ -164,7 +173,7 @@ func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
 		if err != nil {
 			// The writer validated it; a record that still does not parse
 			// was written around meshctl. Skip it, keep enforcing the rest.
-			r.a.log.Error("skipping policy that does not compile", "policy", name, "err", err)
+			r.log.Error("skipping policy that does not compile", "policy", name, "err", err)
 			return
 		}
 		r.applyDeltas(deltas)
@@ -192,7 +201,7 @@ func (r *policyReconciler) syncCIDRIdentities() {
 		}
 		l, err := identity.ParseLabel("cidr:"+p.String(), "")
 		if err != nil {
-			r.a.log.Error("cidr identity", "prefix", p, "err", err)
+			r.log.Error("cidr identity", "prefix", p, "err", err)
 			continue
 		}
 		labels, _ := identity.NewLabels(l)
@@ -201,7 +210,7 @@ func (r *policyReconciler) syncCIDRIdentities() {
 		r.cidrIDs[p] = id
 		r.applyDeltas(r.compiler.AddIdentity(id, labels))
 		if err := r.dp.UpsertIPCache(p, uint32(id), 0); err != nil {
-			r.a.log.Error("ipcache upsert for cidr identity", "prefix", p, "err", err)
+			r.log.Error("ipcache upsert for cidr identity", "prefix", p, "err", err)
 		}
 	}
 	for p, id := range r.cidrIDs {
@@ -211,7 +220,7 @@ func (r *policyReconciler) syncCIDRIdentities() {
 		delete(r.cidrIDs, p)
 		r.applyDeltas(r.compiler.RemoveIdentity(id))
 		if err := r.dp.DeleteIPCache(p); err != nil {
-			r.a.log.Error("ipcache delete for cidr identity", "prefix", p, "err", err)
+			r.log.Error("ipcache delete for cidr identity", "prefix", p, "err", err)
 		}
 	}
 }
@@ -259,7 +268,7 @@ func (r *policyReconciler) removeLocal(ctx context.Context, ip netip.Addr) error
 			del = append(del, toBPFKey(k))
 		}
 		if err := r.dp.SetPolicy(ep.ID, nil, del); err != nil {
-			r.a.log.Error("clearing policy of removed endpoint", "ip", ip, "err", err)
+			r.log.Error("clearing policy of removed endpoint", "ip", ip, "err", err)
 		}
 		delete(r.locals, key)
 	})
@@ -267,13 +276,7 @@ func (r *policyReconciler) removeLocal(ctx context.Context, ip netip.Addr) error
 
 // currentEntries reads what the datapath holds for an endpoint.
 func (r *policyReconciler) currentEntries(epID uint32) (policy.EndpointPolicy, error) {
-	reader, ok := r.dp.(interface {
-		Policy(uint32) (map[bpf.PolicyKey]bpf.Verdict, error)
-	})
-	if !ok {
-		return policy.EndpointPolicy{}, fmt.Errorf("datapath cannot be read")
-	}
-	m, err := reader.Policy(epID)
+	m, err := r.dp.Policy(epID)
 	if err != nil {
 		return policy.EndpointPolicy{}, err
 	}
@@ -307,7 +310,7 @@ func (r *policyReconciler) applyDeltas(deltas map[string]policy.Delta) {
 			continue
 		}
 		if err := r.applyDelta(ep, d, false); err != nil {
-			r.a.log.Error("applying policy delta", "endpoint", key, "err", err)
+			r.log.Error("applying policy delta", "endpoint", key, "err", err)
 		}
 	}
 }

@@ -7,21 +7,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/identity"
-	"github.com/weftmesh/weft/identity/allocator"
-	"github.com/weftmesh/weft/kvstore"
 )
 
 const (
@@ -46,11 +41,41 @@ type workload struct {
 	Identity  identity.NumericIdentity `json:"identity"`
 }
 
-// workloadManager makes network namespaces mesh endpoints: a veth pair, an
-// address from the node's CIDR, routes, the datapath programs, an identity
-// and a leased endpoint record.
-type workloadManager struct {
-	a  *Agent
+// vethPlumber connects a workload's network namespace to the node; the
+// kernel's (kernelVeths) creates veth pairs, unit tests use a fake.
+type vethPlumber interface {
+	// NetnsExists reports whether the named namespace exists.
+	NetnsExists(name string) bool
+	// Plumb creates (if missing) and configures the workload's veth pair.
+	Plumb(w *workload, mtu int) error
+	// Unplumb removes the host end (and with it the pair); a pair that is
+	// already gone is not an error.
+	Unplumb(w *workload) error
+}
+
+// workloadAttacher attaches the datapath to a workload's host interface.
+type workloadAttacher interface {
+	AttachWorkload(iface string) error
+}
+
+// nodeAddressing is the node's CIDR and mesh IP, once known.
+type nodeAddressing func() (cidr netip.Prefix, meshIP netip.Addr)
+
+// netnsSource is the workload source for network namespaces (`meshctl
+// endpoint add`, the configuration's workloads): a veth pair, an address
+// from the node's CIDR, routes, the datapath programs, and the endpoint
+// (identity, policy, record) through the endpoint manager. It keeps its
+// workloads in a state file, so a restarted agent restores them.
+type netnsSource struct {
+	stateFile string
+	addr      nodeAddressing
+	mtu       func() int
+	labels    func(map[string]string) (identity.Labels, error)
+	veths     vethPlumber
+	dp        workloadAttacher
+	eps       *endpointManager
+	log       *slog.Logger
+
 	mu sync.Mutex
 	wl map[string]*workload // by name
 	// adding holds the names and addresses of workloads being set up, so
@@ -58,36 +83,35 @@ type workloadManager struct {
 	adding map[string]netip.Addr
 }
 
-func newWorkloadManager(a *Agent) *workloadManager {
-	return &workloadManager{a: a, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
-}
-
-func (m *workloadManager) statePath() string {
-	return filepath.Join(m.a.cfg.StateDir, workloadStateFile)
+func newNetnsSource(stateDir string, addr nodeAddressing, mtu func() int, labels func(map[string]string) (identity.Labels, error),
+	veths vethPlumber, dp workloadAttacher, eps *endpointManager, log *slog.Logger) *netnsSource {
+	return &netnsSource{stateFile: filepath.Join(stateDir, workloadStateFile), addr: addr, mtu: mtu, labels: labels,
+		veths: veths, dp: dp, eps: eps, log: log, wl: map[string]*workload{}, adding: map[string]netip.Addr{}}
 }
 
 // restore brings back the workloads of the previous run (their veths and
 // pinned datapath state survived it) and adds the declared ones.
-func (m *workloadManager) restore(ctx context.Context, declared []config.Workload) error {
+func (m *netnsSource) restore(ctx context.Context, declared []config.Workload) error {
 	var saved []workload
-	if data, err := os.ReadFile(m.statePath()); err == nil {
+	if data, err := os.ReadFile(m.stateFile); err == nil {
 		if err := json.Unmarshal(data, &saved); err != nil {
-			m.a.log.Error("workload state file is corrupt; starting without it", "file", m.statePath(), "err", err)
+			m.log.Error("workload state file is corrupt; starting without it", "file", m.stateFile, "err", err)
 			saved = nil
 		}
 	}
+	cidr, _ := m.addr()
 	for _, w := range saved {
-		if _, err := os.Stat(netnsPath(w.Netns)); err != nil {
-			m.a.log.Warn("workload namespace is gone; dropping the workload", "workload", w.Name, "netns", w.Netns)
+		if !m.veths.NetnsExists(w.Netns) {
+			m.log.Warn("workload namespace is gone; dropping the workload", "workload", w.Name, "netns", w.Netns)
 			continue
 		}
-		if !m.a.cidr.Contains(w.IP) {
-			m.a.log.Warn("workload address is outside this node's CIDR; re-adding it", "workload", w.Name, "ip", w.IP)
+		if !cidr.Contains(w.IP) {
+			m.log.Warn("workload address is outside this node's CIDR; re-adding it", "workload", w.Name, "ip", w.IP)
 			continue
 		}
 		w := w
 		if err := m.setup(ctx, &w); err != nil {
-			m.a.log.Error("restoring workload", "workload", w.Name, "err", err)
+			m.log.Error("restoring workload", "workload", w.Name, "err", err)
 		}
 	}
 	for _, d := range declared {
@@ -100,17 +124,17 @@ func (m *workloadManager) restore(ctx context.Context, declared []config.Workloa
 
 // add makes a namespace a workload. Adding it again with the same labels
 // returns it unchanged.
-func (m *workloadManager) add(ctx context.Context, spec api.EndpointSpec) (*workload, error) {
+func (m *netnsSource) add(ctx context.Context, spec api.EndpointSpec) (*workload, error) {
 	if spec.Netns == "" {
 		return nil, fmt.Errorf("%w: netns is required (the name of a namespace in `ip netns list`)", api.ErrInvalid)
 	}
 	if err := config.ValidateName("workload", spec.Netns); err != nil {
 		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
-	if _, err := os.Stat(netnsPath(spec.Netns)); err != nil {
+	if !m.veths.NetnsExists(spec.Netns) {
 		return nil, fmt.Errorf("%w: network namespace %q not found (create it with `ip netns add %s`)", api.ErrInvalid, spec.Netns, spec.Netns)
 	}
-	labels, err := m.a.workloadLabels(spec.Labels)
+	labels, err := m.labels(spec.Labels)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
@@ -139,49 +163,42 @@ func (m *workloadManager) add(ctx context.Context, spec api.EndpointSpec) (*work
 		delete(m.adding, spec.Netns)
 		m.mu.Unlock()
 	}()
+	cidr, _ := m.addr()
 	w := &workload{
-		Name: spec.Netns, Netns: spec.Netns, IP: ip, ID: endpointID(m.a.cidr, ip),
+		Name: spec.Netns, Netns: spec.Netns, IP: ip, ID: endpointID(cidr, ip),
 		HostIface: hostIfaceName(spec.Netns), Labels: labels.Strings(),
 	}
 	if err := m.setup(ctx, w); err != nil {
-		_ = m.teardown(w)
+		_ = m.veths.Unplumb(w)
 		return nil, err
 	}
 	return w, m.save()
 }
 
 // setup does (or re-does, idempotently) everything a workload needs.
-func (m *workloadManager) setup(ctx context.Context, w *workload) error {
-	a := m.a
+func (m *netnsSource) setup(ctx context.Context, w *workload) error {
 	labels := mustLabels(w.Labels)
-	id, err := a.alloc.Allocate(ctx, labels)
+	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels}, func() error {
+		if err := m.veths.Plumb(w, m.mtu()); err != nil {
+			return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
+		}
+		if err := m.dp.AttachWorkload(w.HostIface); err != nil {
+			return fmt.Errorf("attaching datapath to %s: %w", w.HostIface, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("allocating identity for %s: %w", labels, err)
-	}
-	w.Identity = id
-	if err := plumbVeth(w, a.tun.MTU()); err != nil {
-		_ = a.alloc.Release(ctx, id)
-		return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
-	}
-	if err := a.dp.AttachWorkload(w.HostIface); err != nil {
-		_ = a.alloc.Release(ctx, id)
-		return fmt.Errorf("attaching datapath to %s: %w", w.HostIface, err)
-	}
-	if err := a.policy.addLocal(ctx, localEndpoint{ID: w.ID, IP: w.IP, Identity: id, Labels: labels}); err != nil {
 		return err
 	}
-	rec := kvstore.Endpoint{IP: w.IP, Identity: uint32(id), Labels: w.Labels, Name: w.Name, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName}
-	if err := a.session.Put(ctx, rec.Key(), &rec); err != nil {
-		return fmt.Errorf("registering endpoint %s: %w", w.Name, err)
-	}
+	w.Identity = id
 	m.mu.Lock()
 	m.wl[w.Name] = w
 	m.mu.Unlock()
-	a.log.Info("workload ready", "workload", w.Name, "ip", w.IP, "identity", id, "labels", labels.String())
+	m.log.Info("workload ready", "workload", w.Name, "ip", w.IP, "identity", id, "labels", labels.String())
 	return nil
 }
 
-func (m *workloadManager) remove(ctx context.Context, name string) error {
+func (m *netnsSource) remove(ctx context.Context, name string) error {
 	m.mu.Lock()
 	w, ok := m.wl[name]
 	if ok {
@@ -191,23 +208,11 @@ func (m *workloadManager) remove(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("%w: no local workload named %q (see `meshctl endpoints`)", api.ErrNotFound, name)
 	}
-	a := m.a
-	var errs []error
-	rec := kvstore.Endpoint{IP: w.IP, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName}
-	errs = append(errs, a.session.Delete(ctx, rec.Key()))
-	errs = append(errs, a.policy.removeLocal(ctx, w.IP))
-	if err := a.dp.DeleteEndpoint(w.IP); err != nil {
-		errs = append(errs, err)
-	}
-	errs = append(errs, m.teardown(w))
-	if w.Identity != 0 {
-		errs = append(errs, a.alloc.Release(ctx, w.Identity))
-	}
-	errs = append(errs, m.save())
+	errs := []error{m.eps.remove(ctx, w.IP, w.Identity), m.veths.Unplumb(w), m.save()}
 	return errors.Join(errs...)
 }
 
-func (m *workloadManager) removeAll(ctx context.Context) error {
+func (m *netnsSource) removeAll(ctx context.Context) error {
 	var errs []error
 	for _, w := range m.list() {
 		errs = append(errs, m.remove(ctx, w.Name))
@@ -217,33 +222,17 @@ func (m *workloadManager) removeAll(ctx context.Context) error {
 
 // reallocate re-registers workloads whose identity was collected while the
 // node's lease was lost.
-func (m *workloadManager) reallocate(ctx context.Context, lost allocator.Identity) {
+func (m *netnsSource) reallocate(ctx context.Context, lost identity.NumericIdentity) {
 	for _, w := range m.list() {
-		if w.Identity == lost.ID {
+		if w.Identity == lost {
 			if err := m.setup(ctx, w); err != nil {
-				m.a.log.Error("re-allocating identity", "workload", w.Name, "err", err)
+				m.log.Error("re-allocating identity", "workload", w.Name, "err", err)
 			}
 		}
 	}
-	if m.a.hostIdent == lost.ID {
-		if err := m.a.registerHost(ctx); err != nil {
-			m.a.log.Error("re-allocating host identity", "err", err)
-		}
-	}
 }
 
-func (m *workloadManager) teardown(w *workload) error {
-	l, err := netlink.LinkByName(w.HostIface)
-	if err != nil {
-		return nil // already gone: deleting the namespace removes the veth
-	}
-	if err := netlink.LinkDel(l); err != nil {
-		return fmt.Errorf("removing %s: %w", w.HostIface, err)
-	}
-	return nil
-}
-
-func (m *workloadManager) list() []*workload {
+func (m *netnsSource) list() []*workload {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]*workload, 0, len(m.wl))
@@ -254,7 +243,7 @@ func (m *workloadManager) list() []*workload {
 	return out
 }
 
-func (m *workloadManager) save() error {
+func (m *netnsSource) save() error {
 	ws := m.list()
 	out := make([]workload, 0, len(ws))
 	for _, w := range ws {
@@ -264,25 +253,25 @@ func (m *workloadManager) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := m.statePath() + ".tmp"
+	tmp := m.stateFile + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("saving workload state: %w", err)
 	}
-	return os.Rename(tmp, m.statePath())
+	return os.Rename(tmp, m.stateFile)
 }
 
 // freeIP returns the lowest address of the node's CIDR no workload uses;
 // the network address and the node's mesh IP are never handed out. Caller
 // holds m.mu.
-func (m *workloadManager) freeIP() (netip.Addr, error) {
-	used := map[netip.Addr]bool{m.a.meshIP: true}
+func (m *netnsSource) freeIP() (netip.Addr, error) {
+	cidr, meshIP := m.addr()
+	used := map[netip.Addr]bool{meshIP: true}
 	for _, w := range m.wl {
 		used[w.IP] = true
 	}
 	for _, ip := range m.adding {
 		used[ip] = true
 	}
-	cidr := m.a.cidr
 	for ip := cidr.Addr().Next(); cidr.Contains(ip); ip = ip.Next() {
 		if !used[ip] && cidr.Contains(ip.Next()) { // skip the broadcast address
 			return ip, nil
@@ -307,80 +296,10 @@ func hostIfaceName(netnsName string) string {
 	return fmt.Sprintf("wl%x", h[:6])
 }
 
-func netnsPath(name string) string { return filepath.Join("/var/run/netns", name) }
-
 func mustLabels(ss []string) identity.Labels {
 	l, err := identity.ParseLabels(ss, identity.SourceVM)
 	if err != nil {
 		return nil
 	}
 	return l
-}
-
-// plumbVeth creates the veth pair (if missing) and configures both ends.
-// The agent runs in the node's network namespace; the workload end is
-// created directly inside the workload's namespace.
-func plumbVeth(w *workload, mtu int) error {
-	ns, err := netns.GetFromPath(netnsPath(w.Netns))
-	if err != nil {
-		return fmt.Errorf("opening namespace: %w", err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-
-	host, err := netlink.LinkByName(w.HostIface)
-	if err != nil {
-		if old, lerr := h.LinkByName(workloadIface); lerr == nil {
-			_ = h.LinkDel(old) // a half-made pair from an interrupted run
-		}
-		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: w.HostIface, MTU: mtu},
-			PeerName:      workloadIface,
-			PeerNamespace: netlink.NsFd(int(ns)),
-		}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return fmt.Errorf("creating veth %s: %w", w.HostIface, err)
-		}
-		if host, err = netlink.LinkByName(w.HostIface); err != nil {
-			return err
-		}
-	}
-	peer, err := h.LinkByName(workloadIface)
-	if err != nil {
-		return fmt.Errorf("workload end %s missing in %s: %w", workloadIface, w.Netns, err)
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return err
-	}
-	if lo, err := h.LinkByName("lo"); err == nil {
-		_ = h.LinkSetUp(lo)
-	}
-	if err := h.LinkSetUp(peer); err != nil {
-		return err
-	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: w.IP.AsSlice(), Mask: net.CIDRMask(w.IP.BitLen(), w.IP.BitLen())}}
-	if err := h.AddrReplace(peer, addr); err != nil {
-		return fmt.Errorf("addressing %s: %w", w.Netns, err)
-	}
-	gw := net.ParseIP(gatewayIP)
-	if err := h.NeighSet(&netlink.Neigh{LinkIndex: peer.Attrs().Index, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: host.Attrs().HardwareAddr}); err != nil {
-		return fmt.Errorf("gateway neighbour in %s: %w", w.Netns, err)
-	}
-	if err := h.RouteReplace(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("gateway route in %s: %w", w.Netns, err)
-	}
-	if err := h.RouteReplace(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: gw}); err != nil {
-		return fmt.Errorf("default route in %s: %w", w.Netns, err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: host.Attrs().Index, State: netlink.NUD_PERMANENT, IP: w.IP.AsSlice(), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
-		return fmt.Errorf("workload neighbour: %w", err)
-	}
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: addr.IPNet, Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("route to workload: %w", err)
-	}
-	return nil
 }

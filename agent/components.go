@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity/allocator"
+	"github.com/weftmesh/weft/kvstore"
+)
+
+// component is one part of the running agent. Run starts the components in
+// order, each as a timed startup step (its name is the step's, which `make
+// bench-join` reports), and stops the started ones in reverse. A new kind
+// of workload source or a remote cluster is one more entry in the list.
+type component struct {
+	name string
+	// when, if set, decides whether the component runs on this node.
+	when func() bool
+	// start returns once the component is ready; long-lived loops go
+	// through Agent.goRun.
+	start func(ctx context.Context) error
+	// stop undoes start on a plain stop (nil: nothing to undo).
+	stop func(ctx context.Context) error
+	// untimed components are not startup steps (they add nothing to the
+	// time to ready and are not reported).
+	untimed bool
+}
+
+// components lists the agent's components in start order.
+//
+// Peers come in two stages around the node record, because WireGuard drops
+// a handshake from a key it does not know and retries only after 5 s:
+// first every node is admitted so that it can handshake with this one
+// (nodes learning of the record answer or initiate at once), then, with the
+// datapath enforcing, the full configuration opens traffic and this node's
+// own handshakes go to nodes that know it by then.
+func (a *Agent) components(dp *pendingDatapath) []component {
+	return []component{
+		{name: "connect to etcd", start: a.startControlPlane, stop: func(context.Context) error { a.cp.Close(); return nil }},
+		{name: "register cluster and allocate node CIDR", start: a.acquireCIDR},
+		{name: "open tunnel", start: a.openTunnel, stop: func(context.Context) error {
+			if a.left {
+				return nil
+			}
+			return a.tun.Close()
+		}},
+		{name: "open session", start: a.openSession},
+		{name: "watch nodes", start: a.startNodeCache},
+		{name: "admit peers", start: func(ctx context.Context) error { a.peers.admit(ctx, a.devicePeers); return nil }},
+		{name: "register node", start: a.registerNode},
+		{name: "attach datapath", start: func(context.Context) error { return a.attachDatapath(dp) }, stop: func(context.Context) error {
+			if a.left {
+				return nil
+			}
+			return a.dp.Close()
+		}},
+		{name: "start caches", start: a.startCaches},
+		{name: "register host endpoint", start: a.registerHost},
+		{name: "restore workloads", start: func(ctx context.Context) error { return a.workloads.restore(ctx, a.cfg.Workloads) }},
+		{name: "configure peers", start: a.startPeers},
+		{name: "serve api", start: a.serveAPI},
+		{name: "key rotation", untimed: true, when: func() bool { return a.cfg.WireGuard.RotateEvery.D() > 0 }, start: func(context.Context) error {
+			every := a.cfg.WireGuard.RotateEvery.D()
+			a.goRun("key rotation", func(ctx context.Context) error { return a.runRotation(ctx, every) })
+			return nil
+		}},
+		{name: "start observability", start: a.startObservability},
+		{name: "serve join", when: func() bool { return a.cp.embedded != nil }, start: a.serveJoin},
+	}
+}
+
+func (a *Agent) startControlPlane(ctx context.Context) error {
+	cp, err := startControlPlane(ctx, a.cfg, a.log)
+	if err != nil {
+		return err
+	}
+	a.cp = cp
+	a.cidrs = ipamCIDRs{kv: cp.kv, cluster: a.cfg.Cluster, node: a.cfg.NodeName, clusterID: a.cfg.ClusterID,
+		meshPool: a.cfg.IPAM.MeshPool, prefixLen: a.cfg.IPAM.NodePrefixLength, log: a.log}
+	return nil
+}
+
+// acquireCIDR takes the node's CIDR; its first address is the mesh IP.
+func (a *Agent) acquireCIDR(ctx context.Context) error {
+	cidr, err := a.cidrs.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	a.cidr, a.meshIP = cidr, cidr.Addr().Next()
+	return nil
+}
+
+func (a *Agent) openSession(ctx context.Context) error {
+	s, err := a.cp.kv.NewSession(ctx, kvstore.SessionConfig{TTL: a.cfg.Etcd.LeaseTTL.D(), Logger: a.log})
+	if err != nil {
+		return err
+	}
+	a.session = s
+	return nil
+}
+
+// observeReconcile records one reconcile pass (reconcilers call it).
+func (a *Agent) observeReconcile(name string, start time.Time) {
+	if o := a.obs.Load(); o != nil {
+		o.metrics.ObserveReconcile(name, time.Since(start))
+	}
+}
+
+// startNodeCache starts the list+watch cache of the mesh's nodes, which
+// feeds the peer reconciler (its loop starts later, in startPeers), and
+// waits for its first listing.
+func (a *Agent) startNodeCache(ctx context.Context) error {
+	var err error
+	a.nodes, err = kvstore.NewCache(a.cp.kv.Etcd(), kvstore.CacheConfig[kvstore.Node]{
+		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
+		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
+			a.peers.trigger()
+			if r := a.ipcache.Load(); r != nil {
+				n := ev.Value
+				if ev.Kind == kvstore.EventDelete {
+					n = ev.Old
+				}
+				r.resyncNode(n.Cluster, n.Name)
+			}
+		},
+		Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.peers = newPeerReconciler(a.tun, a.nodes, a.peerSelf, a.log, a.observeReconcile)
+	a.goRun("node cache", a.nodes.Run)
+	return waitSynced(ctx, a.nodes.Synced())
+}
+
+// devicePeers lists the keys the tunnel device has peers for.
+func (a *Agent) devicePeers() (map[string]bool, error) {
+	st, err := a.tun.Status()
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, p := range st.Peers {
+		have[p.PublicKey] = true
+	}
+	return have, nil
+}
+
+// startPeers applies the full peer configuration and starts the loops that
+// keep the tunnel current: the peer reconciler, the device's upkeep and the
+// identity garbage collector.
+func (a *Agent) startPeers(ctx context.Context) error {
+	a.peers.configure(ctx)
+	a.goRun("peer reconciler", a.peers.run)
+	a.goRun("tunnel upkeep", func(ctx context.Context) error { return a.tun.Run(ctx, 2*time.Second) })
+	a.goRun("identity gc", func(ctx context.Context) error { a.alloc.RunGC(ctx, time.Minute, allocator.DefaultGCGrace); return nil })
+	return nil
+}
+
+// pendingDatapath is the datapath loading in the background.
+type pendingDatapath struct {
+	ch    chan datapathLoad
+	taken bool
+}
+
+type datapathLoad struct {
+	dp   Datapath
+	err  error
+	took time.Duration
+}
+
+// loadDatapath loads the datapath's maps and programs in the background.
+func (a *Agent) loadDatapath() *pendingDatapath {
+	p := &pendingDatapath{ch: make(chan datapathLoad, 1)}
+	go func() {
+		t0 := time.Now()
+		dp, err := a.opts.OpenDatapath(bpf.Config{
+			Scope:   a.bpfScope(),
+			PinRoot: a.cfg.BPF.PinPath,
+			// The workload programs load while the node registers and
+			// configures its peers; the first workload waits for them.
+			LazyWorkloadPrograms: true,
+			Logger:               a.log.With("component", "datapath"),
+		})
+		p.ch <- datapathLoad{dp: dp, err: err, took: time.Since(t0)}
+	}()
+	return p
+}
+
+// discard closes the datapath if Run stopped before taking it.
+func (p *pendingDatapath) discard() {
+	if p.taken {
+		return
+	}
+	p.taken = true
+	if r := <-p.ch; r.dp != nil {
+		_ = r.dp.Close()
+	}
+}
+
+// attachDatapath takes the loaded datapath and attaches it to the tunnel
+// device (the node's own host endpoint).
+func (a *Agent) attachDatapath(p *pendingDatapath) error {
+	r := <-p.ch
+	p.taken = true
+	if r.err != nil {
+		return fmt.Errorf("load datapath: %w", r.err)
+	}
+	a.dp = r.dp
+	a.opts.Timings("load datapath", r.took)
+	a.log.Debug("startup step done", "step", "load datapath", "took", r.took, "overlapped", true)
+	if err := a.dp.AttachHostDevice(a.tun.Name()); err != nil {
+		return fmt.Errorf("attaching to %s: %w", a.tun.Name(), err)
+	}
+	return nil
+}
+
+// startCaches starts the list+watch caches of identities, endpoints and
+// policies, the reconcilers they feed and the workload sources, and waits
+// until each cache has its first listing.
+func (a *Agent) startCaches(ctx context.Context) error {
+	ec := a.cp.kv.Etcd()
+	var err error
+	a.policy = newPolicyReconciler(a.dp, func() int64 { return a.policies.Revision() }, a.log, a.observeReconcile)
+	a.alloc, err = allocator.New(allocator.Config{
+		Client: a.cp.kv, Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
+		OnEvent: a.policy.identityEvent,
+		OnLost: func(id allocator.Identity) {
+			a.log.Warn("identity reference lost after a lease loss; re-allocating", "identity", id.ID)
+			go a.reallocate(ctx, id)
+		},
+		Logger: a.log.With("component", "identities"),
+	})
+	if err != nil {
+		return err
+	}
+	a.eps = &endpointManager{cluster: a.cfg.Cluster, node: a.cfg.NodeName, alloc: a.alloc, policy: a.policy,
+		dp: a.dp, records: a.session, log: a.log}
+	a.workloads = newNetnsSource(a.cfg.StateDir, func() (netip.Prefix, netip.Addr) { return a.cidr, a.meshIP },
+		a.tun.MTU, a.workloadLabels, a.opts.veths, a.dp, a.eps, a.log)
+	a.endpoints, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Endpoint]{
+		Name: "endpoints", Prefix: kvstore.EndpointsPrefix, Decode: kvstore.EndpointDecoder,
+		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) { a.ipcache.Load().event(ev) },
+		Logger:  a.log,
+	})
+	if err != nil {
+		return err
+	}
+	// Published before the endpoint cache runs, so no event finds it nil.
+	a.ipcache.Store(newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log))
+	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
+		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
+		OnEvent: a.policy.policyEvent, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.goRun("identity cache", a.alloc.Run)
+	a.goRun("endpoint cache", a.endpoints.Run)
+	a.goRun("policy cache", a.policies.Run)
+	a.goRun("policy reconciler", a.policy.run)
+	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced())
+}

@@ -1,0 +1,103 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// kernelVeths is the vethPlumber of a real node: named network namespaces
+// under /var/run/netns, veth pairs through netlink.
+type kernelVeths struct{}
+
+func (kernelVeths) NetnsExists(name string) bool {
+	_, err := os.Stat(netnsPath(name))
+	return err == nil
+}
+
+func (kernelVeths) Plumb(w *workload, mtu int) error { return plumbVeth(w, mtu) }
+
+func (kernelVeths) Unplumb(w *workload) error {
+	l, err := netlink.LinkByName(w.HostIface)
+	if err != nil {
+		return nil // already gone: deleting the namespace removes the veth
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("removing %s: %w", w.HostIface, err)
+	}
+	return nil
+}
+
+func netnsPath(name string) string { return filepath.Join("/var/run/netns", name) }
+
+// plumbVeth creates the veth pair (if missing) and configures both ends.
+// The agent runs in the node's network namespace; the workload end is
+// created directly inside the workload's namespace.
+func plumbVeth(w *workload, mtu int) error {
+	ns, err := netns.GetFromPath(netnsPath(w.Netns))
+	if err != nil {
+		return fmt.Errorf("opening namespace: %w", err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+
+	host, err := netlink.LinkByName(w.HostIface)
+	if err != nil {
+		if old, lerr := h.LinkByName(workloadIface); lerr == nil {
+			_ = h.LinkDel(old) // a half-made pair from an interrupted run
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: w.HostIface, MTU: mtu},
+			PeerName:      workloadIface,
+			PeerNamespace: netlink.NsFd(int(ns)),
+		}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("creating veth %s: %w", w.HostIface, err)
+		}
+		if host, err = netlink.LinkByName(w.HostIface); err != nil {
+			return err
+		}
+	}
+	peer, err := h.LinkByName(workloadIface)
+	if err != nil {
+		return fmt.Errorf("workload end %s missing in %s: %w", workloadIface, w.Netns, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return err
+	}
+	if lo, err := h.LinkByName("lo"); err == nil {
+		_ = h.LinkSetUp(lo)
+	}
+	if err := h.LinkSetUp(peer); err != nil {
+		return err
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: w.IP.AsSlice(), Mask: net.CIDRMask(w.IP.BitLen(), w.IP.BitLen())}}
+	if err := h.AddrReplace(peer, addr); err != nil {
+		return fmt.Errorf("addressing %s: %w", w.Netns, err)
+	}
+	gw := net.ParseIP(gatewayIP)
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: peer.Attrs().Index, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: host.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("gateway neighbour in %s: %w", w.Netns, err)
+	}
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("gateway route in %s: %w", w.Netns, err)
+	}
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: gw}); err != nil {
+		return fmt.Errorf("default route in %s: %w", w.Netns, err)
+	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: host.Attrs().Index, State: netlink.NUD_PERMANENT, IP: w.IP.AsSlice(), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("workload neighbour: %w", err)
+	}
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: addr.IPNet, Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("route to workload: %w", err)
+	}
+	return nil
+}
