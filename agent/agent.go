@@ -56,6 +56,10 @@ type Options struct {
 
 	// veths connects workload namespaces; nil means the kernel's.
 	veths vethPlumber
+	// noObservability leaves out flows, metrics, health and the
+	// agent-to-agent API, which bind the mesh IP that only a real device
+	// holds (unit tests on fakes).
+	noObservability bool
 }
 
 // Agent is one running node agent.

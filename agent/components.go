@@ -67,7 +67,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 			a.goRun("key rotation", func(ctx context.Context) error { return a.runRotation(ctx, every) })
 			return nil
 		}},
-		{name: "start observability", start: a.startObservability},
+		{name: "start observability", when: func() bool { return !a.opts.noObservability }, start: a.startObservability},
 		{name: "serve join", when: func() bool { return a.cp.embedded != nil }, start: a.serveJoin},
 	}
 }

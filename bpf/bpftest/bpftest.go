@@ -49,6 +49,22 @@ func (d *Datapath) logf(format string, args ...any) {
 	d.writes = append(d.writes, fmt.Sprintf(format, args...))
 }
 
+// Reopen makes a closed datapath usable again with its state, as a
+// restarted agent finds the pinned maps of the previous one.
+func (d *Datapath) Reopen() *Datapath {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed, d.removed = false, false
+	return d
+}
+
+// Closed reports whether the datapath was closed (and not reopened).
+func (d *Datapath) Closed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
 // AttachHostDevice records the host device's attachment.
 func (d *Datapath) AttachHostDevice(iface string) error {
 	d.mu.Lock()

@@ -44,11 +44,14 @@ func New(name string, port int) *Device {
 }
 
 // Open is a tunnel factory (the agent's Options.OpenTunnel) that returns
-// the device d, taking the name and port from the configuration.
+// the device d, taking the name and port from the configuration. Like a
+// real device, d outlives the agent that closed it: opening it again keeps
+// its key and peers (a destroyed one comes back empty).
 func (d *Device) Open(_ context.Context, cfg tunnel.Config) (*Device, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.name, d.port = cfg.Name, cfg.ListenPort
+	d.closed, d.destroyed = false, false
 	return d, nil
 }
 
