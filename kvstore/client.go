@@ -115,9 +115,24 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 // Client is a connection to etcd plus the request timeout and logger that
 // every helper of this package uses.
 type Client struct {
+	// The helpers reach etcd only through these three interfaces, never
+	// through the concrete client, so that reads and watches can come from
+	// another etcd (a remote cluster's, read-only) or a wrapper without
+	// touching the code that uses them.
+	kv      clientv3.KV
+	lease   clientv3.Lease
+	watcher clientv3.Watcher
+	// etcd owns the connection: Close closes it. It also backs the
+	// deprecated Etcd.
 	etcd    *clientv3.Client
 	timeout time.Duration
 	log     *slog.Logger
+}
+
+// wrap makes a Client of an etcd client; the helpers use its KV, Lease and
+// Watcher interfaces.
+func wrap(ec *clientv3.Client, timeout time.Duration, log *slog.Logger) *Client {
+	return &Client{kv: ec.KV, lease: ec.Lease, watcher: ec.Watcher, etcd: ec, timeout: timeout, log: log}
 }
 
 // New connects to etcd and checks that it answers within the dial timeout,
@@ -156,13 +171,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	c := &Client{etcd: ec, timeout: cfg.RequestTimeout, log: log}
+	c := wrap(ec, cfg.RequestTimeout, log)
 	// The client dials lazily: a read proves the server answers and accepts
 	// our TLS and credentials, so a wrong endpoint or certificate is
 	// reported here, not on first use.
 	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	if _, err := ec.Get(sctx, "weft/v1/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
+	if _, err := c.kv.Get(sctx, "weft/v1/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
 		_ = ec.Close()
 		return nil, fmt.Errorf("etcd at %s does not answer: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
@@ -177,11 +192,50 @@ func FromEtcd(ec *clientv3.Client, requestTimeout time.Duration, log *slog.Logge
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{etcd: ec, timeout: requestTimeout, log: log}
+	return wrap(ec, requestTimeout, log)
 }
 
 // Etcd returns the underlying etcd client for what this package does not wrap.
+//
+// Deprecated: only the agent root still uses it; removed in this renovation.
+// Use Source for caches, Ping for reachability and the typed helpers for
+// everything else.
 func (c *Client) Etcd() *clientv3.Client { return c.etcd }
+
+// Source is what a cache of this client's etcd reads from (see NewCache).
+// It offers only Get and Watch, so a cache cannot write through it.
+func (c *Client) Source() Source { return source{kv: c.kv, w: c.watcher} }
+
+// source narrows a client to the two calls a cache makes.
+type source struct {
+	kv clientv3.KV
+	w  clientv3.Watcher
+}
+
+func (s source) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	return s.kv.Get(ctx, key, opts...)
+}
+
+func (s source) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+	return s.w.Watch(ctx, key, opts...)
+}
+
+// Ping checks that etcd answers, within the request timeout (and ctx). It
+// is a linearizable read of a single key, count only: such a read needs the
+// member to confirm with a quorum that it is current, so a member cut off
+// from the rest of its cluster fails it, where a serializable read would
+// still be answered from its possibly stale local state. Reachable must
+// mean "writes would work", since the agent reports it as etcd health. One
+// key, no values: it costs the leader a read-index round trip, no range
+// scan, however many keys the mesh holds.
+func (c *Client) Ping(ctx context.Context) error {
+	rctx, cancel := c.reqCtx(ctx)
+	defer cancel()
+	if _, err := c.kv.Get(rctx, Prefix, clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd does not answer: %w", err)
+	}
+	return nil
+}
 
 // Logger returns the client's logger.
 func (c *Client) Logger() *slog.Logger { return c.log }
@@ -204,7 +258,7 @@ func (c *Client) Put(ctx context.Context, key string, rec Record) error {
 	}
 	ctx, cancel := c.reqCtx(ctx)
 	defer cancel()
-	if _, err := c.etcd.Put(ctx, key, string(data)); err != nil {
+	if _, err := c.kv.Put(ctx, key, string(data)); err != nil {
 		return fmt.Errorf("writing %s: %w", key, err)
 	}
 	return nil
@@ -214,7 +268,7 @@ func (c *Client) Put(ctx context.Context, key string, rec Record) error {
 func (c *Client) Delete(ctx context.Context, key string) error {
 	ctx, cancel := c.reqCtx(ctx)
 	defer cancel()
-	if _, err := c.etcd.Delete(ctx, key); err != nil {
+	if _, err := c.kv.Delete(ctx, key); err != nil {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}
 	return nil
@@ -226,7 +280,7 @@ func Get[T any](ctx context.Context, c *Client, key string, decode func([]byte) 
 	var zero T
 	rctx, cancel := c.reqCtx(ctx)
 	defer cancel()
-	resp, err := c.etcd.Get(rctx, key)
+	resp, err := c.kv.Get(rctx, key)
 	if err != nil {
 		return zero, 0, fmt.Errorf("reading %s: %w", key, err)
 	}
@@ -245,7 +299,7 @@ func Get[T any](ctx context.Context, c *Client, key string, decode func([]byte) 
 func List[T any](ctx context.Context, c *Client, prefix string, decode func([]byte) (T, error)) (map[string]T, error) {
 	rctx, cancel := c.reqCtx(ctx)
 	defer cancel()
-	resp, err := c.etcd.Get(rctx, prefix, clientv3.WithPrefix())
+	resp, err := c.kv.Get(rctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", prefix, err)
 	}

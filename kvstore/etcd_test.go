@@ -86,7 +86,8 @@ func TestServerRefusesPlaintextAndAnonymousClients(t *testing.T) {
 }
 
 func TestSessionRestoresKeysAfterLeaseLoss(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	s, err := c.NewSession(ctx, kvstore.SessionConfig{TTL: 2 * time.Second})
 	if err != nil {
@@ -104,16 +105,16 @@ func TestSessionRestoresKeysAfterLeaseLoss(t *testing.T) {
 	old := s.Lease()
 	// Someone revokes the lease with the plain etcd client: etcd deletes
 	// the node's keys at once.
-	if _, err := c.Etcd().Revoke(ctx, old); err != nil {
+	if _, err := ec.Revoke(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	if resp, err := c.Etcd().Get(ctx, n.Key()); err != nil || len(resp.Kvs) != 0 {
+	if resp, err := ec.Get(ctx, n.Key()); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("revoking the lease did not delete the node key: %v %v", resp, err)
 	}
 	// The session notices and writes both keys again under a new lease.
 	for _, key := range []string{n.Key(), ep.Key()} {
 		eventually(t, "session restores "+key, func() bool {
-			resp, err := c.Etcd().Get(ctx, key)
+			resp, err := ec.Get(ctx, key)
 			return err == nil && len(resp.Kvs) == 1 && clientv3.LeaseID(resp.Kvs[0].Lease) != old && resp.Kvs[0].Lease != 0
 		})
 	}
@@ -128,20 +129,21 @@ func TestSessionRestoresKeysAfterLeaseLoss(t *testing.T) {
 	if err := s.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if resp, _ := c.Etcd().Get(ctx, kvstore.NodesPrefix, clientv3.WithPrefix()); len(resp.Kvs) != 0 {
+	if resp, _ := ec.Get(ctx, kvstore.NodesPrefix, clientv3.WithPrefix()); len(resp.Kvs) != 0 {
 		t.Fatalf("keys left after Close: %d", len(resp.Kvs))
 	}
 }
 
 func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	s, err := c.NewSession(ctx, kvstore.SessionConfig{TTL: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	if _, err := c.Etcd().Put(ctx, "weft/v1/test/anchor", "1"); err != nil {
+	if _, err := ec.Put(ctx, "weft/v1/test/anchor", "1"); err != nil {
 		t.Fatal(err)
 	}
 	guard := func() []clientv3.Cmp {
@@ -155,13 +157,13 @@ func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 		}
 	}
 	// Without the anchor the guarded write does not happen.
-	if _, err := c.Etcd().Delete(ctx, "weft/v1/test/anchor"); err != nil {
+	if _, err := ec.Delete(ctx, "weft/v1/test/anchor"); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := s.PutIf(ctx, "weft/v1/test/c", []byte("x"), guard(), guard, nil); err != nil || ok {
 		t.Fatalf("PutIf with failing guard = %v, %v; want false, nil", ok, err)
 	}
-	if _, err := c.Etcd().Revoke(ctx, s.Lease()); err != nil {
+	if _, err := ec.Revoke(ctx, s.Lease()); err != nil {
 		t.Fatal(err)
 	}
 	got := []string{<-lost, <-lost}
@@ -169,7 +171,7 @@ func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 	if !slices.Equal(got, []string{"weft/v1/test/a", "weft/v1/test/b"}) {
 		t.Fatalf("lost keys %v", got)
 	}
-	if resp, _ := c.Etcd().Get(ctx, "weft/v1/test/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
+	if resp, _ := ec.Get(ctx, "weft/v1/test/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
 		t.Fatalf("guarded keys restored although their guard failed: %v", resp.Kvs)
 	}
 	if s.Keys() != 0 {
@@ -261,7 +263,7 @@ func TestCacheListsThenWatches(t *testing.T) {
 		putNode(t, c, node("east", i))
 	}
 	rec := newRecorder()
-	cache := startCache(t, c.Etcd(), rec, nil)
+	cache := startCache(t, c.Source(), rec, nil)
 	if cache.Len() != 20 || rec.count(kvstore.EventAdd) != 20 {
 		t.Fatalf("after sync: cache %d entries, %d add events; want 20", cache.Len(), rec.count(kvstore.EventAdd))
 	}
@@ -329,12 +331,13 @@ func (p *pausable) resume() {
 }
 
 func TestCacheConvergesAfterCompaction(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	for i := range 10 {
 		putNode(t, c, node("east", i))
 	}
-	src := &pausable{Client: c.Etcd()}
+	src := &pausable{Client: ec}
 	var logBuf kvstoretest.LogBuffer
 	rec := newRecorder()
 	cache := startCache(t, src, rec, &logBuf)
@@ -353,11 +356,11 @@ func TestCacheConvergesAfterCompaction(t *testing.T) {
 	for i := 10; i < 15; i++ {
 		putNode(t, c, node("east", i))
 	}
-	resp, err := c.Etcd().Put(ctx, "weft/v1/unrelated", "x")
+	resp, err := ec.Put(ctx, "weft/v1/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Etcd().Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+	if _, err := ec.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
 	src.resume()
@@ -378,22 +381,23 @@ func TestCacheConvergesAfterCompaction(t *testing.T) {
 }
 
 func TestCacheSkipsCorruptValues(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	for i := range 3 {
 		putNode(t, c, node("east", i))
 	}
 	corrupt := kvstore.NodeKey("east", "corrupt")
 	future := kvstore.NodeKey("east", "future")
-	if _, err := c.Etcd().Put(ctx, corrupt, "{not json"); err != nil {
+	if _, err := ec.Put(ctx, corrupt, "{not json"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Etcd().Put(ctx, future, `{"version":7,"name":"future"}`); err != nil {
+	if _, err := ec.Put(ctx, future, `{"version":7,"name":"future"}`); err != nil {
 		t.Fatal(err)
 	}
 	var logBuf kvstoretest.LogBuffer
 	rec := newRecorder()
-	cache := startCache(t, c.Etcd(), rec, &logBuf)
+	cache := startCache(t, c.Source(), rec, &logBuf)
 	if cache.Len() != 3 {
 		t.Fatalf("cache holds %d entries, want the 3 valid ones", cache.Len())
 	}
@@ -409,13 +413,13 @@ func TestCacheSkipsCorruptValues(t *testing.T) {
 	// While watching: a corrupt write is skipped, later good writes still
 	// arrive, and a good value overwritten with garbage is dropped rather
 	// than kept stale.
-	if _, err := c.Etcd().Put(ctx, kvstore.NodeKey("east", "node-1"), "garbage"); err != nil {
+	if _, err := ec.Put(ctx, kvstore.NodeKey("east", "node-1"), "garbage"); err != nil {
 		t.Fatal(err)
 	}
 	// A record stored under someone else's key is refused too.
 	impostor := node("east", 9)
 	data, _ := kvstore.Encode(&impostor)
-	if _, err := c.Etcd().Put(ctx, kvstore.NodeKey("east", "node-2x"), string(data)); err != nil {
+	if _, err := ec.Put(ctx, kvstore.NodeKey("east", "node-2x"), string(data)); err != nil {
 		t.Fatal(err)
 	}
 	putNode(t, c, node("east", 42))
@@ -440,7 +444,8 @@ func TestCacheSkipsCorruptValues(t *testing.T) {
 }
 
 func TestIPAM(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	east := kvstore.Cluster{Name: "east", ID: 1, MeshPool: netip.MustParsePrefix("100.64.0.0/16"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}
 	if err := c.PutCluster(ctx, east); err != nil {
@@ -553,7 +558,7 @@ func TestIPAM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Etcd().Put(ctx, kvstore.IPAMKey("odd", netip.MustParsePrefix("100.67.0.0/24")), string(stray)); err != nil {
+	if _, err := ec.Put(ctx, kvstore.IPAMKey("odd", netip.MustParsePrefix("100.67.0.0/24")), string(stray)); err != nil {
 		t.Fatal(err)
 	}
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second) // only so a regression fails instead of hanging
@@ -564,14 +569,15 @@ func TestIPAM(t *testing.T) {
 }
 
 func TestTokens(t *testing.T) {
-	c, _ := kvstoretest.New(t)
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
 	ctx := context.Background()
 	now := time.Now()
 	tok, secret, err := c.CreateToken(ctx, kvstore.TokenSpec{Cluster: "east", Labels: []string{"vm:app=db"}, TTL: time.Hour, MaxUses: 3}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := c.Etcd().Get(ctx, kvstore.TokenKey(tok.ID))
+	raw, _ := ec.Get(ctx, kvstore.TokenKey(tok.ID))
 	if strings.Contains(string(raw.Kvs[0].Value), secret) {
 		t.Fatal("the secret is stored in clear")
 	}

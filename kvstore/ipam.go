@@ -28,7 +28,7 @@ func (cl *Client) PutCluster(ctx context.Context, c Cluster) error {
 	key := ClusterKey(c.Name)
 	for {
 		rctx, cancel := cl.reqCtx(ctx)
-		resp, err := cl.etcd.Get(rctx, ClustersPrefix, clientv3.WithPrefix())
+		resp, err := cl.kv.Get(rctx, ClustersPrefix, clientv3.WithPrefix())
 		cancel()
 		if err != nil {
 			return fmt.Errorf("reading clusters: %w", err)
@@ -56,7 +56,7 @@ func (cl *Client) PutCluster(ctx context.Context, c Cluster) error {
 			}
 		}
 		rctx, cancel = cl.reqCtx(ctx)
-		tresp, err := cl.etcd.Txn(rctx).
+		tresp, err := cl.kv.Txn(rctx).
 			If(clientv3.Compare(clientv3.ModRevision(ClustersPrefix), "<", resp.Header.Revision+1).WithPrefix()).
 			Then(clientv3.OpPut(key, string(data))).Commit()
 		cancel()
@@ -103,7 +103,7 @@ func (cl *Client) AllocateNodeCIDR(ctx context.Context, cluster, node string, bi
 	prefix := IPAMClusterPrefix(cluster)
 	for {
 		rctx, cancel := cl.reqCtx(ctx)
-		resp, err := cl.etcd.Get(rctx, prefix, clientv3.WithPrefix())
+		resp, err := cl.kv.Get(rctx, prefix, clientv3.WithPrefix())
 		cancel()
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("reading %s: %w", prefix, err)
@@ -143,7 +143,7 @@ func (cl *Client) AllocateNodeCIDR(ctx context.Context, cluster, node string, bi
 		}
 		key := IPAMKey(cluster, cand)
 		rctx, cancel = cl.reqCtx(ctx)
-		tresp, err := cl.etcd.Txn(rctx).
+		tresp, err := cl.kv.Txn(rctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, string(data))).Commit()
 		cancel()
@@ -242,7 +242,7 @@ func (cl *Client) ReleaseNodeCIDR(ctx context.Context, cluster, node string, cid
 	}
 	rctx, cancel := cl.reqCtx(ctx)
 	defer cancel()
-	tresp, err := cl.etcd.Txn(rctx).
+	tresp, err := cl.kv.Txn(rctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 		Then(clientv3.OpDelete(key)).Commit()
 	if err != nil {

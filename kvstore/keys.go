@@ -28,6 +28,11 @@ const (
 	identityLabelsHashLen = 64
 )
 
+// GossipKeyKey holds the mesh's gossip key (see Client.GossipKey). The agent
+// wrote it at this key before the schema named it, so the string must not
+// change: existing meshes keep their key.
+const GossipKeyKey = Prefix + "mesh/gossip-key"
+
 // ValidateName checks a cluster, node, policy or token name: 1-63 characters
 // of lower-case letters, digits, '-' and '.', starting and ending with a
 // letter or digit (a DNS label, dots allowed). Names end up in keys, so '/'
@@ -121,7 +126,7 @@ func TokenKey(id string) string { return TokensPrefix + mustName("token", id) }
 
 // ParsedKey is a key split into its schema parts.
 type ParsedKey struct {
-	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens
+	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, mesh/gossip-key
 	Cluster string
 	Node    string
 	Name    string       // cluster, node, policy or token name
@@ -235,6 +240,11 @@ func ParseKey(key string) (ParsedKey, error) {
 			return ParsedKey{}, err
 		}
 		return ParsedKey{Kind: parts[0], Name: parts[1]}, nil
+	case "mesh":
+		if len(parts) != 2 || parts[1] != "gossip-key" {
+			return bad("want mesh/gossip-key")
+		}
+		return ParsedKey{Kind: "mesh/gossip-key"}, nil
 	}
 	return bad("unknown key kind " + strconv.Quote(parts[0]))
 }

@@ -144,6 +144,7 @@ func TestParseKey(t *testing.T) {
 		PolicyKey("db"):                                             {Kind: "policies", Name: "db"},
 		TokenKey("t12"):                                             {Kind: "tokens", Name: "t12"},
 		ClusterKey("east"):                                          {Kind: "clusters", Cluster: "east", Name: "east"},
+		GossipKeyKey:                                                {Kind: "mesh/gossip-key"},
 	}
 	for key, want := range good {
 		got, err := ParseKey(key)
@@ -155,6 +156,7 @@ func TestParseKey(t *testing.T) {
 		"other/v1/nodes/a/b", Prefix + "nodes/a", Prefix + "nodes/A/b", Prefix + "ipam/a/100.64.3.1/24",
 		Prefix + "identities/id/0256", Prefix + "identities/labels/xyz", Prefix + "endpoints/a/b/01.2.3.4",
 		Prefix + "widgets/x", Prefix + "identities/refs/a/b", Prefix + "policies/a/b",
+		Prefix + "mesh/other", Prefix + "mesh/gossip-key/x", Prefix + "mesh",
 	} {
 		if _, err := ParseKey(key); !errors.Is(err, ErrInvalidKey) {
 			t.Errorf("ParseKey(%q) = %v, want ErrInvalidKey", key, err)
@@ -254,7 +256,7 @@ func FuzzDecodeRecords(f *testing.F) {
 func FuzzParseKey(f *testing.F) {
 	for _, k := range []string{NodeKey("a", "b"), IPAMKey("a", netip.MustParsePrefix("100.64.0.0/24")), IdentityIDKey(300),
 		IdentityRefKey("a", "b", 7), EndpointKey("a", "b", netip.MustParseAddr("100.64.0.1")), PolicyKey("p"), TokenKey("t"), ClusterKey("c"),
-		IdentityLabelsKey(strings.Repeat("a", 64))} {
+		IdentityLabelsKey(strings.Repeat("a", 64)), GossipKeyKey} {
 		f.Add(k)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
@@ -282,6 +284,8 @@ func FuzzParseKey(f *testing.F) {
 			rebuilt = PolicyKey(p.Name)
 		case "tokens":
 			rebuilt = TokenKey(p.Name)
+		case "mesh/gossip-key":
+			rebuilt = GossipKeyKey
 		default:
 			t.Fatalf("unknown kind %q", p.Kind)
 		}

@@ -87,7 +87,7 @@ func (c *Client) NewSession(ctx context.Context, cfg SessionConfig) (*Session, e
 func (s *Session) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	ctx, cancel := s.c.reqCtx(ctx)
 	defer cancel()
-	resp, err := s.c.etcd.Grant(ctx, int64((s.ttl+time.Second-1)/time.Second))
+	resp, err := s.c.lease.Grant(ctx, int64((s.ttl+time.Second-1)/time.Second))
 	if err != nil {
 		return 0, fmt.Errorf("granting a %s lease: %w", s.ttl, err)
 	}
@@ -135,7 +135,7 @@ func (s *Session) PutIf(ctx context.Context, key string, value []byte, cond []cl
 		s.mu.Unlock()
 		ops := append(also[:len(also):len(also)], clientv3.OpPut(key, string(value), clientv3.WithLease(lease)))
 		rctx, cancel := s.c.reqCtx(ctx)
-		resp, err := s.c.etcd.Txn(rctx).If(cond...).Then(ops...).Commit()
+		resp, err := s.c.kv.Txn(rctx).If(cond...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -192,7 +192,7 @@ func (s *Session) restoreOne(ctx context.Context, key string, sk sessionKey) {
 			cmps = sk.guard()
 		}
 		rctx, cancel := s.c.reqCtx(ctx)
-		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
+		resp, err := s.c.kv.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
 		cancel()
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) && s.waitGen(ctx, genCh) == nil {
@@ -246,7 +246,7 @@ func (s *Session) Close(ctx context.Context) error {
 	s.mu.Unlock()
 	rctx, cancel := s.c.reqCtx(ctx)
 	defer cancel()
-	if _, err := s.c.etcd.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if _, err := s.c.lease.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("revoking lease %x: %w", lease, err)
 	}
 	return nil
@@ -257,7 +257,7 @@ func (s *Session) run(ctx context.Context) {
 	bo := newBackoff(200*time.Millisecond, 5*time.Second)
 	for {
 		lease := s.Lease()
-		ch, err := s.c.etcd.KeepAlive(ctx, lease)
+		ch, err := s.c.lease.KeepAlive(ctx, lease)
 		if err == nil {
 			// The channel closes when the lease is gone (expired,
 			// revoked) or ctx ends; the client retries connection errors
@@ -303,7 +303,7 @@ func (s *Session) restore(ctx context.Context) bool {
 			cmps = sk.guard()
 		}
 		rctx, cancel := s.c.reqCtx(ctx)
-		resp, err := s.c.etcd.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
+		resp, err := s.c.kv.Txn(rctx).If(cmps...).Then(clientv3.OpPut(key, sk.value, clientv3.WithLease(lease))).Commit()
 		cancel()
 		if err != nil {
 			// Keep the new lease; the next round of the run loop will
@@ -337,7 +337,7 @@ func (s *Session) restore(ctx context.Context) bool {
 func (s *Session) revokeQuietly(lease clientv3.LeaseID) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.c.timeout)
 	defer cancel()
-	_, err := s.c.etcd.Revoke(ctx, lease)
+	_, err := s.c.lease.Revoke(ctx, lease)
 	return err
 }
 

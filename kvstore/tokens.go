@@ -64,7 +64,7 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 	key := TokenKey(t.ID)
 	rctx, cancel := cl.reqCtx(ctx)
 	defer cancel()
-	resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+	resp, err := cl.kv.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(data))).Commit()
 	if err != nil {
 		return Token{}, "", fmt.Errorf("writing %s: %w", key, err)
@@ -111,7 +111,7 @@ func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.
 			return Token{}, err
 		}
 		rctx, cancel := cl.reqCtx(ctx)
-		resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		resp, err := cl.kv.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 			Then(clientv3.OpPut(key, string(data))).Commit()
 		cancel()
 		if err != nil {
@@ -147,7 +147,7 @@ func (cl *Client) RevokeToken(ctx context.Context, id string) error {
 			return err
 		}
 		rctx, cancel := cl.reqCtx(ctx)
-		resp, err := cl.etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		resp, err := cl.kv.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 			Then(clientv3.OpPut(key, string(data))).Commit()
 		cancel()
 		if err != nil {

@@ -13,6 +13,9 @@
 // numbers are reused. Identities nobody references any more are deleted by
 // CollectGarbage after a grace period. A local id <-> labels cache, fed by a
 // watch, answers lookups without etcd.
+//
+// The allocator never talks to etcd itself: it asks a Backend, which
+// *kvstore.Client implements, for the few reads and transactions it needs.
 package allocator
 
 import (
@@ -22,8 +25,6 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
@@ -52,9 +53,39 @@ type Identity struct {
 	Labels identity.Labels
 }
 
+// Backend is what the allocator needs of the store, declared here where it
+// is used; *kvstore.Client implements it (kvstore/identities.go), and the
+// transactions that keep numbers unique mesh-wide live there.
+type Backend interface {
+	// Source is what the local id <-> labels cache lists and watches.
+	Source() kvstore.Source
+	// Logger is used when Config.Logger is nil.
+	Logger() *slog.Logger
+	// IdentityNumberValue reads identities/labels/<hash> as stored.
+	IdentityNumberValue(ctx context.Context, labelsHash string) (value []byte, found bool, err error)
+	// IdentityExists reports whether identities/id/<id> exists.
+	IdentityExists(ctx context.Context, id uint32) (bool, error)
+	// CreateIdentity creates id for the set and h's leased reference in
+	// one transaction, if neither the set nor the number exists yet.
+	CreateIdentity(ctx context.Context, h kvstore.IdentityHolder, id uint32, labelsHash string, labels []string) (bool, error)
+	// ReferenceIdentity writes h's leased reference to id if the set's
+	// labels key still holds labelsValue.
+	ReferenceIdentity(ctx context.Context, h kvstore.IdentityHolder, id uint32, labelsHash string, labelsValue []byte) (bool, error)
+	// ListIdentities reads every reference key and identity at one revision.
+	ListIdentities(ctx context.Context) (kvstore.IdentityListing, error)
+	// DeleteUnreferencedIdentity deletes id and its labels key if no
+	// reference was written after refsRev, id is unchanged since modRev
+	// and its labels key names it.
+	DeleteUnreferencedIdentity(ctx context.Context, id uint32, labelsHash string, modRev, refsRev int64) (deleted, refsChanged bool, err error)
+}
+
+var _ Backend = (*kvstore.Client)(nil)
+
 // Config of an allocator.
 type Config struct {
-	Client *kvstore.Client
+	// Client is the store the identities live in, usually a
+	// *kvstore.Client; Session must be one of its sessions.
+	Client Backend
 	// Session leases this node's references; when the node dies they
 	// expire, and when the lease is lost they are restored if their
 	// identity still exists.
@@ -73,11 +104,12 @@ type Config struct {
 
 // Allocator allocates identities for one node.
 type Allocator struct {
-	cfg   Config
-	c     *kvstore.Client
-	s     *kvstore.Session
-	log   *slog.Logger
-	cache *kvstore.Cache[Identity]
+	cfg    Config
+	c      Backend
+	holder kvstore.IdentityHolder // this node's leased references
+	s      *kvstore.Session
+	log    *slog.Logger
+	cache  *kvstore.Cache[Identity]
 
 	mu       sync.Mutex
 	byHash   map[string]identity.NumericIdentity // from the cache
@@ -99,7 +131,7 @@ type holding struct {
 
 // New makes an allocator; call Run to feed its cache.
 func New(cfg Config) (*Allocator, error) {
-	if cfg.Client == nil || cfg.Session == nil {
+	if c, isKV := cfg.Client.(*kvstore.Client); cfg.Client == nil || isKV && c == nil || cfg.Session == nil {
 		return nil, fmt.Errorf("%w: a kvstore client and session are required", ErrInvalidConfig)
 	}
 	if err := kvstore.ValidateName("cluster", cfg.Cluster); err != nil {
@@ -128,7 +160,9 @@ func New(cfg Config) (*Allocator, error) {
 		hint: cfg.Min, held: map[identity.NumericIdentity]*holding{}, heldHash: map[string]identity.NumericIdentity{},
 		unrefSince: map[identity.NumericIdentity]time.Time{},
 	}
-	cache, err := kvstore.NewCache(cfg.Client.Etcd(), kvstore.CacheConfig[Identity]{
+	a.holder = kvstore.IdentityHolder{Session: cfg.Session, Cluster: cfg.Cluster, Node: cfg.Node,
+		OnLost: func(id uint32) { a.lost(identity.NumericIdentity(id)) }}
+	cache, err := kvstore.NewCache(cfg.Client.Source(), kvstore.CacheConfig[Identity]{
 		Name: "identities", Prefix: kvstore.IdentityIDPrefix, Decode: decodeIdentity,
 		OnEvent: a.onEvent, Logger: log,
 	})
@@ -246,7 +280,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 			}
 		}
 		tryCreate = false
-		id, ok, err := a.create(ctx, labels, labelsKey)
+		id, ok, err := a.create(ctx, labels)
 		if err != nil {
 			return 0, err
 		}
@@ -260,69 +294,50 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 // The reference is written only if the labels key still holds the number
 // read, so it cannot attach to an identity being collected.
 func (a *Allocator) reference(ctx context.Context, labels identity.Labels, labelsKey string) (identity.NumericIdentity, bool, error) {
-	rctx, cancel := context.WithTimeout(ctx, kvstore.DefaultRequestTimeout)
-	resp, err := a.c.Etcd().Get(rctx, labelsKey)
-	cancel()
-	if err != nil {
-		return 0, false, fmt.Errorf("reading %s: %w", labelsKey, err)
+	hash := labels.Hash()
+	raw, found, err := a.c.IdentityNumberValue(ctx, hash)
+	if err != nil || !found {
+		return 0, false, err
 	}
-	if len(resp.Kvs) == 0 {
-		return 0, false, nil
-	}
-	raw := resp.Kvs[0].Value
 	num, err := kvstore.DecodeIdentityNumber(raw)
 	if err != nil {
 		return 0, false, fmt.Errorf("identity of %s at %s does not decode (repair or delete the key): %w", labels, labelsKey, err)
 	}
 	id := identity.NumericIdentity(num.ID)
-	guard := valueGuard(labelsKey, raw)
-	ok, err := a.putRef(ctx, id, labels, guard(), guard)
+	ok, err := a.c.ReferenceIdentity(ctx, a.holder, uint32(id), hash, raw)
 	if err != nil || !ok {
 		return 0, false, err
 	}
+	a.holds(id, labels)
 	return id, true, nil
 }
 
 // create claims the lowest free number for labels.
-func (a *Allocator) create(ctx context.Context, labels identity.Labels, labelsKey string) (identity.NumericIdentity, bool, error) {
+func (a *Allocator) create(ctx context.Context, labels identity.Labels) (identity.NumericIdentity, bool, error) {
 	id, err := a.reserve()
 	if err != nil {
 		return 0, false, err
 	}
 	defer a.unreserve(id)
-	idKey := kvstore.IdentityIDKey(uint32(id))
-	idRec, err := kvstore.Encode(&kvstore.Identity{ID: uint32(id), Labels: labels.Strings()})
+	ok, err := a.c.CreateIdentity(ctx, a.holder, uint32(id), labels.Hash(), labels.Strings())
 	if err != nil {
 		return 0, false, err
 	}
-	numRec, err := kvstore.Encode(&kvstore.IdentityNumber{ID: uint32(id)})
-	if err != nil {
-		return 0, false, err
-	}
-	cond := []clientv3.Cmp{
-		clientv3.Compare(clientv3.CreateRevision(labelsKey), "=", 0),
-		clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0),
-	}
-	ok, err := a.putRef(ctx, id, labels, cond, valueGuard(labelsKey, numRec),
-		clientv3.OpPut(idKey, string(idRec)), clientv3.OpPut(labelsKey, string(numRec)))
-	if err != nil || ok {
-		if ok {
-			a.mu.Lock()
-			a.used[id] = true
-			a.mu.Unlock()
-		}
-		return id, ok, err
+	if ok {
+		a.mu.Lock()
+		a.used[id] = true
+		a.mu.Unlock()
+		a.holds(id, labels)
+		return id, true, nil
 	}
 	// Lost a race: either the set got a number meanwhile (the caller looks
 	// again) or the number was taken (remember, so the next try skips it;
 	// the cache will confirm it soon).
-	rctx, cancel := context.WithTimeout(ctx, kvstore.DefaultRequestTimeout)
-	resp, err := a.c.Etcd().Get(rctx, idKey, clientv3.WithCountOnly())
-	cancel()
+	taken, err := a.c.IdentityExists(ctx, uint32(id))
 	if err != nil {
-		return 0, false, fmt.Errorf("reading %s: %w", idKey, err)
+		return 0, false, err
 	}
-	if resp.Count > 0 {
+	if taken {
 		a.mu.Lock()
 		a.used[id] = true
 		a.mu.Unlock()
@@ -330,21 +345,8 @@ func (a *Allocator) create(ctx context.Context, labels identity.Labels, labelsKe
 	return 0, false, nil
 }
 
-func valueGuard(key string, value []byte) kvstore.Guard {
-	v := string(value)
-	return func() []clientv3.Cmp { return []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", v)} }
-}
-
-func (a *Allocator) putRef(ctx context.Context, id identity.NumericIdentity, labels identity.Labels, cond []clientv3.Cmp, guard kvstore.Guard, also ...clientv3.Op) (bool, error) {
-	refRec, err := kvstore.Encode(&kvstore.IdentityRef{ID: uint32(id)})
-	if err != nil {
-		return false, err
-	}
-	refKey := kvstore.IdentityRefKey(a.cfg.Cluster, a.cfg.Node, uint32(id))
-	ok, err := a.s.PutIf(ctx, refKey, refRec, cond, guard, func(string) { a.lost(id) }, also...)
-	if err != nil || !ok {
-		return ok, err
-	}
+// holds records a reference this node has just written.
+func (a *Allocator) holds(id identity.NumericIdentity, labels identity.Labels) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if h, ok := a.held[id]; ok {
@@ -353,7 +355,6 @@ func (a *Allocator) putRef(ctx context.Context, id identity.NumericIdentity, lab
 		a.held[id] = &holding{labels: labels, count: 1}
 		a.heldHash[labels.Hash()] = id
 	}
-	return true, nil
 }
 
 func (a *Allocator) lost(id identity.NumericIdentity) {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
@@ -23,37 +21,12 @@ func BenchmarkAllocateNew(b *testing.B) {
 	srv := kvstoretest.StartServer(b)
 	n := newNode(b, srv, "bench", allocator.Config{})
 	const parallelism = 8 // x GOMAXPROCS goroutines
-	etcd := n.client.Etcd()
+	baseline := kvstoretest.CreateIfAbsentRate(b, srv, 2000, parallelism*2)
 
 	var seq atomic.Int64
-	baselineOps := 2000
-	start := time.Now()
 	b.SetParallelism(parallelism)
-	done := make(chan struct{})
-	workers := parallelism * 2
-	per := baselineOps / workers
-	for w := range workers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for i := range per {
-				k := fmt.Sprintf("bench/baseline/%d/%d", w, i)
-				_, err := etcd.Txn(context.Background()).
-					If(clientv3.Compare(clientv3.CreateRevision(k+"/a"), "=", 0)).
-					Then(clientv3.OpPut(k+"/a", "x"), clientv3.OpPut(k+"/b", "x"), clientv3.OpPut(k+"/c", "x")).Commit()
-				if err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	for range workers {
-		<-done
-	}
-	baseline := float64(per*workers) / time.Since(start).Seconds()
-
 	b.ResetTimer()
-	start = time.Now()
+	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := seq.Add(1)

@@ -2,10 +2,7 @@ package allocator
 
 import (
 	"context"
-	"fmt"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
@@ -20,38 +17,27 @@ import (
 func (a *Allocator) CollectGarbage(ctx context.Context, grace time.Duration) ([]identity.NumericIdentity, error) {
 	a.gcMu.Lock()
 	defer a.gcMu.Unlock()
-	etcd := a.c.Etcd()
-	rctx, cancel := context.WithTimeout(ctx, kvstore.DefaultRequestTimeout)
-	refs, err := etcd.Get(rctx, kvstore.IdentityRefsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	cancel()
+	listing, err := a.c.ListIdentities(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing identity references: %w", err)
+		return nil, err
 	}
-	rev := refs.Header.Revision
 	referenced := map[uint32]bool{}
-	for _, kv := range refs.Kvs {
-		pk, err := kvstore.ParseKey(string(kv.Key))
+	for _, key := range listing.RefKeys {
+		pk, err := kvstore.ParseKey(key)
 		if err != nil {
-			a.log.Warn("skipping reference key that does not parse", "key", string(kv.Key), "err", err)
+			a.log.Warn("skipping reference key that does not parse", "key", key, "err", err)
 			continue
 		}
 		referenced[pk.ID] = true
 	}
-	rctx, cancel = context.WithTimeout(ctx, kvstore.DefaultRequestTimeout)
-	ids, err := etcd.Get(rctx, kvstore.IdentityIDPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("listing identities: %w", err)
-	}
 	now := time.Now()
 	unref := map[identity.NumericIdentity]bool{}
 	var deleted []identity.NumericIdentity
-	for _, kv := range ids.Kvs {
-		key := string(kv.Key)
-		ident, err := decodeIdentity(key, kv.Value)
+	for _, kv := range listing.Identities {
+		ident, err := decodeIdentity(kv.Key, kv.Value)
 		if err != nil {
 			// Never delete what we cannot read: a newer Weft may own it.
-			a.log.Warn("skipping identity that does not decode", "key", key, "err", err)
+			a.log.Warn("skipping identity that does not decode", "key", kv.Key, "err", err)
 			continue
 		}
 		if referenced[uint32(ident.ID)] {
@@ -66,34 +52,21 @@ func (a *Allocator) CollectGarbage(ctx context.Context, grace time.Duration) ([]
 		if now.Sub(since) < grace {
 			continue
 		}
-		labelsKey := kvstore.IdentityLabelsKey(ident.Labels.Hash())
-		numRec, err := kvstore.Encode(&kvstore.IdentityNumber{ID: uint32(ident.ID)})
+		hash := ident.Labels.Hash()
+		ok, refsChanged, err := a.c.DeleteUnreferencedIdentity(ctx, uint32(ident.ID), hash, kv.ModRevision, listing.Revision)
 		if err != nil {
 			return deleted, err
 		}
-		rctx, cancel := context.WithTimeout(ctx, kvstore.DefaultRequestTimeout)
-		resp, err := etcd.Txn(rctx).If(
-			clientv3.Compare(clientv3.ModRevision(kvstore.IdentityRefsPrefix), "<", rev+1).WithPrefix(),
-			clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision),
-			clientv3.Compare(clientv3.Value(labelsKey), "=", string(numRec)),
-		).Then(clientv3.OpDelete(key), clientv3.OpDelete(labelsKey)).
-			// On failure, learn whether references changed: only then is
-			// every later deletion bound to fail too.
-			Else(clientv3.OpGet(kvstore.IdentityRefsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))).
-			Commit()
-		cancel()
-		if err != nil {
-			return deleted, fmt.Errorf("deleting identity %d: %w", ident.ID, err)
-		}
-		if !resp.Succeeded {
-			if len(resp.Responses) == 1 && len(resp.Responses[0].GetResponseRange().GetKvs()) > 0 {
-				// References changed since we listed them: try again on
-				// the next round with a fresh view.
+		if !ok {
+			if refsChanged {
+				// References changed since we listed them: every
+				// later deletion would fail too; try again on the
+				// next round with a fresh view.
 				return deleted, nil
 			}
 			// This identity changed, or its labels key does not point
 			// back to it: leave it, and let it not block the others.
-			a.log.Warn("not collecting identity: it changed or its labels key does not point back to it", "id", uint32(ident.ID), "labelsKey", labelsKey)
+			a.log.Warn("not collecting identity: it changed or its labels key does not point back to it", "id", uint32(ident.ID), "labelsKey", kvstore.IdentityLabelsKey(hash))
 			continue
 		}
 		delete(a.unrefSince, ident.ID)

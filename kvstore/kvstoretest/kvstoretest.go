@@ -11,6 +11,8 @@ package kvstoretest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +25,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/embedded"
@@ -201,6 +206,71 @@ func Connect(t testing.TB, srv *Server, log *slog.Logger) *kvstore.Client {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// Etcd returns a plain etcd client of srv, with the administrative
+// certificate, closed when the test ends. Tests use it for what no Weft code
+// may do through kvstore.Client: revoke a session's lease behind its back,
+// write corrupt values, compact history.
+func Etcd(t testing.TB, srv *Server) *clientv3.Client {
+	t.Helper()
+	caPEM, err := os.ReadFile(srv.Config.CAFile)
+	if err != nil {
+		t.Fatalf("reading the test CA: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("%s holds no PEM certificate", srv.Config.CAFile)
+	}
+	cert, err := tls.LoadX509KeyPair(srv.Config.CertFile, srv.Config.KeyFile)
+	if err != nil {
+		t.Fatalf("loading the test client certificate: %v", err)
+	}
+	ec, err := clientv3.New(clientv3.Config{
+		Endpoints:   srv.Config.Endpoints,
+		DialTimeout: 10 * time.Second,
+		TLS:         &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("connecting to the %s etcd: %v", srv.Kind, err)
+	}
+	t.Cleanup(func() { _ = ec.Close() })
+	return ec
+}
+
+// CreateIfAbsentRate is a benchmark baseline: the rate per second at which
+// srv commits plain create-if-absent transactions writing three keys each
+// (the least work a correct identity allocation must do), total of them
+// from workers concurrent goroutines. The keys lie outside the schema's
+// prefix (bench/baseline/...) so they disturb no cache.
+func CreateIfAbsentRate(tb testing.TB, srv *Server, total, workers int) float64 {
+	tb.Helper()
+	ec := Etcd(tb, srv)
+	per := total / workers
+	errs := make(chan error, workers)
+	start := time.Now()
+	for w := range workers {
+		go func() {
+			for i := range per {
+				k := fmt.Sprintf("bench/baseline/%d/%d", w, i)
+				_, err := ec.Txn(context.Background()).
+					If(clientv3.Compare(clientv3.CreateRevision(k+"/a"), "=", 0)).
+					Then(clientv3.OpPut(k+"/a", "x"), clientv3.OpPut(k+"/b", "x"), clientv3.OpPut(k+"/c", "x")).Commit()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			tb.Fatalf("baseline transaction: %v", err)
+		}
+	}
+	return float64(per*workers) / time.Since(start).Seconds()
 }
 
 // New starts a server (per WEFT_TEST_ETCD) and returns a connected client.
