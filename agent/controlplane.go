@@ -11,7 +11,7 @@ import (
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/embedded"
-	"github.com/weftmesh/weft/kvstore/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // controlPlane is the agent's connection to etcd and, on the first node of

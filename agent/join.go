@@ -10,7 +10,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/join"
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 	"github.com/weftmesh/weft/kvstore"
 )
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/lab"
-	"github.com/weftmesh/weft/kvstore/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // TestExternalEtcd runs agents against an etcd cluster Weft did not start:

@@ -11,7 +11,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/join"
 	"github.com/weftmesh/weft/kvstore"
-	"github.com/weftmesh/weft/kvstore/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // helperEnv makes the test binary act as a small tool instead of running

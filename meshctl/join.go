@@ -14,7 +14,7 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/join"
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 func init() {

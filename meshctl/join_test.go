@@ -16,7 +16,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/join"
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // singleUseStore is a token store with one single-use token.

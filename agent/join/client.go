@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // Request is what a node asks for.

@@ -3,7 +3,7 @@ package join
 import (
 	"path/filepath"
 
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // File names of a node's credentials inside its credentials directory.

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // fakeStore mimics the kvstore token store: hashed secrets aside, the same

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // Grant is what a valid token allows: the cluster the node joins and the

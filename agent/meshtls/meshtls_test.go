@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftmesh/weft/agent/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // nodeCreds issues a client-only node certificate, as the join service

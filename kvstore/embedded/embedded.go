@@ -22,7 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/weftmesh/weft/kvstore"
-	"github.com/weftmesh/weft/kvstore/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // ErrInvalidConfig is wrapped by configuration errors.

@@ -31,7 +31,7 @@ import (
 
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/embedded"
-	"github.com/weftmesh/weft/kvstore/pki"
+	"github.com/weftmesh/weft/pki"
 )
 
 // EnvBackend names the environment variable selecting the server kind.

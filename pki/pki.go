@@ -1,9 +1,14 @@
 // Package pki is the mesh's certificate authority: one ECDSA P-256 CA per
-// mesh, kept in the state directory of the node that created it (the
-// first node, `meshctl up`), which signs the etcd and join-service server
-// certificates and every node's client certificate. Nodes make their own
-// keys and send certificate requests, so a private key never crosses the
+// mesh, made by the first node (`meshctl up`) next to its embedded etcd.
+// It secures etcd (the server certificate and an administrative client
+// certificate, see EnsureBundle) and signs the join service's certificate
+// and every joining node's client certificate. Nodes make their own keys
+// and send certificate requests, so a private key never crosses the
 // network.
+//
+// The package knows nothing of etcd, the agent or the kernel: the embedded
+// etcd server (kvstore/embedded), the join service (agent/join), meshctl
+// and the tests all use it, so it sits below all of them.
 package pki
 
 import (
@@ -26,68 +31,50 @@ import (
 	"time"
 )
 
-// File names inside a PKI directory.
+// Validity periods.
 const (
-	CACertFile = "ca.pem"
-	CAKeyFile  = "ca-key.pem"
+	// CAValidity is the CA's lifetime: rotating a mesh's CA means
+	// re-issuing every certificate, so it is made to outlive the mesh.
+	CAValidity = 10 * 365 * 24 * time.Hour
+	// CertValidity is the lifetime of the certificates the CA issues to
+	// nodes and the join service: short enough that a leaked one does not
+	// stay useful for long, long enough that rotation (later) is not
+	// urgent.
+	CertValidity = 365 * 24 * time.Hour
+	// clockSkewGrace backdates certificates, so a machine whose clock is
+	// behind (a VM before NTP caught up) accepts a certificate made now.
+	clockSkewGrace = time.Hour
 )
 
-// Validity periods. Node certificates are short enough that a leaked one
-// does not stay useful for long, long enough that rotation (later) is not
-// urgent.
-const (
-	CAValidity     = 10 * 365 * 24 * time.Hour
-	CertValidity   = 365 * 24 * time.Hour
-	clockSkewGrace = 5 * time.Minute
-)
+// ErrInvalidRequest is wrapped by every refusal of a certificate request
+// (a CSR, or a certificate the CA cannot issue as asked).
+var ErrInvalidRequest = errors.New("pki: invalid certificate request")
 
-// ErrInvalidCSR is wrapped by every refusal of a certificate request.
-var ErrInvalidCSR = errors.New("pki: invalid certificate request")
-
-// CA is a loaded mesh CA.
+// CA is a loaded mesh CA with its private key in memory.
 type CA struct {
 	Cert    *x509.Certificate
 	CertPEM []byte
-	key     *ecdsa.PrivateKey
+	key     crypto.Signer
 }
 
-// LoadOrCreateCA loads the CA from dir, or creates one (named after the
-// mesh's cluster, for people reading certificates) when dir holds none.
-// created says which happened. The directory is 0700, the files 0600.
-func LoadOrCreateCA(dir, name string) (ca *CA, created bool, err error) {
-	ca, err = LoadCA(dir)
-	if err == nil {
-		return ca, false, nil
+// NewCA makes a self-signed CA in memory; commonName is for people
+// reading certificates.
+func NewCA(commonName string) (*CA, error) {
+	if commonName == "" {
+		return nil, fmt.Errorf("%w: empty CA common name", ErrInvalidRequest)
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, err
-	}
-	// Half a CA (a certificate without its key) is refused by LoadCA
-	// rather than overwritten: it is somebody's mesh.
-	ca, err = NewCA(name)
-	if err != nil {
-		return nil, false, err
-	}
-	keyPEM, err := encodeKey(ca.key)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := WriteFiles(dir, map[string][]byte{CAKeyFile: keyPEM, CACertFile: ca.CertPEM}); err != nil {
-		return nil, false, fmt.Errorf("saving the mesh CA: %w", err)
-	}
-	return ca, true, nil
-}
-
-// NewCA makes a CA in memory.
-func NewCA(name string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating the CA key: %w", err)
 	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "weft mesh CA " + name, Organization: []string{"weft"}},
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"Weft"}},
 		NotBefore:             now.Add(-clockSkewGrace),
 		NotAfter:              now.Add(CAValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -95,22 +82,22 @@ func NewCA(name string) (*CA, error) {
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, fmt.Errorf("self-signing the CA: %w", err)
 	}
-	cert, _ := x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the CA certificate: %w", err)
+	}
 	return &CA{Cert: cert, CertPEM: pemBlock("CERTIFICATE", der), key: key}, nil
 }
 
-// LoadCA reads the CA from dir. A missing CA wraps os.ErrNotExist.
-func LoadCA(dir string) (*CA, error) {
-	return LoadCAFiles(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile))
-}
-
 // LoadCAFiles reads a CA from a certificate and a key file (PEM), such as
-// the CA the embedded etcd made for itself: the join service must sign
-// with the CA etcd trusts. Both files missing wraps os.ErrNotExist.
+// the bundle EnsureBundle keeps for the embedded etcd: the join service
+// must sign with the CA etcd trusts. Both files missing wraps
+// os.ErrNotExist; one of them missing does not, so that half a CA is
+// never taken for no CA and replaced.
 func LoadCAFiles(certFile, keyFile string) (*CA, error) {
 	dir := filepath.Dir(certFile)
 	certName, keyName := filepath.Base(certFile), filepath.Base(keyFile)
@@ -120,7 +107,7 @@ func LoadCAFiles(certFile, keyFile string) (*CA, error) {
 	case errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
 		return nil, fmt.Errorf("no mesh CA (%s, %s) in %s: %w", certName, keyName, dir, os.ErrNotExist)
 	case certErr != nil:
-		// %v, not %w: half a CA must not look like no CA to LoadOrCreateCA.
+		// %v, not %w: see the doc comment.
 		return nil, fmt.Errorf("reading the mesh CA certificate (the key is there; restore %s from a backup rather than making a new CA): %v", certName, certErr)
 	case keyErr != nil:
 		return nil, fmt.Errorf("reading the mesh CA key (the certificate is there; restore %s from a backup rather than making a new CA): %v", keyName, keyErr)
@@ -133,14 +120,13 @@ func LoadCAFiles(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", keyFile, err)
 	}
-	ek, ok := key.(*ecdsa.PrivateKey)
-	if !ok || !ek.PublicKey.Equal(cert.PublicKey) {
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
 		return nil, fmt.Errorf("the mesh CA key %s does not match its certificate %s", keyFile, certFile)
 	}
 	if !cert.IsCA {
 		return nil, fmt.Errorf("%s is not a CA certificate", certFile)
 	}
-	return &CA{Cert: cert, CertPEM: certPEM, key: ek}, nil
+	return &CA{Cert: cert, CertPEM: certPEM, key: key}, nil
 }
 
 // Fingerprint is the CA's pin: "sha256:" and the hex SHA-256 of its DER
@@ -160,43 +146,39 @@ func (ca *CA) Pool() *x509.CertPool {
 	return p
 }
 
+// leaf describes a certificate the CA issues.
+type leaf struct {
+	commonName string
+	orgs       []string
+	// hosts are IP addresses and DNS names; a server certificate needs one.
+	hosts          []string
+	server, client bool
+	validity       time.Duration
+}
+
 // IssueServer makes a key and a server certificate for hosts (IP addresses
 // and DNS names), good for both server and client authentication (etcd
 // peers are both). It returns PEM.
 func (ca *CA) IssueServer(commonName string, hosts []string) (certPEM, keyPEM []byte, err error) {
-	if len(hosts) == 0 {
-		return nil, nil, errors.New("pki: a server certificate needs at least one host")
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := ca.template(commonName, nil, CertValidity)
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	certPEM, err = ca.sign(tmpl, &key.PublicKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = encodeKey(key)
-	return certPEM, keyPEM, err
+	return ca.issue(leaf{commonName: commonName, hosts: hosts, server: true, client: true, validity: CertValidity})
 }
 
 // IssueClient makes a key and a client certificate (meshctl's admin
 // credentials). It returns PEM.
 func (ca *CA) IssueClient(commonName string, orgs []string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return ca.issue(leaf{commonName: commonName, orgs: orgs, client: true, validity: CertValidity})
+}
+
+// issue makes a key and a certificate for it.
+func (ca *CA) issue(l leaf) (certPEM, keyPEM []byte, err error) {
+	tmpl, err := ca.template(l)
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl := ca.template(commonName, orgs, CertValidity)
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating a key: %w", err)
+	}
 	certPEM, err = ca.sign(tmpl, &key.PublicKey)
 	if err != nil {
 		return nil, nil, err
@@ -213,8 +195,10 @@ func (ca *CA) SignClientCSR(csrPEM []byte, commonName string, orgs []string) ([]
 	if err != nil {
 		return nil, err
 	}
-	tmpl := ca.template(commonName, orgs, CertValidity)
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	tmpl, err := ca.template(leaf{commonName: commonName, orgs: orgs, client: true, validity: CertValidity})
+	if err != nil {
+		return nil, err
+	}
 	return ca.sign(tmpl, pub)
 }
 
@@ -223,35 +207,60 @@ func (ca *CA) SignClientCSR(csrPEM []byte, commonName string, orgs []string) ([]
 func CheckCSR(csrPEM []byte) (*ecdsa.PublicKey, error) {
 	block, rest := pem.Decode(csrPEM)
 	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(strings.TrimSpace(string(rest))) != 0 {
-		return nil, fmt.Errorf("%w: not a single PEM CERTIFICATE REQUEST", ErrInvalidCSR)
+		return nil, fmt.Errorf("%w: not a single PEM CERTIFICATE REQUEST", ErrInvalidRequest)
 	}
 	csr, err := x509.ParseCertificateRequest(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: its signature does not match its key: %v", ErrInvalidCSR, err)
+		return nil, fmt.Errorf("%w: its signature does not match its key: %v", ErrInvalidRequest, err)
 	}
 	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("%w: the key must be ECDSA P-256", ErrInvalidCSR)
+		return nil, fmt.Errorf("%w: the key must be ECDSA P-256", ErrInvalidRequest)
 	}
 	return pub, nil
 }
 
-func (ca *CA) template(cn string, orgs []string, validity time.Duration) *x509.Certificate {
+func (ca *CA) template(l leaf) (*x509.Certificate, error) {
+	if l.commonName == "" {
+		return nil, fmt.Errorf("%w: empty common name", ErrInvalidRequest)
+	}
+	if l.server && len(l.hosts) == 0 {
+		return nil, fmt.Errorf("%w: server certificate %q needs at least one DNS name or IP address", ErrInvalidRequest, l.commonName)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
-	notAfter := now.Add(validity)
+	// A certificate never outlives the CA that vouches for it.
+	notAfter := now.Add(l.validity)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
-	return &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: l.commonName, Organization: l.orgs},
 		NotBefore:    now.Add(-clockSkewGrace),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
+	if l.server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	if l.client {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	}
+	for _, h := range l.hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return tmpl, nil
 }
 
 func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
@@ -262,12 +271,13 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error)
 	return pemBlock("CERTIFICATE", der), nil
 }
 
-func serial() *big.Int {
+func newSerial() (*big.Int, error) {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		panic("pki: no randomness: " + err.Error()) // crypto/rand never fails on Linux
+		return nil, fmt.Errorf("generating a serial number: %w", err)
 	}
-	return n.Add(n, big.NewInt(1))
+	// Serial numbers must be positive.
+	return n.Add(n, big.NewInt(1)), nil
 }
 
 // NewKeyAndCSR makes a node's P-256 key and a certificate request for it.
@@ -284,7 +294,7 @@ func NewKeyAndCSR(commonName string) (keyPEM, csrPEM []byte, err error) {
 	return keyPEM, pemBlock("CERTIFICATE REQUEST", der), err
 }
 
-func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
+func encodeKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("encoding a private key: %w", err)
@@ -357,22 +367,20 @@ func writeAtomic(path string, data []byte) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(data)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
