@@ -249,5 +249,3 @@ func (e *Events) Close() error {
 	e.once.Do(func() { close(e.done) })
 	return nil
 }
-
-
