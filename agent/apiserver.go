@@ -56,7 +56,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := a.cp.kv.Etcd().Get(cctx, kvstore.ClustersPrefix+a.cfg.Cluster); err != nil {
+	if err := a.cp.kv.Ping(cctx); err != nil {
 		st.Etcd.Error = err.Error()
 	} else {
 		st.Etcd.Reachable = true
@@ -259,22 +259,30 @@ func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (ap
 		}
 		seen[p.Name] = true
 	}
+	// Every changed document goes in one transaction: a file is applied
+	// whole or not at all.
+	actions := make([]string, len(ps))
+	var changed []kvstore.Policy
+	for i, p := range ps {
+		actions[i] = "created"
+		if old, err := a.cp.kv.GetPolicy(ctx, p.Name); err == nil {
+			actions[i] = "updated"
+			if old.Document == docs[i] {
+				actions[i] = "unchanged"
+				continue
+			}
+		}
+		changed = append(changed, kvstore.Policy{Name: p.Name, Format: "yaml", Document: docs[i], Updated: time.Now().UTC(), UpdatedBy: a.cfg.NodeName})
+	}
+	if len(changed) > 0 {
+		if err := a.cp.kv.PutPolicies(ctx, changed); err != nil {
+			return api.ApplyPolicyResult{}, fmt.Errorf("%w: storing the policies of %s (none was written): %v", api.ErrUnavailable, file, err)
+		}
+	}
 	var res api.ApplyPolicyResult
 	for i, p := range ps {
-		action := "created"
-		if old, err := a.cp.kv.GetPolicy(ctx, p.Name); err == nil {
-			action = "updated"
-			if old.Document == docs[i] {
-				action = "unchanged"
-			}
-		}
-		if action != "unchanged" {
-			if err := a.cp.kv.PutPolicy(ctx, kvstore.Policy{Name: p.Name, Format: "yaml", Document: docs[i], Updated: time.Now().UTC(), UpdatedBy: a.cfg.NodeName}); err != nil {
-				return res, fmt.Errorf("%w: storing policy %s: %v", api.ErrUnavailable, p.Name, err)
-			}
-		}
 		_, rev, _ := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(p.Name), kvstore.DecodePolicy)
-		res.Policies = append(res.Policies, api.AppliedPolicy{Name: p.Name, Action: action, Revision: rev})
+		res.Policies = append(res.Policies, api.AppliedPolicy{Name: p.Name, Action: actions[i], Revision: rev})
 	}
 	return res, nil
 }

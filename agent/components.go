@@ -114,7 +114,7 @@ func (a *Agent) observeReconcile(name string, start time.Time) {
 // waits for its first listing.
 func (a *Agent) startNodeCache(ctx context.Context) error {
 	var err error
-	a.nodes, err = kvstore.NewCache(a.cp.kv.Etcd(), kvstore.CacheConfig[kvstore.Node]{
+	a.nodes, err = kvstore.NewCache(a.cp.kv.Source(), kvstore.CacheConfig[kvstore.Node]{
 		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
 		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
 			a.peers.trigger()
@@ -222,7 +222,7 @@ func (a *Agent) attachDatapath(p *pendingDatapath) error {
 // policies, the reconcilers they feed and the workload sources, and waits
 // until each cache has its first listing.
 func (a *Agent) startCaches(ctx context.Context) error {
-	ec := a.cp.kv.Etcd()
+	ec := a.cp.kv.Source()
 	var err error
 	a.policy = newPolicyReconciler(a.dp, func() int64 { return a.policies.Revision() }, a.log, a.observeReconcile)
 	a.alloc, err = allocator.New(allocator.Config{

@@ -2,16 +2,14 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,9 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flowcollect"
@@ -33,20 +29,70 @@ import (
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/pki"
+	"github.com/weftmesh/weft/tunnel"
 )
-
-// GossipKeyKey holds the mesh-wide gossip encryption key: 32 random bytes
-// the first agent creates (create-if-absent), readable by every node that
-// can read etcd. See docs/observability.md.
-const GossipKeyKey = kvstore.Prefix + "mesh/gossip-key"
 
 // meshMetricsHost, as the host of metrics.address, means the node's mesh
 // address.
 const meshMetricsHost = "mesh"
 
+// obsDeps is what observability reads of the running agent: small
+// interfaces over its caches, device and datapath, so that observability
+// is built, and tested, without an Agent.
+type obsDeps struct {
+	node, cluster string
+	meshIP        netip.Addr
+	flowBuffer    int
+	metricsAddr   string
+	// tls are the node's certificate files (the agent-to-agent API).
+	tls   pki.Files
+	nodes interface {
+		nodeSet
+		Len() int
+	}
+	endpoints  endpointCache
+	policies   interface{ Len() int }
+	identities interface {
+		LookupByID(identity.NumericIdentity) (identity.Labels, bool)
+	}
+	// locals are the local endpoints as last enforced.
+	locals func() []localEndpoint
+	device interface {
+		Status() (tunnel.Status, error)
+		ListenPort() int
+	}
+	dp interface {
+		Events() (flowcollect.EventSource, error)
+		Metrics() (bpf.Metrics, error)
+		MapUsage() ([]bpf.MapUsage, error)
+	}
+	store interface {
+		Ping(ctx context.Context) error
+		GossipKey(ctx context.Context) ([]byte, error)
+	}
+	// workloads adds and removes the connectivity test's probe workloads.
+	workloads probe.Endpoints
+	// underlayIfaces lists the interfaces holding the node's underlay
+	// addresses (the wire check).
+	underlayIfaces func() ([]int, error)
+	// mesh serves the agent-to-agent API.
+	mesh api.Backend
+	log  *slog.Logger
+	logs *metrics.LogCounter
+	run  func(name string, f func(context.Context) error)
+}
+
+// endpointCache is the endpoint cache as observability reads it.
+type endpointCache interface {
+	Range(func(key string, e kvstore.Endpoint) bool)
+	Revision() int64
+	Len() int
+}
+
 // observability is the agent's flows, metrics, health and probes.
 type observability struct {
-	a        *Agent
+	deps     obsDeps
 	ring     *flows.Ring
 	metrics  *metrics.Metrics
 	health   *health.Monitor
@@ -66,47 +112,64 @@ type observability struct {
 // startObservability starts flow collection, metrics, health probing and
 // the agent-to-agent API on the mesh address.
 func (a *Agent) startObservability(ctx context.Context) error {
-	run := a.goRun
-	o := &observability{a: a, ring: flows.NewRing(a.cfg.Flows.Buffer)}
-	o.endpoint.cache = a.endpoints
-	o.metrics = metrics.New(o, a.log.With("component", "metrics"))
-	if a.logs != nil {
-		a.logs.Attach(o.metrics)
-	}
-	o.prober = probe.New(a, a.log.With("component", "probe"))
-	o.wire = &probe.WireWatch{Ifaces: a.underlayIfaces, TunnelPort: a.tun.ListenPort()}
-
-	reader, err := a.dp.Events()
+	o, err := startObservability(ctx, obsDeps{
+		node: a.cfg.NodeName, cluster: a.cfg.Cluster, meshIP: a.meshIP,
+		flowBuffer: a.cfg.Flows.Buffer, metricsAddr: a.cfg.Metrics.Address, tls: a.cp.files,
+		nodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: a.alloc,
+		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
+		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
+		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a},
+		log:  a.log, logs: a.logs, run: a.goRun,
+	})
 	if err != nil {
-		return fmt.Errorf("opening the datapath's events: %w", err)
+		return err
+	}
+	a.obs.Store(o)
+	return nil
+}
+
+func startObservability(ctx context.Context, d obsDeps) (*observability, error) {
+	run := d.run
+	o := &observability{deps: d, ring: flows.NewRing(d.flowBuffer)}
+	o.endpoint.cache = d.endpoints
+	o.metrics = metrics.New(o, d.log.With("component", "metrics"))
+	if d.logs != nil {
+		d.logs.Attach(o.metrics)
+	}
+	o.prober = probe.New(d.workloads, d.log.With("component", "probe"))
+	o.wire = &probe.WireWatch{Ifaces: d.underlayIfaces, TunnelPort: d.device.ListenPort()}
+
+	reader, err := d.dp.Events()
+	if err != nil {
+		return nil, fmt.Errorf("opening the datapath's events: %w", err)
 	}
 	col := &flowcollect.Collector{
 		Source:   reader,
-		Enricher: &flowcollect.Enricher{Dir: o, Node: a.cfg.NodeName, Cluster: a.cfg.Cluster},
+		Enricher: &flowcollect.Enricher{Dir: o, Node: d.node, Cluster: d.cluster},
 		Ring:     o.ring,
 		OnFlow:   o.metrics.ObserveFlow,
 	}
 	run("flows", col.Run)
 	run("etcd check", o.checkEtcd)
 
-	key, err := o.gossipKey(ctx)
+	key, err := d.store.GossipKey(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	self := health.Target{Node: a.cfg.NodeName, Cluster: a.cfg.Cluster, MeshIP: a.meshIP}
-	o.health, err = health.New(health.Config{Self: self, Key: key, Targets: o.targets, Logger: a.log.With("component", "health")})
+	self := health.Target{Node: d.node, Cluster: d.cluster, MeshIP: d.meshIP}
+	o.health, err = health.New(health.Config{Self: self, Key: key, Targets: o.targets, Logger: d.log.With("component", "health")})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	run("health", o.health.Run)
 
-	if err := o.serveMesh(ctx, run); err != nil {
+	if err := o.serveMesh(); err != nil {
 		// Flows and metrics still work locally; only other nodes' views
 		// are unavailable, so this is not fatal.
-		a.log.Warn("agent-to-agent API not started: `meshctl observe --all-nodes` and `status --all` will not reach this node", "err", err)
+		d.log.Warn("agent-to-agent API not started: `meshctl observe --all-nodes` and `status --all` will not reach this node", "err", err)
 	}
-	if err := o.serveMetrics(run); err != nil {
-		return err
+	if err := o.serveMetrics(); err != nil {
+		return nil, err
 	}
 	run("probe cleanup", func(ctx context.Context) error {
 		<-ctx.Done()
@@ -115,55 +178,13 @@ func (a *Agent) startObservability(ctx context.Context) error {
 		o.prober.RemoveAll(cctx)
 		return nil
 	})
-	a.obs.Store(o)
-	return nil
-}
-
-// gossipKey reads the mesh's gossip key, creating it if this is the first
-// agent to need it.
-func (o *observability) gossipKey(ctx context.Context) ([]byte, error) {
-	type record struct {
-		Version int    `json:"version"`
-		Key     string `json:"key"`
-	}
-	fresh := make([]byte, 32)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, err
-	}
-	val, _ := json.Marshal(record{Version: 1, Key: base64.StdEncoding.EncodeToString(fresh)})
-	ec := o.a.cp.kv.Etcd()
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	resp, err := ec.Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(GossipKeyKey), "=", 0)).
-		Then(clientv3.OpPut(GossipKeyKey, string(val))).
-		Else(clientv3.OpGet(GossipKeyKey)).Commit()
-	if err != nil {
-		return nil, fmt.Errorf("reading the mesh gossip key %s: %w", GossipKeyKey, err)
-	}
-	if resp.Succeeded {
-		o.a.log.Info("created the mesh gossip key", "key", GossipKeyKey)
-		return fresh, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, fmt.Errorf("the mesh gossip key %s vanished while reading it: retry", GossipKeyKey)
-	}
-	var rec record
-	if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
-		return nil, fmt.Errorf("the mesh gossip key %s does not decode (%v): delete it and restart the agents", GossipKeyKey, err)
-	}
-	k, err := base64.StdEncoding.DecodeString(rec.Key)
-	if err != nil || len(k) != 32 {
-		return nil, fmt.Errorf("the mesh gossip key %s is not 32 bytes of base64: delete it and restart the agents", GossipKeyKey)
-	}
-	return k, nil
+	return o, nil
 }
 
 // targets lists the mesh's nodes for probing.
 func (o *observability) targets() []health.Target {
 	var out []health.Target
-	o.a.nodes.Range(func(_ string, n kvstore.Node) bool {
+	o.deps.nodes.Range(func(_ string, n kvstore.Node) bool {
 		out = append(out, health.Target{Node: n.Name, Cluster: n.Cluster, MeshIP: n.MeshIP})
 		return true
 	})
@@ -171,23 +192,22 @@ func (o *observability) targets() []health.Target {
 }
 
 // serveMesh serves the agent-to-agent API on the mesh address over mTLS.
-func (o *observability) serveMesh(ctx context.Context, run func(string, func(context.Context) error)) error {
-	f := o.a.cp.files
+func (o *observability) serveMesh() error {
+	f := o.deps.tls
 	creds, err := meshtls.Load(f.CAFile, f.ClientCertFile, f.ClientKey)
 	if err != nil {
 		return err
 	}
 	o.creds = creds
 	o.tr = creds.Transport()
-	addr := net.JoinHostPort(o.a.meshIP.String(), strconv.Itoa(meshtls.DefaultPort))
+	addr := net.JoinHostPort(o.deps.meshIP.String(), strconv.Itoa(meshtls.DefaultPort))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	a := o.a
-	o.meshSrv = api.NewServer(api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a}, a.log.With("component", "mesh-api"))
+	o.meshSrv = api.NewServer(o.deps.mesh, o.deps.log.With("component", "mesh-api"))
 	srv := o.meshSrv
-	run("mesh api", func(ctx context.Context) error {
+	o.deps.run("mesh api", func(ctx context.Context) error {
 		go func() {
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -196,14 +216,14 @@ func (o *observability) serveMesh(ctx context.Context, run func(string, func(con
 		}()
 		return srv.Serve(tlsListener(l, creds))
 	})
-	a.log.Info("agent-to-agent API listening", "address", addr)
+	o.deps.log.Info("agent-to-agent API listening", "address", addr)
 	return nil
 }
 
 // serveMetrics serves /metrics on metrics.address ("mesh" as the host: the
 // mesh address).
-func (o *observability) serveMetrics(run func(string, func(context.Context) error)) error {
-	addr := o.a.cfg.Metrics.Address
+func (o *observability) serveMetrics() error {
+	addr := o.deps.metricsAddr
 	if addr == "" {
 		return nil
 	}
@@ -212,7 +232,7 @@ func (o *observability) serveMetrics(run func(string, func(context.Context) erro
 		return fmt.Errorf("metrics.address %q: %w", addr, err)
 	}
 	if host == meshMetricsHost {
-		addr = net.JoinHostPort(o.a.meshIP.String(), port)
+		addr = net.JoinHostPort(o.deps.meshIP.String(), port)
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -221,7 +241,7 @@ func (o *observability) serveMetrics(run func(string, func(context.Context) erro
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", o.metrics.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	run("metrics", func(ctx context.Context) error {
+	o.deps.run("metrics", func(ctx context.Context) error {
 		go func() {
 			<-ctx.Done()
 			_ = srv.Close()
@@ -231,7 +251,7 @@ func (o *observability) serveMetrics(run func(string, func(context.Context) erro
 		}
 		return nil
 	})
-	o.a.log.Info("metrics listening", "address", addr)
+	o.deps.log.Info("metrics listening", "address", addr)
 	return nil
 }
 
@@ -239,7 +259,7 @@ func (o *observability) serveMetrics(run func(string, func(context.Context) erro
 func (o *observability) checkEtcd(ctx context.Context) error {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := o.a.cp.kv.Etcd().Get(cctx, kvstore.ClustersPrefix+o.a.cfg.Cluster)
+		err := o.deps.store.Ping(cctx)
 		cancel()
 		o.etcdOK.Store(err == nil)
 		select {
@@ -255,7 +275,7 @@ func (o *observability) checkEtcd(ctx context.Context) error {
 // endpointIndex looks endpoints up by address, rebuilt from the cache when
 // its revision moves.
 type endpointIndex struct {
-	cache *kvstore.Cache[kvstore.Endpoint]
+	cache endpointCache
 	mu    sync.Mutex
 	rev   int64
 	byIP  map[netip.Addr]kvstore.Endpoint
@@ -290,7 +310,7 @@ func (o *observability) IdentityLabels(id uint32) ([]string, bool) {
 	if l, ok := identity.ReservedIdentities()[identity.NumericIdentity(id)]; ok {
 		return l.Strings(), true
 	}
-	if l, ok := o.a.alloc.LookupByID(identity.NumericIdentity(id)); ok {
+	if l, ok := o.deps.identities.LookupByID(identity.NumericIdentity(id)); ok {
 		return l.Strings(), true
 	}
 	return nil, false
@@ -299,16 +319,16 @@ func (o *observability) IdentityLabels(id uint32) ([]string, bool) {
 // --- metrics.Source ---
 
 // DatapathCounters implements metrics.Source.
-func (o *observability) DatapathCounters() (bpf.Metrics, error) { return o.a.dp.Metrics() }
+func (o *observability) DatapathCounters() (bpf.Metrics, error) { return o.deps.dp.Metrics() }
 
 // Peers implements metrics.Source.
 func (o *observability) Peers() ([]metrics.Peer, error) {
-	ts, err := o.a.tun.Status()
+	ts, err := o.deps.device.Status()
 	if err != nil {
 		return nil, err
 	}
 	byKey := map[string]string{}
-	o.a.nodes.Range(func(_ string, n kvstore.Node) bool { byKey[n.WGPublicKey] = n.Cluster + "/" + n.Name; return true })
+	o.deps.nodes.Range(func(_ string, n kvstore.Node) bool { byKey[n.WGPublicKey] = n.Cluster + "/" + n.Name; return true })
 	out := make([]metrics.Peer, 0, len(ts.Peers))
 	for _, p := range ts.Peers {
 		name := byKey[p.PublicKey]
@@ -325,12 +345,12 @@ func (o *observability) EtcdConnected() bool { return o.etcdOK.Load() }
 
 // Inventory implements metrics.Source.
 func (o *observability) Inventory() metrics.Inventory {
-	a := o.a
-	inv := metrics.Inventory{Nodes: a.nodes.Len(), Policies: a.policies.Len()}
+	d := o.deps
+	inv := metrics.Inventory{Nodes: d.nodes.Len(), Policies: d.policies.Len()}
 	ids := map[uint32]bool{}
-	a.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+	d.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
 		ids[e.Identity] = true
-		if e.Node == a.cfg.NodeName && e.Cluster == a.cfg.Cluster {
+		if e.Node == d.node && e.Cluster == d.cluster {
 			inv.LocalEndpoints++
 		} else {
 			inv.RemoteEndpoints++
@@ -338,45 +358,28 @@ func (o *observability) Inventory() metrics.Inventory {
 		return true
 	})
 	inv.Identities = len(ids)
-	locals, _ := a.policy.localSnapshot()
-	for _, l := range locals {
+	for _, l := range d.locals() {
 		inv.PolicyEntries += len(l.policy.Entries)
 	}
 	return inv
 }
 
-// usedMaps are the datapath maps whose fill is reported; docs/datapath.md
-// names them (pinned by name under the scope's pin directory).
-var usedMaps = []string{"ipcache", "endpoints", "policy", "ct"}
-
-// MapUsage implements metrics.Source: it counts the pinned maps' keys, at
-// most every 5 seconds (walking a full conntrack table costs a syscall per
-// entry).
+// MapUsage implements metrics.Source: how full the datapath's maps are,
+// counted at most every 5 seconds (walking a full conntrack table costs a
+// syscall per entry).
 func (o *observability) MapUsage() ([]metrics.MapUsage, error) {
 	o.usageMu.Lock()
 	defer o.usageMu.Unlock()
 	if time.Since(o.usageAt) < 5*time.Second && o.usageLast != nil {
 		return o.usageLast, nil
 	}
-	dir := o.a.dp.PinDir()
-	if dir == "" {
-		return nil, errors.New("the datapath has no pins")
+	us, err := o.deps.dp.MapUsage()
+	if err != nil {
+		return nil, err
 	}
-	var out []metrics.MapUsage
-	for _, name := range usedMaps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
-		}
-		capacity := int(m.MaxEntries())
-		n := 0
-		k, err := m.NextKeyBytes(nil)
-		for err == nil && k != nil && n <= capacity {
-			n++
-			k, err = m.NextKeyBytes(k)
-		}
-		m.Close()
-		out = append(out, metrics.MapUsage{Name: name, Entries: n, Capacity: capacity})
+	out := make([]metrics.MapUsage, 0, len(us))
+	for _, u := range us {
+		out = append(out, metrics.MapUsage{Name: u.Name, Entries: u.Entries, Capacity: u.Capacity})
 	}
 	o.usageAt, o.usageLast = time.Now(), out
 	return out, nil
@@ -430,17 +433,21 @@ func (a *Agent) HealthMatrix(ctx context.Context) (api.HealthMatrix, error) {
 	if err != nil {
 		return api.HealthMatrix{}, err
 	}
+	return o.healthMatrix(ctx), nil
+}
+
+func (o *observability) healthMatrix(ctx context.Context) api.HealthMatrix {
 	self := o.health.View()
 	selfState := map[string]string{}
 	for _, p := range self.Probes {
 		selfState[p.Cluster+"/"+p.Node] = p.State
 	}
-	m := api.HealthMatrix{Time: time.Now().UTC(), From: a.cfg.Cluster + "/" + a.cfg.NodeName, Down: []string{}}
+	m := api.HealthMatrix{Time: time.Now().UTC(), From: o.deps.cluster + "/" + o.deps.node, Down: []string{}}
 	targets := o.targets()
 	rows := make([]api.NodeHealth, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		if t.Cluster == a.cfg.Cluster && t.Node == a.cfg.NodeName {
+		if t.Cluster == o.deps.cluster && t.Node == o.deps.node {
 			rows[i] = self
 			continue
 		}
@@ -464,7 +471,7 @@ func (a *Agent) HealthMatrix(ctx context.Context) (api.HealthMatrix, error) {
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Cluster+"/"+rows[i].Node < rows[j].Cluster+"/"+rows[j].Node })
 	sort.Strings(m.Down)
 	m.Nodes = rows
-	return m, nil
+	return m
 }
 
 // remoteHealth reads another node's own view over the mesh.
@@ -518,15 +525,19 @@ func (a *Agent) Relay(ctx context.Context, cluster, node string) (http.Handler, 
 	if err != nil {
 		return nil, err
 	}
+	return o.relay(cluster, node)
+}
+
+func (o *observability) relay(cluster, node string) (http.Handler, error) {
 	if o.meshSrv == nil {
 		return nil, fmt.Errorf("%w: this agent's agent-to-agent API did not start (see its log)", api.ErrUnavailable)
 	}
-	if cluster == a.cfg.Cluster && node == a.cfg.NodeName {
+	if cluster == o.deps.cluster && node == o.deps.node {
 		return o.meshSrv.Handler(), nil
 	}
 	var target kvstore.Node
 	found := false
-	a.nodes.Range(func(_ string, n kvstore.Node) bool {
+	o.deps.nodes.Range(func(_ string, n kvstore.Node) bool {
 		if n.Cluster == cluster && n.Name == node {
 			target, found = n, true
 			return false

@@ -195,13 +195,6 @@ func FromEtcd(ec *clientv3.Client, requestTimeout time.Duration, log *slog.Logge
 	return wrap(ec, requestTimeout, log)
 }
 
-// Etcd returns the underlying etcd client for what this package does not wrap.
-//
-// Deprecated: only the agent root still uses it; removed in this renovation.
-// Use Source for caches, Ping for reachability and the typed helpers for
-// everything else.
-func (c *Client) Etcd() *clientv3.Client { return c.etcd }
-
 // Source is what a cache of this client's etcd reads from (see NewCache).
 // It offers only Get and Watch, so a cache cannot write through it.
 func (c *Client) Source() Source { return source{kv: c.kv, w: c.watcher} }
