@@ -20,6 +20,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // Label sources. A label's source tells where it came from; a selector can
@@ -323,8 +325,8 @@ func ValidateKey(key string) error {
 		if len(prefix) > 253 {
 			return fmt.Errorf("key %q: prefix longer than 253 characters", key)
 		}
-		if err := validateDNSSubdomain(prefix); err != nil {
-			return fmt.Errorf("key %q: prefix %v", key, err)
+		if why := names.CheckDNSSubdomain(prefix); why != "" {
+			return fmt.Errorf("key %q: prefix %q is not a DNS subdomain: %s", key, prefix, why)
 		}
 	}
 	if name == "" {
@@ -364,25 +366,6 @@ func validateName(s string) error {
 	return nil
 }
 
-func validateDNSSubdomain(s string) error {
-	for _, part := range strings.Split(s, ".") {
-		if part == "" || len(part) > 63 {
-			return fmt.Errorf("%q is not a DNS subdomain (empty or over-long part)", s)
-		}
-		if !isLowerAlnum(part[0]) || !isLowerAlnum(part[len(part)-1]) {
-			return fmt.Errorf("%q is not a DNS subdomain (parts begin and end with a lower-case letter or digit)", s)
-		}
-		for i := 0; i < len(part); i++ {
-			if c := part[i]; !isLowerAlnum(c) && c != '-' {
-				return fmt.Errorf("%q is not a DNS subdomain (character %q)", s, c)
-			}
-		}
-	}
-	return nil
-}
-
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
-
-func isLowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // Prefix is the root of every key Weft writes. The schema version is part
@@ -24,7 +26,6 @@ const (
 	EndpointsPrefix       = Prefix + "endpoints/"
 	PoliciesPrefix        = Prefix + "policies/"
 	TokensPrefix          = Prefix + "tokens/"
-	maxNameLen            = 63
 	identityLabelsHashLen = 64
 )
 
@@ -33,27 +34,13 @@ const (
 // change: existing meshes keep their key.
 const GossipKeyKey = Prefix + "mesh/gossip-key"
 
-// ValidateName checks a cluster, node, policy or token name: 1-63 characters
-// of lower-case letters, digits, '-' and '.', starting and ending with a
-// letter or digit (a DNS label, dots allowed). Names end up in keys, so '/'
-// and anything else that could escape a key segment is refused.
+// ValidateName checks a cluster, node, policy or token name against the
+// mesh's one name rule (internal/names): a lower-case DNS name of at most
+// 63 characters. Names end up in keys, so '/' and anything else that could
+// escape a key segment is refused.
 func ValidateName(kind, name string) error {
-	if name == "" {
-		return fmt.Errorf("%w: empty %s name", ErrInvalidKey, kind)
-	}
-	if len(name) > maxNameLen {
-		return fmt.Errorf("%w: %s name %q is %d characters, at most %d allowed", ErrInvalidKey, kind, name, len(name), maxNameLen)
-	}
-	for i := 0; i < len(name); i++ {
-		ch := name[i]
-		alnum := ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9'
-		if alnum {
-			continue
-		}
-		if (ch == '-' || ch == '.') && i > 0 && i < len(name)-1 {
-			continue
-		}
-		return fmt.Errorf("%w: %s name %q: character %q at position %d not allowed (use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)", ErrInvalidKey, kind, name, ch, i+1)
+	if err := names.Validate(kind, name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidKey, err)
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // RecordVersion is the only record version this code writes and reads.
@@ -386,8 +388,12 @@ func (e Endpoint) Validate() error {
 	if err := ValidateLabels(e.Labels); err != nil {
 		return invalid("endpoint", "%s: %v", e.IP, err)
 	}
-	if len(e.Name) > 253 {
-		return invalid("endpoint", "%s: name longer than 253 characters", e.IP)
+	// The name is optional (the address is the key), but when there is
+	// one it follows the rule of every name in the mesh.
+	if e.Name != "" {
+		if err := names.Validate("endpoint", e.Name); err != nil {
+			return invalid("endpoint", "%s: %v", e.IP, err)
+		}
 	}
 	return nil
 }

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // Defaults used when neither the file, the environment nor a flag says
@@ -286,21 +288,12 @@ func (c *Config) JoinAdvertise() string {
 	return c.Join.Listen
 }
 
-var (
-	// A DNS label: node and cluster names end up in etcd keys, interface
-	// names and certificate subjects, so they stay conservative.
-	nameRE   = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,61}[a-z0-9])?$`)
-	ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-)
+var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
-// ValidateName checks a node or cluster name: names end up in etcd keys,
-// interface names and certificate subjects, so they stay conservative.
-func ValidateName(kind, name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%q is not a valid %s name: use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", name, kind)
-	}
-	return nil
-}
+// ValidateName checks a node, cluster or workload name against the mesh's
+// one name rule (internal/names), the rule kvstore applies to the keys the
+// names end up in.
+func ValidateName(kind, name string) error { return names.Validate(kind, name) }
 
 // Validate checks the whole configuration and reports every problem at
 // once, each naming its field, so one edit fixes the file.

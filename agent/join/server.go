@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/names"
 	"github.com/weftmesh/weft/pki"
 )
 
@@ -189,7 +190,7 @@ func (s *Server) join(r *http.Request) (*response, error) {
 	if _, err := pki.CheckCSR([]byte(req.CSR)); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 	}
-	if !tokenIDRE.MatchString(req.TokenID) || !tokenSecretRE.MatchString(req.Secret) {
+	if !names.Valid(req.TokenID) || !tokenSecretRE.MatchString(req.Secret) {
 		return nil, fmt.Errorf("%w: the token is not known to this mesh", ErrTokenUnknown)
 	}
 

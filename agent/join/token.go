@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // TokenPrefix starts every join token; the digit is the format version.
@@ -36,7 +38,6 @@ type Token struct {
 }
 
 var (
-	tokenIDRE     = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,61}[a-z0-9])?$`)
 	tokenSecretRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
 	caHashRE      = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	hostnameRE    = regexp.MustCompile(`^[A-Za-z0-9]([-.A-Za-z0-9]{0,251}[A-Za-z0-9])?$`)
@@ -54,7 +55,7 @@ func (t Token) Validate() error {
 	if err := checkServer(t.Server); err != nil {
 		return fmt.Errorf("%w: join service address: %v", ErrMalformedToken, err)
 	}
-	if !tokenIDRE.MatchString(t.ID) {
+	if !names.Valid(t.ID) {
 		return fmt.Errorf("%w: token id %q is not valid", ErrMalformedToken, t.ID)
 	}
 	if !tokenSecretRE.MatchString(t.Secret) {
