@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -15,8 +15,8 @@ import (
 	"github.com/weftmesh/weft/policy"
 )
 
-func init() {
-	register(&cli.Command{
+func policyCommand() *cli.Command {
+	return &cli.Command{
 		Name:  "policy",
 		Usage: "apply, inspect, delete and trace network policies",
 		UsageText: `meshctl policy apply -f FILE
@@ -84,7 +84,7 @@ Examples:
 				Action: policyTraceAction,
 			},
 		},
-	})
+	}
 }
 
 func policyApplyAction(c *cli.Context) error {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"sort"
@@ -10,8 +10,8 @@ import (
 	"github.com/weftmesh/weft/agent/config"
 )
 
-func init() {
-	register(&cli.Command{
+func nodesCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "nodes",
 		Usage:     "list the mesh's nodes as the local agent knows them",
 		UsageText: `meshctl nodes [--socket PATH] [-o table|json]`,
@@ -21,7 +21,7 @@ local node is marked with *. The list comes from the agent's cache of etcd,
 so it is available while etcd is briefly unreachable.`,
 		Flags:  agentFlags(),
 		Action: nodesAction,
-	})
+	}
 }
 
 func nodesAction(c *cli.Context) error {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"sort"
@@ -10,8 +10,8 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 )
 
-func init() {
-	register(&cli.Command{
+func identitiesCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "identities",
 		Usage:     "list the numeric security identities and their labels",
 		UsageText: `meshctl identities [--socket PATH] [-o table|json]`,
@@ -21,7 +21,7 @@ it. Identities below 256 are reserved (host, world, remote-node, ...); the
 ENDPOINTS column counts the endpoints that carry each identity.`,
 		Flags:  agentFlags(),
 		Action: identitiesAction,
-	})
+	}
 }
 
 func identitiesAction(c *cli.Context) error {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flows"
@@ -132,8 +130,7 @@ func TestObserveFollowStreamsNewFlows(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		var out strings.Builder
-		app := &cli.App{Name: "meshctl", Commands: commands(), Writer: &out, ErrWriter: io.Discard, ExitErrHandler: func(*cli.Context, error) {}}
-		_ = app.RunContext(ctx, []string{"meshctl", "observe", "--socket", sock, "--follow", "--last", "0", "-o", "json"})
+		_ = Run(ctx, []string{"observe", "--socket", sock, "--follow", "--last", "0", "-o", "json"}, nil, &out, io.Discard)
 		done <- out.String()
 	}()
 	for rings["vm-1"].Subscribers() == 0 {

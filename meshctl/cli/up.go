@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -23,8 +23,8 @@ const (
 	joinPort       = 51834
 )
 
-func init() {
-	register(&cli.Command{
+func upCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "up",
 		Usage:     "start the first node of a new mesh (embedded etcd, mesh CA, join service) and print a join token",
 		UsageText: "meshctl up [--name NAME] [--cluster C] [--advertise-address IP] [--foreground] [-- AGENT-FLAGS...]",
@@ -51,7 +51,7 @@ Example:
 			&cli.IntFlag{Name: "token-max-uses", Value: 1, Usage: "how many machines may join with the printed token (`N`)"},
 		),
 		Action: upAction,
-	})
+	}
 }
 
 // defaultRouteAddress is the source address the kernel would use towards
@@ -119,6 +119,10 @@ func upArgs(c *cli.Context) ([]string, error) {
 }
 
 func upAction(c *cli.Context) error {
+	// First: off Linux nothing else about the command matters.
+	if err := localAgentSupported("up"); err != nil {
+		return err
+	}
 	agentArgs, err := upArgs(c)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -9,8 +9,8 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 )
 
-func init() {
-	register(&cli.Command{
+func rotateKeyCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "rotate-key",
 		Usage:     "replace this node's WireGuard key without interrupting traffic",
 		UsageText: "meshctl rotate-key [--force] [--socket PATH] [-o table|json]",
@@ -29,7 +29,7 @@ each peer did.`,
 			&cli.BoolFlag{Name: "force", Usage: "switch even if some peers did not confirm the next key"},
 		),
 		Action: rotateKeyAction,
-	})
+	}
 }
 
 func rotateKeyAction(c *cli.Context) error {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -131,17 +130,6 @@ func runMode(c *cli.Context) string {
 	return runBackground
 }
 
-func systemdRuns() bool {
-	fi, err := os.Stat("/run/systemd/system")
-	return err == nil && fi.IsDir()
-}
-
-func sameNetnsAsInit() bool {
-	self, err1 := os.Readlink("/proc/self/ns/net")
-	init, err2 := os.Readlink("/proc/1/ns/net")
-	return err1 == nil && err2 == nil && self == init
-}
-
 // systemdUnit is the unit meshctl installs; Restart=always because the
 // datapath survives restarts, so a crash costs nothing but the restart.
 func systemdUnit(binary, configFile string) string {
@@ -161,62 +149,6 @@ KillSignal=SIGTERM
 [Install]
 WantedBy=multi-user.target
 `, binary, configFile)
-}
-
-func launchAgent(ctx context.Context, mode string, s launchSpec) (*agentProc, error) {
-	args := []string{"--config", s.ConfigFile}
-	switch mode {
-	case runSystemd:
-		unit := systemdUnit(s.Binary, s.ConfigFile)
-		if old, err := os.ReadFile(systemdUnitPath); err != nil || string(old) != unit {
-			if err := os.WriteFile(systemdUnitPath, []byte(unit), 0o644); err != nil {
-				return nil, fmt.Errorf("installing %s: %w", systemdUnitPath, err)
-			}
-			if out, err := exec.CommandContext(ctx, "systemctl", "daemon-reload").CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("systemctl daemon-reload: %v: %s", err, out)
-			}
-		}
-		// restart, not start: a rejoin rewrote the configuration.
-		if out, err := exec.CommandContext(ctx, "systemctl", "enable", systemdUnitName).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("systemctl enable %s: %v: %s", systemdUnitName, err, out)
-		}
-		if out, err := exec.CommandContext(ctx, "systemctl", "restart", systemdUnitName).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("systemctl restart %s: %v: %s (journalctl -u weft-agent says why)", systemdUnitName, err, out)
-		}
-		return &agentProc{Describe: "systemd unit " + systemdUnitName + " (journalctl -u weft-agent for its log)"}, nil
-
-	case runForeground:
-		cmd := exec.Command(s.Binary, args...)
-		cmd.Stdout, cmd.Stderr = s.Out, s.Out
-		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("starting %s: %w", s.Binary, err)
-		}
-		return watch(cmd, fmt.Sprintf("foreground process %d", cmd.Process.Pid)), nil
-
-	case runBackground:
-		if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
-			return nil, err
-		}
-		logPath := filepath.Join(s.StateDir, "agent.log")
-		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("opening the agent log: %w", err)
-		}
-		defer logf.Close()
-		cmd := exec.Command(s.Binary, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		// Its own session: the agent outlives meshctl and the terminal.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("starting %s: %w", s.Binary, err)
-		}
-		pid := cmd.Process.Pid
-		if err := os.WriteFile(filepath.Join(s.StateDir, "agent.pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
-			return nil, err
-		}
-		return watch(cmd, fmt.Sprintf("background process %d (log: %s)", pid, logPath)), nil
-	}
-	return nil, fmt.Errorf("unknown run mode %q", mode)
 }
 
 func watch(cmd *exec.Cmd, describe string) *agentProc {

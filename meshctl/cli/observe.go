@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -16,8 +16,8 @@ import (
 	"github.com/weftmesh/weft/agent/flows"
 )
 
-func init() {
-	register(&cli.Command{
+func observeCommand() *cli.Command {
+	return &cli.Command{
 		Name:  "observe",
 		Usage: "show flows: connections the policy admitted and packets it dropped, with both ends named",
 		UsageText: `meshctl observe [--follow] [--last N] [--since DURATION] [--from-label k=v] [--to-label k=v]
@@ -52,7 +52,7 @@ either end. With --follow, new flows are printed as they come until Ctrl-C.
 			&cli.BoolFlag{Name: "all-nodes", Usage: "ask every node's agent and merge by time"},
 		),
 		Action: observeAction,
-	})
+	}
 }
 
 // flowRequestFromFlags validates the flags into a request.

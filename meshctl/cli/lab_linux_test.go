@@ -1,7 +1,8 @@
-package main
+package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -13,23 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/weftmesh/weft/internal/lab"
 	"github.com/weftmesh/weft/internal/lab/labtest"
 	"github.com/weftmesh/weft/internal/testutil"
 )
-
-// runApp runs meshctl in this process and returns stdout, stderr and the
-// error the app returned.
-func runApp(t *testing.T, args ...string) (string, string, error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	app := &cli.App{Name: "meshctl", Commands: commands(), Writer: &out, ErrWriter: &errOut,
-		ExitErrHandler: func(*cli.Context, error) {}} // keep cli.Exit from exiting the test
-	err := app.Run(append([]string{"meshctl"}, args...))
-	return out.String(), errOut.String(), err
-}
 
 // Bad input is refused with an error naming the flag or field, before the
 // lab is touched (so these run without root too).
@@ -77,9 +65,7 @@ func TestMeshctlHelper(t *testing.T) {
 		t.Skip("helper process for the meshctl lab tests")
 	}
 	i := slices.Index(os.Args, "--")
-	os.Args = append([]string{"meshctl"}, os.Args[i+1:]...)
-	main()
-	os.Exit(0)
+	os.Exit(ExitStatus(Run(context.Background(), os.Args[i+1:], os.Stdin, os.Stdout, os.Stderr), os.Stderr))
 }
 
 func meshctl(args ...string) *exec.Cmd {

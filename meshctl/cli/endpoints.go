@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -12,8 +12,8 @@ import (
 	"github.com/weftmesh/weft/agent/config"
 )
 
-func init() {
-	register(&cli.Command{
+func endpointCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "endpoint",
 		Aliases:   []string{"endpoints"},
 		Usage:     "list the mesh's endpoints; add or remove this node's workloads",
@@ -63,7 +63,7 @@ namespace itself is left alone.`,
 				Action: endpointRemoveAction,
 			},
 		},
-	})
+	}
 }
 
 func endpointAddAction(c *cli.Context) error {

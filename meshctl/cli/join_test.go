@@ -1,4 +1,9 @@
-package main
+//go:build linux
+
+// up, join and leave run the agent on this machine, which only Linux
+// does; agentproc_other_test.go checks what they say elsewhere.
+
+package cli
 
 import (
 	"context"

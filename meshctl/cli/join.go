@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -17,8 +17,8 @@ import (
 	"github.com/weftmesh/weft/pki"
 )
 
-func init() {
-	register(&cli.Command{
+func joinCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "join",
 		Usage:     "join this machine to a mesh with a token, then start the agent",
 		UsageText: "meshctl join TOKEN [--name NAME] [--labels k=v,...] [--foreground] [-- AGENT-FLAGS...]",
@@ -47,7 +47,7 @@ Example:
 			&cli.BoolFlag{Name: "timings", Usage: "print the duration of each step of the join to stderr"},
 		),
 		Action: joinAction,
-	})
+	}
 }
 
 func nodeName(c *cli.Context) (string, error) {
@@ -84,6 +84,10 @@ func joinArgs(c *cli.Context) (string, []string, error) {
 }
 
 func joinAction(c *cli.Context) error {
+	// First: off Linux nothing else about the command matters.
+	if err := localAgentSupported("join"); err != nil {
+		return err
+	}
 	tokStr, agentArgs, err := joinArgs(c)
 	if err != nil {
 		return err

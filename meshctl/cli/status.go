@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -10,8 +10,8 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 )
 
-func init() {
-	register(&cli.Command{
+func statusCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "status",
 		Usage:     "show the local node: tunnel, datapath, etcd, health and peers with handshake ages",
 		UsageText: `meshctl status [--all] [--socket PATH] [-o table|json]`,
@@ -32,7 +32,7 @@ Exit status is 1 when the agent cannot be reached or a health check fails
 (with --all: when a node is down), so scripts can use it as a readiness probe.`,
 		Flags:  agentFlags(&cli.BoolFlag{Name: "all", Usage: "show every node and the reachability matrix"}),
 		Action: statusAction,
-	})
+	}
 }
 
 // statusView is the -o json form: the agent's status and health.

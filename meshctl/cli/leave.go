@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -6,10 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -17,8 +14,8 @@ import (
 	"github.com/weftmesh/weft/agent/config"
 )
 
-func init() {
-	register(&cli.Command{
+func leaveCommand() *cli.Command {
+	return &cli.Command{
 		Name:      "leave",
 		Usage:     "take this node out of the mesh and remove its agent configuration",
 		UsageText: "meshctl leave [--force] [--keep-config]",
@@ -38,10 +35,14 @@ takes the whole mesh down and needs --force.`,
 			&cli.BoolFlag{Name: "keep-config", Usage: "keep the configuration and credentials"},
 		},
 		Action: leaveAction,
-	})
+	}
 }
 
 func leaveAction(c *cli.Context) error {
+	// First: off Linux nothing else about the command matters.
+	if err := localAgentSupported("leave"); err != nil {
+		return err
+	}
 	if err := noArgs(c); err != nil {
 		return err
 	}
@@ -98,31 +99,4 @@ func leaveAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(w, "Removed %s.\n", strings.Join(removed, " and "))
 	return nil
-}
-
-// stopBackgroundAgent ends an agent meshctl started in the background if
-// it did not exit after leaving. Only the pid meshctl recorded is
-// signalled, and only if it still runs weft-agent.
-func stopBackgroundAgent(stateDir string) {
-	pidFile := filepath.Join(stateDir, "agent.pid")
-	data, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	defer os.Remove(pidFile)
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 1 {
-		return
-	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "weft-agent" {
-		return
-	}
-	for range 50 {
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
 }

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -21,8 +21,8 @@ const (
 	defaultTokenTTL = time.Hour
 )
 
-func init() {
-	register(&cli.Command{
+func tokenCommand() *cli.Command {
+	return &cli.Command{
 		Name:  "token",
 		Usage: "create, list and revoke join tokens",
 		UsageText: `meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N]
@@ -72,7 +72,7 @@ Examples:
 				Action:      tokenRevokeAction,
 			},
 		},
-	})
+	}
 }
 
 // tokenRequest validates the create flags into an API request.

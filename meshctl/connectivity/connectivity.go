@@ -1,4 +1,13 @@
-package main
+// Package connectivity is meshctl's end-to-end check of a running mesh
+// (`meshctl connectivity test`): through the local agent's API it places a
+// probe client on this node and an echo workload on every node, probes
+// them in named scenarios (same node, across nodes and sites, behind NAT,
+// from the host, under scenario policies, encryption on the wire), checks
+// the flows and logs for surprises, and removes everything it made.
+//
+// The scenario policies are real policy documents (policies/*.yaml,
+// embedded); see scenarios.go for how a run makes them its own.
+package connectivity
 
 import (
 	"context"
@@ -13,67 +22,24 @@ import (
 	"sync"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/weftmesh/weft/agent/api"
 )
 
-func init() {
-	register(&cli.Command{
-		Name:      "connectivity",
-		Usage:     "check the mesh end to end with probe workloads",
-		UsageText: `meshctl connectivity test [--timeout DURATION] [--nodes N1,N2] [-o table|json]`,
-		Subcommands: []*cli.Command{{
-			Name:      "test",
-			Usage:     "put probe workloads on every node and run named scenarios; pass/fail per scenario",
-			UsageText: `meshctl connectivity test [--timeout DURATION] [--nodes N1,N2] [-o table|json]`,
-			Description: `Creates a client probe workload on this node and an echo workload (TCP and
-UDP echo on ports 7946 and 7947) on every node of the mesh (or those given with
---nodes), through the agents' probe API (other nodes' agents are reached over
-the mesh), then runs these scenarios:
-
-  same node            client -> echo on this node
-  across nodes         client -> echo on another node of this node's site (/24)
-  across sites         client -> echo on nodes of other sites
-  behind NAT           client -> echo on nodes behind NAT (seen by their peers
-                       from another address than the one they announce)
-  host to workload     this node itself -> every echo workload
-  ingress allow/deny   a policy lets the client reach the echoes on 7946 only
-  egress allow/deny    a policy lets the client send to the echoes on 7946 only
-  deny beats allow     allow everything from the client, deny 7947: 7947 fails
-  encryption on wire   a marker sent across nodes never appears in the clear on
-                       this node's underlay, and WireGuard packets do
-  no unexpected drops  no probe traffic was dropped while no policy applied
-  no errors in logs    no agent logged an error during the test
-
-Each scenario prints pass, fail (with the reason: what was tried, what
-happened, and the drop reason the datapath recorded) or skip (nothing to test,
-e.g. no node behind NAT). Policies and workloads made by the test are removed
-at the end, also when it fails or is interrupted. Exit status 1 when a
-scenario fails.`,
-			Flags: agentFlags(
-				&cli.DurationFlag{Name: "timeout", Value: 15 * time.Second, Usage: "how long one check may wait for the mesh to converge"},
-				&cli.StringSliceFlag{Name: "nodes", Usage: "only these nodes (NAME or CLUSTER/NAME); default: every node"},
-			),
-			Action: connectivityAction,
-		}},
-	})
-}
-
-// Echo ports of the probe workloads.
+// Echo ports of the probe workloads. The scenario policies name them too
+// (policies/*.yaml); a unit test checks they agree.
 const (
-	probePortA = 7946
-	probePortB = 7947
+	PortA = 7946
+	PortB = 7947
 )
 
 // Scenario results.
 const (
-	resultPass = "pass"
-	resultFail = "fail"
-	resultSkip = "skip"
+	Pass = "pass"
+	Fail = "fail"
+	Skip = "skip"
 )
 
-// ScenarioResult is one scenario's outcome (-o json).
+// ScenarioResult is one scenario's outcome (meshctl's -o json).
 type ScenarioResult struct {
 	Name   string `json:"name"`
 	Result string `json:"result"`
@@ -81,8 +47,8 @@ type ScenarioResult struct {
 	Checks int    `json:"checks"`
 }
 
-// ConnectivityReport is the whole run (-o json).
-type ConnectivityReport struct {
+// Report is the whole run (meshctl's -o json).
+type Report struct {
 	Passed    bool             `json:"passed"`
 	Run       string           `json:"run"`
 	Scenarios []ScenarioResult `json:"scenarios"`
@@ -110,62 +76,51 @@ type connTest struct {
 	timeout time.Duration
 	start   time.Time
 	labels  func(role string) map[string]string
-	report  ConnectivityReport
+	report  Report
 	out     io.Writer
 	verbose bool
 }
 
-func connectivityAction(c *cli.Context) error {
-	if err := noArgs(c); err != nil {
-		return err
-	}
-	format, err := outputFormat(c)
-	if err != nil {
-		return err
-	}
-	timeout := c.Duration("timeout")
-	if timeout < time.Second || timeout > 5*time.Minute {
-		return fmt.Errorf("--timeout %s: use 1s..5m", timeout)
-	}
-	ctx, cancel := cmdContext(c)
-	defer cancel()
+// Options are a run's settings.
+type Options struct {
+	// Timeout is how long one check may wait for the mesh to converge
+	// (meshctl allows 1s to 5m).
+	Timeout time.Duration
+	// Nodes limits the test to these nodes (NAME or CLUSTER/NAME) and this
+	// one; none means every node.
+	Nodes []string
+	// Progress, when set, gets a line per step and scenario, for a person
+	// watching a test that takes a while; nil keeps quiet (-o json).
+	Progress io.Writer
+}
+
+// Run runs the test through agent, the local node's agent (other nodes'
+// agents are reached through it). Everything it made is removed before it
+// returns, also when it fails or ctx ends. The error is for a test that
+// could not start (no node list, no probe client); failed scenarios are in
+// the report, Passed false.
+func Run(ctx context.Context, agent *api.Client, opts Options) (Report, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	ct := &connTest{local: agentClient(c), run: hex.EncodeToString(b[:]), timeout: timeout, start: time.Now(),
-		out: c.App.Writer, verbose: format == "table"}
+	ct := &connTest{local: agent, run: hex.EncodeToString(b[:]), timeout: opts.Timeout, start: time.Now(),
+		out: opts.Progress, verbose: opts.Progress != nil}
 	ct.labels = func(role string) map[string]string {
-		return map[string]string{"weft-probe-run": ct.run, "weft-probe-role": role}
+		return map[string]string{runLabel: ct.run, roleLabel: role}
 	}
 	ct.report.Run = ct.run
-	if err := ct.setup(ctx, c.StringSlice("nodes")); err != nil {
+	if err := ct.setup(ctx, opts.Nodes); err != nil {
 		ct.cleanup()
-		return err
+		return ct.report, err
 	}
 	ct.runScenarios(ctx)
 	ct.cleanup()
 	ct.report.Passed = true
 	for _, s := range ct.report.Scenarios {
-		if s.Result == resultFail {
+		if s.Result == Fail {
 			ct.report.Passed = false
 		}
 	}
-	if format == "json" {
-		if err := printJSON(c.App.Writer, ct.report); err != nil {
-			return err
-		}
-	} else {
-		printReport(c.App.Writer, ct.report)
-	}
-	if !ct.report.Passed {
-		var failed []string
-		for _, s := range ct.report.Scenarios {
-			if s.Result == resultFail {
-				failed = append(failed, s.Name)
-			}
-		}
-		return fmt.Errorf("connectivity test failed: %s", strings.Join(failed, ", "))
-	}
-	return ctx.Err()
+	return ct.report, nil
 }
 
 func (ct *connTest) progress(format string, args ...any) {
@@ -222,7 +177,7 @@ func (ct *connTest) setup(ctx context.Context, only []string) error {
 	ct.classify(ctx)
 	ct.progress("Connectivity test %s: %d nodes; placing probe workloads...", ct.run, len(ct.nodes))
 
-	cw, err := ct.local.AddProbeWorkload(ctx, api.ProbeWorkloadRequest{Name: ct.workloadName("c"), Labels: ct.labels("client"), Ports: []uint16{probePortA}})
+	cw, err := ct.local.AddProbeWorkload(ctx, api.ProbeWorkloadRequest{Name: ct.workloadName("c"), Labels: ct.labels("client"), Ports: []uint16{PortA}})
 	if err != nil {
 		return fmt.Errorf("placing the probe client on this node: %w", err)
 	}
@@ -235,7 +190,7 @@ func (ct *connTest) setup(ctx context.Context, only []string) error {
 			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 			defer cancel()
 			n.echo, n.setupErr = n.client.AddProbeWorkload(cctx, api.ProbeWorkloadRequest{
-				Name: ct.workloadName(fmt.Sprintf("e%d", i)), Labels: ct.labels("echo"), Ports: []uint16{probePortA, probePortB}})
+				Name: ct.workloadName(fmt.Sprintf("e%d", i)), Labels: ct.labels("echo"), Ports: []uint16{PortA, PortB}})
 			if n.setupErr != nil {
 				n.setupErr = fmt.Errorf("no probe workload on %s: %w", n.name(), n.setupErr)
 			}
@@ -313,12 +268,15 @@ func (ct *connTest) cleanup() {
 	}
 }
 
-func (ct *connTest) policyNames() []string {
-	return []string{"probe-" + ct.run + "-ingress", "probe-" + ct.run + "-egress", "probe-" + ct.run + "-deny"}
+// policyName is the name a scenario's policy gets in this run, so
+// concurrent runs and the cleanup of an interrupted one never mix.
+func (ct *connTest) policyName(ps policyScenario) string {
+	return "probe-" + ct.run + "-" + strings.TrimSuffix(ps.file, ".yaml")
 }
 
 func (ct *connTest) deletePolicies(ctx context.Context) {
-	for _, name := range ct.policyNames() {
+	for _, ps := range policyScenarios {
+		name := ct.policyName(ps)
 		if err := ct.local.DeletePolicy(ctx, name); err != nil && !errors.Is(err, api.ErrNotFound) {
 			ct.progress("cleanup: deleting policy %s: %v", name, err)
 		}
@@ -394,16 +352,16 @@ func (ct *connTest) dropNote(ctx context.Context, c check, since time.Time) stri
 }
 
 func (ct *connTest) record(name string, checks int, err error) {
-	r := ScenarioResult{Name: name, Result: resultPass, Checks: checks}
+	r := ScenarioResult{Name: name, Result: Pass, Checks: checks}
 	if err != nil {
-		r.Result, r.Reason = resultFail, err.Error()
+		r.Result, r.Reason = Fail, err.Error()
 	}
 	ct.report.Scenarios = append(ct.report.Scenarios, r)
 	ct.progress("  %-20s %s", name, strings.ToUpper(r.Result))
 }
 
 func (ct *connTest) skip(name, why string) {
-	ct.report.Scenarios = append(ct.report.Scenarios, ScenarioResult{Name: name, Result: resultSkip, Reason: why})
+	ct.report.Scenarios = append(ct.report.Scenarios, ScenarioResult{Name: name, Result: Skip, Reason: why})
 	ct.progress("  %-20s SKIP", name)
 }
 
@@ -445,55 +403,22 @@ func (ct *connTest) runScenarios(ctx context.Context) {
 			ct.skip(name, why)
 			return
 		}
-		n, err := ct.expect(ctx, ct.pairs(targets, client, client, probePortA, true))
+		n, err := ct.expect(ctx, ct.pairs(targets, client, client, PortA, true))
 		ct.record(name, n, err)
 	}
 	baseline("same node", sameNode, "")
 	baseline("across nodes", acrossNodes, "no other node on this node's site")
 	baseline("across sites", acrossSites, "no node on another site (outside NAT)")
 	baseline("behind NAT", nat, "no node is behind NAT (every node is seen at the address it announces)")
-	hostChecks := ct.pairs(placed, "", "host "+ct.self.Name, probePortA, true)
+	hostChecks := ct.pairs(placed, "", "host "+ct.self.Name, PortA, true)
 	n, err := ct.expect(ctx, hostChecks)
 	ct.record("host to workload", n, err)
 	ct.encryption(ctx, append(append(acrossNodes, acrossSites...), nat...))
 	baselineEnd := time.Now()
 
-	targets := placed
-	sel := fmt.Sprintf("{matchLabels: {weft-probe-run: %q, weft-probe-role: %q}}", ct.run, "echo")
-	cli := fmt.Sprintf("{matchLabels: {weft-probe-run: %q, weft-probe-role: %q}}", ct.run, "client")
-	names := ct.policyNames()
-
-	ct.policyScenario(ctx, "ingress allow/deny", names[0], fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Policy
-metadata: {name: %s}
-spec:
-  endpointSelector: %s
-  ingress:
-    - from: [%s]
-      ports: [{port: %d, protocol: TCP}]
-`, names[0], sel, cli, probePortA), append(ct.pairsTCP(targets, client, probePortA, true), ct.pairsTCP(targets, client, probePortB, false)...))
-
-	ct.policyScenario(ctx, "egress allow/deny", names[1], fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Policy
-metadata: {name: %s}
-spec:
-  endpointSelector: %s
-  egress:
-    - to: [%s]
-      ports: [{port: %d, protocol: TCP}]
-`, names[1], cli, sel, probePortA), append(ct.pairsTCP(targets, client, probePortA, true), ct.pairsTCP(targets, client, probePortB, false)...))
-
-	ct.policyScenario(ctx, "deny beats allow", names[2], fmt.Sprintf(`apiVersion: weft.dev/v1
-kind: Policy
-metadata: {name: %s}
-spec:
-  endpointSelector: %s
-  ingress:
-    - from: [%s]
-  ingressDeny:
-    - from: [%s]
-      ports: [{port: %d, protocol: TCP}]
-`, names[2], sel, cli, cli, probePortB), append(ct.pairsTCP(targets, client, probePortA, true), ct.pairsTCP(targets, client, probePortB, false)...))
+	for _, ps := range policyScenarios {
+		ct.policyScenario(ctx, ps, append(ct.pairsTCP(placed, client, PortA, ps.allowA), ct.pairsTCP(placed, client, PortB, ps.allowB)...))
+	}
 
 	ct.unexpectedDrops(ctx, baselineEnd)
 	ct.logErrors(ctx)
@@ -507,17 +432,24 @@ func (ct *connTest) pairsTCP(targets []*probeNode, from string, port uint16, all
 	return out
 }
 
-// policyScenario applies a policy, runs checks, and deletes it.
-func (ct *connTest) policyScenario(ctx context.Context, name, policyName, doc string, checks []check) {
-	if _, err := ct.local.ApplyPolicy(ctx, api.ApplyPolicyRequest{Filename: policyName + ".yaml", Document: doc}); err != nil {
-		ct.record(name, 0, fmt.Errorf("applying the scenario's policy: %w", err))
+// policyScenario applies the scenario's policy, runs checks, and deletes
+// it.
+func (ct *connTest) policyScenario(ctx context.Context, ps policyScenario, checks []check) {
+	name := ct.policyName(ps)
+	doc, err := renderPolicy(ps.file, name, ct.run)
+	if err != nil {
+		ct.record(ps.name, 0, err)
+		return
+	}
+	if _, err := ct.local.ApplyPolicy(ctx, api.ApplyPolicyRequest{Filename: name + ".yaml", Document: string(doc)}); err != nil {
+		ct.record(ps.name, 0, fmt.Errorf("applying the scenario's policy: %w", err))
 		return
 	}
 	n, err := ct.expect(ctx, checks)
-	if derr := ct.local.DeletePolicy(ctx, policyName); derr != nil && err == nil {
+	if derr := ct.local.DeletePolicy(ctx, name); derr != nil && err == nil {
 		err = fmt.Errorf("deleting the scenario's policy: %w", derr)
 	}
-	ct.record(name, n, err)
+	ct.record(ps.name, n, err)
 	// Let the deletion reach every node before the next scenario.
 	time.Sleep(500 * time.Millisecond)
 }
@@ -555,7 +487,7 @@ func (ct *connTest) encryption(ctx context.Context, remote []*probeNode) {
 	for i := 0; i < 3; i++ {
 		for _, n := range targets {
 			for _, proto := range []string{"tcp", "udp"} {
-				res, err := ct.local.RunProbe(ctx, api.ProbeRequest{From: ct.clientW.Name, To: net.JoinHostPort(n.echo.IP, fmt.Sprint(probePortA)),
+				res, err := ct.local.RunProbe(ctx, api.ProbeRequest{From: ct.clientW.Name, To: net.JoinHostPort(n.echo.IP, fmt.Sprint(PortA)),
 					Protocol: proto, Timeout: api.Duration(500 * time.Millisecond), Payload: marker})
 				if err == nil && res.OK {
 					sent++
@@ -649,26 +581,4 @@ func (ct *connTest) logErrors(ctx context.Context) {
 		return
 	}
 	ct.record(name, len(ct.nodes), nil)
-}
-
-// printReport prints the scenario table and the failures' reasons.
-func printReport(w io.Writer, r ConnectivityReport) {
-	fmt.Fprintln(w)
-	var rows [][]string
-	for _, s := range r.Scenarios {
-		rows = append(rows, []string{s.Name, strings.ToUpper(s.Result), fmt.Sprint(s.Checks), s.Reason})
-	}
-	_ = printTable(w, []string{"scenario", "result", "checks", "reason"}, rows)
-	pass, fail, skip := 0, 0, 0
-	for _, s := range r.Scenarios {
-		switch s.Result {
-		case resultPass:
-			pass++
-		case resultFail:
-			fail++
-		default:
-			skip++
-		}
-	}
-	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped\n", pass, fail, skip)
 }

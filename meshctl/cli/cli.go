@@ -1,0 +1,104 @@
+// Package cli is meshctl, the Weft command-line interface, as a library:
+// Run parses a command line and runs the command, so the meshctl binary is
+// a few lines and tests run commands in-process with their own output
+// buffers.
+//
+// Most commands talk to a weft-agent over its API socket (--socket,
+// WEFT_SOCKET) and work on any OS, also against a remote agent whose
+// socket is forwarded (docs/cli.md, "meshctl from a Mac"). The commands
+// that run the agent on this machine (up, join, leave) and the lab need
+// Linux; their non-Linux builds refuse with what to do instead (the
+// *_linux.go and *_other.go files).
+//
+// The package imports github.com/urfave/cli/v2 under its own name, cli:
+// every command file is written against it.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/internal/version"
+)
+
+// commands are meshctl's commands in the order `meshctl --help` lists
+// them: what a new user runs first (make a mesh, join it, look at it),
+// then managing the mesh (tokens, leaving), looking inside it (nodes,
+// endpoints, identities), policy and flows, then maintenance and test
+// tools. urfave/cli keeps this order; adding a command means adding it
+// here.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		upCommand(),
+		joinCommand(),
+		statusCommand(),
+		tokenCommand(),
+		leaveCommand(),
+		nodesCommand(),
+		endpointCommand(),
+		identitiesCommand(),
+		policyCommand(),
+		observeCommand(),
+		rotateKeyCommand(),
+		connectivityCommand(),
+		labCommand(),
+	}
+}
+
+// Run runs meshctl with args (the command line without the program name),
+// reading stdin and writing to stdout and stderr. ctx ends long commands
+// (they also stop on Ctrl-C and SIGTERM). It returns the command's error
+// instead of printing it, so tests can inspect it; ExitStatus turns it
+// into what the binary prints and its exit status.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	// urfave/cli reports an unknown command through a callback that cannot
+	// return an error; it is kept here and returned.
+	var notFound error
+	app := &cli.App{
+		Name:                 "meshctl",
+		Usage:                "operate a Weft mesh: nodes, workloads, policy, and the test lab",
+		Version:              version.Version,
+		EnableBashCompletion: true,
+		Commands:             commands(),
+		Reader:               stdin,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		CommandNotFound: func(c *cli.Context, name string) {
+			parent := "meshctl"
+			if c.Command != nil {
+				if full := c.Command.FullName(); full != "" && full != parent {
+					parent += " " + full
+				}
+			}
+			notFound = fmt.Errorf("unknown command %q for %q: see %s --help", name, parent, parent)
+		},
+		// The default handler exits the process on a cli.Exit error; Run
+		// leaves that to ExitStatus, so a test's process survives.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	if err := app.RunContext(ctx, append([]string{"meshctl"}, args...)); err != nil {
+		return explainForPlatform(err)
+	}
+	return notFound
+}
+
+// ExitStatus prints err for a person on stderr and returns the process's
+// exit status: 0 for nil; the code of a cli.Exit error (lab exec passes
+// on its command's status), printing its message if it has one; else 1,
+// with "meshctl: " and the error.
+func ExitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if ec, ok := err.(cli.ExitCoder); ok {
+		if ec.Error() != "" {
+			fmt.Fprintln(stderr, ec)
+		}
+		return ec.ExitCode()
+	}
+	fmt.Fprintln(stderr, "meshctl:", err)
+	return 1
+}

@@ -1,0 +1,89 @@
+package cli
+
+import "github.com/urfave/cli/v2"
+
+// The lab's commands are defined here for every OS, so --help shows the
+// same commands everywhere; their actions are in lab_linux.go (network
+// namespaces are Linux's) and lab_other.go (a refusal saying so).
+
+func labCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "lab",
+		Usage: "build and drive a network-namespace lab of sites, NAT and nodes (Linux, needs root)",
+		Description: `The lab is a set of network namespaces on this machine: per site a router
+with a LAN bridge, one namespace per node and per workload, and an "internet"
+namespace between the routers; a NAT site masquerades its nodes. Underlay
+addresses come from 198.18.0.0/15. The lab never touches the machine's own
+interfaces, addresses, routes or firewall. See docs/lab.md.`,
+		Subcommands: []*cli.Command{labUpCommand(), labStatusCommand(), labExecCommand(), labDownCommand()},
+	}
+}
+
+func labUpCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "up",
+		Usage: "bring up a lab from a topology file or from counts; it stays up after meshctl exits",
+		UsageText: `meshctl lab up -f topo.yaml [--name NAME]
+meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--workloads-per-node K]`,
+		Description: `Generated labs have sites site1..siteN and nodes site<i>-n<j>; with --nat-site
+the last site is behind NAT. Site i's LAN is 198.18.<i>.0/24 (router .1, nodes
+from .10); the routers meet on 198.19.0.0/24. Remove the lab with
+'meshctl lab down NAME'.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "topology file (YAML, see docs/lab.md)"},
+			&cli.StringFlag{Name: "name", Usage: "lab name: lowercase letters and digits; prefixes its namespaces (wl-NAME-...); overrides the file's name", Value: "demo", DefaultText: "the file's name, or demo"},
+			&cli.IntFlag{Name: "sites", Usage: "number of sites", Value: 3},
+			&cli.IntFlag{Name: "nodes-per-site", Usage: "nodes on each site's LAN", Value: 2},
+			&cli.BoolFlag{Name: "nat-site", Usage: "put the last site behind NAT"},
+			&cli.IntFlag{Name: "workloads-per-node", Usage: "workload namespaces joined to each node by a veth pair", Value: 0},
+		},
+		Action: labUp,
+	}
+}
+
+func labStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show labs: their routers, nodes, workloads, namespaces and addresses",
+		ArgsUsage: "[NAME]",
+		Description: `Without NAME every lab is shown. A lab is "in use" while the process that
+created it runs (a test); 'meshctl lab up' hands its lab over ("detached").
+Namespaces with the lab prefix that no lab claims are listed as leftovers.`,
+		Flags:  []cli.Flag{outputFlag()},
+		Action: labStatus,
+	}
+}
+
+func labExecCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "exec",
+		Usage:     "run a command inside a node, workload or router namespace",
+		ArgsUsage: "NODE -- CMD [ARGS...]",
+		UsageText: "meshctl lab exec [--lab NAME] NODE -- CMD [ARGS...]",
+		Description: `NODE is a node, workload or router name (or "internet"). Only the network
+namespace is entered: the command sees this machine's files. Its exit status
+is meshctl's. Example: meshctl lab exec site3-n1 -- ping -c 2 198.18.1.10`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
+		},
+		Action: labExec,
+	}
+}
+
+func labDownCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "down",
+		Usage:     "remove a lab, or every lab no running process holds (--all)",
+		ArgsUsage: "NAME | --all",
+		Description: `Stops the processes started in the lab, kills anything else still inside its
+namespaces, and deletes the namespaces with their links. --all removes every
+lab no running process holds (labs left up by 'meshctl lab up', labs whose
+creator crashed) and namespaces with the lab prefix (wl-) that no lab claims;
+it leaves alone labs whose creating process still runs (a test in progress):
+remove one of those by name.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "all", Usage: "remove every lab not held by a running process, and leftovers"},
+		},
+		Action: labDown,
+	}
+}
