@@ -252,13 +252,8 @@ func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (ap
 	if err != nil || len(docs) != len(ps) {
 		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s: cannot split the file into its documents: %v", api.ErrInvalid, file, err)
 	}
-	seen := map[string]bool{}
-	for _, p := range ps {
-		if seen[p.Name] {
-			return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s: policy %q appears twice in the file", api.ErrInvalid, file, p.Name)
-		}
-		seen[p.Name] = true
-	}
+	// policy.Parse refuses a name defined twice, so each document is one
+	// policy of its own name.
 	// Every changed document goes in one transaction: a file is applied
 	// whole or not at all.
 	actions := make([]string, len(ps))
