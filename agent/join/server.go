@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/names"
 	"github.com/weftmesh/weft/pki"
 )
@@ -226,25 +228,22 @@ func (s *Server) join(r *http.Request) (*response, error) {
 // and the replaced requests are reported back. Keys come out canonical
 // (vm:app), so app and vm:app cannot both survive.
 func mergeLabels(token, requested map[string]string) (map[string]string, []string, error) {
-	tl, err := config.ToIdentityLabels(token)
+	tl, err := identity.ParseUserLabelMap(token)
 	if err != nil {
 		return nil, nil, err
 	}
-	rl, err := config.ToIdentityLabels(requested)
+	rl, err := identity.ParseUserLabelMap(requested)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := map[string]string{}
-	for _, l := range rl {
-		out[l.Source+":"+l.Key] = l.Value
-	}
+	maps.Copy(out, rl.Map())
 	var overridden []string
-	for _, l := range tl {
-		k := l.Source + ":" + l.Key
-		if v, ok := out[k]; ok && v != l.Value {
-			overridden = append(overridden, k+"="+v)
+	for k, v := range tl.Map() {
+		if old, ok := out[k]; ok && old != v {
+			overridden = append(overridden, k+"="+old)
 		}
-		out[k] = l.Value
+		out[k] = v
 	}
 	slices.Sort(overridden)
 	return out, overridden, nil
