@@ -32,12 +32,8 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
 		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a,
 	}, a.log.With("component", "api"))
-	run("api", func(context.Context) error {
-		if err := a.apiSrv.Serve(l); err != nil && !strings.Contains(err.Error(), "closed") {
-			return err
-		}
-		return nil
-	})
+	// Serve returns nil once Shutdown stopped it.
+	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })
 	return nil
 }
 

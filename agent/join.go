@@ -72,12 +72,8 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 		return fmt.Errorf("join service: listening on %s: %w", a.cfg.Join.Listen, err)
 	}
 	a.joinSrv = srv
-	run("join service", func(context.Context) error {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "Server closed") {
-			return err
-		}
-		return nil
-	})
+	// Serve returns nil once Shutdown stopped it.
+	run("join service", func(context.Context) error { return srv.Serve(l) })
 	a.log.Info("join service listening", "listen", a.cfg.Join.Listen, "advertise", adv)
 	return nil
 }
