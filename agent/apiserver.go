@@ -113,7 +113,7 @@ func (a *Agent) peersFrom(ts tunnel.Status) []api.Peer {
 func (a *Agent) Nodes(ctx context.Context) ([]api.Node, error) {
 	var out []api.Node
 	a.nodes.Range(func(_ string, n kvstore.Node) bool {
-		an := api.Node{Name: n.Name, Cluster: n.Cluster, PublicKey: n.WGPublicKey, Labels: labelMap(n.Labels), AgentVersion: n.AgentVersion,
+		an := api.Node{Name: n.Name, Cluster: n.Cluster, PublicKey: n.WGPublicKey, Labels: identity.LabelMap(n.Labels), AgentVersion: n.AgentVersion,
 			Self: n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName}
 		if n.MeshIP.IsValid() {
 			an.MeshIP = n.MeshIP.String()
@@ -313,11 +313,11 @@ func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
 
 // TracePolicy implements api.PolicyManager.
 func (a *Agent) TracePolicy(ctx context.Context, req api.TraceRequest) (api.TraceResult, error) {
-	from, err := parseLabelMap(req.From)
+	from, err := identity.ParseLabelMap(req.From, identity.SourceVM)
 	if err != nil {
 		return api.TraceResult{}, fmt.Errorf("%w: --from: %v", api.ErrInvalid, err)
 	}
-	to, err := parseLabelMap(req.To)
+	to, err := identity.ParseLabelMap(req.To, identity.SourceVM)
 	if err != nil {
 		return api.TraceResult{}, fmt.Errorf("%w: --to: %v", api.ErrInvalid, err)
 	}

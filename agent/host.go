@@ -5,36 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftmesh/weft/identity"
 )
 
-// parseLabelMap turns configuration labels (key or source:key -> value)
-// into a label set; the default source is vm.
-func parseLabelMap(m map[string]string) (identity.Labels, error) {
-	ss := make([]string, 0, len(m))
-	for k, v := range m {
-		ss = append(ss, k+"="+v)
-	}
-	sort.Strings(ss)
-	return identity.ParseLabels(ss, identity.SourceVM)
-}
-
 // workloadLabels are the user's labels plus the cluster label every
 // endpoint carries. Users cannot set mesh: labels themselves: those are
 // facts the mesh vouches for.
 func (a *Agent) workloadLabels(m map[string]string) (identity.Labels, error) {
-	l, err := parseLabelMap(m)
+	l, err := identity.ParseUserLabelMap(m)
 	if err != nil {
 		return nil, err
-	}
-	for _, x := range l {
-		if x.Source == identity.SourceMesh || x.Source == "reserved" || x.Source == "cidr" {
-			return nil, fmt.Errorf("label %s: the %s: source is set by the mesh, not by users", x, x.Source)
-		}
 	}
 	return l.With(identity.Label{Source: identity.SourceMesh, Key: "cluster", Value: a.cfg.Cluster})
 }

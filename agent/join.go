@@ -10,8 +10,9 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/join"
-	"github.com/weftmesh/weft/pki"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/pki"
 )
 
 // tokenStore adapts the kvstore's tokens to what the join service checks.
@@ -32,7 +33,7 @@ func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now tim
 		}
 		return join.Grant{}, err
 	}
-	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: labelMap(t.Labels)}, nil
+	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels)}, nil
 }
 
 // meshCA is the CA the embedded etcd trusts for clients: the join service
@@ -88,7 +89,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	if cluster == "" {
 		cluster = a.cfg.Cluster
 	}
-	labels, err := parseLabelMap(req.Labels)
+	labels, err := identity.ParseUserLabelMap(req.Labels)
 	if err != nil {
 		return api.CreatedToken{}, fmt.Errorf("%w: labels: %v", api.ErrInvalid, err)
 	}
@@ -134,19 +135,5 @@ func (a *Agent) RevokeToken(ctx context.Context, id string) error {
 }
 
 func apiToken(t kvstore.Token) api.Token {
-	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: labelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked}
-}
-
-// labelMap turns canonical labels (vm:app=web) into the configuration form
-// (vm:app -> web).
-func labelMap(ls []string) map[string]string {
-	if len(ls) == 0 {
-		return nil
-	}
-	m := make(map[string]string, len(ls))
-	for _, l := range ls {
-		k, v, _ := strings.Cut(l, "=")
-		m[k] = v
-	}
-	return m
+	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked}
 }

@@ -114,7 +114,7 @@ func TestWorkloadAddRefusesBadInputAndChangesNothing(t *testing.T) {
 		{api.EndpointSpec{}, "netns is required"},
 		{api.EndpointSpec{Netns: "Bad_Name"}, "not a valid workload name"},
 		{api.EndpointSpec{Netns: "wl-missing"}, "not found (create it with `ip netns add wl-missing`)"},
-		{api.EndpointSpec{Netns: "wl-ok", Labels: map[string]string{"mesh:kind": "vm"}}, "set by the mesh"},
+		{api.EndpointSpec{Netns: "wl-ok", Labels: map[string]string{"mesh:kind": "vm"}}, "reserved for labels Weft sets itself"},
 	} {
 		_, err := h.src.add(ctx, c.spec)
 		if !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
