@@ -13,8 +13,11 @@ import (
 	"errors"
 )
 
-// Sentinel errors a backend wraps to choose the HTTP status; the client
-// turns the status back into the same sentinel, so meshctl can test
+// Sentinel errors, one per Code (errors.go). A backend returns
+// Errorf(api.CodeNotFound, "no token %q", id) (or, the older form,
+// fmt.Errorf("%w: no token %q", api.ErrNotFound, id)); the server sends
+// code and message, and the client returns an *Error that errors.Is
+// matches against the same sentinel, so meshctl can test
 // errors.Is(err, api.ErrNotFound) across the socket.
 var (
 	ErrNotFound     = errors.New("api: not found")

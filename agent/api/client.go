@@ -46,27 +46,6 @@ func NewClient(socket string) *Client {
 // Socket is the path the client dials.
 func (c *Client) Socket() string { return c.socket }
 
-// Error is an error the agent returned.
-type Error struct {
-	// Status is the HTTP status, Code the wire code ("not_found"...).
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Message }
-
-// Unwrap returns the sentinel matching the code, so errors.Is works on the
-// client side as on the server side.
-func (e *Error) Unwrap() error {
-	for _, c := range codes {
-		if c.code == e.Code {
-			return c.err
-		}
-	}
-	return ErrInternal
-}
-
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -93,11 +72,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("reading the agent's answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		var eb errorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
-			return &Error{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("the agent answered %s: %q", resp.Status, truncate(data))}
-		}
-		return &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return errorFromBody(resp, data)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil
@@ -106,6 +81,16 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decoding the agent's answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// errorFromBody rebuilds the *Error the server sent; an answer that is
+// not one (a proxy's page, a crash) is internal, quoted.
+func errorFromBody(resp *http.Response, data []byte) *Error {
+	var eb errorBody
+	if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
+		return &Error{Status: resp.StatusCode, Code: CodeInternal, Message: fmt.Sprintf("the agent answered %s: %q", resp.Status, truncate(data))}
+	}
+	return &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
 }
 
 func truncate(b []byte) string {

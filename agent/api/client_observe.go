@@ -53,11 +53,7 @@ func (c *Client) Flows(ctx context.Context, req FlowRequest, fn func(FlowLine) e
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-		var eb errorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
-			return &Error{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("the agent answered %s: %q", resp.Status, truncate(data))}
-		}
-		return &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return errorFromBody(resp, data)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), maxFlowLine)
@@ -67,7 +63,15 @@ func (c *Client) Flows(ctx context.Context, req FlowRequest, fn func(FlowLine) e
 			return fmt.Errorf("decoding a flow from the agent: %w", err)
 		}
 		if l.Error != "" {
-			return &Error{Status: http.StatusInternalServerError, Code: "unavailable", Message: l.Error}
+			// An agent from before FlowLine.Code only ever ended a stream
+			// because its flow source failed.
+			code := CodeUnavailable
+			if l.Code != "" {
+				code = l.Code
+			}
+			// The stream began with 200; the status is the one the server
+			// would have answered had the error come first.
+			return &Error{Status: code.Status(), Code: code, Message: l.Error}
 		}
 		if err := fn(l); err != nil {
 			return err

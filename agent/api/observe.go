@@ -113,6 +113,8 @@ type FlowLine struct {
 	Time  time.Time `json:"time,omitzero"`
 	Lost  uint64    `json:"lost,omitempty"`
 	Error string    `json:"error,omitempty"`
+	// Code is the kind of the error that ended the stream.
+	Code Code `json:"code,omitempty"`
 }
 
 // NodeHealth is one node's view of the mesh (GET /v1/health/node).

@@ -75,9 +75,10 @@ func Listen(path string) (net.Listener, error) {
 }
 
 // Serve serves requests on l until Shutdown; it returns nil after a
-// shutdown.
+// shutdown or once l is closed, so callers stopping it need not tell
+// those apart from failures by the error's text.
 func (s *Server) Serve(l net.Listener) error {
-	if err := s.http.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	if err := s.http.Serve(l); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("serving the local API: %w", err)
 	}
 	return nil
@@ -116,11 +117,11 @@ func (s *Server) Handler() http.Handler {
 	route := func(pattern string, available bool, h func(w http.ResponseWriter, r *http.Request) (any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			if uid, ok := r.Context().Value(peerCredKey{}).(uint32); ok && uid != 0 && uid != s.allowUID {
-				s.fail(w, r, fmt.Errorf("%w: the agent's API is root only", ErrPermission))
+				s.fail(w, r, Errorf(CodePermission, "the agent's API is root only"))
 				return
 			}
 			if !available {
-				s.fail(w, r, fmt.Errorf("%w: %s", ErrNotSupported, pattern))
+				s.fail(w, r, Errorf(CodeNotSupported, "%s", pattern))
 				return
 			}
 			v, err := h(w, r)
@@ -169,7 +170,7 @@ func (s *Server) Handler() http.Handler {
 			return nil, err
 		}
 		if spec.Netns == "" {
-			return nil, fmt.Errorf("%w: netns is required", ErrInvalid)
+			return nil, Errorf(CodeInvalid, "netns is required")
 		}
 		return b.Endpoints.AddEndpoint(r.Context(), spec)
 	})
@@ -189,7 +190,7 @@ func (s *Server) Handler() http.Handler {
 			return nil, err
 		}
 		if strings.TrimSpace(req.Document) == "" {
-			return nil, fmt.Errorf("%w: %s: the policy file is empty", ErrInvalid, req.Filename)
+			return nil, Errorf(CodeInvalid, "%s: the policy file is empty", req.Filename)
 		}
 		return b.Policies.ApplyPolicy(r.Context(), req)
 	})
@@ -233,7 +234,7 @@ func (s *Server) Handler() http.Handler {
 	s.observeRoutes(mux, route)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.fail(w, r, fmt.Errorf("%w: no API route %s %s (is meshctl newer than the agent?)", ErrNotFound, r.Method, r.URL.Path))
+		s.fail(w, r, Errorf(CodeNotFound, "no API route %s %s (is meshctl newer than the agent?)", r.Method, r.URL.Path))
 	})
 	return mux
 }
@@ -254,51 +255,19 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: decoding the request body: %v", ErrInvalid, err)
+		return Errorf(CodeInvalid, "decoding the request body: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("%w: the request body holds more than one JSON value", ErrInvalid)
+		return Errorf(CodeInvalid, "the request body holds more than one JSON value")
 	}
 	return nil
 }
 
-// codes maps sentinels to HTTP statuses and wire codes; the client maps
-// them back.
-var codes = []struct {
-	err    error
-	status int
-	code   string
-}{
-	{ErrNotFound, http.StatusNotFound, "not_found"},
-	{ErrInvalid, http.StatusBadRequest, "invalid"},
-	{ErrConflict, http.StatusConflict, "conflict"},
-	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
-	{ErrNotSupported, http.StatusNotImplemented, "not_supported"},
-	{ErrPermission, http.StatusForbidden, "permission_denied"},
-	{ErrInternal, http.StatusInternalServerError, "internal"},
-}
-
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	status, code := http.StatusInternalServerError, "internal"
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			status, code = c.status, c.code
-			break
-		}
-	}
-	s.log.Info("local API request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	e := errorOf(err)
+	status := e.Code.Status()
+	s.log.Info("local API request failed", "method", r.Method, "path", r.URL.Path, "status", status, "code", e.Code, "err", err)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(errorBody{Error: stripSentinel(err.Error()), Code: code})
-}
-
-// stripSentinel drops the "api: xxx: " prefix of a wrapped sentinel from
-// the message: the client adds its own.
-func stripSentinel(msg string) string {
-	for _, c := range codes {
-		if rest, ok := strings.CutPrefix(msg, c.err.Error()+": "); ok {
-			return rest
-		}
-	}
-	return msg
+	_ = json.NewEncoder(w).Encode(errorBody{Error: e.Message, Code: e.Code})
 }

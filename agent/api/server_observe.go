@@ -24,7 +24,7 @@ type routeFunc func(pattern string, available bool, h func(w http.ResponseWriter
 
 func (s *Server) allowed(w http.ResponseWriter, r *http.Request) bool {
 	if uid, ok := r.Context().Value(peerCredKey{}).(uint32); ok && uid != 0 && uid != s.allowUID {
-		s.fail(w, r, fmt.Errorf("%w: the agent's API is root only", ErrPermission))
+		s.fail(w, r, Errorf(CodePermission, "the agent's API is root only"))
 		return false
 	}
 	return true
@@ -37,7 +37,7 @@ func (s *Server) observeRoutes(mux *http.ServeMux, route routeFunc) {
 			return
 		}
 		if b.Flows == nil {
-			s.fail(w, r, fmt.Errorf("%w: GET /v1/flows", ErrNotSupported))
+			s.fail(w, r, Errorf(CodeNotSupported, "GET /v1/flows"))
 			return
 		}
 		req, err := ParseFlowQuery(r.URL.Query())
@@ -82,7 +82,7 @@ func (s *Server) observeRoutes(mux *http.ServeMux, route routeFunc) {
 		if v := r.URL.Query().Get("since"); v != "" {
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
-				return nil, fmt.Errorf("%w: since=%q is not an RFC 3339 time", ErrInvalid, v)
+				return nil, Errorf(CodeInvalid, "since=%q is not an RFC 3339 time", v)
 			}
 			since = t
 		}
@@ -93,7 +93,7 @@ func (s *Server) observeRoutes(mux *http.ServeMux, route routeFunc) {
 			return
 		}
 		if b.Relay == nil {
-			s.fail(w, r, fmt.Errorf("%w: this listener does not relay to other nodes", ErrNotSupported))
+			s.fail(w, r, Errorf(CodeNotSupported, "this listener does not relay to other nodes"))
 			return
 		}
 		h, err := b.Relay.Relay(r.Context(), r.PathValue("cluster"), r.PathValue("node"))
@@ -126,7 +126,8 @@ func (s *Server) streamFlows(w http.ResponseWriter, r *http.Request, req FlowReq
 	}
 	if err := s.backend.Flows.Flows(r.Context(), req, emit); err != nil && r.Context().Err() == nil {
 		s.log.Info("flow stream ended", "err", err)
-		_ = emit(FlowLine{Error: stripSentinel(err.Error())})
+		e := errorOf(err)
+		_ = emit(FlowLine{Error: e.Message, Code: e.Code})
 	}
 }
 
@@ -166,7 +167,7 @@ func (req FlowRequest) Query() url.Values {
 func ParseFlowQuery(q url.Values) (FlowRequest, error) {
 	var req FlowRequest
 	bad := func(format string, args ...any) (FlowRequest, error) {
-		return FlowRequest{}, fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+		return FlowRequest{}, Errorf(CodeInvalid, format, args...)
 	}
 	known := map[string]bool{"from-label": true, "to-label": true, "from-ip": true, "to-ip": true, "port": true,
 		"protocol": true, "verdict": true, "last": true, "since": true, "follow": true}
@@ -213,7 +214,7 @@ func ParseFlowQuery(q url.Values) (FlowRequest, error) {
 		return bad("follow=%q: use 1 or 0", v)
 	}
 	if err := req.Filter.Validate(); err != nil {
-		return FlowRequest{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return FlowRequest{}, Errorf(CodeInvalid, "%v", err)
 	}
 	return req, nil
 }

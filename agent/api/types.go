@@ -274,5 +274,5 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // errorBody is the JSON of every error response.
 type errorBody struct {
 	Error string `json:"error"`
-	Code  string `json:"code"`
+	Code  Code   `json:"code"`
 }
