@@ -22,6 +22,34 @@ var (
 	ErrTokenUsedUp  = errors.New("kvstore: join token used up")
 )
 
+// TokenError is ConsumeToken's refusal of a token: it wraps one of the
+// token sentinels and keeps what the person presenting the token is told
+// (which token, why, what to do) apart from the sentinel's words, so that
+// the join service can pass it on with a code of its own, no text cut.
+type TokenError struct {
+	err    error
+	detail string
+}
+
+func (e *TokenError) Error() string {
+	if e.detail == "" {
+		return e.err.Error()
+	}
+	return e.err.Error() + ": " + e.detail
+}
+
+// Unwrap returns the sentinel: ErrTokenUnknown, ErrTokenExpired,
+// ErrTokenRevoked or ErrTokenUsedUp.
+func (e *TokenError) Unwrap() error { return e.err }
+
+// Detail is what the presenter is told beyond the sentinel; it is empty
+// for an unknown token, so the answer does not confirm which ids exist.
+func (e *TokenError) Detail() string { return e.detail }
+
+func tokenErrorf(sentinel error, format string, args ...any) error {
+	return &TokenError{err: sentinel, detail: fmt.Sprintf(format, args...)}
+}
+
 // TokenSpec describes a token to create.
 type TokenSpec struct {
 	Cluster string
@@ -78,16 +106,18 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 // ConsumeToken checks a presented token and, if it is good, counts one use,
 // atomically: the use is written with a transaction on the record's
 // modification revision, so two joins racing for the last use cannot both
-// win. It returns the token as it is after this use.
+// win. It returns the token as it is after this use. Its refusals are
+// *TokenError.
 func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (Token, error) {
+	unknown := &TokenError{err: ErrTokenUnknown}
 	if ValidateName("token", id) != nil {
-		return Token{}, ErrTokenUnknown
+		return Token{}, unknown
 	}
 	key := TokenKey(id)
 	for {
 		t, rev, err := Get(ctx, cl, key, DecodeToken)
 		if errors.Is(err, ErrNotFound) {
-			return Token{}, ErrTokenUnknown
+			return Token{}, unknown
 		}
 		if err != nil {
 			return Token{}, err
@@ -95,15 +125,15 @@ func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.
 		// A wrong secret looks exactly like an unknown token, so the
 		// answer does not confirm which ids exist.
 		if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(t.SecretSHA256)) != 1 {
-			return Token{}, ErrTokenUnknown
+			return Token{}, unknown
 		}
 		switch {
 		case t.Revoked:
-			return t, fmt.Errorf("%w: token %s was revoked; ask for a new one", ErrTokenRevoked, id)
+			return t, tokenErrorf(ErrTokenRevoked, "token %s was revoked; ask for a new one", id)
 		case !now.Before(t.Expires):
-			return t, fmt.Errorf("%w: token %s expired at %s; ask for a new one", ErrTokenExpired, id, t.Expires.Format(time.RFC3339))
+			return t, tokenErrorf(ErrTokenExpired, "token %s expired at %s; ask for a new one", id, t.Expires.Format(time.RFC3339))
 		case t.Uses >= t.MaxUses:
-			return t, fmt.Errorf("%w: token %s was used %d of %d times; ask for a new one", ErrTokenUsedUp, id, t.Uses, t.MaxUses)
+			return t, tokenErrorf(ErrTokenUsedUp, "token %s was used %d of %d times; ask for a new one", id, t.Uses, t.MaxUses)
 		}
 		t.Uses++
 		data, err := Encode(&t)

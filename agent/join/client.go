@@ -50,10 +50,10 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 		return nil, err
 	}
 	if err := config.ValidateName("node", req.NodeName); err != nil {
-		return nil, fmt.Errorf("%w: --name: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "--name: %v", err)
 	}
 	if err := config.ValidateLabels(req.Labels); err != nil {
-		return nil, fmt.Errorf("%w: --labels: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "--labels: %v", err)
 	}
 	keyPEM, csrPEM, err := pki.NewKeyAndCSR(req.NodeName)
 	if err != nil {
@@ -94,26 +94,26 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 		if errors.Is(err, ErrWrongCA) {
 			return nil, unwrapURLError(err)
 		}
-		return nil, fmt.Errorf("%w: cannot reach the join service at %s: %v (is the first node's agent running, and is the address reachable from here?)", ErrService, tok.Server, unwrapURLError(err))
+		return nil, Errorf(CodeService, "cannot reach the join service at %s: %v (is the first node's agent running, and is the address reachable from here?)", tok.Server, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the answer from %s: %v", ErrService, tok.Server, err)
+		return nil, Errorf(CodeService, "reading the answer from %s: %v", tok.Server, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, decodeError(resp, data)
 	}
 	var r response
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("%w: the answer from %s does not decode: %v", ErrService, tok.Server, err)
+		return nil, Errorf(CodeService, "the answer from %s does not decode: %v", tok.Server, err)
 	}
 	creds := &Credentials{
 		NodeName: r.NodeName, Cluster: r.Cluster, Labels: r.Labels, Overridden: r.Overridden,
 		CAPEM: []byte(r.CACert), CertPEM: []byte(r.Cert), KeyPEM: keyPEM, EtcdEndpoints: r.EtcdEndpoints,
 	}
 	if err := creds.check(pinned, tok.CAHash); err != nil {
-		return nil, fmt.Errorf("%w: the join service at %s answered with unusable credentials: %v", ErrService, tok.Server, err)
+		return nil, Errorf(CodeService, "the join service at %s answered with unusable credentials: %v", tok.Server, err)
 	}
 	return creds, nil
 }
@@ -122,7 +122,7 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 // presented and verifies the server's certificate against it alone.
 func verifyPinned(chain []*x509.Certificate, pin, host string) (*x509.Certificate, error) {
 	if len(chain) == 0 {
-		return nil, fmt.Errorf("%w: it presented no certificate", ErrWrongCA)
+		return nil, Errorf(CodeWrongCA, "it presented no certificate")
 	}
 	var ca *x509.Certificate
 	var seen []string
@@ -139,12 +139,12 @@ func verifyPinned(chain []*x509.Certificate, pin, host string) (*x509.Certificat
 		if len(seen) > 0 {
 			presented = "CA " + strings.Join(seen, ", ")
 		}
-		return nil, fmt.Errorf("%w: the token pins CA %s, the service presented %s. The token is for another mesh, or something between here and the service is intercepting the connection; make a new token with `meshctl token create` on the mesh's first node", ErrWrongCA, pin, presented)
+		return nil, Errorf(CodeWrongCA, "the token pins CA %s, the service presented %s. The token is for another mesh, or something between here and the service is intercepting the connection; make a new token with `meshctl token create` on the mesh's first node", pin, presented)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-		return nil, fmt.Errorf("%w: the service's certificate does not verify against the pinned CA %s for %s: %v", ErrWrongCA, pin, host, err)
+		return nil, Errorf(CodeWrongCA, "the service's certificate does not verify against the pinned CA %s for %s: %v", pin, host, err)
 	}
 	return ca, nil
 }
@@ -189,17 +189,14 @@ func (c *Credentials) check(pinned *x509.Certificate, pin string) error {
 	return config.ValidateLabels(c.Labels)
 }
 
+// decodeError rebuilds the *Error the service sent; an answer that is
+// not one (a proxy's page) is a service error.
 func decodeError(resp *http.Response, data []byte) error {
 	var eb errorBody
 	if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
-		return fmt.Errorf("%w: it answered %s", ErrService, resp.Status)
+		return Errorf(CodeService, "it answered %s", resp.Status)
 	}
-	for _, c := range errorCodes {
-		if c.code == eb.Code {
-			return fmt.Errorf("%w: %s", c.err, eb.Error)
-		}
-	}
-	return fmt.Errorf("%w: %s", ErrService, eb.Error)
+	return &Error{Code: eb.Code, Message: eb.Error}
 }
 
 // unwrapURLError drops net/http's `Post "https://...": ` prefix, which

@@ -22,12 +22,25 @@ import (
 )
 
 // fakeStore mimics the kvstore token store: hashed secrets aside, the same
-// rules and the same distinct errors.
+// rules and the same distinct errors, given in each of the forms a
+// TokenStore may use.
 type fakeStore struct {
 	mu     sync.Mutex
 	tokens map[string]*fakeToken
 	calls  int
+	// fail, when set, is every call's answer.
+	fail error
 }
+
+// storeError is a store's own refusal, as kvstore.TokenError is: its own
+// sentinel, and the detail for the user apart.
+type storeError struct{ prefix, detail string }
+
+var errStoreUsedUp = errors.New("store: join token used up")
+
+func (e *storeError) Error() string  { return e.prefix + ": " + e.detail }
+func (e *storeError) Unwrap() error  { return errStoreUsedUp }
+func (e *storeError) Detail() string { return e.detail }
 
 type fakeToken struct {
 	secret  string
@@ -42,6 +55,9 @@ func (s *fakeStore) ConsumeToken(_ context.Context, id, secret string, now time.
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls++
+	if s.fail != nil {
+		return Grant{}, s.fail
+	}
 	t, ok := s.tokens[id]
 	switch {
 	case !ok || t.secret != secret:
@@ -49,13 +65,14 @@ func (s *fakeStore) ConsumeToken(_ context.Context, id, secret string, now time.
 		// exist; the service must still say something useful.
 		return Grant{}, fmt.Errorf("%w: unknown join token", ErrTokenUnknown)
 	case t.revoked:
-		return Grant{}, fmt.Errorf("%w: token %s was revoked; ask for a new one", ErrTokenRevoked, id)
+		return Grant{}, Errorf(CodeTokenRevoked, "token %s was revoked; ask for a new one", id)
 	case !now.Before(t.expires):
 		// As the agent's adapter wraps kvstore's error: the sentinel's
 		// text appears twice and must reach the user once.
 		return Grant{}, fmt.Errorf("%w: join token expired: token %s expired at %s; ask for a new one", ErrTokenExpired, id, t.expires.Format(time.RFC3339))
 	case t.uses >= t.maxUses:
-		return Grant{}, fmt.Errorf("%w: token %s was used %d of %d times; ask for a new one", ErrTokenUsedUp, id, t.uses, t.maxUses)
+		err := &storeError{"store: join token used up", fmt.Sprintf("token %s was used %d of %d times; ask for a new one", id, t.uses, t.maxUses)}
+		return Grant{}, TokenStoreError(err, map[error]Code{errStoreUsedUp: CodeTokenUsedUp})
 	}
 	t.uses++
 	return t.grant, nil
@@ -288,5 +305,56 @@ func TestClientValidatesBeforeSending(t *testing.T) {
 	}
 	if e.store.calls != 0 {
 		t.Errorf("store called %d times", e.store.calls)
+	}
+}
+
+// Every code the service sends comes back to the client as an *Error of
+// that code, matching its sentinel and no other, with the store's message
+// once; a service failure is told without its details.
+func TestErrorCodesRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		err  error
+		code Code
+		want string // the client's whole error text
+	}{
+		{Errorf(CodeTokenUnknown, "token t9 is not known"), CodeTokenUnknown, "join: unknown join token: token t9 is not known"},
+		{Errorf(CodeTokenExpired, "token t9 expired"), CodeTokenExpired, "join: join token expired: token t9 expired"},
+		{Errorf(CodeTokenRevoked, "token t9 was revoked"), CodeTokenRevoked, "join: join token revoked: token t9 was revoked"},
+		{Errorf(CodeTokenUsedUp, "token t9 was used 3 of 3 times"), CodeTokenUsedUp, "join: join token used up: token t9 was used 3 of 3 times"},
+		{Errorf(CodeInvalid, "no such cluster"), CodeInvalid, "join: invalid join request: no such cluster"},
+		// A bare refusal gets the code's hint.
+		{Errorf(CodeTokenExpired, ""), CodeTokenExpired, "join: join token expired: make a new one with 'meshctl token create'"},
+		{fmt.Errorf("%w: token t9 expired", ErrTokenExpired), CodeTokenExpired, "join: join token expired: token t9 expired"},
+		{TokenStoreError(&storeError{"store: join token used up", ""}, map[error]Code{errStoreUsedUp: CodeTokenUsedUp}), CodeTokenUsedUp,
+			"join: join token used up: make a new one with 'meshctl token create' (--reusable --max-uses N for several machines)"},
+		{errors.New("etcd: no leader"), CodeService, "join: join service error: the join service failed; its log on the mesh's first node says why"},
+		{TokenStoreError(errors.New("etcd: no leader"), map[error]Code{errStoreUsedUp: CodeTokenUsedUp}), CodeService, "join: join service error: the join service failed; its log on the mesh's first node says why"},
+	} {
+		e.store.fail = tc.err
+		_, err := Join(context.Background(), e.token("reuse"), Request{NodeName: "vm-9"})
+		var je *Error
+		if !errors.As(err, &je) || je.Code != tc.code || err.Error() != tc.want {
+			t.Errorf("store error %v: got %#v (%v), want code %s and %q", tc.err, err, err, tc.code, tc.want)
+			continue
+		}
+		for _, c := range codes {
+			if got := errors.Is(err, c.sentinel); got != (c.code == tc.code) {
+				t.Errorf("%v: errors.Is(%v) = %v", err, c.sentinel, got)
+			}
+		}
+	}
+}
+
+// A token store's failures that are not refusals pass TokenStoreError
+// unchanged: they are the service's to report.
+func TestTokenStoreErrorKeepsFailures(t *testing.T) {
+	boom := errors.New("etcd: no leader")
+	if got := TokenStoreError(boom, map[error]Code{errStoreUsedUp: CodeTokenUsedUp}); got != boom {
+		t.Errorf("got %v", got)
+	}
+	err := TokenStoreError(&storeError{"store: join token used up", "token t1 was used 1 of 1 times"}, map[error]Code{errStoreUsedUp: CodeTokenUsedUp})
+	if !errors.Is(err, ErrTokenUsedUp) || !errors.Is(err, errStoreUsedUp) || err.Error() != "join: join token used up: token t1 was used 1 of 1 times" {
+		t.Errorf("got %v", err)
 	}
 }

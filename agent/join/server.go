@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
@@ -33,9 +32,11 @@ type Grant struct {
 }
 
 // TokenStore checks a presented token and counts one use of it,
-// atomically. Its errors wrap ErrTokenUnknown (also for a wrong secret),
-// ErrTokenExpired, ErrTokenRevoked or ErrTokenUsedUp, with a message for
-// the person joining; anything else is a service failure.
+// atomically. A refusal is an *Error of CodeTokenUnknown (also for a
+// wrong secret), CodeTokenExpired, CodeTokenRevoked or CodeTokenUsedUp,
+// with a message for the person joining (Errorf, or TokenStoreError over
+// the store's own errors); fmt.Errorf("%w: message", ErrTokenExpired)
+// works too. Anything else is a service failure.
 type TokenStore interface {
 	ConsumeToken(ctx context.Context, id, secret string, now time.Time) (Grant, error)
 }
@@ -122,13 +123,15 @@ func (s *Server) ListenAndServe(addr string) error {
 	return s.Serve(l)
 }
 
-// Serve serves TLS on l until Shutdown; it returns nil after a shutdown.
+// Serve serves TLS on l until Shutdown; it returns nil after a shutdown
+// or once l is closed, so callers stopping it need not tell those apart
+// from failures by the error's text.
 func (s *Server) Serve(l net.Listener) error {
 	tl := tls.NewListener(l, &tls.Config{
 		Certificates: []tls.Certificate{s.cert},
 		MinVersion:   tls.VersionTLS13,
 	})
-	if err := s.http.Serve(tl); !errors.Is(err, http.ErrServerClosed) {
+	if err := s.http.Serve(tl); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("join service: %w", err)
 	}
 	return nil
@@ -142,32 +145,20 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	log := s.cfg.Log.With("remote", r.RemoteAddr)
 	resp, err := s.join(r)
 	if err != nil {
-		status, code := http.StatusInternalServerError, "internal"
-		for _, c := range errorCodes {
-			if errors.Is(err, c.err) {
-				status, code = c.status, c.code
-				break
-			}
-		}
-		msg := err.Error()
-		if status == http.StatusInternalServerError {
+		e := errorOf(err)
+		c := codes[e.Code.entry()]
+		msg := e.Message
+		if c.status == http.StatusInternalServerError {
 			// Details of an internal failure stay in the service's log.
 			log.Error("join failed", "err", err)
 			msg = "the join service failed; its log on the mesh's first node says why"
 		} else {
-			log.Info("join refused", "code", code, "err", err)
-			// The client puts the sentinel back; drop it (and a store's
-			// own copy of it, "join token expired: ...") from the text.
-			for _, c := range errorCodes {
-				bare := strings.TrimPrefix(c.err.Error(), "join: ")
-				msg = strings.TrimPrefix(msg, c.err.Error()+": ")
-				msg = strings.TrimPrefix(msg, bare+": ")
-				if msg == bare || msg == c.err.Error() {
-					msg = c.hint
-				}
+			log.Info("join refused", "code", e.Code, "err", err)
+			if msg == "" {
+				msg = c.hint
 			}
 		}
-		writeJSON(w, status, errorBody{Error: msg, Code: code})
+		writeJSON(w, c.status, errorBody{Error: msg, Code: c.code})
 		return
 	}
 	log.Info("node joined", "node", resp.NodeName, "cluster", resp.Cluster, "duration", time.Since(start))
@@ -179,21 +170,21 @@ func (s *Server) join(r *http.Request) (*response, error) {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return nil, fmt.Errorf("%w: decoding the request: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "decoding the request: %v", err)
 	}
 	// Everything the node sends is checked before the token is consumed,
 	// so a typo in --name does not burn a single-use token.
 	if err := config.ValidateName("node", req.NodeName); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "%v", err)
 	}
 	if err := config.ValidateLabels(req.Labels); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "%v", err)
 	}
 	if _, err := pki.CheckCSR([]byte(req.CSR)); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+		return nil, Errorf(CodeInvalid, "%v", err)
 	}
 	if !names.Valid(req.TokenID) || !tokenSecretRE.MatchString(req.Secret) {
-		return nil, fmt.Errorf("%w: the token is not known to this mesh", ErrTokenUnknown)
+		return nil, Errorf(CodeTokenUnknown, "the token is not known to this mesh")
 	}
 
 	grant, err := s.cfg.Tokens.ConsumeToken(r.Context(), req.TokenID, req.Secret, s.cfg.Now())
