@@ -19,10 +19,11 @@ help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## build weft-agent and meshctl into bin/
+build: ## build weft-agent, meshctl and weft-lab (meshctl lab runs it) into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-agent ./agent/cmd/weft-agent
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/meshctl ./meshctl
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-lab ./internal/lab/cmd/weft-lab
 
 .PHONY: generate
 generate: ## rebuild the eBPF objects (clang-14, bpf2go) and other generated code

@@ -27,7 +27,9 @@ import (
 	"github.com/weftmesh/weft/internal/testutil"
 )
 
-// binDir holds meshctl and weft-agent built for this run.
+// binDir holds meshctl, weft-agent and weft-lab built for this run: weft-lab
+// next to meshctl, where meshctl looks for it first, so `meshctl lab` from
+// binDir runs the lab of the same build.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -46,6 +48,7 @@ func TestMain(m *testing.M) {
 			for _, b := range []struct{ out, pkg string }{
 				{"meshctl", "github.com/weftmesh/weft/meshctl"},
 				{"weft-agent", "github.com/weftmesh/weft/agent/cmd/weft-agent"},
+				{"weft-lab", "github.com/weftmesh/weft/internal/lab/cmd/weft-lab"},
 			} {
 				cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
 				cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

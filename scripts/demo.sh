@@ -18,7 +18,8 @@ if [ "$(id -u)" != 0 ]; then
 	echo "the demo builds network namespaces and needs root: sudo make demo" >&2
 	exit 1
 fi
-for b in meshctl weft-agent; do
+# meshctl lab runs weft-lab, which make build puts next to meshctl.
+for b in meshctl weft-agent weft-lab; do
 	[ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: run make build (or make demo)" >&2; exit 1; }
 done
 

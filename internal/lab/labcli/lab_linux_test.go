@@ -1,4 +1,4 @@
-package cli
+package labcli
 
 import (
 	"bytes"
@@ -31,53 +31,54 @@ func TestLabInputErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"lab", "up", "--sites", "0"}, "--sites must be between 1 and 64, got 0"},
-		{[]string{"lab", "up", "--nodes-per-site", "500"}, "--nodes-per-site must be between 1 and 200, got 500"},
-		{[]string{"lab", "up", "--workloads-per-node", "-1"}, "--workloads-per-node must be between 0 and 64, got -1"},
-		{[]string{"lab", "up", "--name", "My-Lab"}, `--name: "My-Lab" is not a valid lab name`},
-		{[]string{"lab", "up", "-f", bad, "--nat-site"}, "--nat-site cannot be used with -f"},
-		{[]string{"lab", "up", "-f", bad}, bad + ": sites[0].nodes[0].addr: unknown field"},
-		{[]string{"lab", "up", "-f", filepath.Join(dir, "missing.yaml")}, "reading the topology"},
-		{[]string{"lab", "up", "extra"}, `lab up takes no arguments, got "extra"`},
-		{[]string{"lab", "status", "-o", "yaml"}, `--output "yaml" is not a format: use table or json`},
-		{[]string{"lab", "exec", "site1-n1"}, "lab exec needs a node and a command"},
-		{[]string{"lab", "exec", "site1-n1", "--"}, "lab exec needs a node and a command"},
-		{[]string{"lab", "down", "a", "--all"}, "give a lab name or --all, not both"},
-		{[]string{"lab", "down", "a", "b"}, "lab down takes one lab name, got 2: a b"},
-		{[]string{"lab", "status", "a", "--bogus"}, "unknown flag --bogus"},
-		{[]string{"lab", "status", "a", "-o"}, "-o needs a value"},
-		{[]string{"lab", "status", "a", "-o", "xml"}, `--output "xml" is not a format`},
-		{[]string{"lab", "down", "--all", "a"}, "give a lab name or --all, not both"},
+		{[]string{"up", "--sites", "0"}, "--sites must be between 1 and 64, got 0"},
+		{[]string{"up", "--nodes-per-site", "500"}, "--nodes-per-site must be between 1 and 200, got 500"},
+		{[]string{"up", "--workloads-per-node", "-1"}, "--workloads-per-node must be between 0 and 64, got -1"},
+		{[]string{"up", "--name", "My-Lab"}, `--name: "My-Lab" is not a valid lab name`},
+		{[]string{"up", "-f", bad, "--nat-site"}, "--nat-site cannot be used with -f"},
+		{[]string{"up", "-f", bad}, bad + ": sites[0].nodes[0].addr: unknown field"},
+		{[]string{"up", "-f", filepath.Join(dir, "missing.yaml")}, "reading the topology"},
+		{[]string{"up", "extra"}, `lab up takes no arguments, got "extra"`},
+		{[]string{"status", "-o", "yaml"}, `--output "yaml" is not a format: use table or json`},
+		{[]string{"exec", "site1-n1"}, "lab exec needs a node and a command"},
+		{[]string{"exec", "site1-n1", "--"}, "lab exec needs a node and a command"},
+		{[]string{"down", "a", "--all"}, "give a lab name or --all, not both"},
+		{[]string{"down", "a", "b"}, "lab down takes one lab name, got 2: a b"},
+		{[]string{"status", "a", "--bogus"}, "unknown flag --bogus"},
+		{[]string{"status", "a", "-o"}, "-o needs a value"},
+		{[]string{"status", "a", "-o", "xml"}, `--output "xml" is not a format`},
+		{[]string{"down", "--all", "a"}, "give a lab name or --all, not both"},
 	}
 	for _, tt := range tests {
 		_, _, err := runApp(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("meshctl %s: got error %v, want one containing %q", strings.Join(tt.args, " "), err, tt.want)
+			t.Errorf("meshctl lab %s: got error %v, want one containing %q", strings.Join(tt.args, " "), err, tt.want)
 		}
 	}
 }
 
-// TestMeshctlHelper is not a test: the privileged tests run the test binary
-// with it as the meshctl command, so `lab up` really runs in its own process
-// and exits (or is killed) as it would for a user.
-func TestMeshctlHelper(t *testing.T) {
-	if os.Getenv("MESHCTL_TEST_HELPER") != "1" {
-		t.Skip("helper process for the meshctl lab tests")
+// TestWeftLabHelper is not a test: the privileged tests run the test binary
+// with it as the weft-lab command, so `lab up` really runs in its own
+// process and exits (or is killed) as it would for a user.
+func TestWeftLabHelper(t *testing.T) {
+	if os.Getenv("WEFT_LAB_TEST_HELPER") != "1" {
+		t.Skip("helper process for the lab tests")
 	}
 	i := slices.Index(os.Args, "--")
 	os.Exit(ExitStatus(Run(context.Background(), os.Args[i+1:], os.Stdin, os.Stdout, os.Stderr), os.Stderr))
 }
 
-func meshctl(args ...string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestMeshctlHelper$", "--"}, args...)...)
-	cmd.Env = append(os.Environ(), "MESHCTL_TEST_HELPER=1")
+// weftLab is `weft-lab ARGS...`, that is `meshctl lab ARGS...`.
+func weftLab(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestWeftLabHelper$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), "WEFT_LAB_TEST_HELPER=1")
 	return cmd
 }
 
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	cmd := meshctl(args...)
+	cmd := weftLab(args...)
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	code := 0
@@ -115,7 +116,7 @@ func TestLabCommands(t *testing.T) {
 			_ = l.Down()
 		}
 	})
-	out, errOut, code := run(t, "lab", "up", "--name", name, "--sites", "3", "--nodes-per-site", "1", "--nat-site", "--workloads-per-node", "1")
+	out, errOut, code := run(t, "up", "--name", name, "--sites", "3", "--nodes-per-site", "1", "--nat-site", "--workloads-per-node", "1")
 	if code != 0 {
 		t.Fatalf("lab up: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -128,7 +129,7 @@ func TestLabCommands(t *testing.T) {
 		t.Errorf("lab up output:\n%s", out)
 	}
 
-	out, errOut, code = run(t, "lab", "status", name, "-o", "json")
+	out, errOut, code = run(t, "status", name, "-o", "json")
 	if code != 0 {
 		t.Fatalf("lab status: exit %d: %s", code, errOut)
 	}
@@ -141,44 +142,46 @@ func TestLabCommands(t *testing.T) {
 	}
 
 	// A NAT'd node reaches a public one; the way back in is closed.
-	out, errOut, code = run(t, "lab", "exec", "--lab", name, "site3-n1", "--", "ping", "-c", "1", "-W", "5", "198.18.1.10")
+	out, errOut, code = run(t, "exec", "--lab", name, "site3-n1", "--", "ping", "-c", "1", "-W", "5", "198.18.1.10")
 	if code != 0 || !strings.Contains(out, "1 received") {
 		t.Errorf("ping out of the NAT: exit %d\n%s%s", code, out, errOut)
 	}
-	if _, _, code = run(t, "lab", "exec", "--lab", name, "site1-n1", "--", "ping", "-c", "1", "-W", "2", "198.18.3.10"); code == 0 {
+	if _, _, code = run(t, "exec", "--lab", name, "site1-n1", "--", "ping", "-c", "1", "-W", "2", "198.18.3.10"); code == 0 {
 		t.Error("a public node pings a NAT'd node")
 	}
 	// Workloads and routers are exec targets too; the exit status is kept.
-	if out, errOut, code = run(t, "lab", "exec", "--lab", name, "site1-n1-w1", "--", "ip", "-o", "link", "show", "eth0"); code != 0 || !strings.Contains(out, "eth0") {
+	if out, errOut, code = run(t, "exec", "--lab", name, "site1-n1-w1", "--", "ip", "-o", "link", "show", "eth0"); code != 0 || !strings.Contains(out, "eth0") {
 		t.Errorf("exec in a workload: exit %d %s %s", code, out, errOut)
 	}
-	if out, _, code = run(t, "lab", "exec", "--lab", name, "site3-router", "--", "nft", "list", "ruleset"); code != 0 || !strings.Contains(out, "masquerade") {
+	if out, _, code = run(t, "exec", "--lab", name, "site3-router", "--", "nft", "list", "ruleset"); code != 0 || !strings.Contains(out, "masquerade") {
 		t.Errorf("exec in the NAT router: exit %d %s", code, out)
 	}
-	if _, _, code = run(t, "lab", "exec", "--lab", name, "site2-n1", "--", "sh", "-c", "exit 7"); code != 7 {
+	if _, _, code = run(t, "exec", "--lab", name, "site2-n1", "--", "sh", "-c", "exit 7"); code != 7 {
 		t.Errorf("exit status: got %d, want 7", code)
 	}
-	if _, errOut, code = run(t, "lab", "exec", "--lab", name, "nope", "--", "true"); code == 0 || !strings.Contains(errOut, `no node, workload or router named "nope"`) {
+	if _, errOut, code = run(t, "exec", "--lab", name, "nope", "--", "true"); code == 0 || !strings.Contains(errOut, `no node, workload or router named "nope"`) {
 		t.Errorf("unknown node: exit %d %s", code, errOut)
 	}
-	if _, errOut, code = run(t, "lab", "up", "--name", name); code == 0 || !strings.Contains(errOut, "already exists") {
+	if _, errOut, code = run(t, "up", "--name", name); code == 0 || !strings.Contains(errOut, "already exists") {
 		t.Errorf("second lab up with the same name: exit %d %s", code, errOut)
 	}
 
-	if out, errOut, code = run(t, "lab", "down", name); code != 0 || !strings.Contains(out, "removed") {
+	if out, errOut, code = run(t, "down", name); code != 0 || !strings.Contains(out, "removed") {
 		t.Fatalf("lab down: exit %d %s %s", code, out, errOut)
 	}
 	if left := labNetns(t, name); len(left) > 0 {
 		t.Errorf("namespaces left after lab down: %v", left)
 	}
-	if _, errOut, code = run(t, "lab", "status", name); code == 0 || !strings.Contains(errOut, "no such lab") {
+	if _, errOut, code = run(t, "status", name); code == 0 || !strings.Contains(errOut, "no such lab") {
 		t.Errorf("status of a removed lab: exit %d %s", code, errOut)
 	}
 }
 
 // `meshctl lab up` killed while it builds leaves a lab that
 // `meshctl lab down --all` removes completely: killed right after it
-// claimed the name (state file), and once its namespaces exist.
+// claimed the name (state file), and once its namespaces exist. meshctl
+// execs weft-lab, so killing meshctl kills this very process; the test in
+// meshctl/cli checks that through meshctl.
 func TestLabDownAllAfterKill(t *testing.T) {
 	testutil.Privileged(t)
 	for _, when := range []string{"state", "namespaces"} {
@@ -189,7 +192,7 @@ func TestLabDownAllAfterKill(t *testing.T) {
 					_ = l.Down()
 				}
 			})
-			up := meshctl("lab", "up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2")
+			up := weftLab("up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2")
 			if err := up.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +218,7 @@ func TestLabDownAllAfterKill(t *testing.T) {
 			err := <-done
 			t.Logf("lab up ended with %v; %d namespaces were there", err, len(labNetns(t, name)))
 
-			out, errOut, code := run(t, "lab", "down", "--all")
+			out, errOut, code := run(t, "down", "--all")
 			if code != 0 {
 				t.Fatalf("lab down --all: exit %d %s %s", code, out, errOut)
 			}

@@ -1,12 +1,90 @@
-package cli
+// Package labcli is the lab's command line: `meshctl lab up|status|exec|down`.
+// It is the weft-lab binary (internal/lab/cmd/weft-lab), which meshctl runs
+// for `meshctl lab ...` with the rest of its command line. The lab builds
+// network namespaces with netlink in-process; keeping it out of meshctl
+// keeps meshctl, the CLI that talks to agents over their socket, free of
+// netlink (internal/deptest).
+//
+// weft-lab speaks as `meshctl lab`, the name people use: its help, its
+// messages ("meshctl: ...") and its hints are those meshctl lab had, so the
+// lab behaves the same whichever way it is started.
+//
+// The commands are defined here for every OS, so --help shows the same
+// commands everywhere; their actions are in lab_linux.go (network
+// namespaces are Linux's) and lab_other.go (a refusal saying so). The
+// package imports github.com/urfave/cli/v2 under its own name, cli, as
+// meshctl/cli does.
+package labcli
 
-import "github.com/urfave/cli/v2"
+import (
+	"context"
+	"fmt"
+	"io"
 
-// The lab's commands are defined here for every OS, so --help shows the
-// same commands everywhere; their actions are in lab_linux.go (network
-// namespaces are Linux's) and lab_other.go (a refusal saying so).
+	"github.com/urfave/cli/v2"
 
-func labCommand() *cli.Command {
+	"github.com/weftmesh/weft/internal/version"
+)
+
+// Run runs the lab with args, the command line after `meshctl lab` (or
+// after weft-lab), reading stdin and writing to stdout and stderr. It
+// returns the command's error instead of printing it; ExitStatus turns it
+// into what the binary prints and its exit status.
+//
+// The command line is run as `meshctl lab ARGS...` by an app named meshctl
+// whose only command is lab, so help, usage errors and completions come
+// out exactly as they did when the lab was part of meshctl.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	// urfave/cli reports an unknown command through a callback that cannot
+	// return an error; it is kept here and returned.
+	var notFound error
+	app := &cli.App{
+		Name:                 "meshctl",
+		Usage:                "the Weft lab: sites, NAT and nodes in network namespaces",
+		Version:              version.Version,
+		EnableBashCompletion: true,
+		Commands:             []*cli.Command{command()},
+		Reader:               stdin,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		CommandNotFound: func(c *cli.Context, name string) {
+			parent := "meshctl"
+			if c.Command != nil {
+				if full := c.Command.FullName(); full != "" && full != parent {
+					parent += " " + full
+				}
+			}
+			notFound = fmt.Errorf("unknown command %q for %q: see %s --help", name, parent, parent)
+		},
+		// The default handler exits the process on a cli.Exit error; Run
+		// leaves that to ExitStatus, so a test's process survives.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	if err := app.RunContext(ctx, append([]string{"meshctl", "lab"}, args...)); err != nil {
+		return err
+	}
+	return notFound
+}
+
+// ExitStatus prints err for a person on stderr and returns the process's
+// exit status: 0 for nil; the code of a cli.Exit error (lab exec passes
+// on its command's status), printing its message if it has one; else 1,
+// with "meshctl: " and the error, as meshctl prints its own errors.
+func ExitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if ec, ok := err.(cli.ExitCoder); ok {
+		if ec.Error() != "" {
+			fmt.Fprintln(stderr, ec)
+		}
+		return ec.ExitCode()
+	}
+	fmt.Fprintln(stderr, "meshctl:", err)
+	return 1
+}
+
+func command() *cli.Command {
 	return &cli.Command{
 		Name:  "lab",
 		Usage: "build and drive a network-namespace lab of sites, NAT and nodes (Linux, needs root)",
