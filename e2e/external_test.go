@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/pki"
 )
 
@@ -58,7 +59,7 @@ func TestExternalEtcd(t *testing.T) {
 	m.Echo("wa", wa, 7000)
 	m.Echo("wb", wb, 7000)
 	for _, c := range []struct{ from, to string }{{"wa", wb}, {"wb", wa}} {
-		Eventually(t, 30*time.Second, fmt.Sprintf("%s -> %s", c.from, c.to), func() error {
+		testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%s -> %s", c.from, c.to), func() error {
 			return m.Talk(c.from, "tcp", c.to, 7000, "over external etcd")
 		})
 	}

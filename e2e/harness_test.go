@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -279,7 +278,7 @@ func (m *Mesh) JSON(node string, v any, args ...string) {
 // WaitHealthy waits until a node's agent reports healthy.
 func (m *Mesh) WaitHealthy(node string) {
 	m.t.Helper()
-	Eventually(m.t, 60*time.Second, "agent on "+node+" healthy", func() error {
+	testutil.Eventually(m.t, 60*time.Second, "agent on "+node+" healthy", func() error {
 		out, err := m.Meshctl(node, "status")
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)
@@ -306,24 +305,6 @@ func (m *Mesh) AddWorkload(workload, labels string) string {
 	return ep.IP
 }
 
-// Eventually retries f until it succeeds or timeout passes. It waits for
-// the mesh to converge; it is not a speed assertion (those live in
-// benchmarks).
-func Eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // Echo servers: a TCP and a UDP echo in a workload namespace on a port.
 func (m *Mesh) Echo(workload, ip string, port int) {
 	m.t.Helper()
@@ -335,28 +316,11 @@ func (m *Mesh) Echo(workload, ip string, port int) {
 	}
 	pc, err := m.Lab.ListenPacket(w.Netns, "udp", addr)
 	if err != nil {
+		l.Close()
 		m.t.Fatalf("listen udp %s in %s: %v", addr, workload, err)
 	}
-	m.t.Cleanup(func() { l.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], from)
-		}
-	}()
+	testutil.EchoTCP(m.t, l)
+	testutil.EchoUDP(m.t, pc)
 }
 
 // Talk sends a message from a workload to ip:port over tcp or udp and

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // meshSpec: three sites, the third behind NAT. site1-n1 is the seed; four
@@ -69,7 +70,7 @@ func TestMesh(t *testing.T) {
 	t.Run("every node sees every other as a peer", func(t *testing.T) {
 		m := m.For(t)
 		for _, n := range []string{"seed", "vm1", "vm2", "vm3", "vm4"} {
-			Eventually(t, 30*time.Second, n+" has 4 peers", func() error {
+			testutil.Eventually(t, 30*time.Second, n+" has 4 peers", func() error {
 				var st statusJSON
 				m.JSON(n, &st, "status")
 				if len(st.Peers) != 4 {
@@ -97,7 +98,7 @@ func TestMesh(t *testing.T) {
 				if from == to {
 					continue
 				}
-				Eventually(t, 30*time.Second, from+" -> "+to, func() error {
+				testutil.Eventually(t, 30*time.Second, from+" -> "+to, func() error {
 					if err := m.Talk(from, "tcp", ips[to], 8080, marker); err != nil {
 						return err
 					}
@@ -255,7 +256,7 @@ spec:
 		m.JSON("vm3", &st, "status")
 		cidr := st.CIDRs[0]
 		m.MustMeshctl("vm3", "leave")
-		Eventually(t, 20*time.Second, "peers drop vm3", func() error { return noPeer(m, "seed", "vm3", cidr) })
+		testutil.Eventually(t, 20*time.Second, "peers drop vm3", func() error { return noPeer(m, "seed", "vm3", cidr) })
 	})
 
 	t.Run("a crashed node is dropped after its lease expires", func(t *testing.T) {
@@ -278,7 +279,7 @@ spec:
 		// directory is the host's, so the dead helper's UAPI socket goes
 		// by hand (the mesh's cleanup fails on any socket left over).
 		_ = os.Remove(filepath.Join("/var/run/wireguard", m.wgName("vm4")+".sock"))
-		Eventually(t, 40*time.Second, "peers drop the crashed vm4", func() error {
+		testutil.Eventually(t, 40*time.Second, "peers drop the crashed vm4", func() error {
 			if err := noPeer(m, "seed", "vm4", cidr); err != nil {
 				return err
 			}
@@ -297,7 +298,7 @@ func checkMatrix(t *testing.T, m *Mesh, ips map[string]string, cases []verdictCa
 	t.Helper()
 	for _, c := range cases {
 		name := fmt.Sprintf("%s -> %s %d/%s", c.from, c.to, c.port, c.network)
-		Eventually(t, 20*time.Second, name, func() error {
+		testutil.Eventually(t, 20*time.Second, name, func() error {
 			err := m.Talk(c.from, c.network, ips[c.to], c.port, "hello")
 			switch {
 			case c.allowed && err != nil:

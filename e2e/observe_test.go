@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -15,12 +14,11 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // observeSpec: a seed and three nodes on three sites, the last behind NAT,
@@ -63,7 +61,7 @@ func TestObserve(t *testing.T) {
 		m.Echo(w, ip, 8080)
 	}
 	for _, c := range [][2]string{{"web", "db"}, {"cache", "web"}, {"db", "cache"}} {
-		Eventually(t, 60*time.Second, c[0]+" reaches "+c[1], func() error {
+		testutil.Eventually(t, 60*time.Second, c[0]+" reaches "+c[1], func() error {
 			err := m.Talk(c[0], "tcp", ips[c[1]], 8080, "hello")
 			return err
 		})
@@ -105,7 +103,7 @@ func TestObserve(t *testing.T) {
 			f     api.Flow
 			shown time.Duration
 		)
-		Eventually(t, 20*time.Second, "the drop in `meshctl observe --follow`", func() error {
+		testutil.Eventually(t, 20*time.Second, "the drop in `meshctl observe --follow`", func() error {
 			line, _, _ := strings.Cut(follow.Output(), "\n")
 			if line == "" {
 				return fmt.Errorf("no flow yet; output %q", follow.Output())
@@ -145,7 +143,7 @@ func TestObserve(t *testing.T) {
 			checkMatrix(t, m, ips, []verdictCase{c})
 		}
 		var flows []api.Flow
-		Eventually(t, 20*time.Second, "flows from ovm1, ovm2 and ovm3", func() error {
+		testutil.Eventually(t, 20*time.Second, "flows from ovm1, ovm2 and ovm3", func() error {
 			out, err := m.Meshctl("oseed", "observe", "--all-nodes", "--last", "-1", "--port", "8080", "-o", "json")
 			if err != nil {
 				return fmt.Errorf("%v: %s", err, out)
@@ -191,15 +189,16 @@ func TestObserve(t *testing.T) {
 		var short []string
 		for round := 1; ; round++ {
 			before := scrapeMetrics(t, m, "ovm2", st.MeshIP)
-			pkts0 := metricValue(before, "weft_datapath_packets_total", drops)
-			flows0 := metricValue(before, "weft_flows_total", flowDrops)
+			pkts0, _ := testutil.MetricValue(before, "weft_datapath_packets_total", drops)
+			flows0, _ := testutil.MetricValue(before, "weft_flows_total", flowDrops)
 			sendUDP(t, m, "web", ips["db"], 5353, k)
 			var pkts, fl float64
 			deadline := time.Now().Add(10 * time.Second)
 			for time.Now().Before(deadline) {
 				after := scrapeMetrics(t, m, "ovm2", st.MeshIP)
-				pkts = metricValue(after, "weft_datapath_packets_total", drops) - pkts0
-				fl = metricValue(after, "weft_flows_total", flowDrops) - flows0
+				pkts, _ = testutil.MetricValue(after, "weft_datapath_packets_total", drops)
+				fl, _ = testutil.MetricValue(after, "weft_flows_total", flowDrops)
+				pkts, fl = pkts-pkts0, fl-flows0
 				if pkts > k || fl > k {
 					t.Fatalf("after %d denied datagrams: packets +%v, flow records +%v: counted more than was sent", k, pkts, fl)
 				}
@@ -232,7 +231,7 @@ func TestObserve(t *testing.T) {
 			{"weft_node_reachable", map[string]string{"node": "default/oseed"}, 1},
 			{"weft_reconcile_duration_seconds", map[string]string{"reconciler": "policy"}, 1},
 		} {
-			if v := metricValue(after, c.name, c.labels); v < c.min {
+			if v, _ := testutil.MetricValue(after, c.name, c.labels); v < c.min {
 				t.Errorf("%s%v = %v, want at least %v", c.name, c.labels, v, c.min)
 			}
 		}
@@ -323,7 +322,7 @@ spec:
 
 	t.Run("a killed node is shown down by status --all", func(t *testing.T) {
 		m := m.For(t)
-		Eventually(t, 30*time.Second, "every pair reachable", func() error {
+		testutil.Eventually(t, 30*time.Second, "every pair reachable", func() error {
 			var hm api.HealthMatrix
 			if err := statusAllJSON(m, "oseed", &hm); err != nil {
 				return err
@@ -347,7 +346,7 @@ spec:
 		killed := time.Now()
 		killProcessTree(m.node("ovm3").Proc.Pid)
 		var seen time.Duration
-		Eventually(t, 30*time.Second, "ovm3 down in status --all", func() error {
+		testutil.Eventually(t, 30*time.Second, "ovm3 down in status --all", func() error {
 			var hm api.HealthMatrix
 			if err := statusAllJSON(m, "oseed", &hm); err != nil {
 				return err
@@ -387,48 +386,7 @@ func scrapeMetrics(t *testing.T, m *Mesh, node, meshIP string) map[string]*dto.M
 			return m.Lab.Dial(ctx, ns, network, addr)
 		},
 	}}
-	resp, err := cl.Get("http://" + net.JoinHostPort(meshIP, "9962") + "/metrics")
-	if err != nil {
-		t.Fatalf("scraping %s: %v", node, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("parsing the metrics of %s: %v", node, err)
-	}
-	return fams
-}
-
-// metricValue sums the samples of a family whose labels include want.
-func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	fam, ok := fams[name]
-	if !ok {
-		return 0
-	}
-	var sum float64
-next:
-	for _, mt := range fam.Metric {
-		got := map[string]string{}
-		for _, lp := range mt.Label {
-			got[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range want {
-			if got[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case mt.Counter != nil:
-			sum += mt.Counter.GetValue()
-		case mt.Gauge != nil:
-			sum += mt.Gauge.GetValue()
-		case mt.Histogram != nil:
-			sum += float64(mt.Histogram.GetSampleCount())
-		}
-	}
-	return sum
+	return testutil.ScrapeMetrics(t, cl, "http://"+net.JoinHostPort(meshIP, "9962")+"/metrics")
 }
 
 // sendUDP sends n datagrams from a workload.

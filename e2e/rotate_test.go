@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // rotateSpec: the seed and the rotating node on site 1, a peer on site 2
@@ -57,7 +58,7 @@ func TestRotate(t *testing.T) {
 	}
 	m.Echo("db", ips["db"], 7000)
 	for _, pair := range [][2]string{{"web", "db"}, {"db", "web"}, {"cache", "web"}} {
-		Eventually(t, 30*time.Second, pair[0]+" -> "+pair[1], func() error {
+		testutil.Eventually(t, 30*time.Second, pair[0]+" -> "+pair[1], func() error {
 			return pingOnce(m, pair[0], ips[pair[1]])
 		})
 	}
@@ -137,7 +138,7 @@ func TestRotate(t *testing.T) {
 			t.Errorf("vm1's device has key %s, want %s", got, res.NewPublicKey)
 		}
 		for _, node := range []string{"seed", "vm2", "vm4"} {
-			Eventually(t, 30*time.Second, node+" retires vm1's old key", func() error {
+			testutil.Eventually(t, 30*time.Second, node+" retires vm1's old key", func() error {
 				var st struct {
 					Peers []struct {
 						Node      string `json:"node"`

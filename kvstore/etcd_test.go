@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
@@ -34,19 +35,6 @@ func node(cluster string, i int) kvstore.Node {
 		WGPublicKey: wgKey(i),
 		CIDRs:       []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)}), 32)},
 		Labels:      []string{"mesh:cluster=" + cluster, "vm:app=web"},
-	}
-}
-
-// eventually polls cond until it holds; the bound only keeps a broken test
-// from hanging, it is not a speed requirement.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -113,7 +101,7 @@ func TestSessionRestoresKeysAfterLeaseLoss(t *testing.T) {
 	}
 	// The session notices and writes both keys again under a new lease.
 	for _, key := range []string{n.Key(), ep.Key()} {
-		eventually(t, "session restores "+key, func() bool {
+		testutil.Eventually(t, time.Minute, "session restores "+key, func() bool {
 			resp, err := ec.Get(ctx, key)
 			return err == nil && len(resp.Kvs) == 1 && clientv3.LeaseID(resp.Kvs[0].Lease) != old && resp.Kvs[0].Lease != 0
 		})
@@ -274,7 +262,7 @@ func TestCacheListsThenWatches(t *testing.T) {
 	if err := c.Delete(context.Background(), kvstore.NodeKey("east", "node-5")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "cache sees update, add and delete", func() bool {
+	testutil.Eventually(t, time.Minute, "cache sees update, add and delete", func() bool {
 		n, ok := cache.Get(updated.Key())
 		_, gone := cache.Get(kvstore.NodeKey("east", "node-5"))
 		return ok && n.AgentVersion == "v2" && !gone && cache.Len() == 20
@@ -366,7 +354,7 @@ func TestCacheConvergesAfterCompaction(t *testing.T) {
 	src.resume()
 
 	want := truth(t, c)
-	eventually(t, "cache converges after compaction", func() bool {
+	testutil.Eventually(t, time.Minute, "cache converges after compaction", func() bool {
 		return slices.Equal(sortedKeys(cache.Snapshot()), want) && slices.Equal(rec.names(), want)
 	})
 	if n, _ := cache.Get(upd.Key()); n.AgentVersion != "after-compaction" {
@@ -423,7 +411,7 @@ func TestCacheSkipsCorruptValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	putNode(t, c, node("east", 42))
-	eventually(t, "cache processes the writes after the corrupt ones", func() bool {
+	testutil.Eventually(t, time.Minute, "cache processes the writes after the corrupt ones", func() bool {
 		_, ok := cache.Get(kvstore.NodeKey("east", "node-42"))
 		return ok
 	})

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
@@ -404,7 +405,7 @@ func TestIdentityStoreReportsLostReferences(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("OnLost not called")
 	}
-	eventually(t, "the reference to 300 is restored", func() bool {
+	testutil.Eventually(t, time.Minute, "the reference to 300 is restored", func() bool {
 		resp, err := ec.Get(ctx, kvstore.IdentityRefKey("east", "node-1", 300))
 		return err == nil && len(resp.Kvs) == 1
 	})

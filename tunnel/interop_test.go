@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftmesh/weft/internal/lab/labtest"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // buildWireguardGo builds the stock wireguard-go daemon (the main package
@@ -56,7 +57,7 @@ func TestInteropStockWireguardGo(t *testing.T) {
 			<-done
 		}
 	})
-	waitFor(t, "wireguard-go's UAPI socket", 15*time.Second, func() bool {
+	testutil.Eventually(t, 15*time.Second, "wireguard-go's UAPI socket", func() bool {
 		_, err := runErr(nb.Netns, "wg", "show", stock)
 		return err == nil
 	})

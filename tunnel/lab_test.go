@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/lab"
 	"github.com/weftmesh/weft/internal/lab/labtest"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // The privileged tests run in labs (internal/lab): network namespaces the
@@ -197,14 +198,7 @@ func dial(ns, addr string) (net.Conn, error) {
 func tcpEcho(t testing.TB, ns, dstNS, addr string) {
 	t.Helper()
 	ln := listen(t, dstNS, addr)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
+	testutil.EchoTCP(t, ln)
 	c, err := dial(ns, addr)
 	if err != nil {
 		t.Fatalf("TCP %s -> %s: %v", ns, addr, err)
@@ -223,19 +217,6 @@ func tcpEcho(t testing.TB, ns, dstNS, addr string) {
 		t.Fatalf("TCP echo %s -> %s: got %q", ns, addr, got)
 	}
 	ln.Close()
-}
-
-// waitFor polls cond until it holds or the deadline passes; a deadline is a
-// bound on waiting, not an assertion about speed.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("gave up waiting for %s after %v", what, d)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func peerStatus(t testing.TB, tun *Tunnel, key string) PeerStatus {

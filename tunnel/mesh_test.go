@@ -34,7 +34,7 @@ func TestNATMesh(t *testing.T) {
 	// The public nodes cannot reach c before it has handshaken: they have
 	// no endpoint for it. Its keepalive makes the first handshake.
 	for _, n := range []*Tunnel{a, b} {
-		waitFor(t, n.Name()+" to learn c's endpoint", 20*time.Second, func() bool {
+		testutil.Eventually(t, 20*time.Second, n.Name()+" to learn c's endpoint", func() bool {
 			return peerStatus(t, n, ck).Endpoint != ""
 		})
 		if ep := peerStatus(t, n, ck).Endpoint; ep[:len(l.cWAN)] != l.cWAN {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // TestRotationTwoDevices follows the rotation of docs/tunnel.md between
@@ -89,7 +91,7 @@ func TestRotationTwoDevices(t *testing.T) {
 	if k, err := readKey(filepath.Join(a.cfg.StateDir, keyFile)); err != nil || k.PublicKey() != next {
 		t.Fatalf("key file after rotation: %v %v", k.PublicKey(), err)
 	}
-	waitFor(t, "b to move a's prefixes to the new key", 30*time.Second, func() bool {
+	testutil.Eventually(t, 30*time.Second, "b to move a's prefixes to the new key", func() bool {
 		st := peerStatus(t, b, next.String())
 		return !st.LastHandshake.IsZero() && slices.Equal(st.AllowedIPs, p.aPeer.AllowedIPs)
 	})

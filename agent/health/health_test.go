@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 func TestPeerStateMachine(t *testing.T) {
@@ -146,7 +147,7 @@ func TestMonitorsSeeEachOtherAndNoticeADeadNode(t *testing.T) {
 			<-dones[i]
 		}
 	})
-	waitFor(t, "every node up and alive in every view", func() bool {
+	testutil.Eventually(t, 30*time.Second, "every node up and alive in every view", func() bool {
 		for _, m := range mons {
 			v := m.View()
 			if len(v.Probes) != 2 {
@@ -165,7 +166,7 @@ func TestMonitorsSeeEachOtherAndNoticeADeadNode(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 	dones[2] <- nil
-	waitFor(t, "n3 down in the views of n1 and n2", func() bool {
+	testutil.Eventually(t, 30*time.Second, "n3 down in the views of n1 and n2", func() bool {
 		for _, m := range mons[:2] {
 			if probeOf(m.View(), "n3").State != StateDown {
 				return false
@@ -185,15 +186,4 @@ func probeOf(v api.NodeHealth, node string) api.Probe {
 		}
 	}
 	return api.Probe{}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -2,20 +2,17 @@ package metrics
 
 import (
 	"errors"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 type fakeSource struct {
@@ -57,49 +54,7 @@ func scrape(t *testing.T, m *Metrics) map[string]*dto.MetricFamily {
 	t.Helper()
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
-	resp, err := http.Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("parsing the exposition: %v\n%s", err, body)
-	}
-	return fams
-}
-
-// value returns the value of the sample of family name whose labels
-// include want.
-func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	t.Helper()
-	fam, ok := fams[name]
-	if !ok {
-		return 0, false
-	}
-next:
-	for _, m := range fam.Metric {
-		got := map[string]string{}
-		for _, lp := range m.Label {
-			got[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range want {
-			if got[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
+	return testutil.ScrapeMetrics(t, nil, srv.URL)
 }
 
 func TestExposition(t *testing.T) {
@@ -130,7 +85,7 @@ func TestExposition(t *testing.T) {
 		{"weft_flows_total", map[string]string{"verdict": "dropped", "reason": "policy-deny-rule"}, 1},
 	}
 	for _, c := range cases {
-		got, ok := value(t, fams, c.name, c.labels)
+		got, ok := testutil.MetricValue(fams, c.name, c.labels)
 		if !ok {
 			t.Errorf("%s%v missing", c.name, c.labels)
 			continue
@@ -139,11 +94,11 @@ func TestExposition(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	age, ok := value(t, fams, "weft_tunnel_peer_handshake_age_seconds", map[string]string{"peer": "east/a"})
+	age, ok := testutil.MetricValue(fams, "weft_tunnel_peer_handshake_age_seconds", map[string]string{"peer": "east/a"})
 	if !ok || age < 10 || age > 60 {
 		t.Errorf("handshake age of east/a = %v (present %v), want about 10s", age, ok)
 	}
-	if _, ok := value(t, fams, "weft_tunnel_peer_handshake_age_seconds", map[string]string{"peer": "east/c"}); ok {
+	if _, ok := testutil.MetricValue(fams, "weft_tunnel_peer_handshake_age_seconds", map[string]string{"peer": "east/c"}); ok {
 		t.Error("a peer without a handshake has an age")
 	}
 }
@@ -154,7 +109,7 @@ func TestAFailingSourceLeavesOnlyItsMetricsOut(t *testing.T) {
 	if _, ok := fams["weft_datapath_packets_total"]; ok {
 		t.Fatal("datapath counters served although reading them failed")
 	}
-	if v, ok := value(t, fams, "weft_etcd_connected", nil); !ok || v != 1 {
+	if v, ok := testutil.MetricValue(fams, "weft_etcd_connected", nil); !ok || v != 1 {
 		t.Fatal("the other metrics must still be served")
 	}
 }
@@ -181,7 +136,7 @@ func TestLogCounter(t *testing.T) {
 	}
 	fams := scrape(t, m)
 	for level, want := range map[string]float64{"ERROR": 1, "WARN": 1, "INFO": 0} {
-		if v, _ := value(t, fams, "weft_log_messages_total", map[string]string{"level": level}); v != want {
+		if v, _ := testutil.MetricValue(fams, "weft_log_messages_total", map[string]string{"level": level}); v != want {
 			t.Errorf("log messages %s = %v, want %v", level, v, want)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
@@ -47,17 +48,6 @@ func newNode(t testing.TB, srv *kvstoretest.Server, name string, cfg allocator.C
 
 func labelSet(i int) identity.Labels {
 	return identity.MustLabels(fmt.Sprintf("k8s:app=app-%d", i%7), fmt.Sprintf("k8s:tier=t%d", i/7), "mesh:cluster=east")
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestConcurrentAllocationIsConsistent(t *testing.T) {
@@ -118,7 +108,7 @@ func TestConcurrentAllocationIsConsistent(t *testing.T) {
 		t.Fatalf("etcd holds %d identities (%v), want %d", len(stored), err, sets)
 	}
 	for n, s := range sim {
-		eventually(t, fmt.Sprintf("node %d cache has every identity", n), func() bool {
+		testutil.Eventually(t, time.Minute, fmt.Sprintf("node %d cache has every identity", n), func() bool {
 			for set, id := range setToID {
 				l, ok := s.alloc.LookupByID(id)
 				if !ok || l.String() != set {
@@ -171,7 +161,7 @@ func TestReleaseCollectAndReuse(t *testing.T) {
 	// node-2's cache must have seen a before it can be asked to forget it;
 	// otherwise "forgotten" below holds vacuously and a's late arrival makes
 	// node-2 skip the freed number.
-	eventually(t, "node-2's cache sees a", func() bool { _, ok := n2.alloc.LookupByID(ida); return ok })
+	testutil.Eventually(t, time.Minute, "node-2's cache sees a", func() bool { _, ok := n2.alloc.LookupByID(ida); return ok })
 	// Within the grace period nothing is collected.
 	if del, err := n1.alloc.CollectGarbage(ctx, time.Hour); err != nil || len(del) != 0 {
 		t.Fatalf("collected %v (%v) within the grace period", del, err)
@@ -183,7 +173,7 @@ func TestReleaseCollectAndReuse(t *testing.T) {
 	if _, _, err := kvstore.Get(ctx, n1.client, kvstore.IdentityLabelsKey(a.Hash()), kvstore.DecodeIdentityNumber); !errors.Is(err, kvstore.ErrNotFound) {
 		t.Fatalf("labels key of a collected identity remains: %v", err)
 	}
-	eventually(t, "caches forget the collected identity", func() bool {
+	testutil.Eventually(t, time.Minute, "caches forget the collected identity", func() bool {
 		_, ok1 := n1.alloc.LookupByID(ida)
 		_, ok2 := n2.alloc.LookupByID(ida)
 		return !ok1 && !ok2
@@ -266,7 +256,7 @@ func TestLostLeaseRestoresReferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	refKeep := kvstore.IdentityRefKey("east", "node-1", uint32(idKeep))
-	eventually(t, "reference restored", func() bool {
+	testutil.Eventually(t, time.Minute, "reference restored", func() bool {
 		resp, err := etcd.Get(ctx, refKeep)
 		return err == nil && len(resp.Kvs) == 1
 	})

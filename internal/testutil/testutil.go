@@ -2,6 +2,11 @@
 // run anywhere, privileged tests need root and network namespaces, and
 // end-to-end tests drive the lab with the real binaries. CI is root, so it
 // runs every tier; a developer without root still gets the unit tier.
+//
+// It also holds the helpers the tests of every package share, so that
+// none keeps a copy: Eventually (wait for a condition), EchoTCP and
+// EchoUDP (echo servers on a listener the test opened) and ScrapeMetrics
+// and MetricValue (read a /metrics page as Prometheus does).
 package testutil
 
 import (
