@@ -13,12 +13,13 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// The lab is its own binary, weft-lab (internal/lab/labcli): it builds
-// network namespaces with netlink, which meshctl, the CLI that talks to
-// agents over their socket, does not link (internal/deptest). `meshctl lab
-// ARGS...` runs `weft-lab ARGS...`, as git and kubectl run their plugins;
-// weft-lab speaks as `meshctl lab`, so its help and messages are the ones
-// meshctl lab always had.
+// The lab is its own binary, weft-lab (internal/lab/cmd/weft-lab, its
+// commands in internal/lab/labcli): it builds network namespaces with
+// netlink, which meshctl, the CLI that talks to agents over their socket,
+// does not link (internal/deptest). `meshctl lab ARGS...` runs `weft-lab
+// ARGS...`, as git and kubectl run their plugins; weft-lab speaks as
+// `meshctl lab`, so its help and messages are the ones meshctl lab always
+// had.
 
 // labBinary is the lab's executable, looked for next to meshctl and then
 // in PATH.
