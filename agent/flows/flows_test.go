@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -147,9 +148,7 @@ func TestFollowSeesHeldThenNewFlowsWithoutGapOrDuplicate(t *testing.T) {
 	if l := <-lines; l.Flow != nil || l.Time.IsZero() {
 		t.Fatalf("first line = %+v, want a heartbeat", l)
 	}
-	for r.Subscribers() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, time.Minute, "the stream subscribes", func() bool { return r.Subscribers() > 0 })
 	r.Add(flowAt(10, Forwarded))
 	r.Add(flowAt(11, Dropped))
 	for l := range lines {
