@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
 	"github.com/weftmesh/weft/internal/testutil"
 )
 
@@ -113,27 +114,6 @@ func listen(t testing.TB, ns, addr string) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1500)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	testutil.EchoTCP(t, ln)
 	return ln
 }
