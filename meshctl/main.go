@@ -1,7 +1,7 @@
 // Command meshctl is the Weft command-line interface: it talks to a
-// weft-agent over its API socket, starts and joins nodes, and drives the
-// network-namespace lab used by tests and the demo. The commands are in
-// package meshctl/cli.
+// weft-agent over its API socket and starts and joins nodes; `meshctl lab`
+// hands over to the weft-lab binary. The commands are in package
+// meshctl/cli.
 package main
 
 import (

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+
 	"os"
 	"os/signal"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 // now is the clock for ages and expiries in tables; tests pin it.
@@ -31,7 +33,7 @@ func socketFlag() *cli.PathFlag {
 // agentFlags are the flags of a command that talks to the agent and
 // prints a table or JSON.
 func agentFlags(extra ...cli.Flag) []cli.Flag {
-	return append([]cli.Flag{socketFlag(), outputFlag()}, extra...)
+	return append([]cli.Flag{socketFlag(), cliout.Flag()}, extra...)
 }
 
 // agentClient returns a client for the agent named by --socket.
@@ -137,12 +139,12 @@ func oneArg(c *cli.Context, what string) (string, error) {
 
 // render prints v as JSON, or calls table for people.
 func render(c *cli.Context, v any, table func() error) error {
-	format, err := outputFormat(c)
+	format, err := cliout.Format(c)
 	if err != nil {
 		return err
 	}
 	if format == "json" {
-		return printJSON(c.App.Writer, v)
+		return cliout.JSON(c.App.Writer, v)
 	}
 	return table()
 }

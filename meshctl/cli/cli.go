@@ -6,9 +6,10 @@
 // Most commands talk to a weft-agent over its API socket (--socket,
 // WEFT_SOCKET) and work on any OS, also against a remote agent whose
 // socket is forwarded (docs/cli.md, "meshctl from a Mac"). The commands
-// that run the agent on this machine (up, join, leave) and the lab need
-// Linux; their non-Linux builds refuse with what to do instead (the
-// *_linux.go and *_other.go files).
+// that run the agent on this machine (up, join, leave) need Linux; their
+// non-Linux builds refuse with what to do instead (the *_linux.go and
+// *_other.go files). `meshctl lab` runs the weft-lab binary (lab.go), so
+// meshctl itself links nothing that builds network namespaces.
 //
 // The package imports github.com/urfave/cli/v2 under its own name, cli:
 // every command file is written against it.

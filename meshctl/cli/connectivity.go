@@ -2,12 +2,14 @@ package cli
 
 import (
 	"fmt"
+
 	"io"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/weftmesh/weft/internal/cliout"
 	"github.com/weftmesh/weft/meshctl/connectivity"
 )
 
@@ -58,7 +60,7 @@ func connectivityAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	format, err := outputFormat(c)
+	format, err := cliout.Format(c)
 	if err != nil {
 		return err
 	}
@@ -77,7 +79,7 @@ func connectivityAction(c *cli.Context) error {
 		return err
 	}
 	if format == "json" {
-		if err := printJSON(c.App.Writer, rep); err != nil {
+		if err := cliout.JSON(c.App.Writer, rep); err != nil {
 			return err
 		}
 	} else {
@@ -103,7 +105,7 @@ func printConnectivityReport(w io.Writer, r connectivity.Report) {
 	for _, s := range r.Scenarios {
 		rows = append(rows, []string{s.Name, strings.ToUpper(s.Result), fmt.Sprint(s.Checks), s.Reason})
 	}
-	_ = printTable(w, []string{"scenario", "result", "checks", "reason"}, rows)
+	_ = cliout.Table(w, []string{"scenario", "result", "checks", "reason"}, rows)
 	pass, fail, skip := 0, 0, 0
 	for _, s := range r.Scenarios {
 		switch s.Result {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+
 	"sort"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func endpointCommand() *cli.Command {
@@ -120,7 +122,7 @@ func endpointListAction(c *cli.Context) error {
 		return a.Name < b.Name
 	})
 	return render(c, eps, func() error {
-		return printTable(c.App.Writer, []string{"name", "node", "ip", "identity", "labels", "policy"}, endpointRows(eps))
+		return cliout.Table(c.App.Writer, []string{"name", "node", "ip", "identity", "labels", "policy"}, endpointRows(eps))
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func identitiesCommand() *cli.Command {
@@ -36,7 +37,7 @@ func identitiesAction(c *cli.Context) error {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i].ID < ids[j].ID })
 	return render(c, ids, func() error {
-		return printTable(c.App.Writer, []string{"id", "labels", "endpoints"}, identityRows(ids))
+		return cliout.Table(c.App.Writer, []string{"id", "labels", "endpoints"}, identityRows(ids))
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func nodesCommand() *cli.Command {
@@ -41,7 +42,7 @@ func nodesAction(c *cli.Context) error {
 		return nodes[i].Name < nodes[j].Name
 	})
 	return render(c, nodes, func() error {
-		return printTable(c.App.Writer, []string{"name", "cluster", "mesh ip", "cidrs", "endpoints", "labels", "version"}, nodeRows(nodes))
+		return cliout.Table(c.App.Writer, []string{"name", "cluster", "mesh ip", "cidrs", "endpoints", "labels", "version"}, nodeRows(nodes))
 	})
 }
 

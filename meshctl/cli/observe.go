@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
 	"io"
 	"os"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flows"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func observeCommand() *cli.Command {
@@ -98,7 +100,7 @@ func observeAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	format, err := outputFormat(c)
+	format, err := cliout.Format(c)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+
 	"io"
 	"os"
 	"sort"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/cliout"
 	"github.com/weftmesh/weft/policy"
 )
 
@@ -161,7 +163,7 @@ func policyListAction(c *cli.Context) error {
 		for _, p := range ps {
 			rows = append(rows, []string{p.Name, strconv.FormatInt(p.Revision, 10), strings.Join(p.SelectedEndpoints, ","), strconv.Itoa(p.Entries)})
 		}
-		return printTable(c.App.Writer, []string{"name", "revision", "selects here", "entries"}, rows)
+		return cliout.Table(c.App.Writer, []string{"name", "revision", "selects here", "entries"}, rows)
 	})
 }
 

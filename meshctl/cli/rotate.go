@@ -2,11 +2,13 @@ package cli
 
 import (
 	"fmt"
+
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func rotateKeyCommand() *cli.Command {
@@ -36,7 +38,7 @@ func rotateKeyAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	if _, err := outputFormat(c); err != nil {
+	if _, err := cliout.Format(c); err != nil {
 		return err
 	}
 	ctx, cancel := cmdContext(c)
@@ -55,7 +57,7 @@ func rotateKeyAction(c *cli.Context) error {
 		for _, p := range res.Peers {
 			rows = append(rows, []string{p.Node, p.Cluster, yesNo(p.Installed), yesNo(p.Handshake), p.Error})
 		}
-		return printTable(w, []string{"peer", "cluster", "installed", "handshake", "error"}, rows)
+		return cliout.Table(w, []string{"peer", "cluster", "installed", "handshake", "error"}, rows)
 	})
 }
 

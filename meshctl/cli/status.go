@@ -3,11 +3,13 @@ package cli
 import (
 	"errors"
 	"fmt"
+
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 func statusCommand() *cli.Command {
@@ -125,7 +127,7 @@ func printStatus(c *cli.Context, v statusView) error {
 		fmt.Fprintln(w, "  none yet: other nodes appear here once they join")
 		return nil
 	}
-	return printTable(w, []string{"node", "cluster", "endpoint", "allowed ips", "handshake", "rx", "tx"}, peerRows(st.Peers))
+	return cliout.Table(w, []string{"node", "cluster", "endpoint", "allowed ips", "handshake", "rx", "tx"}, peerRows(st.Peers))
 }
 
 func peerRows(peers []api.Peer) [][]string {

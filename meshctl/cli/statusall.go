@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+
 	"io"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 // statusAll prints the mesh's reachability matrix (`meshctl status --all`).
@@ -51,7 +53,7 @@ func printMatrix(w io.Writer, m api.HealthMatrix) error {
 		}
 		rows = append(rows, []string{names[i], state, n.MeshIP, note})
 	}
-	if err := printTable(w, []string{"node", "state", "mesh ip", "note"}, rows); err != nil {
+	if err := cliout.Table(w, []string{"node", "state", "mesh ip", "note"}, rows); err != nil {
 		return err
 	}
 	fmt.Fprintln(w, "\nReachability (row probes column through the tunnel; round trip, DOWN, ? not probed yet):")
@@ -75,7 +77,7 @@ func printMatrix(w io.Writer, m api.HealthMatrix) error {
 		}
 		matrix = append(matrix, row)
 	}
-	return printTable(w, header, matrix)
+	return cliout.Table(w, header, matrix)
 }
 
 // probeCell renders one probe: its round trip when up.

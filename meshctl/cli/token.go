@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+
 	"io"
 	"sort"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/internal/cliout"
 )
 
 // Token lifetimes: long enough to provision a fleet from cloud-init, short
@@ -176,7 +178,7 @@ func tokenListAction(c *cli.Context) error {
 			}
 			rows = append(rows, []string{t.ID, t.Cluster, config.FormatLabels(t.Labels), strconv.Itoa(t.Uses) + "/" + strconv.Itoa(t.MaxUses), expires, tokenState(t)})
 		}
-		return printTable(c.App.Writer, []string{"id", "cluster", "labels", "uses", "expires", "state"}, rows)
+		return cliout.Table(c.App.Writer, []string{"id", "cluster", "labels", "uses", "expires", "state"}, rows)
 	})
 }
 

@@ -19,10 +19,12 @@ package labcli
 import (
 	"context"
 	"fmt"
+
 	"io"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/weftmesh/weft/internal/cliout"
 	"github.com/weftmesh/weft/internal/version"
 )
 
@@ -127,7 +129,7 @@ func labStatusCommand() *cli.Command {
 		Description: `Without NAME every lab is shown. A lab is "in use" while the process that
 created it runs (a test); 'meshctl lab up' hands its lab over ("detached").
 Namespaces with the lab prefix that no lab claims are listed as leftovers.`,
-		Flags:  []cli.Flag{outputFlag()},
+		Flags:  []cli.Flag{cliout.Flag()},
 		Action: labStatus,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/weftmesh/weft/internal/cliout"
 	"github.com/weftmesh/weft/internal/lab"
 )
 
@@ -155,7 +157,7 @@ func labStatus(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	format, err := outputFormat(c)
+	format, err := cliout.Format(c)
 	if err != nil {
 		return err
 	}
@@ -191,9 +193,9 @@ func labStatus(c *cli.Context) error {
 	w := c.App.Writer
 	if format == "json" {
 		if len(args) == 1 {
-			return printJSON(w, statuses[0])
+			return cliout.JSON(w, statuses[0])
 		}
-		return printJSON(w, struct {
+		return cliout.JSON(w, struct {
 			Labs      []lab.Status `json:"labs"`
 			Leftovers []string     `json:"leftoverNamespaces,omitempty"`
 		}{statuses, orphans})
@@ -255,7 +257,7 @@ func printLabStatus(w io.Writer, s lab.Status) error {
 			}
 		}
 	}
-	if err := printTable(w, []string{"name", "kind", "site", "netns", "address", "route", "nat"}, rows); err != nil {
+	if err := cliout.Table(w, []string{"name", "kind", "site", "netns", "address", "route", "nat"}, rows); err != nil {
 		return err
 	}
 	if len(s.Processes) > 0 {
@@ -268,7 +270,7 @@ func printLabStatus(w io.Writer, s lab.Status) error {
 			}
 			prows = append(prows, []string{p.Name, fmt.Sprint(p.Pid), state, p.Netns, p.Log})
 		}
-		return printTable(w, []string{"process", "pid", "state", "netns", "output"}, prows)
+		return cliout.Table(w, []string{"process", "pid", "state", "netns", "output"}, prows)
 	}
 	return nil
 }

@@ -1,4 +1,7 @@
-package labcli
+// Package cliout is how Weft's command-line tools print: aligned tables for
+// people and indented JSON for programs, chosen by one -o/--output flag.
+// meshctl and weft-lab share it so their output reads the same.
+package cliout
 
 import (
 	"encoding/json"
@@ -10,13 +13,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// The output helpers below are meshctl/cli's (output.go), copied so that
-// the lab prints its tables and JSON as meshctl does without importing
-// meshctl's command package.
-
-// printTable writes rows under upper-case headers in aligned columns. An
-// empty cell is shown as "-" so columns stay readable and parseable.
-func printTable(w io.Writer, headers []string, rows [][]string) error {
+// Table writes rows under upper-case headers in aligned columns. An empty
+// cell is shown as "-" so columns stay readable and parseable.
+func Table(w io.Writer, headers []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	up := make([]string, len(headers))
 	for i, h := range headers {
@@ -36,23 +35,23 @@ func printTable(w io.Writer, headers []string, rows [][]string) error {
 	return tw.Flush()
 }
 
-// printJSON writes v as indented JSON followed by a newline.
-func printJSON(w io.Writer, v any) error {
+// JSON writes v as indented JSON followed by a newline.
+func JSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-// outputFlag is the -o/--output flag of lab status.
-func outputFlag() *cli.StringFlag {
+// Flag is the -o/--output flag of commands that print tables.
+func Flag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json",
 		// Checked before the command runs, so a typo is named before
-		// anything else is looked at.
-		Action: func(c *cli.Context, _ string) error { _, err := outputFormat(c); return err }}
+		// anything else is done (or found missing).
+		Action: func(c *cli.Context, _ string) error { _, err := Format(c); return err }}
 }
 
-// outputFormat returns the validated value of outputFlag.
-func outputFormat(c *cli.Context) (string, error) {
+// Format returns the validated value of Flag.
+func Format(c *cli.Context) (string, error) {
 	switch f := c.String("output"); f {
 	case "table", "json":
 		return f, nil
