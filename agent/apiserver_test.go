@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
@@ -95,7 +96,7 @@ func TestAPIViewsOfTheMesh(t *testing.T) {
 	a.start(t)
 	b.start(t)
 	ctx := context.Background()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		nodes, err := a.client.Nodes(ctx)
 		if err != nil {
 			return err

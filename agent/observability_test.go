@@ -18,6 +18,7 @@ import (
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/bpf/bpftest"
 	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 	"github.com/weftmesh/weft/tunnel/tunneltest"
@@ -107,7 +108,7 @@ func TestObservabilityEnrichesDatapathEvents(t *testing.T) {
 		Src: netip.MustParseAddr("100.64.2.2"), Dst: netip.MustParseAddr("100.64.1.2"), SrcIdentity: 301, DstIdentity: 300,
 		Protocol: 6, SrcPort: 40000, DstPort: 5432, Length: 60, Time: time.Now()})
 	var f api.Flow
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, "the expected state", func() error {
 		fs := h.o.ring.Snapshot()
 		if len(fs) != 1 {
 			return fmt.Errorf("ring holds %d flows", len(fs))
@@ -142,7 +143,7 @@ func TestObservabilityInventoryAndMetrics(t *testing.T) {
 	if us, _ := h.o.MapUsage(); us[0].Entries != 1 {
 		t.Fatalf("map usage was walked again at once: %+v", us)
 	}
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, "the expected state", func() error {
 		if !h.o.EtcdConnected() {
 			return errors.New("etcd reported unreachable")
 		}

@@ -13,6 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/tunnel"
 	"github.com/weftmesh/weft/tunnel/tunneltest"
@@ -174,7 +175,7 @@ func TestPeerReconcilerFollowsNodesAndRetries(t *testing.T) {
 	r.trigger()
 	// The first reconcile fails; the retry, without another node event,
 	// installs the peer.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, "the expected state", func() error {
 		if p, ok := peerFor(dev, k1); !ok || !slices.Equal(p.AllowedIPs, pfx("100.64.1.0/24")) {
 			return fmt.Errorf("device peers %+v", dev.Peers())
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
@@ -22,7 +23,7 @@ func TestRotationOnFakes(t *testing.T) {
 	ctx := context.Background()
 	kv := kvstoretest.Connect(t, srv, nil)
 	old := a.dev.PublicKey().String()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		if _, ok := peerFor(b.dev, old); !ok {
 			return errors.New("b has no peer for a yet")
 		}
@@ -56,7 +57,7 @@ func TestRotationOnFakes(t *testing.T) {
 	if len(res.Peers) != 1 || res.Peers[0].Node != "k2" || res.Peers[0].Installed {
 		t.Fatalf("rotation peers = %+v", res.Peers)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		if _, ok := peerFor(b.dev, old); ok {
 			return errors.New("b still has a's old key")
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/weftmesh/weft/agent/flowcollect"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/bpf/bpftest"
+	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 	"github.com/weftmesh/weft/tunnel"
 	"github.com/weftmesh/weft/tunnel/tunneltest"
@@ -91,7 +92,7 @@ func (n *testNode) start(t *testing.T) {
 	n.agent, n.cancel, n.done = a, cancel, make(chan error, 1)
 	go func() { n.done <- a.Run(ctx) }()
 	t.Cleanup(func() { n.stop(t) })
-	eventually(t, 30*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, "the expected state", func() error {
 		select {
 		case err := <-n.done:
 			n.done <- err
@@ -127,22 +128,6 @@ type testWriter struct {
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Logf("%s: %s", w.node, strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// eventually retries f until it returns nil or the time is up.
-func eventually(t *testing.T, within time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // peerFor returns the device's peer with key.
@@ -181,7 +166,7 @@ func TestAgentsMeshOnFakes(t *testing.T) {
 		to     api.Status
 		toPort int
 	}{{a, sb, 40002}, {b, sa, 40001}} {
-		eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 			p, ok := peerFor(c.from.dev, c.to.Tunnel.PublicKey)
 			if !ok {
 				return fmt.Errorf("%s has peers %+v, none with %s's key", c.from.name, c.from.dev.Peers(), c.to.Node)
@@ -197,7 +182,7 @@ func TestAgentsMeshOnFakes(t *testing.T) {
 	}
 	// a's datapath: both mesh IPs have an identity, a's own is a local
 	// host endpoint attached on the tunnel device.
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		ipc := a.dp.IPCache()
 		for _, ip := range []string{sa.MeshIP, sb.MeshIP} {
 			if ipc[netip.MustParsePrefix(ip+"/32")] < 256 {
@@ -218,7 +203,7 @@ func TestAgentsMeshOnFakes(t *testing.T) {
 	if _, err := a.client.ApplyPolicy(ctx, api.ApplyPolicyRequest{Filename: "p.yaml", Document: doc}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		ep, _ := b.dp.Endpoint(netip.MustParseAddr(sb.MeshIP))
 		if !ep.IngressEnforced {
 			return errors.New("b's host endpoint is not ingress-enforced after the policy")
@@ -246,7 +231,7 @@ func TestAgentsMeshOnFakes(t *testing.T) {
 	if !b.dev.Destroyed() || !b.dp.Removed() {
 		t.Fatalf("after leave: device destroyed %v, datapath removed %v; want both", b.dev.Destroyed(), b.dp.Removed())
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		if ps := a.dev.Peers(); len(ps) != 0 {
 			return fmt.Errorf("a still has peers %+v after b left", ps)
 		}
