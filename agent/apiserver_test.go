@@ -64,14 +64,18 @@ func TestAPIApplyPolicyIsAllOrNothing(t *testing.T) {
 		t.Fatalf("get = %+v, %v", got, err)
 	}
 
-	// Trace answers from the compiled policies.
+	// Trace answers from the compiled policies, once the agent's compiler
+	// has them (the cache delivers them asynchronously).
+	testutil.Eventually(t, 10*time.Second, "db's policy to isolate it in trace", func() error {
+		tr, err := n.client.TracePolicy(ctx, api.TraceRequest{From: map[string]string{"app": "cache"}, To: map[string]string{"app": "db"}, Port: 5432})
+		if err != nil || tr.Verdict == "allow" || !tr.Ingress.Enforced {
+			return fmt.Errorf("trace cache -> db:5432 = %+v, %v", tr, err)
+		}
+		return nil
+	})
 	tr, err := n.client.TracePolicy(ctx, api.TraceRequest{From: map[string]string{"app": "web"}, To: map[string]string{"app": "db"}, Port: 5432, Protocol: "tcp"})
-	if err != nil || tr.Verdict != "allow" {
-		t.Fatalf("trace web -> db:5432 = %+v, %v", tr, err)
-	}
-	tr, err = n.client.TracePolicy(ctx, api.TraceRequest{From: map[string]string{"app": "cache"}, To: map[string]string{"app": "db"}, Port: 5432})
-	if err != nil || tr.Verdict == "allow" {
-		t.Fatalf("trace cache -> db:5432 = %+v, %v", tr, err)
+	if err != nil || tr.Verdict != "allow" || !tr.Ingress.Enforced || len(tr.Ingress.Policies) != 1 || tr.Ingress.Policies[0] != "db" {
+		t.Fatalf("trace web -> db:5432 = %+v, %v; want allowed by db", tr, err)
 	}
 	if _, err := n.client.TracePolicy(ctx, api.TraceRequest{From: map[string]string{"app": "web"}, Protocol: "gre"}); !errors.Is(err, api.ErrInvalid) {
 		t.Fatalf("trace with protocol gre = %v, want invalid", err)

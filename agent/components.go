@@ -47,7 +47,12 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 			}
 			return a.tun.Close()
 		}},
-		{name: "open session", start: a.openSession},
+		{name: "open session", start: a.openSession, stop: func(context.Context) error {
+			// A plain stop keeps the lease (and the node's records) until
+			// it expires on its own; only leave revokes it.
+			a.session.Detach()
+			return nil
+		}},
 		{name: "watch nodes", start: a.startNodeCache},
 		{name: "admit peers", start: func(ctx context.Context) error { a.peers.admit(ctx, a.devicePeers); return nil }},
 		{name: "register node", start: a.registerNode},

@@ -122,6 +122,35 @@ func TestSessionRestoresKeysAfterLeaseLoss(t *testing.T) {
 	}
 }
 
+func TestSessionDetachKeepsKeysUntilTheLeaseExpires(t *testing.T) {
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
+	ctx := context.Background()
+	s, err := c.NewSession(ctx, kvstore.SessionConfig{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node("east", 1)
+	if err := s.Put(ctx, n.Key(), &n); err != nil {
+		t.Fatal(err)
+	}
+	s.Detach()
+	// The record outlives the session (a restarting agent finds it) ...
+	if resp, err := ec.Get(ctx, n.Key()); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the key went with Detach: %v %v", resp, err)
+	}
+	// ... but nobody keeps it alive: it goes with the lease, and the
+	// detached session does not restore it.
+	testutil.Eventually(t, 30*time.Second, "the detached session's key to expire", func() bool {
+		resp, err := ec.Get(ctx, n.Key())
+		return err == nil && len(resp.Kvs) == 0
+	})
+	time.Sleep(500 * time.Millisecond)
+	if resp, _ := ec.Get(ctx, n.Key()); len(resp.Kvs) != 0 {
+		t.Fatal("a detached session wrote its key again")
+	}
+}
+
 func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 	c, srv := kvstoretest.New(t)
 	ec := kvstoretest.Etcd(t, srv)

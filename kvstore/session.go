@@ -252,6 +252,16 @@ func (s *Session) Close(ctx context.Context) error {
 	return nil
 }
 
+// Detach stops keeping the lease alive without revoking it: the keys stay
+// until the lease expires on its own, so a process that stops and comes
+// back within the TTL finds its records still there (Close is the leave:
+// it removes them at once). Detach returns once the keepalive has ended;
+// the session must not be used afterwards.
+func (s *Session) Detach() {
+	s.cancel()
+	<-s.done
+}
+
 func (s *Session) run(ctx context.Context) {
 	defer close(s.done)
 	bo := newBackoff(200*time.Millisecond, 5*time.Second)
