@@ -18,6 +18,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -284,9 +286,18 @@ func (a *Agent) openTunnel(ctx context.Context) error {
 
 // bpfScope names this agent's pins: one scope per node, so several lab
 // nodes on one kernel do not share maps. bpffs refuses names with dots, so
-// dots in names become '-' ('_', which names never contain, separates).
-func (a *Agent) bpfScope() string {
-	return strings.ReplaceAll(a.cfg.Cluster, ".", "-") + "_" + strings.ReplaceAll(a.cfg.NodeName, ".", "-")
+// dots in names become '-' ('_', which names never contain, separates). A
+// scope may hold 64 characters and two names up to 127: a longer one keeps
+// its first 47 and a hash of the whole, so it stays unique and stable.
+func (a *Agent) bpfScope() string { return bpfScope(a.cfg.Cluster, a.cfg.NodeName) }
+
+func bpfScope(cluster, node string) string {
+	s := strings.ReplaceAll(cluster, ".", "-") + "_" + strings.ReplaceAll(node, ".", "-")
+	if len(s) <= 64 {
+		return s
+	}
+	h := sha256.Sum256([]byte(cluster + "/" + node))
+	return s[:47] + "-" + hex.EncodeToString(h[:8])
 }
 
 // waitSynced waits for the first listing of caches.

@@ -3,6 +3,7 @@ package agent
 import (
 	"log/slog"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -176,5 +177,19 @@ func TestFreeIPSkipsMeshIPWorkloadsAndAddsInFlight(t *testing.T) {
 	m.adding["wl-a"] = ip // another add is setting it up
 	if ip, err := m.freeIP(); err == nil {
 		t.Fatalf("freeIP handed out %v although the only address is being added", ip)
+	}
+}
+
+func TestBPFScopeFitsEveryNameLength(t *testing.T) {
+	if got := bpfScope("default", "vm.a1"); got != "default_vm-a1" {
+		t.Fatalf("short scope = %q", got)
+	}
+	long := strings.Repeat("a", 63)
+	s1, s2 := bpfScope(long, long), bpfScope(long, long[:62]+"b")
+	if len(s1) > 64 || s1 == s2 || s1 != bpfScope(long, long) {
+		t.Fatalf("long scopes %q / %q: want at most 64 characters, distinct and stable", s1, s2)
+	}
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`).MatchString(s1) {
+		t.Fatalf("scope %q is not a pin directory name bpffs takes", s1)
 	}
 }

@@ -79,7 +79,7 @@ func (a *Agent) Health(ctx context.Context) (api.Health, error) {
 func (a *Agent) Peers(ctx context.Context) ([]api.Peer, error) {
 	ts, err := a.tun.Status()
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the tunnel: %v", api.ErrUnavailable, err)
+		return nil, api.Errorf(api.CodeUnavailable, "reading the tunnel: %v", err)
 	}
 	return a.peersFrom(ts), nil
 }
@@ -225,10 +225,10 @@ func (a *Agent) Policies(ctx context.Context) ([]api.PolicyState, error) {
 func (a *Agent) GetPolicy(ctx context.Context, name string) (api.Policy, error) {
 	p, rev, err := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(name), kvstore.DecodePolicy)
 	if errors.Is(err, kvstore.ErrNotFound) {
-		return api.Policy{}, fmt.Errorf("%w: no policy %q (see `meshctl policy list`)", api.ErrNotFound, name)
+		return api.Policy{}, api.Errorf(api.CodeNotFound, "no policy %q (see `meshctl policy list`)", name)
 	}
 	if err != nil {
-		return api.Policy{}, fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+		return api.Policy{}, api.Errorf(api.CodeUnavailable, "%v", err)
 	}
 	return api.Policy{Name: p.Name, Revision: rev, Document: p.Document}, nil
 }
@@ -242,11 +242,11 @@ func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (ap
 	}
 	ps, err := policy.Parse(file, []byte(req.Document))
 	if err != nil {
-		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return api.ApplyPolicyResult{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	docs, err := splitDocuments([]byte(req.Document))
 	if err != nil || len(docs) != len(ps) {
-		return api.ApplyPolicyResult{}, fmt.Errorf("%w: %s: cannot split the file into its documents: %v", api.ErrInvalid, file, err)
+		return api.ApplyPolicyResult{}, api.Errorf(api.CodeInvalid, "%s: cannot split the file into its documents: %v", file, err)
 	}
 	// policy.Parse refuses a name defined twice, so each document is one
 	// policy of its own name.
@@ -267,7 +267,7 @@ func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (ap
 	}
 	if len(changed) > 0 {
 		if err := a.cp.kv.PutPolicies(ctx, changed); err != nil {
-			return api.ApplyPolicyResult{}, fmt.Errorf("%w: storing the policies of %s (none was written): %v", api.ErrUnavailable, file, err)
+			return api.ApplyPolicyResult{}, api.Errorf(api.CodeUnavailable, "storing the policies of %s (none was written): %v", file, err)
 		}
 	}
 	var res api.ApplyPolicyResult
@@ -306,7 +306,7 @@ func splitDocuments(data []byte) ([]string, error) {
 func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
 	err := a.cp.kv.DeletePolicy(ctx, name)
 	if errors.Is(err, kvstore.ErrNotFound) {
-		return fmt.Errorf("%w: no policy %q (see `meshctl policy list`)", api.ErrNotFound, name)
+		return api.Errorf(api.CodeNotFound, "no policy %q (see `meshctl policy list`)", name)
 	}
 	return err
 }
@@ -315,15 +315,15 @@ func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
 func (a *Agent) TracePolicy(ctx context.Context, req api.TraceRequest) (api.TraceResult, error) {
 	from, err := identity.ParseLabelMap(req.From, identity.SourceVM)
 	if err != nil {
-		return api.TraceResult{}, fmt.Errorf("%w: --from: %v", api.ErrInvalid, err)
+		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "--from: %v", err)
 	}
 	to, err := identity.ParseLabelMap(req.To, identity.SourceVM)
 	if err != nil {
-		return api.TraceResult{}, fmt.Errorf("%w: --to: %v", api.ErrInvalid, err)
+		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "--to: %v", err)
 	}
 	proto, err := protoNumber(req.Protocol)
 	if err != nil {
-		return api.TraceResult{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	tr, err := a.policy.trace(ctx, from, to, req.Port, proto)
 	if err != nil {

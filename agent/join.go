@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
@@ -18,20 +17,16 @@ import (
 // tokenStore adapts the kvstore's tokens to what the join service checks.
 type tokenStore struct{ kv *kvstore.Client }
 
+// kvTokenCodes are the join service's codes for kvstore's token refusals.
+var kvTokenCodes = map[error]join.Code{
+	kvstore.ErrTokenUnknown: join.CodeTokenUnknown, kvstore.ErrTokenExpired: join.CodeTokenExpired,
+	kvstore.ErrTokenRevoked: join.CodeTokenRevoked, kvstore.ErrTokenUsedUp: join.CodeTokenUsedUp,
+}
+
 func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (join.Grant, error) {
 	t, err := s.kv.ConsumeToken(ctx, id, secret, now)
 	if err != nil {
-		for _, m := range []struct{ from, to error }{
-			{kvstore.ErrTokenUnknown, join.ErrTokenUnknown},
-			{kvstore.ErrTokenExpired, join.ErrTokenExpired},
-			{kvstore.ErrTokenRevoked, join.ErrTokenRevoked},
-			{kvstore.ErrTokenUsedUp, join.ErrTokenUsedUp},
-		} {
-			if errors.Is(err, m.from) {
-				return join.Grant{}, fmt.Errorf("%w: %s", m.to, strings.TrimPrefix(err.Error(), "kvstore: "))
-			}
-		}
-		return join.Grant{}, err
+		return join.Grant{}, join.TokenStoreError(err, kvTokenCodes)
 	}
 	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels)}, nil
 }
@@ -40,7 +35,7 @@ func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now tim
 // signs node certificates with it, so joined nodes can reach etcd.
 func (a *Agent) meshCA() (*pki.CA, error) {
 	if a.cp.files.CAKeyFile == "" {
-		return nil, fmt.Errorf("%w: this node does not hold the mesh CA; create tokens on the node that ran `meshctl up`", api.ErrNotSupported)
+		return nil, api.Errorf(api.CodeNotSupported, "this node does not hold the mesh CA; create tokens on the node that ran `meshctl up`")
 	}
 	return pki.LoadCAFiles(a.cp.files.CAFile, a.cp.files.CAKeyFile)
 }
@@ -91,7 +86,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	}
 	labels, err := identity.ParseUserLabelMap(req.Labels)
 	if err != nil {
-		return api.CreatedToken{}, fmt.Errorf("%w: labels: %v", api.ErrInvalid, err)
+		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "labels: %v", err)
 	}
 	ttl := time.Duration(req.TTL)
 	if ttl <= 0 {
@@ -103,7 +98,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	}
 	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses}, time.Now())
 	if err != nil {
-		return api.CreatedToken{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	jt := join.Token{Server: a.cfg.JoinAdvertise(), ID: t.ID, Secret: secret, CAHash: ca.Fingerprint()}
 	if err := jt.Validate(); err != nil {
@@ -116,7 +111,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 func (a *Agent) Tokens(ctx context.Context) ([]api.Token, error) {
 	ts, err := a.cp.kv.ListTokens(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+		return nil, api.Errorf(api.CodeUnavailable, "%v", err)
 	}
 	out := make([]api.Token, 0, len(ts))
 	for _, t := range ts {
@@ -129,7 +124,7 @@ func (a *Agent) Tokens(ctx context.Context) ([]api.Token, error) {
 func (a *Agent) RevokeToken(ctx context.Context, id string) error {
 	err := a.cp.kv.RevokeToken(ctx, id)
 	if errors.Is(err, kvstore.ErrNotFound) || errors.Is(err, kvstore.ErrTokenUnknown) {
-		return fmt.Errorf("%w: no token %q (see `meshctl token list`)", api.ErrNotFound, id)
+		return api.Errorf(api.CodeNotFound, "no token %q (see `meshctl token list`)", id)
 	}
 	return err
 }

@@ -402,7 +402,7 @@ func (o *observability) Reachability() []metrics.Reach {
 func (a *Agent) observabilityReady() (*observability, error) {
 	o := a.obs.Load()
 	if o == nil {
-		return nil, fmt.Errorf("%w: observability is starting", api.ErrUnavailable)
+		return nil, api.Errorf(api.CodeUnavailable, "observability is starting")
 	}
 	return o, nil
 }
@@ -515,7 +515,7 @@ func (h meshOnlyHealth) NodeHealth(ctx context.Context) (api.NodeHealth, error) 
 }
 
 func (h meshOnlyHealth) HealthMatrix(context.Context) (api.HealthMatrix, error) {
-	return api.HealthMatrix{}, fmt.Errorf("%w: the health matrix is served on the local socket only", api.ErrNotSupported)
+	return api.HealthMatrix{}, api.Errorf(api.CodeNotSupported, "the health matrix is served on the local socket only")
 }
 
 // Relay implements api.Relayer: requests for this node are served here,
@@ -530,7 +530,7 @@ func (a *Agent) Relay(ctx context.Context, cluster, node string) (http.Handler, 
 
 func (o *observability) relay(cluster, node string) (http.Handler, error) {
 	if o.meshSrv == nil {
-		return nil, fmt.Errorf("%w: this agent's agent-to-agent API did not start (see its log)", api.ErrUnavailable)
+		return nil, api.Errorf(api.CodeUnavailable, "this agent's agent-to-agent API did not start (see its log)")
 	}
 	if cluster == o.deps.cluster && node == o.deps.node {
 		return o.meshSrv.Handler(), nil
@@ -545,7 +545,7 @@ func (o *observability) relay(cluster, node string) (http.Handler, error) {
 		return true
 	})
 	if !found || !target.MeshIP.IsValid() {
-		return nil, fmt.Errorf("%w: no node %s/%s in the mesh (see `meshctl nodes`)", api.ErrNotFound, cluster, node)
+		return nil, api.Errorf(api.CodeNotFound, "no node %s/%s in the mesh (see `meshctl nodes`)", cluster, node)
 	}
 	return meshtls.Relay(o.tr, netip.AddrPortFrom(target.MeshIP, meshtls.DefaultPort)), nil
 }

@@ -64,25 +64,25 @@ type rotationPeer struct {
 // One rotation runs at a time; a second request is ErrConflict.
 func (a *Agent) RotateKey(ctx context.Context, req api.RotateKeyRequest) (api.RotateKeyResult, error) {
 	if !a.rotateMu.TryLock() {
-		return api.RotateKeyResult{}, fmt.Errorf("%w: a key rotation is already running on this node; wait for it to finish", api.ErrConflict)
+		return api.RotateKeyResult{}, api.Errorf(api.CodeConflict, "a key rotation is already running on this node; wait for it to finish")
 	}
 	defer a.rotateMu.Unlock()
 	if a.session == nil || a.tun == nil {
-		return api.RotateKeyResult{}, fmt.Errorf("%w: the agent is still starting; retry in a few seconds", api.ErrUnavailable)
+		return api.RotateKeyResult{}, api.Errorf(api.CodeUnavailable, "the agent is still starting; retry in a few seconds")
 	}
 	start := time.Now()
 	old := a.tun.PublicKey().String()
 	res := api.RotateKeyResult{OldPublicKey: old}
 	nextKey, err := a.tun.PrepareRotation()
 	if err != nil {
-		return res, fmt.Errorf("%w: creating the next WireGuard key: %v", api.ErrInternal, err)
+		return res, api.Errorf(api.CodeInternal, "creating the next WireGuard key: %v", err)
 	}
 	next := nextKey.String()
 	log := a.log.With("component", "rotation", "old_public_key", old, "next_public_key", next)
 
 	// 1. Announce.
 	if err := a.publishKeys(ctx, old, next); err != nil {
-		return res, fmt.Errorf("%w: announcing the next key in the node record: %v (nothing changed)", api.ErrUnavailable, err)
+		return res, api.Errorf(api.CodeUnavailable, "announcing the next key in the node record: %v (nothing changed)", err)
 	}
 	log.Info("key rotation: next key announced")
 
@@ -109,7 +109,7 @@ func (a *Agent) RotateKey(ctx context.Context, req api.RotateKeyRequest) (api.Ro
 		if werr != nil {
 			msg += fmt.Sprintf("; withdrawing the announcement failed too (%v): the next rotation or an agent restart clears it", werr)
 		}
-		return res, fmt.Errorf("%w: %s", api.ErrUnavailable, msg)
+		return res, api.Errorf(api.CodeUnavailable, "%s", msg)
 	}
 	if len(missing) > 0 {
 		log.Warn("key rotation forced although peers did not confirm the next key", "peers", strings.Join(missing, ", "))
@@ -121,7 +121,7 @@ func (a *Agent) RotateKey(ctx context.Context, req api.RotateKeyRequest) (api.Ro
 	switched := time.Now()
 	newKey, err := a.tun.Rotate()
 	if err != nil {
-		return res, fmt.Errorf("%w: switching the device to the new key: %v (the node record still announces it; retry the rotation)", api.ErrInternal, err)
+		return res, api.Errorf(api.CodeInternal, "switching the device to the new key: %v (the node record still announces it; retry the rotation)", err)
 	}
 	res.NewPublicKey = newKey.String()
 	log.Info("key rotation: switched to the new key")
@@ -138,7 +138,7 @@ func (a *Agent) RotateKey(ctx context.Context, req api.RotateKeyRequest) (api.Ro
 			break
 		}
 		if rctx.Err() != nil {
-			return res, fmt.Errorf("%w: the device uses the new key but the node record could not be updated: %v (the session writes it again when etcd is back; restarting the agent also does)", api.ErrUnavailable, err)
+			return res, api.Errorf(api.CodeUnavailable, "the device uses the new key but the node record could not be updated: %v (the session writes it again when etcd is back; restarting the agent also does)", err)
 		}
 		log.Warn("key rotation: writing the new key to the node record; retrying", "err", err)
 		time.Sleep(time.Second)

@@ -126,29 +126,29 @@ func (m *netnsSource) restore(ctx context.Context, declared []config.Workload) e
 // returns it unchanged.
 func (m *netnsSource) add(ctx context.Context, spec api.EndpointSpec) (*workload, error) {
 	if spec.Netns == "" {
-		return nil, fmt.Errorf("%w: netns is required (the name of a namespace in `ip netns list`)", api.ErrInvalid)
+		return nil, api.Errorf(api.CodeInvalid, "netns is required (the name of a namespace in `ip netns list`)")
 	}
 	if err := config.ValidateName("workload", spec.Netns); err != nil {
-		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	if !m.veths.NetnsExists(spec.Netns) {
-		return nil, fmt.Errorf("%w: network namespace %q not found (create it with `ip netns add %s`)", api.ErrInvalid, spec.Netns, spec.Netns)
+		return nil, api.Errorf(api.CodeInvalid, "network namespace %q not found (create it with `ip netns add %s`)", spec.Netns, spec.Netns)
 	}
 	labels, err := m.labels(spec.Labels)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	m.mu.Lock()
 	if w, ok := m.wl[spec.Netns]; ok {
 		m.mu.Unlock()
-		if identity.Labels(mustLabels(w.Labels)).Equal(labels) {
+		if have, err := identity.ParseLabels(w.Labels, identity.SourceVM); err == nil && have.Equal(labels) {
 			return w, nil
 		}
-		return nil, fmt.Errorf("%w: workload %s exists with labels %v; remove it first to change them", api.ErrConflict, w.Name, w.Labels)
+		return nil, api.Errorf(api.CodeConflict, "workload %s exists with labels %v; remove it first to change them", w.Name, w.Labels)
 	}
 	if _, busy := m.adding[spec.Netns]; busy {
 		m.mu.Unlock()
-		return nil, fmt.Errorf("%w: workload %s is being added by another request; retry in a moment", api.ErrConflict, spec.Netns)
+		return nil, api.Errorf(api.CodeConflict, "workload %s is being added by another request; retry in a moment", spec.Netns)
 	}
 	ip, err := m.freeIP()
 	if err == nil {
@@ -177,7 +177,11 @@ func (m *netnsSource) add(ctx context.Context, spec api.EndpointSpec) (*workload
 
 // setup does (or re-does, idempotently) everything a workload needs.
 func (m *netnsSource) setup(ctx context.Context, w *workload) error {
-	labels := mustLabels(w.Labels)
+	labels, err := identity.ParseLabels(w.Labels, identity.SourceVM)
+	if err != nil {
+		// Only a hand-edited state file gets here.
+		return fmt.Errorf("workload %s: its saved labels %v do not parse (%v): remove it and add it again", w.Name, w.Labels, err)
+	}
 	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels}, func() error {
 		if err := m.veths.Plumb(w, m.mtu()); err != nil {
 			return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
@@ -206,7 +210,7 @@ func (m *netnsSource) remove(ctx context.Context, name string) error {
 	}
 	m.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: no local workload named %q (see `meshctl endpoints`)", api.ErrNotFound, name)
+		return api.Errorf(api.CodeNotFound, "no local workload named %q (see `meshctl endpoints`)", name)
 	}
 	errs := []error{m.eps.remove(ctx, w.IP, w.Identity), m.veths.Unplumb(w), m.save()}
 	return errors.Join(errs...)
@@ -277,7 +281,7 @@ func (m *netnsSource) freeIP() (netip.Addr, error) {
 			return ip, nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("%w: node CIDR %s has no free address for another workload", api.ErrConflict, cidr)
+	return netip.Addr{}, api.Errorf(api.CodeConflict, "node CIDR %s has no free address for another workload", cidr)
 }
 
 // endpointID numbers an endpoint by its offset in the node's CIDR: stable
@@ -294,12 +298,4 @@ func endpointID(cidr netip.Prefix, ip netip.Addr) uint32 {
 func hostIfaceName(netnsName string) string {
 	h := sha256.Sum256([]byte(netnsName))
 	return fmt.Sprintf("wl%x", h[:6])
-}
-
-func mustLabels(ss []string) identity.Labels {
-	l, err := identity.ParseLabels(ss, identity.SourceVM)
-	if err != nil {
-		return nil
-	}
-	return l
 }

@@ -220,3 +220,24 @@ func TestWorkloadReallocateAfterALostIdentity(t *testing.T) {
 		t.Fatalf("record after reallocation = %+v, want a new identity (lost %d)", rec, lost)
 	}
 }
+
+func TestWorkloadRestoreSkipsAWorkloadWithBadSavedLabels(t *testing.T) {
+	dir := t.TempDir()
+	state := `[{"name":"wl-bad","netns":"wl-bad","ip":"100.64.3.2","id":2,"hostIface":"wlx","labels":["vm:=nokey"]},
+{"name":"wl-ok","netns":"wl-ok","ip":"100.64.3.3","id":3,"hostIface":"wly","labels":["vm:app=ok"]}]`
+	if err := os.WriteFile(filepath.Join(dir, workloadStateFile), []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newWorkloadHarness(t, dir)
+	h.veths.add("wl-bad")
+	h.veths.add("wl-ok")
+	if err := h.src.restore(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if ws := h.src.list(); len(ws) != 1 || ws[0].Name != "wl-ok" {
+		t.Fatalf("restored %+v, want only wl-ok", ws)
+	}
+	if h.veths.plumbs("wl-bad") != 0 || len(h.alloc.references()) != 1 {
+		t.Fatalf("the bad workload was plumbed or holds an identity: %v", h.alloc.references())
+	}
+}

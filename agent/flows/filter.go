@@ -1,7 +1,6 @@
 package flows
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 
@@ -26,7 +25,7 @@ type labelMatch struct {
 // NewMatcher validates f.
 func NewMatcher(f api.FlowFilter) (*Matcher, error) {
 	if err := f.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	m := &Matcher{port: f.Port, protocol: strings.ToLower(f.Protocol), verdict: f.Verdict}
 	for _, l := range f.FromLabels {

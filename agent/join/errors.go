@@ -153,17 +153,12 @@ func errorOf(err error) *Error {
 	return &Error{Code: CodeService, Message: err.Error(), cause: err}
 }
 
-// afterSentinel is what a "%w: message" error says beyond its sentinel.
-// It also drops the sentinel's words without "join: " ("join token
-// expired: token t1 ..."): the agent's token store before TokenStoreError
-// passed kvstore's text on that way. A message that is nothing but the
-// sentinel's words is no message.
+// afterSentinel is what a "%w: message" error says beyond its sentinel; a
+// message that is nothing but the sentinel's words is no message.
 func afterSentinel(msg string, sentinel error) string {
 	full := sentinel.Error()
-	bare := strings.TrimPrefix(full, "join: ")
 	msg = strings.TrimPrefix(msg, full+": ")
-	msg = strings.TrimPrefix(msg, bare+": ")
-	if msg == full || msg == bare {
+	if msg == full {
 		return ""
 	}
 	return msg

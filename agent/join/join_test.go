@@ -61,15 +61,14 @@ func (s *fakeStore) ConsumeToken(_ context.Context, id, secret string, now time.
 	t, ok := s.tokens[id]
 	switch {
 	case !ok || t.secret != secret:
-		// kvstore answers a bare sentinel here, not to confirm which ids
-		// exist; the service must still say something useful.
-		return Grant{}, fmt.Errorf("%w: unknown join token", ErrTokenUnknown)
+		// A store may answer the bare sentinel here, not to confirm which
+		// ids exist; the service must still say something useful.
+		return Grant{}, ErrTokenUnknown
 	case t.revoked:
 		return Grant{}, Errorf(CodeTokenRevoked, "token %s was revoked; ask for a new one", id)
 	case !now.Before(t.expires):
-		// As the agent's adapter wraps kvstore's error: the sentinel's
-		// text appears twice and must reach the user once.
-		return Grant{}, fmt.Errorf("%w: join token expired: token %s expired at %s; ask for a new one", ErrTokenExpired, id, t.expires.Format(time.RFC3339))
+		// The "%w: message" form a store may use.
+		return Grant{}, fmt.Errorf("%w: token %s expired at %s; ask for a new one", ErrTokenExpired, id, t.expires.Format(time.RFC3339))
 	case t.uses >= t.maxUses:
 		err := &storeError{"store: join token used up", fmt.Sprintf("token %s was used %d of %d times; ask for a new one", id, t.uses, t.maxUses)}
 		return Grant{}, TokenStoreError(err, map[error]Code{errStoreUsedUp: CodeTokenUsedUp})

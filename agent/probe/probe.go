@@ -86,22 +86,22 @@ func ValidateName(name string) error {
 // servers in it.
 func (p *Prober) Add(ctx context.Context, req api.ProbeWorkloadRequest) (api.Endpoint, error) {
 	if err := ValidateName(req.Name); err != nil {
-		return api.Endpoint{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	if len(req.Ports) == 0 {
 		req.Ports = []uint16{DefaultPort}
 	}
 	if len(req.Ports) > 8 {
-		return api.Endpoint{}, fmt.Errorf("%w: at most 8 echo ports", api.ErrInvalid)
+		return api.Endpoint{}, api.Errorf(api.CodeInvalid, "at most 8 echo ports")
 	}
 	p.mu.Lock()
 	_, exists := p.workloads[req.Name]
 	p.mu.Unlock()
 	if exists {
-		return api.Endpoint{}, fmt.Errorf("%w: probe workload %s exists", api.ErrConflict, req.Name)
+		return api.Endpoint{}, api.Errorf(api.CodeConflict, "probe workload %s exists", req.Name)
 	}
 	if _, err := os.Stat(netnsPath(req.Name)); err == nil {
-		return api.Endpoint{}, fmt.Errorf("%w: a network namespace named %s exists already and is not this agent's probe", api.ErrConflict, req.Name)
+		return api.Endpoint{}, api.Errorf(api.CodeConflict, "a network namespace named %s exists already and is not this agent's probe", req.Name)
 	}
 	if err := newNamedNetns(req.Name); err != nil {
 		return api.Endpoint{}, fmt.Errorf("creating namespace %s: %w", req.Name, err)
@@ -163,7 +163,7 @@ func (p *Prober) Remove(ctx context.Context, name string) error {
 	delete(p.workloads, name)
 	p.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: no probe workload %q on this node", api.ErrNotFound, name)
+		return api.Errorf(api.CodeNotFound, "no probe workload %q on this node", name)
 	}
 	for _, c := range w.closers {
 		c.Close()
@@ -194,21 +194,21 @@ func (p *Prober) RemoveAll(ctx context.Context) {
 // reads it back; UDP sends it and waits for the echo.
 func (p *Prober) Run(ctx context.Context, req api.ProbeRequest) (api.ProbeResult, error) {
 	if _, _, err := net.SplitHostPort(req.To); err != nil {
-		return api.ProbeResult{}, fmt.Errorf("%w: to %q is not ip:port", api.ErrInvalid, req.To)
+		return api.ProbeResult{}, api.Errorf(api.CodeInvalid, "to %q is not ip:port", req.To)
 	}
 	proto := strings.ToLower(req.Protocol)
 	if proto != "tcp" && proto != "udp" {
-		return api.ProbeResult{}, fmt.Errorf("%w: protocol %q: probes use tcp or udp", api.ErrInvalid, req.Protocol)
+		return api.ProbeResult{}, api.Errorf(api.CodeInvalid, "protocol %q: probes use tcp or udp", req.Protocol)
 	}
 	if len(req.Payload) > maxPayload {
-		return api.ProbeResult{}, fmt.Errorf("%w: payload longer than %d bytes", api.ErrInvalid, maxPayload)
+		return api.ProbeResult{}, api.Errorf(api.CodeInvalid, "payload longer than %d bytes", maxPayload)
 	}
 	if req.From != "" {
 		p.mu.Lock()
 		_, ok := p.workloads[req.From]
 		p.mu.Unlock()
 		if !ok {
-			return api.ProbeResult{}, fmt.Errorf("%w: no probe workload %q on this node", api.ErrNotFound, req.From)
+			return api.ProbeResult{}, api.Errorf(api.CodeNotFound, "no probe workload %q on this node", req.From)
 		}
 	}
 	timeout := time.Duration(req.Timeout)

@@ -29,10 +29,10 @@ const maxWatch = 10 * time.Second
 func (w *WireWatch) Check(ctx context.Context, req api.WireCheckRequest) (api.WireCheckResult, error) {
 	d := time.Duration(req.Duration)
 	if d <= 0 || d > maxWatch {
-		return api.WireCheckResult{}, fmt.Errorf("%w: duration %s: use 1ms..%s", api.ErrInvalid, d, maxWatch)
+		return api.WireCheckResult{}, api.Errorf(api.CodeInvalid, "duration %s: use 1ms..%s", d, maxWatch)
 	}
 	if len(req.Marker) < 8 || len(req.Marker) > 64 {
-		return api.WireCheckResult{}, fmt.Errorf("%w: the marker needs 8 to 64 bytes", api.ErrInvalid)
+		return api.WireCheckResult{}, api.Errorf(api.CodeInvalid, "the marker needs 8 to 64 bytes")
 	}
 	ifaces, err := w.Ifaces()
 	if err != nil {
