@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // ParseError is a refused document: where (file, line, column) and why.
@@ -458,29 +459,11 @@ func (d *decoder) portNumber(n *yaml.Node, what string) uint16 {
 	return uint16(v)
 }
 
-// ValidateName checks a policy name: a DNS label-like name of lower-case
-// letters, digits, '-' and '.', at most 253 characters, since it becomes
-// an etcd key (policies/<name>) and appears in traces.
-func ValidateName(name string) error {
-	if name == "" {
-		return errors.New("policy name is empty")
-	}
-	if len(name) > 253 {
-		return fmt.Errorf("policy name %q is longer than 253 characters", name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return fmt.Errorf("policy name %q: character %q not allowed (use lower-case letters, digits, '-', '.')", name, c)
-		}
-	}
-	if !isAlnum(name[0]) || !isAlnum(name[len(name)-1]) {
-		return fmt.Errorf("policy name %q must begin and end with a letter or digit", name)
-	}
-	return nil
-}
+// ValidateName checks a policy name: the mesh's one name rule
+// (internal/names), since it becomes an etcd key (policies/<name>) and
+// appears in traces.
+func ValidateName(name string) error { return names.Validate("policy", name) }
 
-func isAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
 func entityList() string {
 	s := make([]string, len(entities))
