@@ -464,7 +464,6 @@ func (d *decoder) portNumber(n *yaml.Node, what string) uint16 {
 // appears in traces.
 func ValidateName(name string) error { return names.Validate("policy", name) }
 
-
 func entityList() string {
 	s := make([]string, len(entities))
 	for i, e := range entities {
