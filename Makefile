@@ -83,10 +83,12 @@ demo: ## install what is needed, build, and bring up the demo lab
 	./scripts/demo.sh
 
 .PHONY: lint
-lint: ## gofmt, go vet, staticcheck
+lint: ## gofmt, go vet, staticcheck, and meshctl and weft-lab build for macOS
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./meshctl
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./internal/lab/cmd/weft-lab
 
 .PHONY: clean
 clean: ## remove leftover labs (as root) and the build output

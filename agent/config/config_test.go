@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/weftmesh/weft/identity"
 )
 
 // runFlags parses args with the agent's flags and returns what FromCLI
@@ -79,7 +81,7 @@ workloads:
 	if cfg.Cluster != "north" {
 		t.Errorf("flag should win over env and file: cluster %q", cfg.Cluster)
 	}
-	if got := FormatLabels(cfg.Labels); got != "app=db,vm:zone=a" {
+	if got := identity.FormatLabelMap(cfg.Labels); got != "app=db,vm:zone=a" {
 		t.Errorf("labels: %q", got)
 	}
 	if cfg.Log.Format != "json" || cfg.Log.Level != "info" {
@@ -254,7 +256,7 @@ func TestParseLabels(t *testing.T) {
 			t.Errorf("%q: %v", in, err)
 			continue
 		}
-		if got := FormatLabels(l); got != want {
+		if got := identity.FormatLabelMap(l); got != want {
 			t.Errorf("%q: got %q want %q", in, got, want)
 		}
 	}
@@ -314,12 +316,12 @@ func FuzzParseLabels(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := ParseLabels(FormatLabels(l))
+		again, err := ParseLabels(identity.FormatLabelMap(l))
 		if err != nil {
-			t.Fatalf("%q parsed, but its formatting %q does not: %v", s, FormatLabels(l), err)
+			t.Fatalf("%q parsed, but its formatting %q does not: %v", s, identity.FormatLabelMap(l), err)
 		}
-		if FormatLabels(again) != FormatLabels(l) {
-			t.Fatalf("%q: round trip changed the labels: %q -> %q", s, FormatLabels(l), FormatLabels(again))
+		if identity.FormatLabelMap(again) != identity.FormatLabelMap(l) {
+			t.Fatalf("%q: round trip changed the labels: %q -> %q", s, identity.FormatLabelMap(l), identity.FormatLabelMap(again))
 		}
 	})
 }

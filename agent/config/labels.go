@@ -30,11 +30,6 @@ func ParseLabels(s string) (map[string]string, error) {
 	return m, nil
 }
 
-// FormatLabels renders labels in the ParseLabels form, sorted by key.
-//
-// Deprecated: use identity.FormatLabelMap, which this calls.
-func FormatLabels(labels map[string]string) string { return identity.FormatLabelMap(labels) }
-
 // Duration is a time.Duration written as "15s" in the configuration file.
 type Duration time.Duration
 

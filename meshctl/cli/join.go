@@ -14,6 +14,7 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/join"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/pki"
 )
 
@@ -152,7 +153,7 @@ func joinAction(c *cli.Context) error {
 			return err
 		}
 		fmt.Fprintf(w, "Joined the mesh as %s in cluster %s (labels %s); credentials in %s, configuration %s.\n",
-			cfg.NodeName, cfg.Cluster, orDash(config.FormatLabels(cfg.Labels)), filepath.Dir(cfg.Etcd.CertFile), cfgPath)
+			cfg.NodeName, cfg.Cluster, orDash(identity.FormatLabelMap(cfg.Labels)), filepath.Dir(cfg.Etcd.CertFile), cfgPath)
 	}
 	var proc *agentProc
 	if err := timed("start the agent and wait until it is ready", func() (err error) {

@@ -7,7 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
-	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/cliout"
 )
 
@@ -53,7 +53,7 @@ func nodeRows(nodes []api.Node) [][]string {
 		if n.Self {
 			name += " *"
 		}
-		rows = append(rows, []string{name, n.Cluster, n.MeshIP, strings.Join(n.CIDRs, ","), strings.Join(n.Endpoints, ","), config.FormatLabels(n.Labels), n.AgentVersion})
+		rows = append(rows, []string{name, n.Cluster, n.MeshIP, strings.Join(n.CIDRs, ","), strings.Join(n.Endpoints, ","), identity.FormatLabelMap(n.Labels), n.AgentVersion})
 	}
 	return rows
 }

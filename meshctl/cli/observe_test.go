@@ -14,6 +14,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flows"
+	"github.com/weftmesh/weft/internal/testutil"
 )
 
 // meshFake is an agent whose flows come from a real ring and which relays
@@ -133,9 +134,7 @@ func TestObserveFollowStreamsNewFlows(t *testing.T) {
 		_ = Run(ctx, []string{"observe", "--socket", sock, "--follow", "--last", "0", "-o", "json"}, nil, &out, io.Discard)
 		done <- out.String()
 	}()
-	for rings["vm-1"].Subscribers() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "observe --follow to subscribe", func() bool { return rings["vm-1"].Subscribers() > 0 })
 	rings["vm-1"].Add(flowOn("vm-1", time.Millisecond, "dropped"))
 	time.Sleep(100 * time.Millisecond)
 	cancel()

@@ -12,7 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
-	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/cliout"
 	"github.com/weftmesh/weft/policy"
 )
@@ -235,7 +235,7 @@ func policyTraceAction(c *cli.Context) error {
 		if port != 0 {
 			target = fmt.Sprintf("%d/%s", port, proto)
 		}
-		fmt.Fprintf(w, "%s -> %s on %s: %s\n", config.FormatLabels(from), config.FormatLabels(to), target, strings.ToUpper(res.Verdict))
+		fmt.Fprintf(w, "%s -> %s on %s: %s\n", identity.FormatLabelMap(from), identity.FormatLabelMap(to), target, strings.ToUpper(res.Verdict))
 		printStep(w, "egress", res.Egress)
 		printStep(w, "ingress", res.Ingress)
 		return nil

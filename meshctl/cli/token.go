@@ -12,6 +12,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/cliout"
 )
 
@@ -133,7 +134,7 @@ func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
 	}
 	labels := ""
 	if len(tok.Labels) > 0 {
-		labels = ", labels " + config.FormatLabels(tok.Labels)
+		labels = ", labels " + identity.FormatLabelMap(tok.Labels)
 	}
 	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
 
@@ -176,7 +177,7 @@ func tokenListAction(c *cli.Context) error {
 			if d := t.ExpiresAt.Sub(now()); d > 0 {
 				expires += " (in " + shortDuration(d) + ")"
 			}
-			rows = append(rows, []string{t.ID, t.Cluster, config.FormatLabels(t.Labels), strconv.Itoa(t.Uses) + "/" + strconv.Itoa(t.MaxUses), expires, tokenState(t)})
+			rows = append(rows, []string{t.ID, t.Cluster, identity.FormatLabelMap(t.Labels), strconv.Itoa(t.Uses) + "/" + strconv.Itoa(t.MaxUses), expires, tokenState(t)})
 		}
 		return cliout.Table(c.App.Writer, []string{"id", "cluster", "labels", "uses", "expires", "state"}, rows)
 	})
