@@ -32,12 +32,6 @@ func (f *fakeVeths) add(ns string) {
 	f.mu.Unlock()
 }
 
-func (f *fakeVeths) drop(ns string) {
-	f.mu.Lock()
-	delete(f.ns, ns)
-	f.mu.Unlock()
-}
-
 func (f *fakeVeths) NetnsExists(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
