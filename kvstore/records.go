@@ -201,6 +201,12 @@ type Node struct {
 	MeshIP          netip.Addr     `json:"meshIP,omitzero"`
 	Labels          []string       `json:"labels,omitempty"`
 	AgentVersion    string         `json:"agentVersion,omitempty"`
+	// Leaving is written just before a node leaves the mesh on purpose
+	// (`meshctl leave`): peers seeing the record go then drop the node at
+	// once. A record that goes without it (an expired lease, a deletion
+	// by someone else) is not the node's death: peers keep it while its
+	// tunnel shows life (docs/architecture.md, "Outages").
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 func (*Node) recordKind() string   { return "node" }
