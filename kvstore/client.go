@@ -132,7 +132,9 @@ type Client struct {
 // wrap makes a Client of an etcd client; the helpers use its KV, Lease and
 // Watcher interfaces.
 func wrap(ec *clientv3.Client, timeout time.Duration, log *slog.Logger) *Client {
-	return &Client{kv: ec.KV, lease: ec.Lease, watcher: ec.Watcher, etcd: ec, timeout: timeout, log: log}
+	// authKV turns etcd's authorization refusals into ErrPermissionDenied
+	// for every helper at once (see rbac.go).
+	return &Client{kv: authKV{ec.KV}, lease: ec.Lease, watcher: ec.Watcher, etcd: ec, timeout: timeout, log: log}
 }
 
 // New connects to etcd and checks that it answers within the dial timeout,
@@ -174,10 +176,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := wrap(ec, cfg.RequestTimeout, log)
 	// The client dials lazily: a read proves the server answers and accepts
 	// our TLS and credentials, so a wrong endpoint or certificate is
-	// reported here, not on first use.
+	// reported here, not on first use. It reads the bare prefix key only:
+	// a node's etcd role may read that, not everything under it.
 	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	if _, err := c.kv.Get(sctx, "weft/v1/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
+	if _, err := c.kv.Get(sctx, Prefix, clientv3.WithCountOnly()); err != nil {
 		_ = ec.Close()
 		return nil, fmt.Errorf("etcd at %s does not answer: %w", strings.Join(cfg.Endpoints, ","), err)
 	}

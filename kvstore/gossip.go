@@ -28,6 +28,18 @@ type gossipKeyRecord struct {
 // 32 bytes, is an error telling the operator how to repair it: the key is
 // never silently replaced, which would split the mesh.
 func (c *Client) GossipKey(ctx context.Context) ([]byte, error) {
+	// Read first: a node's etcd role may read the key but not create it
+	// (etcd checks both branches of a transaction), and the seed created
+	// it before any node joined.
+	rctx, cancel := c.reqCtx(ctx)
+	got, err := c.kv.Get(rctx, GossipKeyKey)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("reading the mesh gossip key %s: %w", GossipKeyKey, err)
+	}
+	if len(got.Kvs) > 0 {
+		return decodeGossipKey(got.Kvs[0].Value)
+	}
 	fresh := make([]byte, gossipKeyLen)
 	if _, err := rand.Read(fresh); err != nil {
 		return nil, fmt.Errorf("generating a mesh gossip key: %w", err)
@@ -36,7 +48,7 @@ func (c *Client) GossipKey(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding the mesh gossip key: %w", err)
 	}
-	rctx, cancel := c.reqCtx(ctx)
+	rctx, cancel = c.reqCtx(ctx)
 	defer cancel()
 	resp, err := c.kv.Txn(rctx).
 		If(clientv3.Compare(clientv3.CreateRevision(GossipKeyKey), "=", 0)).
@@ -53,8 +65,12 @@ func (c *Client) GossipKey(ctx context.Context) ([]byte, error) {
 	if len(kvs) == 0 {
 		return nil, fmt.Errorf("the mesh gossip key %s vanished while reading it: retry", GossipKeyKey)
 	}
+	return decodeGossipKey(kvs[0].Value)
+}
+
+func decodeGossipKey(value []byte) ([]byte, error) {
 	var rec gossipKeyRecord
-	if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
+	if err := json.Unmarshal(value, &rec); err != nil {
 		return nil, fmt.Errorf("the mesh gossip key %s does not decode (%v): delete it and restart the agents", GossipKeyKey, err)
 	}
 	k, err := base64.StdEncoding.DecodeString(rec.Key)

@@ -113,7 +113,7 @@ func TokenKey(id string) string { return TokensPrefix + mustName("token", id) }
 
 // ParsedKey is a key split into its schema parts.
 type ParsedKey struct {
-	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, mesh/gossip-key
+	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, grants, mesh/gossip-key
 	Cluster string
 	Node    string
 	Name    string       // cluster, node, policy or token name
@@ -227,6 +227,14 @@ func ParseKey(key string) (ParsedKey, error) {
 			return ParsedKey{}, err
 		}
 		return ParsedKey{Kind: parts[0], Name: parts[1]}, nil
+	case "grants":
+		if len(parts) != 3 {
+			return bad("want grants/<cluster>/<node>")
+		}
+		if err := names("cluster", "node"); err != nil {
+			return ParsedKey{}, err
+		}
+		return ParsedKey{Kind: "grants", Cluster: parts[1], Node: parts[2], Name: parts[2]}, nil
 	case "mesh":
 		if len(parts) != 2 || parts[1] != "gossip-key" {
 			return bad("want mesh/gossip-key")

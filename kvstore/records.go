@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/names"
+	"github.com/weftmesh/weft/kvstore/grant"
 )
 
 // RecordVersion is the only record version this code writes and reads.
@@ -449,6 +450,10 @@ type Token struct {
 	Uses         int       `json:"uses"`
 	MaxUses      int       `json:"maxUses"`
 	Revoked      bool      `json:"revoked,omitempty"`
+	// AllowLabels bounds the labels the nodes it admits may publish
+	// endpoints with (kvstore/grant patterns); empty grants every label,
+	// as tokens did before grants existed.
+	AllowLabels []string `json:"allowLabels,omitempty"`
 }
 
 func (*Token) recordKind() string   { return "token" }
@@ -476,6 +481,9 @@ func (t Token) Validate() error {
 	}
 	if err := ValidateLabels(t.Labels); err != nil {
 		return invalid("token", "%s: %v", t.ID, err)
+	}
+	if _, err := grant.Parse(t.AllowLabels); err != nil {
+		return invalid("token", "%s: allowLabels: %v", t.ID, err)
 	}
 	return nil
 }

@@ -56,6 +56,9 @@ type TokenSpec struct {
 	Labels  []string
 	TTL     time.Duration // how long until it expires
 	MaxUses int           // 1 for single use
+	// AllowLabels are the label patterns the admitted nodes may publish
+	// (kvstore/grant); empty allows every label.
+	AllowLabels []string
 }
 
 // CreateToken stores a new token and returns it with its secret. Only the
@@ -84,6 +87,7 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 		Labels:       spec.Labels,
 		Cluster:      spec.Cluster,
 		MaxUses:      spec.MaxUses,
+		AllowLabels:  spec.AllowLabels,
 	}
 	data, err := Encode(&t)
 	if err != nil {

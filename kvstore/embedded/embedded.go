@@ -49,6 +49,12 @@ type Config struct {
 	// own logs go to stderr at level EtcdLogLevel (default "error").
 	Logger       *slog.Logger
 	EtcdLogLevel string
+	// DisableAuth leaves etcd's authentication off, so every certificate
+	// of the mesh CA is etcd root (how meshes before RBAC ran). By default
+	// Start turns authentication on with the admin certificate as root,
+	// and joined nodes get users whose roles write only their own keys
+	// (kvstore.NodeRole; docs/security.md).
+	DisableAuth bool
 }
 
 // Server is a running embedded etcd.
@@ -151,7 +157,32 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e, files: files, client: cu.String(), log: log}, nil
+	srv := &Server{etcd: e, files: files, client: cu.String(), log: log}
+	if !cfg.DisableAuth {
+		if err := srv.enableAuth(ctx); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	return srv, nil
+}
+
+// enableAuth turns on etcd's authentication with the admin certificate
+// (CN=root) as the root user; it is a no-op once on. Until it is on, any
+// certificate of the mesh CA could do anything, so Start does not return
+// before.
+func (s *Server) enableAuth(ctx context.Context) error {
+	cfg := s.ClientConfig()
+	cfg.Logger = s.log
+	kv, err := kvstore.New(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connecting to the embedded etcd to enable authentication: %w", err)
+	}
+	defer kv.Close()
+	if err := kv.EnableAuth(ctx); err != nil {
+		return fmt.Errorf("enabling authentication on the embedded etcd (remove %s to start over, or set etcd.embedded.disableAuth): %w", s.files.CAFile, err)
+	}
+	return nil
 }
 
 // resolvePort replaces port 0 with a free port. There is a small window in

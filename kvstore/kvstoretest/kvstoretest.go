@@ -346,3 +346,27 @@ func (s *syncBuffer) String() string {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+// NodeServer is srv as seen with a joined node's credentials: a client
+// certificate with CN=kvstore.NodeUser(cluster, node), signed by srv's CA,
+// as the join service issues it. The node's etcd user must exist (admin
+// EnsureNodeUser) before the certificate can do anything once
+// authentication is on.
+func NodeServer(t testing.TB, srv *Server, cluster, node string) *Server {
+	t.Helper()
+	ca, err := pki.LoadCAFiles(srv.Files.CAFile, srv.Files.CAKeyFile)
+	if err != nil {
+		t.Fatalf("loading the test CA: %v", err)
+	}
+	certPEM, keyPEM, err := ca.IssueClient(kvstore.NodeUser(cluster, node), []string{"weft:nodes"})
+	if err != nil {
+		t.Fatalf("issuing a node certificate: %v", err)
+	}
+	dir := t.TempDir()
+	if err := pki.WriteFiles(dir, map[string][]byte{"node.pem": certPEM, "node-key.pem": keyPEM}); err != nil {
+		t.Fatal(err)
+	}
+	n := *srv
+	n.Config.CertFile, n.Config.KeyFile = filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem")
+	return &n
+}
