@@ -57,7 +57,9 @@ func startControlPlane(ctx context.Context, cfg *config.Config, log *slog.Logger
 			ClientAddr: client,
 			PeerAddr:   peer,
 			ExtraHosts: hosts,
-			Logger:     log.With("component", "embedded-etcd"),
+			// Until joined nodes get their etcd users at join.
+			DisableAuth: true,
+			Logger:      log.With("component", "embedded-etcd"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("starting embedded etcd: %w", err)
