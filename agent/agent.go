@@ -368,6 +368,15 @@ func (a *Agent) finishLeave(ctx context.Context) error {
 		errs = append(errs, a.workloads.removeAll(ctx))
 	}
 	if a.session != nil {
+		// Say so first: peers drop a leaving node at once, while a record
+		// that just goes (an expired lease) keeps its peer alive.
+		a.selfMu.Lock()
+		rec := a.self
+		a.selfMu.Unlock()
+		rec.Leaving = true
+		if err := a.session.Put(ctx, rec.Key(), &rec); err != nil {
+			a.log.Warn("announcing the leave in the node record; peers drop this node once its tunnel is silent", "err", err)
+		}
 		errs = append(errs, a.session.Close(ctx))
 	}
 	for _, c := range a.cidrsOwned() {

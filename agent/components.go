@@ -83,8 +83,7 @@ func (a *Agent) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	a.cp = cp
-	a.cidrs = ipamCIDRs{kv: cp.kv, cluster: a.cfg.Cluster, node: a.cfg.NodeName, clusterID: a.cfg.ClusterID,
-		meshPool: a.cfg.IPAM.MeshPool, prefixLen: a.cfg.IPAM.NodePrefixLength, log: a.log}
+	a.cidrs = cp.cidrSource(a.cfg.Cluster, a.cfg.NodeName, a.cfg.ClusterID, a.cfg.IPAM.MeshPool, a.cfg.IPAM.NodePrefixLength, a.log)
 	return nil
 }
 
@@ -122,6 +121,7 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 	a.nodes, err = kvstore.NewCache(a.cp.kv.Source(), kvstore.CacheConfig[kvstore.Node]{
 		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
 		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
+			a.peers.nodeEvent(ev)
 			a.peers.trigger()
 			if r := a.ipcache.Load(); r != nil {
 				n := ev.Value
@@ -137,6 +137,15 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 		return err
 	}
 	a.peers = newPeerReconciler(a.tun, a.nodes, a.peerSelf, a.log, a.observeReconcile)
+	// A live peer sends at least a keepalive every interval; two missed
+	// ones and a margin mean its tunnel is silent.
+	a.peers.silence = 2*a.cfg.WireGuard.PersistentKeepalive.D() + 5*time.Second
+	a.peers.status = a.tun.Status
+	a.peers.onDrop = func(cluster, node string) {
+		if r := a.ipcache.Load(); r != nil {
+			r.dropNode(cluster, node)
+		}
+	}
 	a.goRun("node cache", a.nodes.Run)
 	return waitSynced(ctx, a.nodes.Synced())
 }
@@ -231,7 +240,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	var err error
 	a.policy = newPolicyReconciler(a.dp, func() int64 { return a.policies.Revision() }, a.log, a.observeReconcile)
 	a.alloc, err = allocator.New(allocator.Config{
-		Client: a.cp.kv, Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
+		Client: a.cp.identityBackend(), Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
 		OnEvent: a.policy.identityEvent,
 		OnLost: func(id allocator.Identity) {
 			a.log.Warn("identity reference lost after a lease loss; re-allocating", "identity", id.ID)
@@ -255,7 +264,9 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		return err
 	}
 	// Published before the endpoint cache runs, so no event finds it nil.
-	a.ipcache.Store(newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log))
+	ipc := newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log)
+	ipc.held, ipc.settle = a.endpointHeld, 3*time.Second
+	a.ipcache.Store(ipc)
 	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
 		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
 		OnEvent: a.policy.policyEvent, Logger: a.log,
@@ -268,4 +279,17 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	a.goRun("policy cache", a.policies.Run)
 	a.goRun("policy reconciler", a.policy.run)
 	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced())
+}
+
+// endpointHeld says whether a deleted endpoint's address keeps its
+// identity for now: its node's record went without a leave and the node
+// is still alive (retained by the peer reconciler), or it is this node's
+// own and this node's record is gone too (its lease expired; the session
+// writes both again).
+func (a *Agent) endpointHeld(cluster, node string) bool {
+	if cluster == a.cfg.Cluster && node == a.cfg.NodeName {
+		_, present := a.nodes.Get(kvstore.NodeKey(cluster, node))
+		return !present
+	}
+	return a.peers.isRetained(cluster, node)
 }

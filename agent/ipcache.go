@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/weftmesh/weft/kvstore"
 )
@@ -33,6 +34,17 @@ type ipcacheReconciler struct {
 	endpoints endpointLister
 	log       *slog.Logger
 	mu        sync.Mutex // endpoint and node events come from two caches
+
+	// held decides whether a deleted endpoint's address keeps its identity
+	// for now: its node's record went without a leave (a lease expired in
+	// an outage) and the peer reconciler still sees the node alive, or it
+	// is this node's own (its session writes it again). Nil holds none.
+	held func(cluster, node string) bool
+	// settle is how long a deletion waits before it is judged, because
+	// the endpoint and node caches deliver one expiry in either order.
+	settle time.Duration
+	// holding are the held addresses, by node key.
+	holding map[string]map[netip.Addr]bool
 }
 
 // endpointLister is the endpoint cache, as resyncNode reads it.
@@ -41,7 +53,7 @@ type endpointLister interface {
 }
 
 func newIPCacheReconciler(dp ipcacheWriter, owned nodeOwnership, endpoints endpointLister, log *slog.Logger) *ipcacheReconciler {
-	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log}
+	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log, holding: map[string]map[netip.Addr]bool{}}
 }
 
 func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
@@ -54,8 +66,57 @@ func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
 		}
 		r.apply(ev.Value)
 	case kvstore.EventDelete:
-		r.remove(ev.Old.IP)
+		if r.held == nil {
+			r.remove(ev.Old.IP)
+			return
+		}
+		old := ev.Old
+		time.AfterFunc(r.settle, func() { r.judgeDeletion(old) })
 	}
+}
+
+// judgeDeletion removes a deleted endpoint's address from the ipcache,
+// unless it came back meanwhile or its node is held (then it goes with
+// dropNode, or stays when the node's records return).
+func (r *ipcacheReconciler) judgeDeletion(e kvstore.Endpoint) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.present(e.IP) {
+		return
+	}
+	if r.held(e.Cluster, e.Node) {
+		key := kvstore.NodeKey(e.Cluster, e.Node)
+		if r.holding[key] == nil {
+			r.holding[key] = map[netip.Addr]bool{}
+		}
+		r.holding[key][e.IP] = true
+		return
+	}
+	r.remove(e.IP)
+}
+
+// dropNode removes the addresses held for a node that is gone for good.
+func (r *ipcacheReconciler) dropNode(cluster, node string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := kvstore.NodeKey(cluster, node)
+	for ip := range r.holding[key] {
+		if !r.present(ip) {
+			r.remove(ip)
+		}
+	}
+	delete(r.holding, key)
+}
+
+// present reports whether the endpoint cache has an endpoint at ip.
+// Caller holds r.mu.
+func (r *ipcacheReconciler) present(ip netip.Addr) bool {
+	found := false
+	r.endpoints.Range(func(_ string, x kvstore.Endpoint) bool {
+		found = x.IP == ip
+		return !found
+	})
+	return found
 }
 
 // resyncNode re-judges a node's endpoints after its record changed (it
@@ -63,6 +124,18 @@ func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
 func (r *ipcacheReconciler) resyncNode(cluster, node string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Its record is back: what was held is judged again once its
+	// endpoints had the time to come back too.
+	if _, known := r.owned(cluster, node); known && len(r.holding[kvstore.NodeKey(cluster, node)]) > 0 {
+		key := kvstore.NodeKey(cluster, node)
+		ips := r.holding[key]
+		delete(r.holding, key)
+		time.AfterFunc(r.settle, func() {
+			for ip := range ips {
+				r.judgeDeletion(kvstore.Endpoint{IP: ip, Cluster: cluster, Node: node})
+			}
+		})
+	}
 	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
 		if e.Cluster == cluster && e.Node == node {
 			r.apply(e)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -135,6 +136,14 @@ func containsAddr(ps []netip.Prefix, ip netip.Addr) bool {
 // peerReconciler keeps the tunnel's peers equal to the node records of the
 // mesh. Node events only signal; the loop coalesces a burst of them into one
 // Reconcile, which writes just the difference to the device.
+//
+// A record that goes without its node saying it is leaving (its lease
+// expired in an etcd outage or while its agent was down, or someone deleted
+// it) does not remove the peer at once: the node is retained while its
+// tunnel shows life (bytes received from it, or a new handshake) and
+// dropped once it has been silent for silence. Persistent keepalives make
+// a live peer send something every keepalive interval, so silence is a
+// small multiple of it. A record that says Leaving goes at once.
 type peerReconciler struct {
 	dev     peerDevice
 	nodes   nodeSet
@@ -144,11 +153,105 @@ type peerReconciler struct {
 	kick    chan struct{}
 	// retryAfter is the pause before a failed reconcile is tried again.
 	retryAfter time.Duration
+
+	// silence is how long a retained node may be silent; 0 retains none.
+	silence time.Duration
+	// status reads the device's peers (their received bytes and
+	// handshakes), for retained nodes.
+	status func() (tunnel.Status, error)
+	// onDrop is told when a retained node is finally dropped.
+	onDrop func(cluster, node string)
+
+	mu       sync.Mutex
+	retained map[string]*retainedNode // by node key
+}
+
+// retainedNode is a node whose record went without a leave.
+type retainedNode struct {
+	node  kvstore.Node
+	since time.Time
+	// alive is the last time its tunnel showed life; rx and handshake the
+	// values seen then (rx -1: not read yet).
+	alive     time.Time
+	rx        int64
+	handshake time.Time
 }
 
 func newPeerReconciler(dev peerDevice, nodes nodeSet, self func() peerSelf, log *slog.Logger, observe func(string, time.Time)) *peerReconciler {
 	return &peerReconciler{dev: dev, nodes: nodes, self: self, log: log, observe: observe,
-		kick: make(chan struct{}, 1), retryAfter: time.Second}
+		kick: make(chan struct{}, 1), retryAfter: time.Second, retained: map[string]*retainedNode{}}
+}
+
+// nodeEvent keeps the retained set: a record that went without a leave is
+// retained, one that is back is not anymore.
+func (r *peerReconciler) nodeEvent(ev kvstore.Event[kvstore.Node]) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch ev.Kind {
+	case kvstore.EventAdd, kvstore.EventUpdate:
+		delete(r.retained, ev.Value.Key())
+	case kvstore.EventDelete:
+		n := ev.Old
+		self := r.self()
+		if r.silence <= 0 || n.Leaving || (n.Cluster == self.Cluster && n.Name == self.Node) {
+			return
+		}
+		now := time.Now()
+		r.retained[n.Key()] = &retainedNode{node: n, since: now, alive: now, rx: -1}
+		r.log.Info("node record is gone but the node did not leave; keeping its peer while its tunnel is alive",
+			"node", n.Cluster+"/"+n.Name, "silence_limit", r.silence)
+	}
+}
+
+// isRetained reports whether the node's record is gone but its peer kept.
+func (r *peerReconciler) isRetained(cluster, node string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.retained[kvstore.NodeKey(cluster, node)]
+	return ok
+}
+
+// checkRetained drops the retained nodes whose tunnel has been silent for
+// longer than r.silence; it reports whether it dropped any.
+func (r *peerReconciler) checkRetained(now time.Time) bool {
+	r.mu.Lock()
+	if len(r.retained) == 0 {
+		r.mu.Unlock()
+		return false
+	}
+	r.mu.Unlock()
+	st, err := r.status()
+	byKey := map[string]tunnel.PeerStatus{}
+	if err == nil {
+		for _, p := range st.Peers {
+			byKey[p.PublicKey] = p
+		}
+	}
+	var dropped []kvstore.Node
+	r.mu.Lock()
+	for key, rn := range r.retained {
+		if p, ok := byKey[rn.node.WGPublicKey]; ok {
+			if (rn.rx >= 0 && p.RxBytes > rn.rx) || p.LastHandshake.After(rn.handshake) && !rn.handshake.IsZero() {
+				rn.alive = now
+			}
+			rn.rx, rn.handshake = p.RxBytes, p.LastHandshake
+		} else if err == nil {
+			// The device has no such peer any more: nothing to keep.
+			rn.alive = time.Time{}
+		}
+		if now.Sub(rn.alive) > r.silence {
+			delete(r.retained, key)
+			dropped = append(dropped, rn.node)
+		}
+	}
+	r.mu.Unlock()
+	for _, n := range dropped {
+		r.log.Warn("dropping a node whose record is gone and whose tunnel went silent", "node", n.Cluster+"/"+n.Name, "silent_for", r.silence)
+		if r.onDrop != nil {
+			r.onDrop(n.Cluster, n.Name)
+		}
+	}
+	return len(dropped) > 0
 }
 
 func (r *peerReconciler) trigger() {
@@ -161,12 +264,18 @@ func (r *peerReconciler) trigger() {
 func (r *peerReconciler) run(ctx context.Context) error {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-r.kick:
 		case <-retry.C:
+		case now := <-tick.C:
+			if !r.checkRetained(now) {
+				continue
+			}
 		}
 		start := time.Now()
 		err := r.dev.Reconcile(ctx, r.desired())
@@ -181,7 +290,15 @@ func (r *peerReconciler) run(ctx context.Context) error {
 // desired computes the peers from the node cache and logs what it left out.
 func (r *peerReconciler) desired() []tunnel.Peer {
 	var nodes []kvstore.Node
-	r.nodes.Range(func(_ string, n kvstore.Node) bool { nodes = append(nodes, n); return true })
+	seen := map[string]bool{}
+	r.nodes.Range(func(k string, n kvstore.Node) bool { nodes = append(nodes, n); seen[n.Key()] = true; return true })
+	r.mu.Lock()
+	for k, rn := range r.retained {
+		if !seen[k] {
+			nodes = append(nodes, rn.node)
+		}
+	}
+	r.mu.Unlock()
 	self := r.self()
 	// The device's key, not the record's: during this node's own rotation
 	// the device switches keys before the record follows.

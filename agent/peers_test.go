@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftmesh/weft/bpf/bpftest"
 	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/tunnel"
@@ -223,5 +225,161 @@ func TestIPCacheOwnershipFromNodeRecords(t *testing.T) {
 	}
 	if _, ok := own("c", "nobody"); ok {
 		t.Fatal("an unknown node owns prefixes")
+	}
+}
+
+func TestPeerRetainedWhileItsTunnelIsAlive(t *testing.T) {
+	dev := tunneltest.New("wt0", 51833)
+	nodes := fakeNodes{}
+	r := newTestPeerReconciler(dev, nodes)
+	r.silence = time.Minute
+	r.status = dev.Status
+	var dropped []string
+	r.onDrop = func(c, n string) { dropped = append(dropped, c+"/"+n) }
+	k := testKey(t)
+	b := kvstore.Node{Name: "b", Cluster: "c", WGPublicKey: k, CIDRs: pfx("100.64.1.0/24")}
+	nodes.put(b)
+	r.configure(context.Background())
+
+	// b's lease expires: its record goes without a leave.
+	delete(nodes, b.Key())
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: b})
+	if !r.isRetained("c", "b") {
+		t.Fatal("a record gone without a leave is not retained")
+	}
+	if p, ok := peerFor(dev, k); !ok || len(p.AllowedIPs) != 1 {
+		t.Fatalf("the device lost b: %+v", dev.Peers())
+	}
+	r.configure(context.Background())
+	if _, ok := peerFor(dev, k); !ok {
+		t.Fatal("a reconcile after the deletion removed the retained peer")
+	}
+	// Its tunnel keeps receiving: it stays past the silence limit.
+	t0 := time.Now()
+	r.checkRetained(t0) // first read: the baseline
+	dev.AddRx(k, 32)
+	if r.checkRetained(t0.Add(50*time.Second)) || !r.isRetained("c", "b") {
+		t.Fatal("a peer that keeps sending was dropped")
+	}
+	dev.AddRx(k, 32)
+	if r.checkRetained(t0.Add(100 * time.Second)) {
+		t.Fatal("a peer that sent 50 s ago was dropped with a 60 s limit")
+	}
+	// Then it goes silent: dropped once the limit passes.
+	if !r.checkRetained(t0.Add(161*time.Second)) || r.isRetained("c", "b") || len(dropped) != 1 || dropped[0] != "c/b" {
+		t.Fatalf("a silent peer was not dropped (dropped %v)", dropped)
+	}
+	r.configure(context.Background())
+	if _, ok := peerFor(dev, k); ok {
+		t.Fatal("the dropped node is still a peer")
+	}
+}
+
+func TestPeerLeavingOrReturningIsNotRetained(t *testing.T) {
+	dev := tunneltest.New("wt0", 51833)
+	r := newTestPeerReconciler(dev, fakeNodes{})
+	r.silence = time.Minute
+	r.status = dev.Status
+	b := kvstore.Node{Name: "b", Cluster: "c", WGPublicKey: testKey(t), CIDRs: pfx("100.64.1.0/24")}
+	leaving := b
+	leaving.Leaving = true
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: leaving})
+	if r.isRetained("c", "b") {
+		t.Fatal("a node that left is retained")
+	}
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: b})
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventAdd, Value: b})
+	if r.isRetained("c", "b") {
+		t.Fatal("a node whose record is back is still retained")
+	}
+	// This node's own record is never retained (it writes it again).
+	me := kvstore.Node{Name: "me", Cluster: "c", WGPublicKey: testKey(t)}
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: me})
+	if r.isRetained("c", "me") {
+		t.Fatal("this node's own record is retained")
+	}
+	// A device without the peer any more: nothing to keep.
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: b})
+	if !r.checkRetained(time.Now()) || r.isRetained("c", "b") {
+		t.Fatal("a retained node the device has no peer for was kept")
+	}
+}
+
+// liveEndpoints is an endpoint cache the test changes as it goes.
+type liveEndpoints struct {
+	mu  sync.Mutex
+	eps map[netip.Addr]kvstore.Endpoint
+}
+
+func (l *liveEndpoints) Range(fn func(string, kvstore.Endpoint) bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ip, e := range l.eps {
+		if !fn(ip.String(), e) {
+			return
+		}
+	}
+}
+
+func TestIPCacheHoldsAddressesOfARetainedNode(t *testing.T) {
+	dp := bpftest.New()
+	live := &liveEndpoints{eps: map[netip.Addr]kvstore.Endpoint{}}
+	known := map[string]bool{"b": true, "c2": true}
+	var mu sync.Mutex
+	owned := func(_, node string) ([]netip.Prefix, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return pfx("100.64.1.0/24"), known[node]
+	}
+	retained := map[string]bool{}
+	r := newIPCacheReconciler(dp, owned, live, slog.New(slog.DiscardHandler))
+	r.held = func(_, node string) bool { mu.Lock(); defer mu.Unlock(); return retained[node] }
+	r.settle = 10 * time.Millisecond
+	web := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Cluster: "c", Node: "b"}
+	gone := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.3"), Identity: 301, Cluster: "c", Node: "b"}
+	for _, e := range []kvstore.Endpoint{web, gone} {
+		live.eps[e.IP] = e
+		r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: e})
+	}
+	has := func(e kvstore.Endpoint) bool { _, ok := dp.IPCache()[netip.PrefixFrom(e.IP, 32)]; return ok }
+
+	// An explicit removal while b's record is there: the address goes.
+	delete(live.eps, gone.IP)
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: gone})
+	testutil.Eventually(t, 5*time.Second, "the removed endpoint to leave the ipcache", func() bool { return !has(gone) })
+
+	// b's lease expires: its endpoint goes before its record (the caches
+	// deliver in any order), then b is retained: the address stays.
+	delete(live.eps, web.IP)
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: web})
+	mu.Lock()
+	known["b"], retained["b"] = false, true
+	mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if !has(web) {
+		t.Fatal("the address of a retained node's endpoint lost its identity")
+	}
+	// b comes back with the same endpoint: still there, nothing lost.
+	mu.Lock()
+	known["b"], retained["b"] = true, false
+	mu.Unlock()
+	live.eps[web.IP] = web
+	r.resyncNode("c", "b")
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: web})
+	time.Sleep(100 * time.Millisecond)
+	if !has(web) {
+		t.Fatal("the address went when its node came back")
+	}
+
+	// Expired again, and this time b is dropped for good: the address goes.
+	delete(live.eps, web.IP)
+	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: web})
+	mu.Lock()
+	known["b"], retained["b"] = false, true
+	mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	r.dropNode("c", "b")
+	if has(web) {
+		t.Fatal("a dropped node's held address kept its identity")
 	}
 }

@@ -28,6 +28,7 @@ type Device struct {
 	next       *wgtypes.Key
 	peers      []tunnel.Peer
 	handshakes map[string]time.Time
+	rx         map[string]int64
 	reconciles int
 	failNext   error
 	closed     bool
@@ -40,7 +41,7 @@ func New(name string, port int) *Device {
 	if err != nil {
 		panic(fmt.Sprintf("tunneltest: generating a key: %v", err))
 	}
-	return &Device{name: name, port: port, mtu: 1420, key: k, handshakes: map[string]time.Time{}}
+	return &Device{name: name, port: port, mtu: 1420, key: k, handshakes: map[string]time.Time{}, rx: map[string]int64{}}
 }
 
 // Open is a tunnel factory (the agent's Options.OpenTunnel) that returns
@@ -117,6 +118,14 @@ func (d *Device) SetHandshake(key string, at time.Time) {
 	d.mu.Unlock()
 }
 
+// AddRx counts n bytes received from the peer of key, as traffic or a
+// keepalive from a live peer would.
+func (d *Device) AddRx(key string, n int64) {
+	d.mu.Lock()
+	d.rx[key] += n
+	d.mu.Unlock()
+}
+
 // Status reports the device and its peers, as wgctrl would (a rotating
 // peer appears as two entries, the next key's without prefixes).
 func (d *Device) Status() (tunnel.Status, error) {
@@ -128,7 +137,7 @@ func (d *Device) Status() (tunnel.Status, error) {
 	st := tunnel.Status{Name: d.name, Kind: tunnel.Kind("memory"), PublicKey: d.key.PublicKey().String(), ListenPort: d.port, MTU: d.mtu}
 	for _, p := range d.peers {
 		st.Peers = append(st.Peers, tunnel.PeerStatus{PublicKey: p.PublicKey, Endpoint: p.Endpoint,
-			AllowedIPs: slices.Clone(p.AllowedIPs), LastHandshake: d.handshakes[p.PublicKey], Keepalive: p.Keepalive})
+			AllowedIPs: slices.Clone(p.AllowedIPs), LastHandshake: d.handshakes[p.PublicKey], RxBytes: d.rx[p.PublicKey], Keepalive: p.Keepalive})
 		if p.NextPublicKey != "" {
 			st.Peers = append(st.Peers, tunnel.PeerStatus{PublicKey: p.NextPublicKey, LastHandshake: d.handshakes[p.NextPublicKey]})
 		}
