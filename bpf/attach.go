@@ -29,10 +29,20 @@ type hookSide struct {
 	tcParent uint32
 }
 
+// attachKind says which programs an interface carries.
+type attachKind int
+
+const (
+	kindWorkload attachKind = iota
+	kindHostDevice
+	kindUnderlay
+)
+
 // attachment is what this process holds for one interface.
 type attachment struct {
 	iface   string
 	ifindex int
+	kind    attachKind
 	links   []link.Link // TCX links (pinned unless ephemeral)
 	filters []*netlink.BpfFilter
 }
@@ -71,18 +81,68 @@ func (a *attachment) detach() error {
 // policy), tc egress what it receives (its ingress policy). The interface
 // is looked up in the calling thread's network namespace. Attaching again,
 // also from a restarted agent, replaces the programs without a gap.
+//
+// The programs accept from the veth only the addresses of the endpoint
+// behind it: the endpoint addresses the node routes to iface (its host
+// routes) are bound to it here, before the programs are replaced, and by
+// UpsertEndpoint for addresses registered later.
 func (d *Datapath) AttachWorkload(iface string) error {
 	if err := d.workloadPrograms(); err != nil {
 		return err
 	}
-	return d.attach(iface, d.objs.WeftFromWl, d.objs.WeftToWl)
+	if err := validIfaceName(iface); err != nil {
+		return err
+	}
+	if ifc, err := net.InterfaceByName(iface); err == nil {
+		if err := d.bindWorkloadAddrs(ifc.Index); err != nil {
+			return fmt.Errorf("bpf: binding the addresses routed to %s: %w", iface, err)
+		}
+	}
+	return d.attach(iface, kindWorkload, d.objs.WeftFromWl, d.objs.WeftToWl)
 }
 
 // AttachHostDevice attaches the host-endpoint programs to the node's mesh
 // device (WireGuard or TUN, no Ethernet header): tc ingress judges what the
 // mesh sends to the host endpoint, tc egress what the host endpoint sends.
+// The device is also the one interface through which a packet to a
+// workload may carry another node's mesh address: its ifindex goes to the
+// programs' settings.
 func (d *Datapath) AttachHostDevice(iface string) error {
-	return d.attach(iface, d.objs.WeftFromDev, d.objs.WeftToDev)
+	if err := validIfaceName(iface); err != nil {
+		return err
+	}
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("bpf: attaching to %s: no such interface in this network namespace: %w", iface, err)
+	}
+	if err := d.updateSettings(func(s *datapathSettings) { s.WgIfindex = uint32(ifc.Index) }); err != nil {
+		return err
+	}
+	return d.attach(iface, kindHostDevice, d.objs.WeftFromDev, d.objs.WeftToDev)
+}
+
+// AttachUnderlay attaches the anti-spoofing program to the ingress of an
+// interface holding one of the node's underlay addresses: it drops packets
+// carrying a mesh address (mesh traffic travels only inside WireGuard) and,
+// in strict mode, plaintext from other mesh nodes (SetStrict); everything
+// else passes untouched. Interfaces without an Ethernet header get the L3
+// variant. Attaching again replaces the program without a gap.
+func (d *Datapath) AttachUnderlay(iface string) error {
+	if err := d.workloadPrograms(); err != nil {
+		return err
+	}
+	if err := validIfaceName(iface); err != nil {
+		return err
+	}
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("bpf: attaching to %s: no such interface in this network namespace: %w", iface, err)
+	}
+	prog := d.objs.WeftFromUnderlay
+	if len(ifc.HardwareAddr) == 0 {
+		prog = d.objs.WeftFromUnderlay3
+	}
+	return d.attach(iface, kindUnderlay, prog, nil)
 }
 
 func validIfaceName(iface string) error {
@@ -92,7 +152,8 @@ func validIfaceName(iface string) error {
 	return nil
 }
 
-func (d *Datapath) attach(iface string, ingress, egress *ebpf.Program) error {
+// attach attaches ingress and, unless nil, egress to iface.
+func (d *Datapath) attach(iface string, kind attachKind, ingress, egress *ebpf.Program) error {
 	if err := validIfaceName(iface); err != nil {
 		return err
 	}
@@ -105,10 +166,10 @@ func (d *Datapath) attach(iface string, ingress, egress *ebpf.Program) error {
 	if d.closed {
 		return fmt.Errorf("bpf: attaching to %s: datapath is closed", iface)
 	}
-	a := &attachment{iface: iface, ifindex: ifc.Index}
-	sides := []hookSide{
-		{"ingress", ingress, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS},
-		{"egress", egress, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS},
+	a := &attachment{iface: iface, ifindex: ifc.Index, kind: kind}
+	sides := []hookSide{{"ingress", ingress, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS}}
+	if egress != nil {
+		sides = append(sides, hookSide{"egress", egress, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS})
 	}
 	for _, s := range sides {
 		if d.cfg.Attach != AttachTC {

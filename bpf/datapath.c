@@ -11,7 +11,11 @@
  *   weft_from_dev  tc ingress of the WireGuard/TUN device (L3): packets from
  *                  the mesh to the node's own host endpoint (ingress policy);
  *   weft_to_dev    tc egress of that device: the host endpoint's packets to
- *                  the mesh (egress policy).
+ *                  the mesh (egress policy);
+ *   weft_from_underlay, weft_from_underlay3
+ *                  tc ingress of the node's underlay interfaces (L2, L3):
+ *                  no policy, only anti-spoofing and strict mode
+ *                  (lib/antispoof.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -19,6 +23,7 @@
 #include "lib/metrics.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
+#include "lib/antispoof.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -54,20 +59,42 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 	struct endpoint_value *ep = bpf_map_lookup_elem(&endpoints, &ek);
 	if (!ep) {
 		/* A workload may only send from its own addresses; anything
-		 * else on these hooks is not for an endpoint of ours. */
-		if (!l3 && dir == DIR_EGRESS)
-			return drop(skb, &f, &v, REASON_INVALID_SOURCE);
+		 * else on these hooks is not for an endpoint of ours. Another
+		 * node's mesh address is a forgery, not a mistake. */
+		if (!l3 && dir == DIR_EGRESS) {
+			v.src_identity = addr_identity(&f, 0);
+			return drop(skb, &f, &v, mesh_identity(v.src_identity) ? REASON_SPOOFED_SOURCE : REASON_INVALID_SOURCE);
+		}
 		return TC_ACT_UNSPEC;
 	}
 	/* Copied out so that no map pointer stays live across the calls
 	 * below: fewer registers for the verifier to track. */
-	__u32 ep_id = ep->ep_id, ep_identity = ep->identity, ep_flags = ep->flags;
+	__u32 ep_id = ep->ep_id, ep_identity = ep->identity, ep_flags = ep->flags, ep_ifindex = ep->ifindex;
 	/* On the mesh device only the host endpoint is ours: workloads'
 	 * routed packets are judged at their own veth. */
 	if (l3 && !(ep_flags & EP_F_HOST))
 		return TC_ACT_UNSPEC;
 
 	v.ep_id = ep_id;
+	if (!l3) {
+		/* The source must have come from where it lives: a workload
+		 * sends only from its own veth (not with another local
+		 * endpoint's address), and a packet to a workload entered the
+		 * node through the tunnel, its source's own veth, or carries no
+		 * mesh source (entry_check). Before conntrack, so that a forged
+		 * packet of an established connection is dropped too. */
+		int reason = REASON_NONE;
+		if (dir == DIR_EGRESS)
+			reason = ep_ifindex != 0 && ep_ifindex == skb->ifindex ? REASON_NONE : REASON_SPOOFED_SOURCE;
+		else
+			reason = entry_check(skb, &f);
+		if (reason != REASON_NONE) {
+			__u32 peer_id = peer_identity(&f, dir);
+			v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
+			v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
+			return drop(skb, &f, &v, reason);
+		}
+	}
 	if (invalid_source(&f)) {
 		__u32 peer_id = peer_identity(&f, dir);
 		v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
@@ -119,4 +146,34 @@ SEC("tc")
 int weft_to_dev(struct __sk_buff *skb)
 {
 	return handle(skb, true, DIR_EGRESS);
+}
+
+/* underlay judges a packet arriving on an underlay interface: it passes
+ * unless it carries a mesh address or, in strict mode, is plaintext from
+ * another mesh node (underlay_verdict). */
+static __always_inline int underlay(struct __sk_buff *skb, bool l3)
+{
+	struct flow f = {};
+	int r = parse_packet(skb, !l3, &f);
+	if (r == PARSE_PASS || f.family == 0)
+		return TC_ACT_UNSPEC; /* not IP, or not even its addresses */
+	r = underlay_verdict(&f, r);
+	if (r == REASON_NONE)
+		return TC_ACT_UNSPEC;
+	struct verdict_ctx v = {.now = bpf_ktime_get_ns(), .dir = DIR_INGRESS, .l3 = l3};
+	v.src_identity = addr_identity(&f, 0);
+	v.dst_identity = addr_identity(&f, 1);
+	return drop(skb, &f, &v, r);
+}
+
+SEC("tc")
+int weft_from_underlay(struct __sk_buff *skb)
+{
+	return underlay(skb, false);
+}
+
+SEC("tc")
+int weft_from_underlay3(struct __sk_buff *skb)
+{
+	return underlay(skb, true);
 }

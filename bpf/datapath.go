@@ -15,8 +15,9 @@ import (
 
 // layoutVersion changes whenever a map's key or value layout or meaning
 // changes, so that an agent never runs programs against maps it does not
-// understand.
-const layoutVersion uint32 = 1
+// understand. Version 2 added the veth's ifindex to the endpoint value;
+// pins of version 1 are migrated (pin.go, layoutMigrations).
+const layoutVersion uint32 = 2
 
 // metaMap is the pinned map holding layoutVersion.
 const metaMap = "weft_meta"
@@ -42,7 +43,8 @@ type Datapath struct {
 	attached map[string]*attachment // by interface name
 	closed   bool
 
-	policyMu sync.Mutex // serialises SetPolicy's read-modify-write of policy_meta
+	policyMu   sync.Mutex // serialises SetPolicy's read-modify-write of policy_meta
+	settingsMu sync.Mutex // serialises read-modify-writes of the settings entry
 
 	// progsLoaded is closed when the workload programs, which load in the
 	// background after Open returns, are in objs; progsErr tells whether

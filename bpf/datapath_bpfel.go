@@ -44,6 +44,7 @@ type datapathEndpointValue struct {
 	EpId     uint32
 	Identity uint32
 	Flags    uint32
+	Ifindex  uint32
 }
 
 type datapathEvent struct {
@@ -114,31 +115,53 @@ type datapathRateState struct {
 	Tokens uint64
 }
 
+type datapathSettings struct {
+	_         structs.HostLayout
+	WgIfindex uint32
+	Flags     uint32
+	WgPort    uint16
+	Pad       [6]uint8
+}
+
+type datapathUnderlayKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type datapathUnderlayValue struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapCt               = "ct"
-	datapathMapDropLimit        = "drop_limit"
-	datapathMapEndpoints        = "endpoints"
-	datapathMapEvents           = "events"
-	datapathMapIpcache          = "ipcache"
-	datapathMapMetrics          = "metrics"
-	datapathMapPolicy           = "policy"
-	datapathMapPolicyMeta       = "policy_meta"
-	datapathProgWeftFromDev     = "weft_from_dev"
-	datapathProgWeftFromWl      = "weft_from_wl"
-	datapathProgWeftToDev       = "weft_to_dev"
-	datapathProgWeftToWl        = "weft_to_wl"
-	datapathVarCtTimeoutClosing = "ct_timeout_closing"
-	datapathVarCtTimeoutIcmp    = "ct_timeout_icmp"
-	datapathVarCtTimeoutOther   = "ct_timeout_other"
-	datapathVarCtTimeoutSyn     = "ct_timeout_syn"
-	datapathVarCtTimeoutTcp     = "ct_timeout_tcp"
-	datapathVarCtTimeoutUdp     = "ct_timeout_udp"
-	datapathVarDropEventsBurst  = "drop_events_burst"
-	datapathVarDropEventsPerSec = "drop_events_per_sec"
-	datapathVarUnusedEvent      = "unused_event"
+	datapathMapCt                 = "ct"
+	datapathMapDropLimit          = "drop_limit"
+	datapathMapEndpoints          = "endpoints"
+	datapathMapEvents             = "events"
+	datapathMapIpcache            = "ipcache"
+	datapathMapMetrics            = "metrics"
+	datapathMapPolicy             = "policy"
+	datapathMapPolicyMeta         = "policy_meta"
+	datapathMapSettings           = "settings"
+	datapathMapUnderlayNodes      = "underlay_nodes"
+	datapathProgWeftFromDev       = "weft_from_dev"
+	datapathProgWeftFromUnderlay  = "weft_from_underlay"
+	datapathProgWeftFromUnderlay3 = "weft_from_underlay3"
+	datapathProgWeftFromWl        = "weft_from_wl"
+	datapathProgWeftToDev         = "weft_to_dev"
+	datapathProgWeftToWl          = "weft_to_wl"
+	datapathVarCtTimeoutClosing   = "ct_timeout_closing"
+	datapathVarCtTimeoutIcmp      = "ct_timeout_icmp"
+	datapathVarCtTimeoutOther     = "ct_timeout_other"
+	datapathVarCtTimeoutSyn       = "ct_timeout_syn"
+	datapathVarCtTimeoutTcp       = "ct_timeout_tcp"
+	datapathVarCtTimeoutUdp       = "ct_timeout_udp"
+	datapathVarDropEventsBurst    = "drop_events_burst"
+	datapathVarDropEventsPerSec   = "drop_events_per_sec"
+	datapathVarUnusedEvent        = "unused_event"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -183,24 +206,28 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	WeftFromDev *ebpf.ProgramSpec `ebpf:"weft_from_dev"`
-	WeftFromWl  *ebpf.ProgramSpec `ebpf:"weft_from_wl"`
-	WeftToDev   *ebpf.ProgramSpec `ebpf:"weft_to_dev"`
-	WeftToWl    *ebpf.ProgramSpec `ebpf:"weft_to_wl"`
+	WeftFromDev       *ebpf.ProgramSpec `ebpf:"weft_from_dev"`
+	WeftFromUnderlay  *ebpf.ProgramSpec `ebpf:"weft_from_underlay"`
+	WeftFromUnderlay3 *ebpf.ProgramSpec `ebpf:"weft_from_underlay3"`
+	WeftFromWl        *ebpf.ProgramSpec `ebpf:"weft_from_wl"`
+	WeftToDev         *ebpf.ProgramSpec `ebpf:"weft_to_dev"`
+	WeftToWl          *ebpf.ProgramSpec `ebpf:"weft_to_wl"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Ct         *ebpf.MapSpec `ebpf:"ct"`
-	DropLimit  *ebpf.MapSpec `ebpf:"drop_limit"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Ipcache    *ebpf.MapSpec `ebpf:"ipcache"`
-	Metrics    *ebpf.MapSpec `ebpf:"metrics"`
-	Policy     *ebpf.MapSpec `ebpf:"policy"`
-	PolicyMeta *ebpf.MapSpec `ebpf:"policy_meta"`
+	Ct            *ebpf.MapSpec `ebpf:"ct"`
+	DropLimit     *ebpf.MapSpec `ebpf:"drop_limit"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Metrics       *ebpf.MapSpec `ebpf:"metrics"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyMeta    *ebpf.MapSpec `ebpf:"policy_meta"`
+	Settings      *ebpf.MapSpec `ebpf:"settings"`
+	UnderlayNodes *ebpf.MapSpec `ebpf:"underlay_nodes"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -238,14 +265,16 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Ct         *ebpf.Map `ebpf:"ct"`
-	DropLimit  *ebpf.Map `ebpf:"drop_limit"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Ipcache    *ebpf.Map `ebpf:"ipcache"`
-	Metrics    *ebpf.Map `ebpf:"metrics"`
-	Policy     *ebpf.Map `ebpf:"policy"`
-	PolicyMeta *ebpf.Map `ebpf:"policy_meta"`
+	Ct            *ebpf.Map `ebpf:"ct"`
+	DropLimit     *ebpf.Map `ebpf:"drop_limit"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Metrics       *ebpf.Map `ebpf:"metrics"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyMeta    *ebpf.Map `ebpf:"policy_meta"`
+	Settings      *ebpf.Map `ebpf:"settings"`
+	UnderlayNodes *ebpf.Map `ebpf:"underlay_nodes"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -258,6 +287,8 @@ func (m *datapathMaps) Close() error {
 		m.Metrics,
 		m.Policy,
 		m.PolicyMeta,
+		m.Settings,
+		m.UnderlayNodes,
 	)
 }
 
@@ -280,15 +311,19 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	WeftFromDev *ebpf.Program `ebpf:"weft_from_dev"`
-	WeftFromWl  *ebpf.Program `ebpf:"weft_from_wl"`
-	WeftToDev   *ebpf.Program `ebpf:"weft_to_dev"`
-	WeftToWl    *ebpf.Program `ebpf:"weft_to_wl"`
+	WeftFromDev       *ebpf.Program `ebpf:"weft_from_dev"`
+	WeftFromUnderlay  *ebpf.Program `ebpf:"weft_from_underlay"`
+	WeftFromUnderlay3 *ebpf.Program `ebpf:"weft_from_underlay3"`
+	WeftFromWl        *ebpf.Program `ebpf:"weft_from_wl"`
+	WeftToDev         *ebpf.Program `ebpf:"weft_to_dev"`
+	WeftToWl          *ebpf.Program `ebpf:"weft_to_wl"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.WeftFromDev,
+		p.WeftFromUnderlay,
+		p.WeftFromUnderlay3,
 		p.WeftFromWl,
 		p.WeftToDev,
 		p.WeftToWl,

@@ -9,8 +9,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Programs loaded before anything else; the others (the workload
-// programs) load in the background, and AttachWorkload waits for them.
+// Programs loaded before anything else; the others (the workload and
+// underlay programs) load in the background, and AttachWorkload and
+// AttachUnderlay wait for them.
 var hostPrograms = []string{"weft_from_dev", "weft_to_dev"}
 
 // loadObjects loads spec into d.objs: first its maps (repl's maps take the
@@ -62,6 +63,7 @@ func (d *Datapath) loadObjects(spec *ebpf.CollectionSpec, repl map[string]*ebpf.
 			return
 		}
 		d.objs.WeftFromWl, d.objs.WeftToWl = progs["weft_from_wl"], progs["weft_to_wl"]
+		d.objs.WeftFromUnderlay, d.objs.WeftFromUnderlay3 = progs["weft_from_underlay"], progs["weft_from_underlay3"]
 	}()
 	return nil
 }

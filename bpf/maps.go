@@ -74,8 +74,19 @@ func (d *Datapath) LookupIdentity(a netip.Addr) (uint32, error) {
 }
 
 // UpsertEndpoint registers (or updates) a local endpoint by its address.
-// An endpoint with several addresses is registered once per address.
+// An endpoint with several addresses is registered once per address. A
+// workload's address is bound to the attached workload veth the node
+// routes it to (see AttachWorkload): the programs accept the address as a
+// source only from there.
 func (d *Datapath) UpsertEndpoint(addr netip.Addr, ep Endpoint) error {
+	var ifindex uint32
+	if addr.IsValid() && !ep.Host {
+		ifindex = d.workloadIfindex(addr.Unmap())
+	}
+	return d.upsertEndpoint(addr, ep, ifindex)
+}
+
+func (d *Datapath) upsertEndpoint(addr netip.Addr, ep Endpoint, ifindex uint32) error {
 	if !addr.IsValid() || addr.Zone() != "" {
 		return fmt.Errorf("bpf: endpoint address %v is invalid (no zones)", addr)
 	}
@@ -96,7 +107,7 @@ func (d *Datapath) UpsertEndpoint(addr netip.Addr, ep Endpoint) error {
 		flags |= epHost
 	}
 	k := datapathEndpointKey{Addr: addrKey(addr.Unmap())}
-	v := datapathEndpointValue{EpId: ep.ID, Identity: ep.Identity, Flags: flags}
+	v := datapathEndpointValue{EpId: ep.ID, Identity: ep.Identity, Flags: flags, Ifindex: ifindex}
 	if err := d.objs.Endpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("bpf: endpoint upsert %v: %w", addr, err)
 	}

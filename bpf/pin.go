@@ -52,10 +52,15 @@ func ensureBPFFS(root string) error {
 // name in dir, creating and pinning missing ones. A pinned map that differs
 // only in size is migrated: a new map of the configured size takes over its
 // entries and its pin. Any other difference is refused.
+//
+// Pins of an older layout version that layoutMigrations knows are
+// migrated map by map; pins of any other version are refused.
 func openPinnedMaps(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (map[string]*ebpf.Map, error) {
-	if err := checkLayout(dir); err != nil {
+	from, err := checkLayout(dir)
+	if err != nil {
 		return nil, err
 	}
+	migrations := layoutMigrations[from]
 	maps := map[string]*ebpf.Map{}
 	fail := func(err error) (map[string]*ebpf.Map, error) {
 		for _, m := range maps {
@@ -82,7 +87,11 @@ func openPinnedMaps(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (ma
 		case err != nil:
 			return fail(fmt.Errorf("bpf: opening pinned map %s: %w", path, err))
 		default:
-			m, err = reconcileMap(name, ms, m, path, log)
+			if convert := migrations[name]; convert != nil {
+				m, err = migrateMap(name, ms, m, path, convert, log)
+			} else {
+				m, err = reconcileMap(name, ms, m, path, log)
+			}
 			if err != nil {
 				return fail(err)
 			}
@@ -146,26 +155,98 @@ func reconcileMap(name string, ms *ebpf.MapSpec, old *ebpf.Map, path string, log
 	return nm, nil
 }
 
-// checkLayout refuses pins written by a datapath of another layout version.
-func checkLayout(dir string) error {
+// layoutMigrations: for a pinned layout version older than layoutVersion,
+// the maps whose values changed and how to convert one value. The others
+// are kept as they are (new maps are created).
+var layoutMigrations = map[uint32]map[string]func(old []byte, newSize int) ([]byte, error){
+	// Version 2 appended the veth's ifindex to the endpoint value. The
+	// migrated entries have none (0): AttachWorkload binds each workload's
+	// addresses before its new programs replace the old ones, and the
+	// agent rewrites every endpoint at start; the old programs keep the
+	// old map until they are replaced, so no endpoint is ever missing.
+	1: {"endpoints": appendZeros(12)},
+}
+
+// appendZeros converts a value of size old by padding it with zeros.
+func appendZeros(old int) func([]byte, int) ([]byte, error) {
+	return func(v []byte, newSize int) ([]byte, error) {
+		if len(v) != old || newSize < old {
+			return nil, fmt.Errorf("value of %d bytes, the migration expects %d", len(v), old)
+		}
+		return append(v[:old:old], make([]byte, newSize-old)...), nil
+	}
+}
+
+// migrateMap replaces a pinned map of an older layout with one of the
+// spec's, converting every entry; a pinned map that already has the new
+// layout (a migration cut short) is only reconciled.
+func migrateMap(name string, ms *ebpf.MapSpec, old *ebpf.Map, path string,
+	convert func([]byte, int) ([]byte, error), log *slog.Logger) (*ebpf.Map, error) {
+	if ms.Compatible(old) == nil || old.ValueSize() == ms.ValueSize {
+		return reconcileMap(name, ms, old, path, log)
+	}
+	defer old.Close()
+	if old.Type() != ms.Type || old.KeySize() != ms.KeySize {
+		return nil, fmt.Errorf("%w: %s is %v key %dB, the migration to layout %d needs %v key %dB; "+
+			"remove the scope's pins (the agent's datapath reset) and restart",
+			ErrIncompatiblePins, path, old.Type(), old.KeySize(), layoutVersion, ms.Type, ms.KeySize)
+	}
+	nm, err := ebpf.NewMap(ms)
+	if err != nil {
+		return nil, fmt.Errorf("bpf: creating map %s for the layout migration: %w", name, err)
+	}
+	key := make([]byte, old.KeySize())
+	val := make([]byte, old.ValueSize())
+	copied := 0
+	it := old.Iterate()
+	for it.Next(&key, &val) {
+		nv, err := convert(val, int(ms.ValueSize))
+		if err == nil {
+			err = nm.Update(key, nv, ebpf.UpdateAny)
+		}
+		if err != nil {
+			nm.Close()
+			return nil, fmt.Errorf("bpf: migrating an entry of map %s: %w", name, err)
+		}
+		copied++
+	}
+	if err := it.Err(); err != nil {
+		nm.Close()
+		return nil, fmt.Errorf("bpf: reading map %s for the layout migration: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil {
+		nm.Close()
+		return nil, fmt.Errorf("bpf: replacing pin %s: %w", path, err)
+	}
+	if err := nm.Pin(path); err != nil {
+		nm.Close()
+		return nil, fmt.Errorf("bpf: pinning migrated map %s: %w", name, err)
+	}
+	log.Info("datapath map migrated to a new layout", "map", name, "layout", layoutVersion, "entries", copied)
+	return nm, nil
+}
+
+// checkLayout returns the layout version of the pins in dir (0 when there
+// are none) and refuses versions neither current nor migratable.
+func checkLayout(dir string) (uint32, error) {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, metaMap), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return fmt.Errorf("bpf: opening %s: %w", filepath.Join(dir, metaMap), err)
+		return 0, fmt.Errorf("bpf: opening %s: %w", filepath.Join(dir, metaMap), err)
 	}
 	defer m.Close()
 	var v uint32
 	if err := m.Lookup(uint32(0), &v); err != nil {
-		return fmt.Errorf("bpf: reading the layout version in %s: %w", dir, err)
+		return 0, fmt.Errorf("bpf: reading the layout version in %s: %w", dir, err)
 	}
-	if v != layoutVersion {
-		return fmt.Errorf("%w: the pins in %s have layout version %d, this datapath uses %d; "+
+	if _, ok := layoutMigrations[v]; v != layoutVersion && !ok {
+		return 0, fmt.Errorf("%w: the pins in %s have layout version %d, this datapath uses %d; "+
 			"remove the scope's pins (the agent's datapath reset) and restart: established connections will be re-judged",
 			ErrIncompatiblePins, dir, v, layoutVersion)
 	}
-	return nil
+	return v, nil
 }
 
 func writeLayout(dir string) error {

@@ -51,8 +51,10 @@ func openTestDatapath(t testing.TB, cfg Config) *Datapath {
 // ipcache entries every case shares.
 func baseState(t testing.TB, d *Datapath, a Endpoint) {
 	t.Helper()
-	must(t, d.UpsertEndpoint(netip.MustParseAddr(addrA), a))
-	must(t, d.UpsertEndpoint(netip.MustParseAddr(addrA6), a))
+	// A lives behind the interface the kernel's test run gives every
+	// packet (the loopback device), as a workload behind its veth.
+	must(t, d.upsertEndpoint(netip.MustParseAddr(addrA), a, loIfindex))
+	must(t, d.upsertEndpoint(netip.MustParseAddr(addrA6), a, loIfindex))
 	must(t, d.UpsertIPCache(netip.MustParsePrefix(addrA+"/32"), idA, 0))
 	must(t, d.UpsertIPCache(netip.MustParsePrefix(addrB+"/32"), idB, 0))
 	must(t, d.UpsertIPCache(netip.MustParsePrefix("100.64.3.0/24"), idC, 0))
@@ -73,6 +75,8 @@ const (
 	toWL
 	fromDev
 	toDev
+	fromUL  // an underlay interface (Ethernet)
+	fromUL3 // an underlay interface without an Ethernet header
 )
 
 func (d *Datapath) prog(h hook) *ebpf.Program {
@@ -83,13 +87,41 @@ func (d *Datapath) prog(h hook) *ebpf.Program {
 		return d.objs.WeftToWl
 	case fromDev:
 		return d.objs.WeftFromDev
+	case fromUL:
+		return d.objs.WeftFromUnderlay
+	case fromUL3:
+		return d.objs.WeftFromUnderlay3
 	}
 	return d.objs.WeftToDev
 }
 
 func runProg(t testing.TB, d *Datapath, h hook, data []byte) uint32 {
 	t.Helper()
-	ret, err := d.prog(h).Run(&ebpf.RunOptions{Data: data})
+	return runProgFrom(t, d, h, data, 0)
+}
+
+// loIfindex is the interface of every packet of the kernel's test run
+// (skb->ifindex): the loopback device.
+const loIfindex = 1
+
+// skbContext is the head of struct __sk_buff, up to the fields a test run
+// may set that the programs read: the test run refuses the others unless
+// zero.
+type skbContext struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority uint32
+	IngressIfindex                                                                        uint32
+	Ifindex                                                                               uint32
+}
+
+// runProgFrom runs a packet that entered the node through interface iif
+// (skb->ingress_ifindex; 0: sent by the node itself).
+func runProgFrom(t testing.TB, d *Datapath, h hook, data []byte, iif uint32) uint32 {
+	t.Helper()
+	opts := &ebpf.RunOptions{Data: data}
+	if iif != 0 {
+		opts.Context = skbContext{IngressIfindex: iif}
+	}
+	ret, err := d.prog(h).Run(opts)
 	if err != nil {
 		t.Fatalf("BPF_PROG_RUN of %d bytes: %v", len(data), err)
 	}
@@ -98,9 +130,12 @@ func runProg(t testing.TB, d *Datapath, h hook, data []byte) uint32 {
 
 // step is one packet through one hook and what must come of it.
 type step struct {
-	hook   hook
-	pkt    pkt
-	raw    func([]byte) []byte // optional mangling of the rendered packet
+	hook hook
+	pkt  pkt
+	raw  func([]byte) []byte // optional mangling of the rendered packet
+	// iif is the interface the packet entered the node through (0: the
+	// node sent it): ifWG, ifUnderlay, or a veth of tc.setup's endpoints.
+	iif    uint32
 	want   uint32
 	reason DropReason // when want == retDrop
 	// event, when set, is the event this packet must produce.
@@ -324,7 +359,7 @@ var progCases = []progCase{
 			{hook: fromDev, pkt: l3(udp(addrB, addrA, 1, 2)), raw: func(b []byte) []byte { b[0] = 0x55; return b }, want: retDrop, reason: ReasonMalformed},
 			{hook: toWL, pkt: udp(addrB, addrA, 1, 2), raw: func(b []byte) []byte { binary.BigEndian.PutUint16(b[14+6:], 100); return b }, want: retDrop, reason: ReasonFragment},
 			{hook: fromWL, pkt: udp("100.64.1.99", addrB, 1, 2), want: retDrop, reason: ReasonInvalidSource,
-				event: &Event{Type: EventDrop, Reason: ReasonInvalidSource, Direction: Egress, SrcPort: 1, DstPort: 2, Protocol: 17}},
+				event: &Event{Type: EventDrop, Reason: ReasonInvalidSource, Direction: Egress, SrcIdentity: IdentityWorld, SrcPort: 1, DstPort: 2, Protocol: 17}},
 			{hook: toWL, pkt: udp("224.0.0.5", addrA, 1, 2), want: retDrop, reason: ReasonInvalidSource},
 			{hook: toWL, pkt: udp(addrB, addrA, 1, 2), want: retPass},
 		},
@@ -333,56 +368,61 @@ var progCases = []progCase{
 
 func TestProgRun(t *testing.T) {
 	for _, tc := range progCases {
-		t.Run(tc.name, func(t *testing.T) {
-			d := openTestDatapath(t, Config{DropEventsPerSecond: 1000, DropEventsBurst: 1000})
-			baseState(t, d, tc.endpoint)
-			if tc.policy != nil {
-				must(t, d.SetPolicy(tc.endpoint.ID, tc.policy, nil))
-			}
-			if tc.setup != nil {
-				tc.setup(t, d)
-			}
-			events, err := d.Events()
-			must(t, err)
-			defer events.Close()
+		t.Run(tc.name, func(t *testing.T) { runProgCase(t, tc) })
+	}
+}
 
-			wantDrops := map[[2]uint8]uint64{}
-			for i, s := range tc.steps {
-				data := s.pkt.bytes()
-				if s.raw != nil {
-					data = s.raw(data)
-				}
-				got := runProg(t, d, s.hook, data)
-				if got != s.want {
-					t.Fatalf("step %d (%+v): program returned %#x, want %#x", i, s.pkt, got, s.want)
-				}
-				if s.want == retDrop {
-					dir := Ingress
-					if s.hook == fromWL || s.hook == toDev {
-						dir = Egress
-					}
-					wantDrops[[2]uint8{uint8(dir), uint8(s.reason)}]++
-				}
-				if s.event != nil {
-					checkEvent(t, i, events, *s.event)
-				}
+// runProgCase runs one case's steps on a fresh datapath and checks the
+// verdicts, the events named and the drop counters.
+func runProgCase(t *testing.T, tc progCase) {
+	t.Helper()
+	d := openTestDatapath(t, Config{DropEventsPerSecond: 1000, DropEventsBurst: 1000})
+	baseState(t, d, tc.endpoint)
+	if tc.policy != nil {
+		must(t, d.SetPolicy(tc.endpoint.ID, tc.policy, nil))
+	}
+	if tc.setup != nil {
+		tc.setup(t, d)
+	}
+	events, err := d.Events()
+	must(t, err)
+	defer events.Close()
+
+	wantDrops := map[[2]uint8]uint64{}
+	for i, s := range tc.steps {
+		data := s.pkt.bytes()
+		if s.raw != nil {
+			data = s.raw(data)
+		}
+		got := runProgFrom(t, d, s.hook, data, s.iif)
+		if got != s.want {
+			t.Fatalf("step %d (%+v): program returned %#x, want %#x", i, s.pkt, got, s.want)
+		}
+		if s.want == retDrop {
+			dir := Ingress // the underlay programs' too
+			if s.hook == fromWL || s.hook == toDev {
+				dir = Egress
 			}
-			m, err := d.Metrics()
-			must(t, err)
-			for _, c := range m.Counters {
-				if !c.Dropped {
-					continue
-				}
-				k := [2]uint8{uint8(c.Direction), uint8(c.Reason)}
-				if c.Packets != wantDrops[k] {
-					t.Errorf("drop counter %s/%s = %d, want %d", c.Direction, c.Reason, c.Packets, wantDrops[k])
-				}
-				delete(wantDrops, k)
-			}
-			for k, n := range wantDrops {
-				t.Errorf("drop counter %s/%s missing, want %d", Direction(k[0]), DropReason(k[1]), n)
-			}
-		})
+			wantDrops[[2]uint8{uint8(dir), uint8(s.reason)}]++
+		}
+		if s.event != nil {
+			checkEvent(t, i, events, *s.event)
+		}
+	}
+	m, err := d.Metrics()
+	must(t, err)
+	for _, c := range m.Counters {
+		if !c.Dropped {
+			continue
+		}
+		k := [2]uint8{uint8(c.Direction), uint8(c.Reason)}
+		if c.Packets != wantDrops[k] {
+			t.Errorf("drop counter %s/%s = %d, want %d", c.Direction, c.Reason, c.Packets, wantDrops[k])
+		}
+		delete(wantDrops, k)
+	}
+	for k, n := range wantDrops {
+		t.Errorf("drop counter %s/%s missing, want %d", Direction(k[0]), DropReason(k[1]), n)
 	}
 }
 

@@ -49,6 +49,26 @@ const (
 	IdentityWorld uint32 = 2 // a peer address the ipcache does not know
 )
 
+// IsMeshIdentity reports whether the datapath treats an ipcache identity as
+// a mesh address, one that may arrive only through the tunnel or from its
+// own veth: allocated identities (256 up to CIDRIdentityBase) and the
+// reserved host (1), health (4) and remote-node (6). The world and the
+// node-local identities of CIDR peers are outside the mesh.
+func IsMeshIdentity(id uint32) bool {
+	return id == IdentityHost || id == identityHealth || id == identityRemoteNode ||
+		(id >= identityAllocatedMin && id < CIDRIdentityBase)
+}
+
+// CIDRIdentityBase is where the node-local identities of CIDR peers start
+// (IDENTITY_CIDR_BASE in C; the agent allocates them from there).
+const CIDRIdentityBase uint32 = 1 << 24
+
+const (
+	identityHealth       uint32 = 4
+	identityRemoteNode   uint32 = 6
+	identityAllocatedMin uint32 = 256
+)
+
 // DropReason says why the datapath dropped a packet. The values are shared
 // with the C programs (bpf/lib/common.h) and only ever appended to.
 type DropReason uint8
@@ -60,8 +80,16 @@ const (
 	ReasonInvalidSource DropReason = 3 // a workload sent from an address not its own, or the source is impossible
 	ReasonMalformed     DropReason = 4 // truncated or inconsistent headers
 	ReasonFragment      DropReason = 5 // a non-first IP fragment: it has no ports to judge
-	numReasons                     = 8 // REASON_MAX in C
+	// ReasonSpoofedSource: the source (or, on the underlay, the
+	// destination) is a mesh address, but the packet came neither through
+	// the WireGuard device nor from the veth of the endpoint owning it.
+	ReasonSpoofedSource DropReason = 6
+	// ReasonUnencrypted: strict mode, plaintext between mesh nodes'
+	// underlay addresses other than WireGuard, the join service and etcd.
+	ReasonUnencrypted DropReason = 7
 )
+
+const numReasons = 8 // REASON_MAX in C
 
 var reasonNames = map[DropReason]string{
 	ReasonNone:          "none",
@@ -70,6 +98,8 @@ var reasonNames = map[DropReason]string{
 	ReasonInvalidSource: "invalid-source",
 	ReasonMalformed:     "malformed-packet",
 	ReasonFragment:      "unsupported-fragment",
+	ReasonSpoofedSource: "spoofed-source",
+	ReasonUnencrypted:   "unencrypted-underlay",
 }
 
 func (r DropReason) String() string {

@@ -17,7 +17,14 @@
 
 /* Reserved identities (DESIGN.md). */
 #define IDENTITY_ANY 0
+#define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+#define IDENTITY_HEALTH 4
+#define IDENTITY_REMOTE_NODE 6
+#define IDENTITY_ALLOCATED_MIN 256
+/* Node-local identities of CIDR peers start here (agent/policy.go
+ * cidrIdentityBase): addresses outside the mesh. */
+#define IDENTITY_CIDR_BASE (1U << 24)
 
 /* Drop reasons: the Go side names them (bpf/types.go). Append only. */
 #define REASON_NONE 0
@@ -26,6 +33,8 @@
 #define REASON_INVALID_SOURCE 3 /* spoofed or impossible source address */
 #define REASON_MALFORMED 4      /* truncated or inconsistent headers */
 #define REASON_FRAGMENT 5       /* non-first IP fragment: no ports to judge */
+#define REASON_SPOOFED_SOURCE 6 /* a mesh address that did not come through the tunnel or its own veth */
+#define REASON_UNENCRYPTED 7    /* strict mode: plaintext between mesh nodes' underlay addresses */
 #define REASON_MAX 8
 
 #define METRIC_FORWARDED 0
@@ -42,6 +51,15 @@
 #define EP_F_INGRESS_ENFORCED 1
 #define EP_F_EGRESS_ENFORCED 2
 #define EP_F_HOST 4
+
+/* settings.flags */
+#define SETTINGS_F_STRICT 1
+
+/* Control-plane ports strict mode lets through in plaintext between mesh
+ * nodes (they are TLS themselves): the join service and etcd. */
+#define PORT_JOIN 51834
+#define PORT_ETCD_CLIENT 2379
+#define PORT_ETCD_PEER 2380
 
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800

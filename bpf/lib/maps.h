@@ -34,7 +34,8 @@ struct endpoint_key {
 struct endpoint_value {
 	__u32 ep_id;
 	__u32 identity;
-	__u32 flags; /* EP_F_* */
+	__u32 flags;   /* EP_F_* */
+	__u32 ifindex; /* host end of the workload's veth; 0: none (the host endpoint) */
 };
 
 struct {
@@ -43,6 +44,40 @@ struct {
 	__type(value, struct endpoint_value);
 	__uint(max_entries, 4096);
 } endpoints SEC(".maps");
+
+/* settings: what the programs learn after they are loaded (the agent loads
+ * them before its tunnel device exists). One entry, written by the agent. */
+struct settings {
+	__u32 wg_ifindex; /* the node's WireGuard/TUN device: 0 until attached */
+	__u32 flags;      /* SETTINGS_F_* */
+	__u16 wg_port;    /* the node's WireGuard listen port (host order) */
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct settings);
+	__uint(max_entries, 1);
+} settings SEC(".maps");
+
+/* underlay_nodes: the other mesh nodes' underlay addresses, for strict
+ * mode (IPv4-mapped like every address here). */
+struct underlay_key {
+	__u8 addr[16];
+};
+
+struct underlay_value {
+	__u32 flags; /* unused yet */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct underlay_key);
+	__type(value, struct underlay_value);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} underlay_nodes SEC(".maps");
 
 /* policy: per endpoint and direction, (peer identity, protocol, port
  * prefix) -> verdict. A hash keyed by the masked port and its prefix length,
