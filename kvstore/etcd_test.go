@@ -151,6 +151,64 @@ func TestSessionDetachKeepsKeysUntilTheLeaseExpires(t *testing.T) {
 	}
 }
 
+func TestSessionDefendsItsKeys(t *testing.T) {
+	c, srv := kvstoretest.New(t)
+	ec := kvstoretest.Etcd(t, srv)
+	ctx := context.Background()
+	s, err := c.NewSession(ctx, kvstore.SessionConfig{TTL: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	n := node("east", 1)
+	if err := s.Put(ctx, n.Key(), &n); err != nil {
+		t.Fatal(err)
+	}
+	s.Defend(kvstore.NodesPrefix)
+	time.Sleep(200 * time.Millisecond) // the watch is up
+	own := func() (kvstore.Node, bool) {
+		got, _, err := kvstore.Get(ctx, c, n.Key(), kvstore.DecodeNode)
+		return got, err == nil
+	}
+	// Someone else deletes the record: the owner writes it again.
+	if _, err := ec.Delete(ctx, n.Key()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the deleted record to be written again", func() bool {
+		got, ok := own()
+		return ok && got.WGPublicKey == n.WGPublicKey
+	})
+	// Someone else overwrites it with a key of theirs: written back.
+	evil := n
+	evil.WGPublicKey = node("east", 2).WGPublicKey
+	time.Sleep(1100 * time.Millisecond) // rewrites of one key are a second apart
+	if err := c.Put(ctx, n.Key(), &evil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the overwritten record to be written back", func() bool {
+		got, ok := own()
+		return ok && got.WGPublicKey == n.WGPublicKey
+	})
+	// The owner's own new value stays (no revert to the registered old one).
+	mine := n
+	mine.AgentVersion = "v2"
+	if err := s.Put(ctx, n.Key(), &mine); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if got, ok := own(); !ok || got.AgentVersion != "v2" {
+		t.Fatalf("the owner's own update was reverted: %+v", got)
+	}
+	// The owner's own delete stays deleted.
+	if err := s.Delete(ctx, n.Key()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, ok := own(); ok {
+		t.Fatal("the owner's own delete was undone")
+	}
+}
+
 func TestSessionGuardIsCheckedOnRestore(t *testing.T) {
 	c, srv := kvstoretest.New(t)
 	ec := kvstoretest.Etcd(t, srv)

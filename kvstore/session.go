@@ -44,8 +44,12 @@ type Session struct {
 	gen   uint64        // incremented on every new lease
 	genCh chan struct{} // closed and replaced when gen changes
 	keys  map[string]sessionKey
+	// writing counts this session's writes in flight, by key (Defend).
+	writing map[string]int
 
 	cancel context.CancelFunc
+	// runCtx lives as long as the session (ends with Close or Detach).
+	runCtx context.Context
 	done   chan struct{}
 }
 
@@ -69,9 +73,10 @@ func (c *Client) NewSession(ctx context.Context, cfg SessionConfig) (*Session, e
 	}
 	s := &Session{
 		c: c, ttl: cfg.TTL, log: cfg.Logger,
-		keys:  map[string]sessionKey{},
-		genCh: make(chan struct{}),
-		done:  make(chan struct{}),
+		keys:    map[string]sessionKey{},
+		writing: map[string]int{},
+		genCh:   make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	lease, err := s.grant(ctx)
 	if err != nil {
@@ -79,7 +84,7 @@ func (c *Client) NewSession(ctx context.Context, cfg SessionConfig) (*Session, e
 	}
 	s.lease = lease
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
+	s.cancel, s.runCtx = cancel, rctx
 	go s.run(rctx)
 	return s, nil
 }
@@ -129,6 +134,18 @@ func (s *Session) Put(ctx context.Context, key string, rec Record) error {
 // key is written again only if guard's conditions (nil: none) still hold;
 // otherwise it is dropped and onLost (if any) is called.
 func (s *Session) PutIf(ctx context.Context, key string, value []byte, cond []clientv3.Cmp, guard Guard, onLost func(string), also ...clientv3.Op) (bool, error) {
+	// Defend leaves a key alone while this session is writing it: the
+	// watch may show the new value before it is registered.
+	s.mu.Lock()
+	s.writing[key]++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.writing[key]--; s.writing[key] == 0 {
+			delete(s.writing, key)
+		}
+		s.mu.Unlock()
+	}()
 	for {
 		s.mu.Lock()
 		lease, gen, genCh := s.lease, s.gen, s.genCh
@@ -182,11 +199,13 @@ func (s *Session) restoreOne(ctx context.Context, key string, sk sessionKey) {
 	for {
 		s.mu.Lock()
 		lease, gen, genCh := s.lease, s.gen, s.genCh
-		_, still := s.keys[key]
+		cur, still := s.keys[key]
 		s.mu.Unlock()
 		if !still {
 			return
 		}
+		// What is registered now: a Put may have replaced sk meanwhile.
+		sk = cur
 		var cmps []clientv3.Cmp
 		if sk.guard != nil {
 			cmps = sk.guard()
@@ -250,6 +269,61 @@ func (s *Session) Close(ctx context.Context) error {
 		return fmt.Errorf("revoking lease %x: %w", lease, err)
 	}
 	return nil
+}
+
+// Defend watches the prefixes holding this session's keys and writes a key
+// again when it vanishes or changes under the session: someone deleted or
+// overwrote a record only its owner should write (an operator by mistake,
+// a compromised node before etcd's roles stopped it). The rewrite is what
+// the session registered, under its current lease; a key the session
+// itself deletes (Delete, Close) is forgotten first and so left alone.
+// Rewrites of one key are at least a second apart, so two writers
+// fighting over a key cannot make a storm. Defend returns at once; the
+// watches end with the session.
+func (s *Session) Defend(prefixes ...string) {
+	for _, p := range prefixes {
+		go s.defend(p)
+	}
+}
+
+func (s *Session) defend(prefix string) {
+	ctx := s.runCtx
+	last := map[string]time.Time{}
+	for ctx.Err() == nil {
+		wch := s.c.watcher.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
+		for resp := range wch {
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				key := string(ev.Kv.Key)
+				s.mu.Lock()
+				sk, mine := s.keys[key]
+				lease, busy := s.lease, s.writing[key] > 0
+				s.mu.Unlock()
+				if !mine || busy {
+					continue
+				}
+				if ev.Type == clientv3.EventTypePut && string(ev.Kv.Value) == sk.value && clientv3.LeaseID(ev.Kv.Lease) == lease {
+					continue // our own write
+				}
+				if time.Since(last[key]) < time.Second {
+					continue
+				}
+				last[key] = time.Now()
+				what := "deleted"
+				if ev.Type == clientv3.EventTypePut {
+					what = "overwritten"
+				}
+				s.log.Warn("a key this node owns was "+what+" by someone else; writing it again", "key", key)
+				s.restoreOne(ctx, key, sk)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second): // the watch broke: watch again
+		}
+	}
 }
 
 // Detach stops keeping the lease alive without revoking it: the keys stay
