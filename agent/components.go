@@ -103,6 +103,10 @@ func (a *Agent) openSession(ctx context.Context) error {
 		return err
 	}
 	a.session = s
+	// This node's records are its own: whoever deletes or overwrites one
+	// sees it written again.
+	c, n := a.cfg.Cluster, a.cfg.NodeName
+	s.Defend(kvstore.NodeKey(c, n), kvstore.EndpointsNodePrefix(c, n), kvstore.IdentityRefsNodePrefix(c, n))
 	return nil
 }
 
