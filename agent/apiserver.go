@@ -267,6 +267,9 @@ func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (ap
 	}
 	if len(changed) > 0 {
 		if err := a.cp.kv.PutPolicies(ctx, changed); err != nil {
+			if kvstore.IsPermissionDenied(err) {
+				return api.ApplyPolicyResult{}, needAdmin("applying policies")
+			}
 			return api.ApplyPolicyResult{}, api.Errorf(api.CodeUnavailable, "storing the policies of %s (none was written): %v", file, err)
 		}
 	}
@@ -305,10 +308,19 @@ func splitDocuments(data []byte) ([]string, error) {
 // DeletePolicy implements api.PolicyManager.
 func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
 	err := a.cp.kv.DeletePolicy(ctx, name)
+	if kvstore.IsPermissionDenied(err) {
+		return needAdmin("deleting policies")
+	}
 	if errors.Is(err, kvstore.ErrNotFound) {
 		return api.Errorf(api.CodeNotFound, "no policy %q (see `meshctl policy list`)", name)
 	}
 	return err
+}
+
+// needAdmin is the answer to a mesh-wide write this node's etcd
+// credential may not make (a joined node's role writes only its own keys).
+func needAdmin(what string) error {
+	return api.Errorf(api.CodePermission, "%s needs admin rights on the mesh, and this node holds a node credential (its etcd role writes only its own keys): run the command on the mesh's first node (where 'meshctl up' ran), or on a machine whose agent uses the admin certificate 'meshctl up' printed (etcd.certFile = <first node's state dir>/etcd/pki/client.crt)", what)
 }
 
 // TracePolicy implements api.PolicyManager.

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 
+	"github.com/weftmesh/weft/agent/join"
+	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/kvstore"
 )
 
@@ -72,4 +74,81 @@ func (s ipamCIDRs) Acquire(ctx context.Context) (netip.Prefix, error) {
 
 func (s ipamCIDRs) Release(ctx context.Context, cidr netip.Prefix) error {
 	return s.kv.ReleaseNodeCIDR(ctx, s.cluster, s.node, cidr)
+}
+
+// nodeCIDRService is the seed's IPAM as a joined node reaches it: its
+// etcd role may read ipam/ but not claim in it (a role cannot say "only
+// keys whose value names me"), so the seed claims for it.
+type nodeCIDRService interface {
+	AllocateCIDR(ctx context.Context, req join.CIDRRequest) (netip.Prefix, error)
+	ReleaseCIDR(ctx context.Context, cidr netip.Prefix) error
+}
+
+// serviceCIDRs is the mesh-pool source of a node holding a node
+// credential: the seed registers the cluster if needed and allocates.
+type serviceCIDRs struct {
+	svc       nodeCIDRService
+	clusterID int
+	meshPool  string
+	prefixLen int
+}
+
+func (s serviceCIDRs) Acquire(ctx context.Context) (netip.Prefix, error) {
+	cidr, err := s.svc.AllocateCIDR(ctx, join.CIDRRequest{PrefixLength: s.prefixLen, MeshPool: s.meshPool, ClusterID: s.clusterID})
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("allocating this node's CIDR through the first node's join service: %w", err)
+	}
+	return cidr, nil
+}
+
+func (s serviceCIDRs) Release(ctx context.Context, cidr netip.Prefix) error {
+	if err := s.svc.ReleaseCIDR(ctx, cidr); err != nil {
+		return fmt.Errorf("releasing %s through the first node's join service: %w", cidr, err)
+	}
+	return nil
+}
+
+// cidrSource is the node's CIDR source for its credential.
+func (cp *controlPlane) cidrSource(cluster, node string, clusterID int, meshPool string, prefixLen int, log *slog.Logger) cidrSource {
+	if cp.node != nil {
+		return serviceCIDRs{svc: cp.node.svc, clusterID: clusterID, meshPool: meshPool, prefixLen: prefixLen}
+	}
+	return ipamCIDRs{kv: cp.kv, cluster: cluster, node: node, clusterID: clusterID, meshPool: meshPool, prefixLen: prefixLen, log: log}
+}
+
+// identityCreator is the seed's identity creation as a joined node
+// reaches it.
+type identityCreator interface {
+	CreateIdentity(ctx context.Context, labels []string) (uint32, error)
+}
+
+// nodeIdentities is the allocator backend of a node holding a node
+// credential: reads, watches and its own leased references go to etcd;
+// creating an identity (identities/id/, identities/labels/, which no node
+// role may write) goes to the seed, and garbage collection is the seed's.
+type nodeIdentities struct {
+	*kvstore.Client
+	svc identityCreator
+}
+
+// CreateIdentity asks the seed for the set's number and reports "lost the
+// race": the allocator then reads the labels key and writes this node's
+// reference with the same guarded transaction as for any existing
+// identity, so the reference never attaches to a number being collected.
+func (b nodeIdentities) CreateIdentity(ctx context.Context, _ kvstore.IdentityHolder, _ uint32, _ string, labels []string) (bool, error) {
+	if _, err := b.svc.CreateIdentity(ctx, labels); err != nil {
+		return false, fmt.Errorf("creating the identity of %v through the first node's join service: %w", labels, err)
+	}
+	return false, nil
+}
+
+// CollectsGarbage is false: a node's role may not delete identities.
+func (nodeIdentities) CollectsGarbage() bool { return false }
+
+// identityBackend is the allocator's backend for the credential.
+func (cp *controlPlane) identityBackend() allocator.Backend {
+	if cp.node != nil {
+		return nodeIdentities{Client: cp.kv, svc: cp.node.svc}
+	}
+	return cp.kv
 }

@@ -220,7 +220,8 @@ func (p *pendingDatapath) discard() {
 }
 
 // attachDatapath takes the loaded datapath and attaches it to the tunnel
-// device (the node's own host endpoint).
+// device (the node's own host endpoint) and the underlay interfaces
+// (anti-spoofing, strict mode: underlay.go).
 func (a *Agent) attachDatapath(p *pendingDatapath) error {
 	r := <-p.ch
 	p.taken = true
@@ -233,7 +234,7 @@ func (a *Agent) attachDatapath(p *pendingDatapath) error {
 	if err := a.dp.AttachHostDevice(a.tun.Name()); err != nil {
 		return fmt.Errorf("attaching to %s: %w", a.tun.Name(), err)
 	}
-	return nil
+	return a.attachUnderlay()
 }
 
 // startCaches starts the list+watch caches of identities, endpoints and

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/agent/join"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/kvstore/embedded"
 	"github.com/weftmesh/weft/pki"
@@ -24,6 +26,37 @@ type controlPlane struct {
 	// node that can sign join requests.
 	files     pki.Files
 	endpoints []string
+	// node is set when the agent holds a joined node's certificate
+	// (CN=node:<cluster>/<node>) rather than the admin's: its etcd role
+	// writes only its own keys, so identities and its CIDR come from the
+	// seed's node services (svc), and identity garbage collection is left
+	// to the seed.
+	node *nodeCredential
+}
+
+// nodeCredential is a joined node's view of the control plane.
+type nodeCredential struct {
+	cluster, name string
+	svc           *join.ServiceClient
+}
+
+// credentialNode reads the certificate's common name: a node's
+// (node:<cluster>/<node>) says which node it is; anything else (the
+// admin's CN=root, an operator's own) is not a node credential.
+func credentialNode(certFile string) (cluster, node string, ok bool, err error) {
+	if certFile == "" {
+		return "", "", false, nil
+	}
+	data, err := os.ReadFile(certFile)
+	if err != nil {
+		return "", "", false, fmt.Errorf("reading etcd.certFile: %w", err)
+	}
+	cert, err := pki.ParseCertPEM(data)
+	if err != nil {
+		return "", "", false, fmt.Errorf("etcd.certFile %s: %w", certFile, err)
+	}
+	cluster, node, ok = kvstore.ParseNodeUser(cert.Subject.CommonName)
+	return cluster, node, ok, nil
 }
 
 func startControlPlane(ctx context.Context, cfg *config.Config, log *slog.Logger) (*controlPlane, error) {
@@ -52,13 +85,12 @@ func startControlPlane(ctx context.Context, cfg *config.Config, log *slog.Logger
 			}
 		}
 		srv, err := embedded.Start(ctx, embedded.Config{
-			Dir:        cfg.EtcdDataDir(),
-			Name:       cfg.NodeName,
-			ClientAddr: client,
-			PeerAddr:   peer,
-			ExtraHosts: hosts,
-			// Until joined nodes get their etcd users at join.
-			DisableAuth: true,
+			Dir:         cfg.EtcdDataDir(),
+			Name:        cfg.NodeName,
+			ClientAddr:  client,
+			PeerAddr:    peer,
+			ExtraHosts:  hosts,
+			DisableAuth: !cfg.Etcd.Embedded.RBAC,
 			Logger:      log.With("component", "embedded-etcd"),
 		})
 		if err != nil {
@@ -72,6 +104,26 @@ func startControlPlane(ctx context.Context, cfg *config.Config, log *slog.Logger
 	} else {
 		cp.files = pki.Files{CAFile: cfg.Etcd.CAFile, ClientCertFile: cfg.Etcd.CertFile, ClientKey: cfg.Etcd.KeyFile}
 		cp.endpoints = cfg.Etcd.Endpoints
+	}
+	if cp.embedded == nil {
+		cluster, node, isNode, err := credentialNode(cfg.Etcd.CertFile)
+		if err != nil {
+			return nil, err
+		}
+		if isNode {
+			if cluster != cfg.Cluster || node != cfg.NodeName {
+				return nil, fmt.Errorf("the etcd certificate %s is node %s/%s's, but this agent is configured as %s/%s: fix nodeName/cluster or run 'meshctl leave' and join again", cfg.Etcd.CertFile, cluster, node, cfg.Cluster, cfg.NodeName)
+			}
+			server := cfg.JoinServer()
+			if server == "" {
+				return nil, fmt.Errorf("a node credential needs the join service's address for new identities and its CIDR: set join.server (host:port of the first node's join service)")
+			}
+			svc, err := join.NewServiceClient(server, cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile)
+			if err != nil {
+				return nil, err
+			}
+			cp.node = &nodeCredential{cluster: cluster, name: node, svc: svc}
+		}
 	}
 	kcfg.DialTimeout = 10 * time.Second
 	kv, err := kvstore.New(ctx, kcfg)

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/join"
 	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/kvstore/grant"
 	"github.com/weftmesh/weft/pki"
 )
 
@@ -28,14 +31,104 @@ func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now tim
 	if err != nil {
 		return join.Grant{}, join.TokenStoreError(err, kvTokenCodes)
 	}
-	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels)}, nil
+	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), AllowLabels: t.AllowLabels}, nil
+}
+
+// admitter gives a joining node its etcd user (a role that writes only
+// its own keys) and records its label grant, before the join service signs
+// its certificate.
+type admitter struct{ kv *kvstore.Client }
+
+func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
+	if err := ad.kv.EnsureNodeUser(ctx, a.Cluster, a.Node); err != nil {
+		return err
+	}
+	allow := a.AllowLabels
+	if len(allow) == 0 {
+		allow = []string{grant.Any}
+	}
+	return ad.kv.PutGrant(ctx, kvstore.Grant{Cluster: a.Cluster, Node: a.Node, AllowLabels: allow, TokenID: a.TokenID})
+}
+
+// nodeServices does on the seed, with the admin credential, the writes a
+// joined node's etcd role does not allow, for that node only.
+type nodeServices struct{ a *Agent }
+
+// CreateIdentity implements join.NodeServices: the labels must be within
+// the caller's grant; the seed's allocator finds or creates the number
+// and lets go of its own reference at once (the caller writes its own;
+// garbage collection waits DefaultGCGrace before collecting anything).
+func (s nodeServices) CreateIdentity(ctx context.Context, c join.Caller, labels []string) (uint32, error) {
+	ls, err := identity.ParseLabels(labels, "")
+	if err != nil || len(ls) == 0 {
+		return 0, join.Errorf(join.CodeInvalid, "labels %q: %v", labels, err)
+	}
+	if err := s.checkGrant(ctx, c, ls.Strings()); err != nil {
+		return 0, err
+	}
+	alloc := s.a.alloc
+	if alloc == nil {
+		return 0, join.Errorf(join.CodeService, "the seed's identity allocator is not running yet; retry")
+	}
+	id, err := alloc.Allocate(ctx, ls)
+	if err != nil {
+		if errors.Is(err, allocator.ErrInvalidLabels) {
+			return 0, join.Errorf(join.CodeInvalid, "%v", err)
+		}
+		return 0, err
+	}
+	if err := alloc.Release(ctx, id); err != nil {
+		s.a.log.Warn("releasing the seed's reference to a node's identity", "identity", id, "err", err)
+	}
+	s.a.log.Debug("identity for a node", "node", c.Cluster+"/"+c.Node, "identity", id, "labels", ls)
+	return uint32(id), nil
+}
+
+// checkGrant refuses labels outside the caller's grant. A node without a
+// grant record joined before grants existed: it keeps its old freedom.
+func (s nodeServices) checkGrant(ctx context.Context, c join.Caller, labels []string) error {
+	g, err := s.a.cp.kv.GetGrant(ctx, c.Cluster, c.Node)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := g.Allows(labels); err != nil {
+		return join.Errorf(join.CodeForbidden, "%v (the node's join token decides its labels: make one with 'meshctl token create --allow-labels ...')", err)
+	}
+	return nil
+}
+
+// AllocateCIDR implements join.NodeServices.
+func (s nodeServices) AllocateCIDR(ctx context.Context, c join.Caller, req join.CIDRRequest) (netip.Prefix, error) {
+	src := ipamCIDRs{kv: s.a.cp.kv, cluster: c.Cluster, node: c.Node, clusterID: req.ClusterID,
+		meshPool: req.MeshPool, prefixLen: req.PrefixLength, log: s.a.log}
+	if src.meshPool == "" {
+		src.meshPool = s.a.cfg.IPAM.MeshPool
+	}
+	cidr, err := src.Acquire(ctx)
+	if errors.Is(err, kvstore.ErrInvalidConfig) || errors.Is(err, kvstore.ErrOverlap) || errors.Is(err, kvstore.ErrPoolExhausted) || errors.Is(err, kvstore.ErrConflict) || errors.Is(err, kvstore.ErrInvalidRecord) {
+		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "%v", err)
+	}
+	return cidr, err
+}
+
+// ReleaseCIDR implements join.NodeServices; kvstore refuses another
+// node's CIDR.
+func (s nodeServices) ReleaseCIDR(ctx context.Context, c join.Caller, cidr netip.Prefix) error {
+	err := s.a.cp.kv.ReleaseNodeCIDR(ctx, c.Cluster, c.Node, cidr)
+	if errors.Is(err, kvstore.ErrNotOwner) {
+		return join.Errorf(join.CodeForbidden, "%v", err)
+	}
+	return err
 }
 
 // meshCA is the CA the embedded etcd trusts for clients: the join service
 // signs node certificates with it, so joined nodes can reach etcd.
 func (a *Agent) meshCA() (*pki.CA, error) {
 	if a.cp.files.CAKeyFile == "" {
-		return nil, api.Errorf(api.CodeNotSupported, "this node does not hold the mesh CA; create tokens on the node that ran `meshctl up`")
+		return nil, api.Errorf(api.CodeNotSupported, "tokens need admin rights and the mesh CA, which this node does not hold: create tokens on the mesh's first node (where `meshctl up` ran)")
 	}
 	return pki.LoadCAFiles(a.cp.files.CAFile, a.cp.files.CAKeyFile)
 }
@@ -59,10 +152,12 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 	srv, err := join.NewServer(join.ServerConfig{
 		CA: ca, Tokens: tokenStore{a.cp.kv}, EtcdEndpoints: a.cp.endpoints,
 		Cluster: a.cfg.Cluster, Hosts: hosts, Log: a.log.With("component", "join"),
+		Admitter: admitter{a.cp.kv}, Services: nodeServices{a},
 	})
 	if err != nil {
 		return err
 	}
+	a.ensureKnownNodeUsers(ctx)
 	l, err := net.Listen("tcp", a.cfg.Join.Listen)
 	if err != nil {
 		return fmt.Errorf("join service: listening on %s: %w", a.cfg.Join.Listen, err)
@@ -72,6 +167,37 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 	run("join service", func(context.Context) error { return srv.Serve(l) })
 	a.log.Info("join service listening", "listen", a.cfg.Join.Listen, "advertise", adv)
 	return nil
+}
+
+// ensureKnownNodeUsers gives every node the mesh already knows (by its
+// CIDR allocation or its record) an etcd user, so nodes that joined before
+// authentication was turned on keep working after the seed's upgrade.
+// Best effort: a failure is logged, the node can join again.
+func (a *Agent) ensureKnownNodeUsers(ctx context.Context) {
+	seen := map[[2]string]bool{{a.cfg.Cluster, a.cfg.NodeName}: true}
+	ensure := func(cluster, node string) {
+		if seen[[2]string{cluster, node}] {
+			return
+		}
+		seen[[2]string{cluster, node}] = true
+		if err := a.cp.kv.EnsureNodeUser(ctx, cluster, node); err != nil {
+			a.log.Warn("giving a known node its etcd user", "node", cluster+"/"+node, "err", err)
+		}
+	}
+	allocs, err := kvstore.List(ctx, a.cp.kv, kvstore.IPAMPrefix, kvstore.DecodeIPAM)
+	if err != nil {
+		a.log.Warn("listing CIDR allocations for node users", "err", err)
+	}
+	for _, al := range allocs {
+		ensure(al.Cluster, al.Node)
+	}
+	nodes, err := kvstore.List(ctx, a.cp.kv, kvstore.NodesPrefix, kvstore.DecodeNode)
+	if err != nil {
+		a.log.Warn("listing nodes for node users", "err", err)
+	}
+	for _, n := range nodes {
+		ensure(n.Cluster, n.Name)
+	}
 }
 
 // CreateToken implements api.TokenManager.
@@ -110,6 +236,9 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 // Tokens implements api.TokenManager.
 func (a *Agent) Tokens(ctx context.Context) ([]api.Token, error) {
 	ts, err := a.cp.kv.ListTokens(ctx)
+	if kvstore.IsPermissionDenied(err) {
+		return nil, needAdmin("listing tokens")
+	}
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "%v", err)
 	}
@@ -123,6 +252,9 @@ func (a *Agent) Tokens(ctx context.Context) ([]api.Token, error) {
 // RevokeToken implements api.TokenManager.
 func (a *Agent) RevokeToken(ctx context.Context, id string) error {
 	err := a.cp.kv.RevokeToken(ctx, id)
+	if kvstore.IsPermissionDenied(err) {
+		return needAdmin("revoking tokens")
+	}
 	if errors.Is(err, kvstore.ErrNotFound) || errors.Is(err, kvstore.ErrTokenUnknown) {
 		return api.Errorf(api.CodeNotFound, "no token %q (see `meshctl token list`)", id)
 	}

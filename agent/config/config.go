@@ -73,6 +73,10 @@ type Config struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// SocketPath is the local API's unix socket (root only).
 	SocketPath string `json:"socketPath,omitempty"`
+	// Strict drops unencrypted traffic between mesh nodes' underlay
+	// addresses, except WireGuard, the join service and etcd
+	// (docs/datapath.md, "Strict mode").
+	Strict bool `json:"strict,omitempty"`
 
 	Etcd      Etcd       `json:"etcd,omitempty"`
 	WireGuard WireGuard  `json:"wireguard,omitempty"`
@@ -112,6 +116,12 @@ type EmbeddedEtcd struct {
 	// defaults to ClientURL and must not be a wildcard address.
 	AdvertiseClientURL string `json:"advertiseClientURL,omitempty"`
 	PeerURL            string `json:"peerURL,omitempty"`
+	// RBAC turns on etcd's authentication with per-node roles: the admin
+	// certificate is etcd root, each joined node's certificate writes only
+	// its own keys (docs/security.md). `meshctl up --rbac` sets it. Off,
+	// every certificate of the mesh CA is etcd root. Once on, etcd keeps
+	// authentication on in its data even if this is turned off again.
+	RBAC bool `json:"rbac,omitempty"`
 }
 
 // JoinServer configures the join service, which runs next to the mesh CA
@@ -122,6 +132,12 @@ type JoinServer struct {
 	// Advertise is the host:port written into join tokens; it defaults to
 	// Listen when that has a specific host.
 	Advertise string `json:"advertise,omitempty"`
+	// Server is, on a joined node, the join service it joined through
+	// (host:port, from the token): the node asks it, with its own
+	// certificate, for the writes its etcd role does not allow (new
+	// identities, its CIDR). Empty: the host of the first etcd endpoint,
+	// port 51834.
+	Server string `json:"server,omitempty"`
 }
 
 // WireGuard configures the node's tunnel device.
@@ -280,6 +296,24 @@ func (c *Config) embeddedAdvertiseURL() string {
 	return c.Etcd.Embedded.ClientURL
 }
 
+// JoinServer is the join service a joined node asks for the writes its
+// etcd role does not allow: join.server, else the host of the first etcd
+// endpoint at the default join port.
+func (c *Config) JoinServer() string {
+	if c.Join.Server != "" {
+		return c.Join.Server
+	}
+	if len(c.Etcd.Endpoints) == 0 {
+		return ""
+	}
+	u, err := url.Parse(c.Etcd.Endpoints[0])
+	if err != nil || u.Hostname() == "" {
+		return ""
+	}
+	_, port, _ := net.SplitHostPort(DefaultJoinListen)
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
 // JoinAdvertise is the join service address written into tokens.
 func (c *Config) JoinAdvertise() string {
 	if c.Join.Advertise != "" {
@@ -360,6 +394,11 @@ func (c *Config) Validate() error {
 				bad(field, "missing: etcd is reached over TLS with a client certificate")
 			} else if !filepath.IsAbs(f) {
 				bad(field, "%q must be an absolute path", f)
+			}
+		}
+		if c.Join.Server != "" {
+			if err := checkHostPort(c.Join.Server); err != nil {
+				bad("join.server", "%v", err)
 			}
 		}
 	}

@@ -37,6 +37,9 @@ type Credentials struct {
 	// credentials (the key never left this machine).
 	CAPEM, CertPEM, KeyPEM []byte
 	EtcdEndpoints          []string
+	// Server is the join service's address (the token's): the node asks
+	// its node services for new identities and its CIDR.
+	Server string
 }
 
 // DialTimeout bounds reaching the join service.
@@ -111,6 +114,7 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 	creds := &Credentials{
 		NodeName: r.NodeName, Cluster: r.Cluster, Labels: r.Labels, Overridden: r.Overridden,
 		CAPEM: []byte(r.CACert), CertPEM: []byte(r.Cert), KeyPEM: keyPEM, EtcdEndpoints: r.EtcdEndpoints,
+		Server: tok.Server,
 	}
 	if err := creds.check(pinned, tok.CAHash); err != nil {
 		return nil, Errorf(CodeService, "the join service at %s answered with unusable credentials: %v", tok.Server, err)

@@ -18,6 +18,9 @@ var (
 	ErrInvalidRequest = errors.New("join: invalid join request")
 	// ErrWrongCA: the service is not signed by the CA the token pins.
 	ErrWrongCA = errors.New("join: the join service's certificate is not from the mesh CA the token pins")
+	// ErrForbidden: a node service refused the caller (no node
+	// certificate, or a request outside what its node may ask).
+	ErrForbidden = errors.New("join: not allowed for this node")
 	// ErrService: the service failed or answered something unexpected.
 	ErrService = errors.New("join: join service error")
 )
@@ -35,6 +38,7 @@ const (
 	CodeTokenRevoked Code = "token_revoked"
 	CodeTokenUsedUp  Code = "token_used_up"
 	CodeInvalid      Code = "invalid"
+	CodeForbidden    Code = "forbidden"
 	CodeWrongCA      Code = "wrong_ca"
 	CodeService      Code = "internal"
 )
@@ -54,6 +58,7 @@ var codes = []struct {
 	{CodeTokenRevoked, ErrTokenRevoked, http.StatusForbidden, "make a new one with 'meshctl token create'"},
 	{CodeTokenUsedUp, ErrTokenUsedUp, http.StatusForbidden, "make a new one with 'meshctl token create' (--reusable --max-uses N for several machines)"},
 	{CodeInvalid, ErrInvalidRequest, http.StatusBadRequest, "the join request was refused"},
+	{CodeForbidden, ErrForbidden, http.StatusForbidden, "not allowed for this node"},
 	{CodeWrongCA, ErrWrongCA, http.StatusInternalServerError, ""},
 	{CodeService, ErrService, http.StatusInternalServerError, ""},
 }

@@ -29,6 +29,25 @@ type Grant struct {
 	// Labels use the configuration form: key (optionally vm:key or
 	// k8s:key) to value.
 	Labels map[string]string
+	// AllowLabels bounds the labels the node may publish endpoints with
+	// (kvstore/grant patterns); empty allows every label.
+	AllowLabels []string
+}
+
+// Admission is a node the service is about to sign a certificate for.
+type Admission struct {
+	Cluster, Node string
+	TokenID       string
+	// AllowLabels is the token's label allow-list (empty: any label).
+	AllowLabels []string
+}
+
+// Admitter prepares the control plane for a node before its certificate
+// is signed: the agent creates the node's etcd user and role (which write
+// only its own keys) and records its label grant. A failure refuses the
+// join, so no certificate exists that etcd does not know.
+type Admitter interface {
+	AdmitNode(ctx context.Context, a Admission) error
 }
 
 // TokenStore checks a presented token and counts one use of it,
@@ -57,6 +76,13 @@ type ServerConfig struct {
 	Log   *slog.Logger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// Admitter, if set, is called for every node before its certificate
+	// is signed.
+	Admitter Admitter
+	// Services, if set, answers joined nodes' requests for the writes
+	// their etcd roles do not allow (new identities, their CIDR): mTLS with
+	// the node's certificate, on the same listener (services.go).
+	Services NodeServices
 }
 
 // Server is a running join service.
@@ -105,6 +131,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{cfg: cfg, cert: cert}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+joinPath, s.handleJoin)
+	s.routeServices(mux)
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -130,6 +157,10 @@ func (s *Server) Serve(l net.Listener) error {
 	tl := tls.NewListener(l, &tls.Config{
 		Certificates: []tls.Certificate{s.cert},
 		MinVersion:   tls.VersionTLS13,
+		// Joining nodes have no certificate yet; joined ones present
+		// theirs to use the node services, verified against the mesh CA.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  s.cfg.CA.Pool(),
 	})
 	if err := s.http.Serve(tl); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("join service: %w", err)
@@ -198,6 +229,12 @@ func (s *Server) join(r *http.Request) (*response, error) {
 	labels, overridden, err := mergeLabels(grant.Labels, req.Labels)
 	if err != nil {
 		return nil, fmt.Errorf("token %s carries labels this service cannot use: %w", grant.TokenID, err)
+	}
+	if s.cfg.Admitter != nil {
+		a := Admission{Cluster: cluster, Node: req.NodeName, TokenID: grant.TokenID, AllowLabels: grant.AllowLabels}
+		if err := s.cfg.Admitter.AdmitNode(r.Context(), a); err != nil {
+			return nil, fmt.Errorf("preparing etcd for node %s/%s: %w", cluster, req.NodeName, err)
+		}
 	}
 	certPEM, err := s.cfg.CA.SignClientCSR([]byte(req.CSR), NodeCommonName(cluster, req.NodeName), []string{NodeOrganization})
 	if err != nil {

@@ -8,13 +8,25 @@ import (
 	"github.com/weftmesh/weft/kvstore"
 )
 
+// GarbageCollector is implemented by a Backend that can say whether its
+// credential may collect garbage; one that does not implement it may.
+type GarbageCollector interface {
+	CollectsGarbage() bool
+}
+
 // CollectGarbage deletes identities that no node references and that have
 // been unreferenced for at least grace, as seen by this allocator's earlier
 // calls (the first call only starts the clock, unless grace is 0). Every
 // deletion is a transaction that fails if any reference was written since
 // the references were read, so an identity gaining a user is never deleted.
 // Several nodes may collect at once; the transactions keep them safe.
+//
+// A Backend whose credential may not delete identities (a joined node's
+// etcd role; see GarbageCollector) collects nothing: the seed does it.
 func (a *Allocator) CollectGarbage(ctx context.Context, grace time.Duration) ([]identity.NumericIdentity, error) {
+	if gc, ok := a.c.(GarbageCollector); ok && !gc.CollectsGarbage() {
+		return nil, nil
+	}
 	a.gcMu.Lock()
 	defer a.gcMu.Unlock()
 	listing, err := a.c.ListIdentities(ctx)

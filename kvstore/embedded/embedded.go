@@ -180,7 +180,7 @@ func (s *Server) enableAuth(ctx context.Context) error {
 	}
 	defer kv.Close()
 	if err := kv.EnableAuth(ctx); err != nil {
-		return fmt.Errorf("enabling authentication on the embedded etcd (remove %s to start over, or set etcd.embedded.disableAuth): %w", s.files.CAFile, err)
+		return fmt.Errorf("enabling authentication on the embedded etcd (remove %s to start over, or leave etcd.embedded.rbac off): %w", s.files.CAFile, err)
 	}
 	return nil
 }

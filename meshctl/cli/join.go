@@ -44,6 +44,7 @@ Example:
 		Flags: append(agentProcFlags(),
 			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
 			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
+			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
 			// For `make bench-join`: where the join's time goes.
 			&cli.BoolFlag{Name: "timings", Usage: "print the duration of each step of the join to stderr"},
 		),
@@ -238,6 +239,10 @@ func configFromCredentials(c *cli.Context, creds *join.Credentials, agentArgs []
 	cfg.Labels = creds.Labels
 	cfg.Etcd.Endpoints = creds.EtcdEndpoints
 	cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile = files.CA, files.Cert, files.Key
+	// The node's etcd role writes only its own keys: new identities and
+	// its CIDR come from the join service it joined through.
+	cfg.Join.Server = creds.Server
+	cfg.Strict = c.Bool("strict")
 	if err := cfg.ApplyArgs(agentArgs); err != nil {
 		return nil, err
 	}

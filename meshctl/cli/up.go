@@ -49,6 +49,10 @@ Example:
 			&cli.StringFlag{Name: "advertise-address", Usage: "`IP` other nodes reach this one at (default: the default route's source address)"},
 			&cli.DurationFlag{Name: "token-ttl", Value: defaultTokenTTL, Usage: "validity of the printed join token"},
 			&cli.IntFlag{Name: "token-max-uses", Value: 1, Usage: "how many machines may join with the printed token (`N`)"},
+			// Off by default until every caller applies policies on the
+			// seed (docs/security.md, "Turning it on").
+			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
+			&cli.BoolFlag{Name: "rbac", Usage: "etcd authentication with per-node roles: a joined node's certificate writes only its own keys; policies and tokens only from this node"},
 		),
 		Action: upAction,
 	}
@@ -95,6 +99,8 @@ func seedConfig(c *cli.Context, agentArgs []string) (*config.Config, error) {
 	cfg.StateDir = c.Path("state-dir")
 	cfg.SocketPath = c.Path("socket")
 	cfg.Etcd.Embedded.Enabled = true
+	cfg.Strict = c.Bool("strict")
+	cfg.Etcd.Embedded.RBAC = c.Bool("rbac")
 	cfg.Etcd.Embedded.ClientURL = "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(etcdClientPort))
 	cfg.Join.Listen = net.JoinHostPort(addr.String(), strconv.Itoa(joinPort))
 	if err := cfg.ApplyArgs(agentArgs); err != nil {
@@ -158,7 +164,7 @@ func upAction(c *cli.Context) error {
 		// The existing configuration wins; say so rather than drop flags
 		// without a word.
 		var ignored []string
-		for _, f := range []string{"name", "cluster", "labels", "advertise-address"} {
+		for _, f := range []string{"name", "cluster", "labels", "advertise-address", "rbac", "strict"} {
 			if c.IsSet(f) {
 				ignored = append(ignored, "--"+f)
 			}
