@@ -12,12 +12,9 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flowcollect"
@@ -596,29 +593,6 @@ func (a *Agent) LogErrors(ctx context.Context, since time.Time) (api.LogErrors, 
 		msgs = []string{}
 	}
 	return api.LogErrors{Count: n, Recent: msgs}, nil
-}
-
-// underlayIfaces are the interfaces holding the node's underlay addresses.
-func (a *Agent) underlayIfaces() ([]int, error) {
-	want := map[netip.Addr]bool{}
-	for _, ep := range a.self.Endpoints {
-		want[ep.Addr().Unmap()] = true
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, ad := range addrs {
-		ip, ok := netip.AddrFromSlice(ad.IP)
-		if ok && want[ip.Unmap()] {
-			out = append(out, ad.LinkIndex)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no interface holds the node's underlay address (%s)", strings.Trim(fmt.Sprint(a.self.Endpoints), "[]"))
-	}
-	return out, nil
 }
 
 func tlsListener(l net.Listener, c *meshtls.Credentials) net.Listener {

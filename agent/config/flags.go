@@ -42,6 +42,7 @@ const (
 	FlagLogLevel           = "log-level"
 	FlagMetricsAddress     = "metrics-address"
 	FlagFlowBuffer         = "flow-buffer"
+	FlagStrict             = "strict"
 	envPrefix              = "WEFT_"
 	categoryControlPlane   = "control plane"
 	categoryEmbedded       = "embedded control plane (first node)"
@@ -91,6 +92,7 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: FlagMeshPool, EnvVars: env(FlagMeshPool), Value: d.IPAM.MeshPool, Usage: "`CIDR` the cluster's node CIDRs come from (when the cluster is new)", Category: categoryDataplane},
 		&cli.IntFlag{Name: FlagNodePrefixLength, EnvVars: env(FlagNodePrefixLength), Value: d.IPAM.NodePrefixLength, Usage: "prefix `LENGTH` of each node's CIDR", Category: categoryDataplane},
 		&cli.PathFlag{Name: FlagBPFPinPath, EnvVars: env(FlagBPFPinPath), Value: d.BPF.PinPath, Usage: "bpffs `DIR` for this agent's pinned maps", Category: categoryDataplane},
+		&cli.BoolFlag{Name: FlagStrict, EnvVars: env(FlagStrict), Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd", Category: categoryDataplane},
 
 		&cli.StringFlag{Name: FlagLogFormat, EnvVars: env(FlagLogFormat), Value: d.Log.Format, Usage: "log format: text or json", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagLogLevel, EnvVars: env(FlagLogLevel), Value: d.Log.Level, Usage: "log level: debug, info, warn or error", Category: categoryObservability},
@@ -183,6 +185,9 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagLogLevel, &cfg.Log.Level)
 	setS(FlagMetricsAddress, &cfg.Metrics.Address)
 	setI(FlagFlowBuffer, &cfg.Flows.Buffer)
+	if c.IsSet(FlagStrict) {
+		cfg.Strict = c.Bool(FlagStrict)
+	}
 	return nil
 }
 

@@ -26,6 +26,10 @@ type Datapath struct {
 	policy    map[uint32]map[bpf.PolicyKey]bpf.Verdict
 	attached  map[string]bool
 	host      string
+	underlay  map[string]bool
+	strict    bool
+	wgPort    uint16
+	nodes     map[netip.Addr]bool // strict mode's other nodes' underlay addresses
 	events    chan bpf.Event
 	closed    bool
 	removed   bool
@@ -41,6 +45,8 @@ func New() *Datapath {
 		endpoints: map[netip.Addr]bpf.Endpoint{},
 		policy:    map[uint32]map[bpf.PolicyKey]bpf.Verdict{},
 		attached:  map[string]bool{},
+		underlay:  map[string]bool{},
+		nodes:     map[netip.Addr]bool{},
 		events:    make(chan bpf.Event, 64),
 	}
 }
@@ -79,6 +85,63 @@ func (d *Datapath) AttachWorkload(iface string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.attached[iface] = true
+	return nil
+}
+
+// AttachUnderlay records an underlay interface's attachment.
+func (d *Datapath) AttachUnderlay(iface string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.underlay[iface] = true
+	d.attached[iface] = true
+	return nil
+}
+
+// Underlay lists the interfaces the underlay program is attached to.
+func (d *Datapath) Underlay() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Sorted(maps.Keys(d.underlay))
+}
+
+// SetStrict records strict mode and the WireGuard port it lets through.
+func (d *Datapath) SetStrict(strict bool, wgPort uint16) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.strict, d.wgPort = strict, wgPort
+	return nil
+}
+
+// Strict reports strict mode and its WireGuard port.
+func (d *Datapath) Strict() (bool, uint16) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.strict, d.wgPort
+}
+
+// UnderlayNodes returns strict mode's table, sorted.
+func (d *Datapath) UnderlayNodes() ([]netip.Addr, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.SortedFunc(maps.Keys(d.nodes), func(a, b netip.Addr) int { return a.Compare(b) }), nil
+}
+
+func (d *Datapath) UpsertUnderlayNode(a netip.Addr) error {
+	if !a.IsValid() {
+		return fmt.Errorf("bpftest: underlay node address %v is invalid", a)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nodes[a.Unmap()] = true
+	d.logf("underlay+ %s", a)
+	return nil
+}
+
+func (d *Datapath) DeleteUnderlayNode(a netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.nodes, a.Unmap())
+	d.logf("underlay- %s", a)
 	return nil
 }
 
@@ -216,6 +279,9 @@ func (d *Datapath) Remove() error {
 	clear(d.endpoints)
 	clear(d.policy)
 	clear(d.attached)
+	clear(d.underlay)
+	clear(d.nodes)
+	d.strict = false
 	return nil
 }
 
