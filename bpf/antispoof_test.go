@@ -86,7 +86,7 @@ var spoofCases = []progCase{
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 22, tcpSYN), want: retPass}, // not strict
 			{hook: fromUL, pkt: tcp(addrCIDRPeer, addrUnderB, 40000, 443, tcpSYN), want: retPass},
 			{hook: fromUL, pkt: echo(addrWorld, addrUnderB, 8, 3), want: retPass},
-			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 1, 2), raw: func(b []byte) []byte { b[14] = 0x44; return b }, want: retPass}, // broken: the stack's business
+			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 1, 2), raw: func(b []byte) []byte { b[14] = 0x44; return b }, want: retPass},              // broken: the stack's business
 			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 1, 2), raw: func(b []byte) []byte { b[12], b[13] = 0x08, 0x06; return b }, want: retPass}, // ARP
 			{hook: fromUL3, pkt: l3(udp(addrUnderA, addrUnderB, wgPort, wgPort)), want: retPass},
 		},
