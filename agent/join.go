@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
@@ -46,6 +47,12 @@ func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
 	allow := a.AllowLabels
 	if len(allow) == 0 {
 		allow = []string{grant.Any}
+	} else {
+		own, err := identity.ParseUserLabelMap(a.TokenLabels)
+		if err != nil {
+			return fmt.Errorf("token %s's labels: %w", a.TokenID, err)
+		}
+		allow = append(slices.Clone(allow), own.Strings()...)
 	}
 	return ad.kv.PutGrant(ctx, kvstore.Grant{Cluster: a.Cluster, Node: a.Node, AllowLabels: allow, TokenID: a.TokenID})
 }
@@ -222,7 +229,11 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	if maxUses <= 0 {
 		maxUses = 1
 	}
-	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses}, time.Now())
+	allow, err := grant.Parse(req.AllowLabels)
+	if err != nil {
+		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "--allow-labels: %v", err)
+	}
+	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses, AllowLabels: grant.Strings(allow)}, time.Now())
 	if err != nil {
 		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
@@ -262,5 +273,5 @@ func (a *Agent) RevokeToken(ctx context.Context, id string) error {
 }
 
 func apiToken(t kvstore.Token) api.Token {
-	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked}
+	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked, AllowLabels: t.AllowLabels}
 }

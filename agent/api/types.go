@@ -191,6 +191,9 @@ type TokenRequest struct {
 	TTL     Duration          `json:"ttl"`
 	// MaxUses is 1 for a single-use token.
 	MaxUses int `json:"maxUses"`
+	// AllowLabels bounds the labels the admitted nodes may publish
+	// endpoints with ("app=web", "app=*", "k8s:tier=db"); empty: any.
+	AllowLabels []string `json:"allowLabels,omitempty"`
 }
 
 // Token is a stored join token; its secret is never shown again.
@@ -203,6 +206,8 @@ type Token struct {
 	Uses      int               `json:"uses"`
 	MaxUses   int               `json:"maxUses"`
 	Revoked   bool              `json:"revoked"`
+	// AllowLabels is the token's label grant; empty allows any label.
+	AllowLabels []string `json:"allowLabels,omitempty"`
 }
 
 // CreatedToken is a new token with the one string a user copies.

@@ -40,6 +40,9 @@ type Admission struct {
 	TokenID       string
 	// AllowLabels is the token's label allow-list (empty: any label).
 	AllowLabels []string
+	// TokenLabels are the labels the token gave the node: always within
+	// its grant, since the token's creator chose them.
+	TokenLabels map[string]string
 }
 
 // Admitter prepares the control plane for a node before its certificate
@@ -231,7 +234,7 @@ func (s *Server) join(r *http.Request) (*response, error) {
 		return nil, fmt.Errorf("token %s carries labels this service cannot use: %w", grant.TokenID, err)
 	}
 	if s.cfg.Admitter != nil {
-		a := Admission{Cluster: cluster, Node: req.NodeName, TokenID: grant.TokenID, AllowLabels: grant.AllowLabels}
+		a := Admission{Cluster: cluster, Node: req.NodeName, TokenID: grant.TokenID, AllowLabels: grant.AllowLabels, TokenLabels: grant.Labels}
 		if err := s.cfg.Admitter.AdmitNode(r.Context(), a); err != nil {
 			return nil, fmt.Errorf("preparing etcd for node %s/%s: %w", cluster, req.NodeName, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -14,6 +15,7 @@ import (
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/cliout"
+	"github.com/weftmesh/weft/kvstore/grant"
 )
 
 // Token lifetimes: long enough to provision a fleet from cloud-init, short
@@ -44,17 +46,23 @@ join service (the first node, made with 'meshctl up'). See docs/join.md.`,
 				UsageText: "meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
 				Description: `The joining node is placed in --cluster (default: the agent's own) and gets
 the --labels; labels it asks for itself are added, but on the same key the
-token's value wins.
+token's value wins. --allow-labels bounds the labels the node may publish
+endpoints with (its own and its workloads'): app=web,app=worker, or app=* for
+any value of app; other nodes refuse endpoints outside it, and the first node
+creates no identity outside it. Without it the node may use any label.
+mesh: labels (cluster, kind) are Weft's own and always allowed.
 
 Examples:
   meshctl token create --labels app=db --ttl 30m
-  meshctl token create --cluster west --reusable --max-uses 20 --ttl 24h`,
+  meshctl token create --cluster west --reusable --max-uses 20 --ttl 24h
+  meshctl token create --labels app=web --allow-labels app=web,app=worker`,
 				Flags: agentFlags(
 					&cli.StringFlag{Name: "cluster", Usage: "`CLUSTER` the node joins (default: this agent's)"},
 					&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` given to the node"},
 					&cli.DurationFlag{Name: "ttl", Value: defaultTokenTTL, Usage: "how long the token is valid (1m to 720h)"},
 					&cli.BoolFlag{Name: "reusable", Usage: "let several machines join with this token (needs --max-uses)"},
 					&cli.IntFlag{Name: "max-uses", Usage: "how many machines may join with a --reusable token (`N`)"},
+					&cli.StringFlag{Name: "allow-labels", Usage: "labels `k=v,...` the node may give its workloads (k=* any value); default any"},
 				),
 				Action: tokenCreateAction,
 			},
@@ -91,6 +99,13 @@ func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
 		return req, err
 	}
 	req.Labels = labels
+	if s := c.String("allow-labels"); s != "" {
+		allow, err := grant.Parse(strings.Split(s, ","))
+		if err != nil {
+			return req, fmt.Errorf("--allow-labels: %w", err)
+		}
+		req.AllowLabels = grant.Strings(allow)
+	}
 	ttl := c.Duration("ttl")
 	if ttl < minTokenTTL || ttl > maxTokenTTL {
 		return req, fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
@@ -135,6 +150,9 @@ func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
 	labels := ""
 	if len(tok.Labels) > 0 {
 		labels = ", labels " + identity.FormatLabelMap(tok.Labels)
+	}
+	if len(tok.AllowLabels) > 0 {
+		labels += ", workloads may use only " + strings.Join(tok.AllowLabels, ",")
 	}
 	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
 
