@@ -198,7 +198,10 @@ spec:
 		}},
 		{"claim a CIDR directly", func() error { _, err := a1.Put(ctx, kvstore.IPAMPrefix+"default/100.64.200.0/24", "{}"); return err }},
 		{"replace the gossip key", func() error { _, err := a1.Put(ctx, kvstore.GossipKeyKey, `{"version":1,"key":"AAAA"}`); return err }},
-		{"widen its own grant", func() error { _, err := a1.Put(ctx, kvstore.GrantKey("default", "a1"), `{"version":1,"cluster":"default","node":"a1","allowLabels":["*"]}`); return err }},
+		{"widen its own grant", func() error {
+			_, err := a1.Put(ctx, kvstore.GrantKey("default", "a1"), `{"version":1,"cluster":"default","node":"a1","allowLabels":["*"]}`)
+			return err
+		}},
 		{"auth enable", func() error { _, err := a1.AuthEnable(ctx); return err }},
 		{"auth disable", func() error { _, err := a1.AuthDisable(ctx); return err }},
 		{"widen its own role", func() error {
