@@ -23,6 +23,8 @@ func runHelper() int {
 	switch os.Getenv(helperEnv) {
 	case "expired-token":
 		err = expiredToken(os.Args[len(os.Args)-3], os.Args[len(os.Args)-2], os.Args[len(os.Args)-1])
+	case "forge":
+		err = forgeHelper(os.Args[max(1, len(os.Args)-6):])
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}
