@@ -42,6 +42,8 @@ type obsDeps struct {
 	meshIP        netip.Addr
 	flowBuffer    int
 	metricsAddr   string
+	// metricsAllow are further sources /metrics answers (metrics.allow).
+	metricsAllow []netip.Prefix
 	// tls are the node's certificate files (the agent-to-agent API).
 	tls   pki.Files
 	nodes interface {
@@ -111,7 +113,7 @@ type observability struct {
 func (a *Agent) startObservability(ctx context.Context) error {
 	o, err := startObservability(ctx, obsDeps{
 		node: a.cfg.NodeName, cluster: a.cfg.Cluster, meshIP: a.meshIP,
-		flowBuffer: a.cfg.Flows.Buffer, metricsAddr: a.cfg.Metrics.Address, tls: a.cp.files,
+		flowBuffer: a.cfg.Flows.Buffer, metricsAddr: a.cfg.Metrics.Address, metricsAllow: metricsAllow(a.cfg.Metrics.Allow), tls: a.cp.files,
 		nodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: a.alloc,
 		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
@@ -236,7 +238,7 @@ func (o *observability) serveMetrics() error {
 		return fmt.Errorf("metrics: listening on %s (metrics.address; empty turns metrics off): %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", o.metrics.Handler())
+	mux.Handle("GET /metrics", o.metricsGate(o.metrics.Handler()))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	o.deps.run("metrics", func(ctx context.Context) error {
 		go func() {
@@ -250,6 +252,39 @@ func (o *observability) serveMetrics() error {
 	})
 	o.deps.log.Info("metrics listening", "address", addr)
 	return nil
+}
+
+// metricsGate answers /metrics only to the mesh's nodes (a request from a
+// node's mesh address), this node's loopback and metrics.allow: a workload
+// on a node reaches the node's mesh address too, and must not read its
+// counters (what talks to whom, drop reasons, map fill).
+func (o *observability) metricsGate(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !metricsClientAllowed(ap.Addr().Unmap(), o.deps.nodes, o.deps.metricsAllow) {
+			http.Error(w, "metrics are served to the mesh's nodes only; add this address to metrics.allow to let it read them", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// metricsClientAllowed decides who may read /metrics (metricsGate).
+func metricsClientAllowed(ip netip.Addr, nodes nodeSet, allow []netip.Prefix) bool {
+	if ip.IsLoopback() {
+		return true
+	}
+	for _, p := range allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	node := false
+	nodes.Range(func(_ string, n kvstore.Node) bool {
+		node = n.MeshIP == ip
+		return !node
+	})
+	return node
 }
 
 // checkEtcd refreshes the etcd_connected metric.
@@ -597,4 +632,15 @@ func (a *Agent) LogErrors(ctx context.Context, since time.Time) (api.LogErrors, 
 
 func tlsListener(l net.Listener, c *meshtls.Credentials) net.Listener {
 	return tls.NewListener(l, c.ServerConfig())
+}
+
+// metricsAllow parses metrics.allow (validated with the configuration).
+func metricsAllow(ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }

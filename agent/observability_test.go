@@ -174,3 +174,33 @@ func TestObservabilityHealthMatrixAndRelay(t *testing.T) {
 		t.Fatalf("relay to an unknown node = %v", err)
 	}
 }
+
+func TestMetricsAnswerOnlyMeshNodes(t *testing.T) {
+	nodes := fakeNodes{}
+	nodes.put(kvstore.Node{Name: "n2", Cluster: "c", MeshIP: netip.MustParseAddr("100.64.2.1")})
+	allow := []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")}
+	o := &observability{deps: obsDeps{nodes: nodes, metricsAllow: allow}}
+	h := o.metricsGate(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "weft_nodes 2\n") }))
+	for _, c := range []struct {
+		from string
+		want int
+	}{
+		{"100.64.2.1:40000", http.StatusOK},        // a node's mesh address
+		{"127.0.0.1:40000", http.StatusOK},         // this node
+		{"198.18.9.7:40000", http.StatusOK},        // metrics.allow
+		{"100.64.2.9:40000", http.StatusForbidden}, // a workload of n2
+		{"198.18.1.1:40000", http.StatusForbidden}, // the underlay
+		{"garbage", http.StatusForbidden},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.RemoteAddr = c.from
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.want {
+			t.Errorf("/metrics from %s: %d, want %d", c.from, rec.Code, c.want)
+		}
+		if c.want == http.StatusForbidden && !strings.Contains(rec.Body.String(), "metrics.allow") {
+			t.Errorf("refusal does not say what to do: %q", rec.Body.String())
+		}
+	}
+}

@@ -189,6 +189,10 @@ type Metrics struct {
 	// Address serves /metrics; empty disables it. The host "mesh" means
 	// the node's mesh address.
 	Address string `json:"address,omitempty"`
+	// Allow lists further CIDRs that may read /metrics. Without it only
+	// the mesh's nodes (their mesh addresses) and this node's loopback
+	// may: a workload on a node must not read the node's counters.
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Flows configures the flow records `meshctl observe` reads.
@@ -448,6 +452,11 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	for i, a := range c.Metrics.Allow {
+		if p, err := netip.ParsePrefix(a); err != nil || p != p.Masked() {
+			bad(fmt.Sprintf("metrics.allow[%d]", i), "%q is not a CIDR with its host bits zero (example 198.18.0.0/15)", a)
+		}
 	}
 	if c.Metrics.Address != "" {
 		if err := checkHostPort(c.Metrics.Address); err != nil {

@@ -145,6 +145,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"wildcard advertise", "nodeName: s\netcd: {embedded: {enabled: true, clientURL: 'https://0.0.0.0:2379'}}\n", "etcd.embedded.advertiseClientURL"},
 		{"bad join listen", "nodeName: s\netcd: {embedded: {enabled: true}}\njoin: {listen: nope}\n", "join.listen"},
 		{"metrics", externalEtcd + "metrics: {address: 'x:0'}\n", "metrics.address"},
+		{"metrics allow", externalEtcd + "metrics: {allow: ['10.0.0.1/8']}\n", "metrics.allow[0]"},
 		{"lease", externalEtcd + "  leaseTTL: 1s\n", "etcd.leaseTTL"},
 	}
 	for _, tc := range cases {
