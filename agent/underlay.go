@@ -40,7 +40,8 @@ type underlayNodeWriter interface {
 
 // attachUnderlay sets strict mode as configured (the setting is pinned:
 // a restart without `strict` turns it off), fills the strict-mode table,
-// and attaches the anti-spoofing program to the underlay interfaces. An
+// starts the host device watch and attaches the anti-spoofing program to
+// the underlay interfaces. An
 // underlay with no interface of its own (an address announced through a
 // 1:1 NAT) falls back to the default route's interfaces; a node with
 // neither runs without the underlay program, and says so.
@@ -55,6 +56,10 @@ func (a *Agent) attachUnderlay() error {
 		}
 		a.goRun("underlay nodes", r.run)
 	}
+	w := &hostDeviceWatch{name: a.tun.Name(), ifindex: ifindexOf, attach: a.dp.AttachHostDevice, log: a.log, every: time.Second}
+	w.last, _ = ifindexOf(w.name)
+	a.goRun("host device watch", w.run)
+
 	ifaces, err := a.underlayIfaces()
 	if err != nil {
 		ifaces, err = defaultRouteIfaces()
@@ -209,6 +214,57 @@ func (r *underlayNodeReconciler) run(ctx context.Context) error {
 		}
 		if err := r.reconcile(); err != nil {
 			r.log.Error("strict mode: updating the other nodes' underlay addresses", "err", err)
+		}
+	}
+}
+
+// hostDeviceWatch attaches the host-device programs again when the tunnel
+// device is recreated (the tunnel's upkeep recreates a userspace device
+// whose helper died). The new device has none of the programs, and a new
+// ifindex: the only interface through which a packet to a workload may
+// carry another node's mesh address, which the workload programs must
+// learn, or they would take the whole mesh for spoofed.
+type hostDeviceWatch struct {
+	name    string
+	ifindex func(name string) (int, error)
+	attach  func(name string) error
+	log     *slog.Logger
+	every   time.Duration
+	last    int // the ifindex the programs know
+}
+
+func ifindexOf(name string) (int, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return ifc.Index, nil
+}
+
+// check re-attaches when the device has another ifindex than last time; a
+// device that is gone right now is the tunnel's to recreate.
+func (w *hostDeviceWatch) check() {
+	idx, err := w.ifindex(w.name)
+	if err != nil || idx == w.last {
+		return
+	}
+	if err := w.attach(w.name); err != nil {
+		w.log.Error("re-attaching the datapath to the recreated tunnel device", "iface", w.name, "err", err)
+		return
+	}
+	w.log.Info("tunnel device recreated: datapath attached again", "iface", w.name, "ifindex", idx, "was", w.last)
+	w.last = idx
+}
+
+func (w *hostDeviceWatch) run(ctx context.Context) error {
+	t := time.NewTicker(w.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			w.check()
 		}
 	}
 }

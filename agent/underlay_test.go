@@ -165,6 +165,38 @@ func TestStrictModeOnFakes(t *testing.T) {
 	}
 }
 
+// TestHostDeviceWatch: a recreated tunnel device (a new ifindex) gets the
+// host-device programs again, once; a device that is gone is left to the
+// tunnel, and a failed attach is tried again.
+func TestHostDeviceWatch(t *testing.T) {
+	idx, err := 7, error(nil)
+	var attached []string
+	fail := false
+	w := &hostDeviceWatch{name: "weft0", last: 7, log: slog.New(slog.DiscardHandler),
+		ifindex: func(string) (int, error) { return idx, err },
+		attach: func(n string) error {
+			if fail {
+				return fmt.Errorf("no")
+			}
+			attached = append(attached, n)
+			return nil
+		}}
+	w.check()
+	if len(attached) != 0 {
+		t.Fatalf("an unchanged device was attached again: %v", attached)
+	}
+	idx, err = 0, fmt.Errorf("gone")
+	w.check()
+	idx, err, fail = 9, nil, true
+	w.check()
+	fail = false
+	w.check()
+	w.check()
+	if !slices.Equal(attached, []string{"weft0"}) || w.last != 9 {
+		t.Fatalf("attached %v (last ifindex %d), want once, ifindex 9", attached, w.last)
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
