@@ -145,6 +145,12 @@ RestartSec=2
 # The agent stops without tearing the datapath down: traffic keeps flowing
 # while it restarts. 'meshctl leave' removes the node for good.
 KillSignal=SIGTERM
+# Only what a node agent and its WireGuard helper need: links, routes, tc
+# and the TUN device (NET_ADMIN), probes (NET_RAW), eBPF (BPF, PERFMON),
+# bpffs and setns into workload namespaces (SYS_ADMIN), the memlock limit
+# on older kernels (SYS_RESOURCE). No module loading, no ptrace, no raw I/O.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_RESOURCE
+NoNewPrivileges=yes
 
 [Install]
 WantedBy=multi-user.target

@@ -286,9 +286,15 @@ func TestUpAndLeaveFirstNode(t *testing.T) {
 
 func TestSystemdUnit(t *testing.T) {
 	u := systemdUnit("/usr/local/bin/weft-agent", "/etc/weft/agent.yaml")
-	for _, want := range []string{"ExecStart=/usr/local/bin/weft-agent --config /etc/weft/agent.yaml\n", "Restart=always\n", "WantedBy=multi-user.target\n"} {
+	for _, want := range []string{"ExecStart=/usr/local/bin/weft-agent --config /etc/weft/agent.yaml\n", "Restart=always\n", "WantedBy=multi-user.target\n",
+		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_RESOURCE\n", "NoNewPrivileges=yes\n"} {
 		if !strings.Contains(u, want) {
 			t.Errorf("unit lacks %q:\n%s", want, u)
+		}
+	}
+	for _, never := range []string{"CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO", "CAP_DAC_READ_SEARCH"} {
+		if strings.Contains(u, never) {
+			t.Errorf("unit grants %s", never)
 		}
 	}
 }
