@@ -3,6 +3,7 @@ package kvstore
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/weftmesh/weft/kvstore/grant"
 )
@@ -71,4 +72,59 @@ func (c *Client) GetGrant(ctx context.Context, cluster, node string) (Grant, err
 	}
 	g, _, err := Get(ctx, c, GrantKey(cluster, node), DecodeGrant)
 	return g, err
+}
+
+// GrantDecoder decodes a grant and checks its key, so a grant cannot claim
+// to be another node's.
+func GrantDecoder(key string, data []byte) (Grant, error) {
+	g, err := DecodeGrant(data)
+	if err != nil {
+		return g, err
+	}
+	if want := g.Key(); key != want {
+		return g, fmt.Errorf("%w: grant for %s/%s stored at %s (want %s)", ErrInvalidRecord, g.Cluster, g.Node, key, want)
+	}
+	return g, nil
+}
+
+// GrantCache mirrors grants/ so that a reader can check every endpoint
+// record against its publishing node's grant without a round trip (the
+// ipcache reconciler, next to its CIDR ownership check).
+type GrantCache struct {
+	c *Cache[Grant]
+}
+
+// NewGrantCache makes the cache; call Run, and wait for Synced before
+// trusting Allows (before the first listing every node looks grantless).
+func NewGrantCache(src Source, onEvent func(Event[Grant]), log *slog.Logger) (*GrantCache, error) {
+	c, err := NewCache(src, CacheConfig[Grant]{Name: "grants", Prefix: GrantsPrefix, Decode: GrantDecoder, OnEvent: onEvent, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &GrantCache{c: c}, nil
+}
+
+// Run feeds the cache until ctx ends.
+func (g *GrantCache) Run(ctx context.Context) error { return g.c.Run(ctx) }
+
+// Synced is closed after the first listing.
+func (g *GrantCache) Synced() <-chan struct{} { return g.c.Synced() }
+
+// Allows reports whether node of cluster may publish an endpoint with
+// labels: nil when its grant allows them, or when it has no grant (a node
+// joined before grants existed, or the seed, which holds the admin
+// credential anyway); else an error wrapping grant.ErrNotAllowed that names
+// the label and the grant.
+func (g *GrantCache) Allows(cluster, node string, labels []string) error {
+	if ValidateName("cluster", cluster) != nil || ValidateName("node", node) != nil {
+		return fmt.Errorf("%w: %q/%q is not a node name", grant.ErrNotAllowed, cluster, node)
+	}
+	gr, ok := g.c.Get(GrantKey(cluster, node))
+	if !ok {
+		return nil
+	}
+	if err := gr.Allows(labels); err != nil {
+		return fmt.Errorf("node %s/%s: %w", cluster, node, err)
+	}
+	return nil
 }

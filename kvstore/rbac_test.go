@@ -304,3 +304,52 @@ func TestNodeCredentialsAgainstEtcd(t *testing.T) {
 		t.Error("a removed node still reads")
 	}
 }
+
+// TestGrantCache reads grants with a node's own credential, as the
+// ipcache reconciler will, and follows changes.
+func TestGrantCache(t *testing.T) {
+	srv := kvstoretest.StartServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := kvstoretest.Connect(t, srv, nil)
+	if err := admin.EnableAuth(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.EnsureNodeUser(ctx, "default", "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.PutGrant(ctx, kvstore.Grant{Cluster: "default", Node: "a1", AllowLabels: []string{"app=web", "tier=*"}}); err != nil {
+		t.Fatal(err)
+	}
+	b1 := kvstoretest.Connect(t, kvstoretest.NodeServer(t, srv, "default", "b1"), nil)
+	gc, err := kvstore.NewGrantCache(b1.Source(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go gc.Run(rctx)
+	<-gc.Synced()
+	if err := gc.Allows("default", "a1", []string{"vm:app=web", "k8s:tier=db", "mesh:cluster=default"}); err != nil {
+		t.Errorf("granted labels refused: %v", err)
+	}
+	if err := gc.Allows("default", "a1", []string{"vm:app=db"}); err == nil || !strings.Contains(err.Error(), "outside the node's grant") {
+		t.Errorf("labels outside the grant: %v", err)
+	}
+	if err := gc.Allows("default", "c1", []string{"vm:app=db"}); err != nil {
+		t.Errorf("a node without a grant (joined before grants) is refused: %v", err)
+	}
+	if err := admin.PutGrant(ctx, kvstore.Grant{Cluster: "default", Node: "a1", AllowLabels: []string{"app=db"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for gc.Allows("default", "a1", []string{"vm:app=db"}) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the cache did not follow the new grant")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := gc.Allows("default", "a1", []string{"vm:app=web"}); err == nil {
+		t.Error("the old grant still allows app=web")
+	}
+}
