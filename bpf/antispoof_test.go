@@ -247,3 +247,45 @@ func TestPinnedLayoutMigration(t *testing.T) {
 	// The upgraded agent writes its endpoints again as usual.
 	must(t, d2.UpsertEndpoint(netip.MustParseAddr(addrA), Endpoint{ID: 7, Identity: idA}))
 }
+
+// TestUnderlayProgramOnRealTraffic: attached to an interface of a
+// namespace as the node's underlay, the program drops real packets whose
+// source is a mesh address and lets the others through; it survives the
+// Go side closing (pinned link) and Remove takes it away.
+func TestUnderlayProgramOnRealTraffic(t *testing.T) {
+	tp := newTopo(t)
+	cfg := Config{Scope: fmt.Sprintf("test-underlay-%d", os.Getpid())}
+	d, err := Open(cfg)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("kernel lacks a feature the datapath needs: %v", err)
+	}
+	must(t, err)
+	t.Cleanup(func() { inNetns(t, tp.node, func() { _ = d.Remove() }) })
+	// A's address is a mesh address arriving on the "underlay" hA.
+	must(t, d.UpsertIPCache(netip.MustParsePrefix(topoA+"/32"), idA, 0))
+	inNetns(t, tp.node, func() { must(t, d.AttachUnderlay("hA")) })
+	if _, got := ping(t, tp.a, "100.64.1.1", 3, "0.05"); got != 0 {
+		t.Fatalf("pings with a mesh source from the underlay: %d replies, want none", got)
+	}
+	m, err := d.Metrics()
+	must(t, err)
+	if c := m.Get(Ingress, true, ReasonSpoofedSource); c.Packets != 3 {
+		t.Errorf("spoofed-source drops = %d, want 3 (%+v)", c.Packets, m.Counters)
+	}
+	// The same address outside the mesh (the world) passes untouched.
+	must(t, d.DeleteIPCache(netip.MustParsePrefix(topoA+"/32")))
+	if _, got := ping(t, tp.a, "100.64.1.1", 2, "0.05"); got != 2 {
+		t.Fatalf("pings from a world address: %d of 2 replies", got)
+	}
+	must(t, d.UpsertIPCache(netip.MustParsePrefix(topoA+"/32"), idA, 0))
+	must(t, d.Close())
+	if _, got := ping(t, tp.a, "100.64.1.1", 2, "0.05"); got != 0 {
+		t.Fatalf("with the agent gone, the pinned underlay program let %d pings through", got)
+	}
+	d2, err := Open(cfg)
+	must(t, err)
+	inNetns(t, tp.node, func() { must(t, d2.Remove()) })
+	if _, got := ping(t, tp.a, "100.64.1.1", 2, "0.05"); got != 2 {
+		t.Fatalf("after Remove: %d of 2 replies", got)
+	}
+}
