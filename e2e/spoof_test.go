@@ -28,7 +28,7 @@ import (
 func spoofSpec() *lab.Spec {
 	return &lab.Spec{Sites: []lab.SiteSpec{
 		{Name: "sa", Nodes: []lab.NodeSpec{{Name: "seed", Workloads: []lab.WorkloadSpec{{Name: "web"}}}}},
-		{Name: "sb", Nodes: []lab.NodeSpec{{Name: "b1", Workloads: []lab.WorkloadSpec{{Name: "db"}}}}},
+		{Name: "sb", Nodes: []lab.NodeSpec{{Name: "b1", Workloads: []lab.WorkloadSpec{{Name: "db"}, {Name: "intruder"}}}}},
 	}}
 }
 
@@ -57,6 +57,7 @@ func TestSpoofedSources(t *testing.T) {
 	m.JoinWith("b1", "", "--strict")
 	web := m.AddWorkload("web", "app=web")
 	db := m.AddWorkload("db", "app=db")
+	intruder := m.AddWorkload("intruder", "app=intruder")
 	m.Echo("db", db, 5432)
 	applyPolicy(t, m, "seed", writeFile(t, "db.yaml", `apiVersion: weft.dev/v1
 kind: Policy
@@ -147,6 +148,73 @@ spec:
 		}
 		// The tunnel still carries web to db.
 		checkMatrix(t, m, map[string]string{"db": db}, []verdictCase{{"web", "tcp", "db", 5432, true}, {"web", "udp", "db", 5432, true}})
+	})
+
+	t.Run("a workload sending with another local workload's address is dropped", func(t *testing.T) {
+		m := m.For(t)
+		// intruder, on db's node, poses as db towards web (whose policy
+		// is open) and towards db's neighbour, itself.
+		arrive := m.capture(t, "at-web", m.Lab.Workload("web").Netns, "any", "src host "+db+" and udp src port "+strconv.Itoa(forgedUDPSport))
+		in := m.Lab.Workload("intruder").Netns
+		m.forge(t, in, "udp", db, web, forgedUDPSport, forgedUDPDport)
+		m.forge(t, in, "udp", b1Mesh, web, forgedUDPSport, forgedUDPDport)
+		time.Sleep(500 * time.Millisecond)
+		if n := arrive.stop(t); n != 0 {
+			t.Errorf("%d datagrams forged by intruder with db's address reached web:\n%s", n, arrive.output())
+		}
+		testutil.Eventually(t, 20*time.Second, "intruder's forgeries in meshctl observe", func() error {
+			flows, err := observeDrops(m, "b1")
+			if err != nil {
+				return err
+			}
+			seen := map[string]bool{}
+			for _, f := range flows {
+				if f.Reason == bpf.ReasonSpoofedSource.String() && f.Direction == "egress" && f.Destination.IP == web && f.Source.Port == forgedUDPSport {
+					seen[f.Source.IP] = true
+				}
+			}
+			if !seen[db] || !seen[b1Mesh] {
+				return fmt.Errorf("spoofed-source egress drops from %v, want %s and %s", seen, db, b1Mesh)
+			}
+			return nil
+		})
+		// Its own address still works: the binding is per veth, not a ban.
+		m.Echo("web", web, 8080)
+		if err := m.Talk("intruder", "tcp", web, 8080, "own address"); err != nil {
+			t.Fatalf("intruder with its own address (%s): %v", intruder, err)
+		}
+	})
+
+	t.Run("b1's agent restarts without a lost ping and still drops forgeries", func(t *testing.T) {
+		m := m.For(t)
+		ping, err := m.Lab.Start(m.Lab.Workload("web").Netns, "ping-db", "ping", "-i", "0.05", "-W", "1", db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		_ = b1.Proc.Stop()
+		p, err := m.startJoin(b1, m.Token, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b1.Proc = p
+		m.waitOutput(p, regexp.MustCompile(`Already joined`), 30*time.Second, "join to restart the agent")
+		m.WaitHealthy("b1")
+		time.Sleep(time.Second)
+		_ = syscall.Kill(ping.Pid, syscall.SIGINT)
+		<-ping.Done()
+		sent, recv := pingCounts(t, ping.Output())
+		t.Logf("web -> db across b1's agent restart: %d sent, %d received", sent, recv)
+		if sent < 20 || recv < sent-1 { // the last one may be in flight at SIGINT
+			t.Fatalf("the restart lost %d of %d pings", sent-recv, sent)
+		}
+		reached := m.capture(t, "reached-after-restart", m.Lab.Workload("db").Netns, "any", "src host "+web+" and udp src port "+strconv.Itoa(forgedUDPSport))
+		m.forge(t, router.Netns, "udp", web, db, forgedUDPSport, forgedUDPDport)
+		m.forge(t, m.Lab.Workload("intruder").Netns, "udp", web, db, forgedUDPSport, forgedUDPDport)
+		time.Sleep(500 * time.Millisecond)
+		if n := reached.stop(t); n != 0 {
+			t.Fatalf("after the restart, %d forged datagrams reached db:\n%s", n, reached.output())
+		}
 	})
 
 	t.Run("strict mode drops plaintext from another mesh node's underlay", func(t *testing.T) {
