@@ -48,8 +48,10 @@ const (
 // source, to db (allowed only from web) and to b1's own mesh IP. Nothing
 // may reach them or draw a reply, every packet is shown dropped as
 // spoofed-source by `meshctl observe`, and web reaches db through the
-// tunnel all along. b1 runs in strict mode: plaintext from the seed's
-// underlay address is dropped too, while the join, etcd and WireGuard
+// tunnel all along. Then a workload on b1 poses as its neighbour db and
+// as the node, b1's agent restarts under a ping (none lost, forgeries
+// still dropped), and, b1 running in strict mode, plaintext from the
+// seed's underlay address is dropped while the join, etcd and WireGuard
 // that b1 itself needs keep working.
 func TestSpoofedSources(t *testing.T) {
 	m := NewMesh(t, spoofSpec())
