@@ -69,14 +69,18 @@ static __always_inline bool control_port(__u16 port)
 /* strict_allowed: what strict mode lets through in plaintext between mesh
  * nodes: WireGuard to this node's listen port, TCP to or from the join
  * service and etcd (TLS of their own), and the ICMP errors path MTU
- * discovery of the tunnel's datagrams needs. */
+ * discovery of the tunnel's datagrams needs. "From" those ports only for
+ * what is no connection request: a node choosing 2379 as its source port
+ * must not open a plaintext connection to any port of another. */
 static __always_inline bool strict_allowed(const struct flow *f, __u16 wg_port)
 {
 	switch (f->proto) {
 	case PROTO_UDP:
 		return wg_port != 0 && f->dport == wg_port;
 	case PROTO_TCP:
-		return control_port(f->dport) || control_port(f->sport);
+		if (control_port(f->dport))
+			return true;
+		return control_port(f->sport) && (f->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN;
 	case PROTO_ICMP:
 		return f->policy_port == 3; /* destination unreachable, fragmentation needed */
 	case PROTO_ICMPV6:
