@@ -272,6 +272,21 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	ipc := newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log)
 	ipc.held, ipc.settle = a.endpointHeld, 3*time.Second
 	a.ipcache.Store(ipc)
+	// The nodes' label grants, for the ipcache reconciler to refuse
+	// endpoints outside their node's grant (a.cp.grants.Allows;
+	// docs/security.md); a changed grant re-judges the node's endpoints.
+	a.cp.grants, err = kvstore.NewGrantCache(ec, func(ev kvstore.Event[kvstore.Grant]) {
+		if r := a.ipcache.Load(); r != nil {
+			g := ev.Value
+			if ev.Kind == kvstore.EventDelete {
+				g = ev.Old
+			}
+			r.resyncNode(g.Cluster, g.Node)
+		}
+	}, a.log)
+	if err != nil {
+		return err
+	}
 	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
 		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
 		OnEvent: a.policy.policyEvent, Logger: a.log,
@@ -282,8 +297,9 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	a.goRun("identity cache", a.alloc.Run)
 	a.goRun("endpoint cache", a.endpoints.Run)
 	a.goRun("policy cache", a.policies.Run)
+	a.goRun("grant cache", a.cp.grants.Run)
 	a.goRun("policy reconciler", a.policy.run)
-	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced())
+	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced(), a.cp.grants.Synced())
 }
 
 // endpointHeld says whether a deleted endpoint's address keeps its

@@ -32,6 +32,8 @@ type controlPlane struct {
 	// seed's node services (svc), and identity garbage collection is left
 	// to the seed.
 	node *nodeCredential
+	// grants mirrors the nodes' label grants (started with the caches).
+	grants *kvstore.GrantCache
 }
 
 // nodeCredential is a joined node's view of the control plane.
