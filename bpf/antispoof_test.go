@@ -148,11 +148,11 @@ var spoofCases = []progCase{
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 2379, tcpSYN), want: retPass},
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2380, 40000, tcpSYN|tcpACK), want: retPass}, // a reply
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2379, 40000, tcpACK), want: retPass},
-			// A control port as source opens nothing.
-			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2379, 22, tcpSYN), want: retDrop, reason: ReasonUnencrypted},
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 22, tcpSYN), want: retDrop, reason: ReasonUnencrypted,
 				event: &Event{Type: EventDrop, Reason: ReasonUnencrypted, Direction: Ingress, SrcIdentity: IdentityWorld, DstIdentity: IdentityWorld, SrcPort: 40000, DstPort: 22, Protocol: 6}},
 			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 40000, 53), want: retDrop, reason: ReasonUnencrypted},
+			// A control port as source opens nothing.
+			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2379, 22, tcpSYN), want: retDrop, reason: ReasonUnencrypted},
 			{hook: fromUL, pkt: echo(addrUnderA, addrUnderB, 8, 3), want: retDrop, reason: ReasonUnencrypted},
 			{hook: fromUL, pkt: echo(addrUnderA, addrUnderB, 3, 0), want: retPass}, // fragmentation needed
 			// Not a mesh node: strict mode is about the mesh only.
