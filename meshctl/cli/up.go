@@ -202,6 +202,9 @@ func upAction(c *cli.Context) error {
 	pkiDir := filepath.Join(cfg.EtcdDataDir(), "pki")
 	fmt.Fprintf(w, "Admin credentials for etcd (keep them root-only): CA %s, certificate %s, key %s.\n\n",
 		filepath.Join(pkiDir, "ca.crt"), filepath.Join(pkiDir, "client.crt"), filepath.Join(pkiDir, "client.key"))
+	if cfg.Etcd.Embedded.RBAC {
+		fmt.Fprintf(w, "etcd runs with per-node roles: joined nodes write only their own keys; apply policies and make tokens on this node (docs/security.md).\n\n")
+	}
 	if err := printCreatedToken(w, tok); err != nil {
 		return err
 	}
