@@ -41,6 +41,12 @@ func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now tim
 type admitter struct{ kv *kvstore.Client }
 
 func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
+	// A token admits new nodes; it does not hand out the identity (and
+	// etcd user) of a node the mesh has: that node's keys would be the
+	// newcomer's to write.
+	if err := ad.nameFree(ctx, a.Cluster, a.Node); err != nil {
+		return err
+	}
 	if err := ad.kv.EnsureNodeUser(ctx, a.Cluster, a.Node); err != nil {
 		return err
 	}
@@ -55,6 +61,27 @@ func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
 		allow = append(slices.Clone(allow), own.Strings()...)
 	}
 	return ad.kv.PutGrant(ctx, kvstore.Grant{Cluster: a.Cluster, Node: a.Node, AllowLabels: allow, TokenID: a.TokenID})
+}
+
+// nameFree refuses a node name the mesh uses: one with a node record (a
+// live node) or a CIDR (a node that is down but did not leave).
+func (ad admitter) nameFree(ctx context.Context, cluster, node string) error {
+	_, _, err := kvstore.Get(ctx, ad.kv, kvstore.NodeKey(cluster, node), kvstore.DecodeNode)
+	inUse := err == nil || !errors.Is(err, kvstore.ErrNotFound) && errors.Is(err, kvstore.ErrInvalidRecord)
+	if err != nil && !errors.Is(err, kvstore.ErrNotFound) && !inUse {
+		return err
+	}
+	if !inUse {
+		cidrs, err := ad.kv.NodeCIDRs(ctx, cluster, node)
+		if err != nil {
+			return err
+		}
+		inUse = len(cidrs) > 0
+	}
+	if inUse {
+		return join.Errorf(join.CodeInvalid, "node name %q is in use in cluster %s (a node with it is registered or holds a CIDR): choose another --name, or run 'meshctl leave' on that node first", node, cluster)
+	}
+	return nil
 }
 
 // nodeServices does on the seed, with the admin credential, the writes a

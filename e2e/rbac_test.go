@@ -280,6 +280,16 @@ spec:
 		t.Errorf("token create on a1: %v\n%s", err, out)
 	}
 
+	// A join token admits new nodes, not existing ones: joining as b1
+	// (which would make b1's keys the newcomer's) is refused.
+	dir := t.TempDir()
+	raw, err := m.Lab.Exec(ctx, m.Lab.Node("c1").Netns, filepath.Join(binDir, "meshctl"), "join", m.Token, "--name", "b1",
+		"--state-dir", dir, "--config-file", filepath.Join(dir, "agent.yaml"), "--socket", filepath.Join(dir, "a.sock"),
+		"--agent-binary", "/bin/false", "--wait", "2s")
+	if err == nil || !strings.Contains(string(raw), `node name "b1" is in use`) {
+		t.Errorf("joining as the existing node b1: %v\n%s", err, raw)
+	}
+
 	// The mesh keeps working: traffic flows, a new node joins with a
 	// bounded grant, and the policy a1 tried to delete still isolates db.
 	checkMatrix(t, m, ips, []verdictCase{{"web", "tcp", "db", 5432, true}, {"db", "tcp", "web", 5432, true}})
