@@ -50,12 +50,13 @@ const (
 // spoofed-source by `meshctl observe`, and web reaches db through the
 // tunnel all along. Then a workload on b1 poses as its neighbour db and
 // as the node, b1's agent restarts under a ping (none lost, forgeries
-// still dropped), and, b1 running in strict mode, plaintext from the
-// seed's underlay address is dropped while the join, etcd and WireGuard
-// that b1 itself needs keep working.
+// still dropped), and, both nodes running in strict mode (`meshctl up
+// --strict`, `meshctl join --strict`), plaintext between their underlay
+// addresses is dropped while the join, etcd and WireGuard the mesh needs
+// keep working.
 func TestSpoofedSources(t *testing.T) {
 	m := NewMesh(t, spoofSpec())
-	m.Up("seed")
+	m.UpWith("seed", "--strict")
 	m.JoinWith("b1", "", "--strict")
 	web := m.AddWorkload("web", "app=web")
 	db := m.AddWorkload("db", "app=db")
@@ -235,6 +236,25 @@ spec:
 		if err := dialOnce(t, m, seed.Lab.Netns, addr); err == nil {
 			t.Fatal("plain TCP from the seed's underlay address reached b1 in strict mode")
 		}
+		// The seed is strict too (meshctl up --strict): b1 reaches its
+		// etcd and join service, nothing else.
+		seedAddr := net.JoinHostPort(seed.Lab.Underlay.String(), "7782")
+		sl, err := m.Lab.Listen(seed.Lab.Netns, "tcp", seedAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.EchoTCP(t, sl)
+		if err := dialOnce(t, m, router.Netns, seedAddr); err != nil {
+			t.Fatalf("from b1's router (no mesh node) to the seed: %v", err)
+		}
+		if err := dialOnce(t, m, b1.Lab.Netns, seedAddr); err == nil {
+			t.Fatal("plain TCP from b1's underlay address reached the seed in strict mode")
+		}
+		for _, port := range []string{"2379", "51834"} {
+			if err := dialOnce(t, m, b1.Lab.Netns, net.JoinHostPort(seed.Lab.Underlay.String(), port)); err != nil {
+				t.Errorf("b1 to the seed's %s in strict mode: %v", port, err)
+			}
+		}
 		testutil.Eventually(t, 20*time.Second, "the unencrypted-underlay drop in meshctl observe", func() error {
 			flows, err := observeDrops(m, "b1")
 			if err != nil {
@@ -252,6 +272,24 @@ spec:
 		m.MustMeshctl("b1", "status")
 		checkMatrix(t, m, map[string]string{"db": db}, []verdictCase{{"web", "tcp", "db", 5432, true}})
 	})
+}
+
+// UpWith is Up with meshctl up flags of the test's own (before the agent
+// flags).
+func (m *Mesh) UpWith(name string, flags ...string) {
+	m.t.Helper()
+	n := m.newNode(name)
+	args := append([]string{"up", "--name", name, "--advertise-address", n.Lab.Underlay.String(), "--token-max-uses", "100"}, flags...)
+	args = append(args, m.procFlags(n)...)
+	args = append(args, m.agentFlags(n)...)
+	p, err := m.Lab.Start(n.Lab.Netns, "agent-"+name, append([]string{filepath.Join(binDir, "meshctl")}, args...)...)
+	if err != nil {
+		m.t.Fatalf("meshctl up: %v", err)
+	}
+	n.Proc = p
+	m.Seed = name
+	m.waitOutput(p, tokenRE, 90*time.Second, "meshctl up to print a join token")
+	m.Token = tokenRE.FindString(p.Output())
 }
 
 // JoinWith is Join with meshctl join flags of the test's own (before the
