@@ -41,10 +41,10 @@ type underlayNodeWriter interface {
 // attachUnderlay sets strict mode as configured (the setting is pinned:
 // a restart without `strict` turns it off), fills the strict-mode table,
 // starts the host device watch and attaches the anti-spoofing program to
-// the underlay interfaces. An
-// underlay with no interface of its own (an address announced through a
-// 1:1 NAT) falls back to the default route's interfaces; a node with
-// neither runs without the underlay program, and says so.
+// the underlay interfaces. An underlay address on no interface of the node
+// (announced through a 1:1 NAT) falls back to the default routes'
+// interfaces; a node with neither runs without the underlay program, and
+// says so.
 func (a *Agent) attachUnderlay() error {
 	if err := a.dp.SetStrict(a.cfg.Strict, uint16(a.tun.ListenPort())); err != nil {
 		return err
