@@ -252,12 +252,22 @@ func TestPinnedLayoutMigration(t *testing.T) {
 }
 
 // TestUnderlayProgramOnRealTraffic: attached to an interface of a
-// namespace as the node's underlay, the program drops real packets whose
-// source is a mesh address and lets the others through; it survives the
-// Go side closing (pinned link) and Remove takes it away.
+// namespace as the node's underlay, with TCX or tc, the program drops real
+// packets whose source is a mesh address and lets the others through; it
+// survives the Go side closing (pinned link, tc filter) and Remove takes it
+// away.
 func TestUnderlayProgramOnRealTraffic(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		mode AttachMode
+	}{{"tcx", AttachAuto}, {"tc", AttachTC}} {
+		t.Run(mode.name, func(t *testing.T) { underlayOnRealTraffic(t, mode.mode) })
+	}
+}
+
+func underlayOnRealTraffic(t *testing.T, mode AttachMode) {
 	tp := newTopo(t)
-	cfg := Config{Scope: fmt.Sprintf("test-underlay-%d", os.Getpid())}
+	cfg := Config{Scope: fmt.Sprintf("test-underlay-%d", os.Getpid()), Attach: mode}
 	d, err := Open(cfg)
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		t.Skipf("kernel lacks a feature the datapath needs: %v", err)

@@ -191,6 +191,14 @@ func (d *Datapath) attach(iface string, kind attachKind, ingress, egress *ebpf.P
 		}
 		a.filters = append(a.filters, f)
 	}
+	if len(a.filters) > 0 && d.dir != "" {
+		// tc filters leave no pin: a mark tells a later Remove (another
+		// process, after a restart) which interfaces to clean. bpffs
+		// holds no regular files, so the mark is a directory.
+		if err := os.Mkdir(d.tcMark(iface), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			d.log.Warn("recording a tc attachment", "iface", iface, "err", err)
+		}
+	}
 	if old := d.attached[iface]; old != nil {
 		old.release()
 	}
@@ -214,6 +222,11 @@ func (d *Datapath) linkPin(iface, side string) string {
 		return ""
 	}
 	return filepath.Join(d.dir, "links", iface+"@"+side)
+}
+
+// tcMark is the directory recording that iface carries tc filters.
+func (d *Datapath) tcMark(iface string) string {
+	return filepath.Join(d.dir, "links", iface+"@tc")
 }
 
 func (d *Datapath) attachTCX(a *attachment, s hookSide) (link.Link, error) {
@@ -310,6 +323,11 @@ func (d *Datapath) Detach(iface string) error {
 			continue
 		}
 		errs = append(errs, l.Unpin(), l.Close())
+	}
+	if d.dir != "" {
+		if err := os.Remove(d.tcMark(iface)); err == nil {
+			found = true
+		}
 	}
 	if nl, err := netlink.LinkByName(iface); err == nil {
 		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
