@@ -99,7 +99,7 @@ var spoofCases = []progCase{
 			// The test run's packets come from the loopback device, A's
 			// interface: D lives behind another one.
 			{hook: fromWL, pkt: udp(addrD, addrB, 1, 2), want: retDrop, reason: ReasonSpoofedSource,
-				event: &Event{Type: EventDrop, Reason: ReasonSpoofedSource, Direction: Egress, EndpointID: 4, SrcIdentity: idD, DstIdentity: idB, SrcPort: 1, DstPort: 2, Protocol: 17}},
+				event: &Event{Type: EventDrop, Reason: ReasonSpoofedSource, Direction: Egress, EndpointID: 0, SrcIdentity: idD, DstIdentity: idB, SrcPort: 1, DstPort: 2, Protocol: 17}},
 			{hook: fromWL, pkt: udp(addrHost, addrB, 1, 2), want: retDrop, reason: ReasonSpoofedSource}, // the node's own
 			{hook: fromWL, pkt: udp(addrB, addrC, 1, 2), want: retDrop, reason: ReasonSpoofedSource},    // a remote workload's
 			{hook: fromWL, pkt: udp("100.64.1.99", addrB, 1, 2), want: retDrop, reason: ReasonInvalidSource},

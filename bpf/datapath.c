@@ -89,6 +89,10 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 		else
 			reason = entry_check(skb, &f);
 		if (reason != REASON_NONE) {
+			/* The sender is whoever sits behind this veth, not
+			 * the endpoint whose address it used. */
+			if (dir == DIR_EGRESS)
+				v.ep_id = 0;
 			__u32 peer_id = peer_identity(&f, dir);
 			v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
 			v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
