@@ -97,6 +97,11 @@ func (s nodeServices) CreateIdentity(ctx context.Context, c join.Caller, labels 
 	if err != nil || len(ls) == 0 {
 		return 0, join.Errorf(join.CodeInvalid, "labels %q: %v", labels, err)
 	}
+	for _, l := range ls {
+		if l.Source == identity.SourceMesh && l.Key == "cluster" && l.Value != c.Cluster {
+			return 0, join.Errorf(join.CodeForbidden, "%s: a node of cluster %s cannot claim another cluster", l, c.Cluster)
+		}
+	}
 	if err := s.checkGrant(ctx, c, ls.Strings()); err != nil {
 		return 0, err
 	}
