@@ -25,6 +25,8 @@ func runHelper() int {
 		err = expiredToken(os.Args[len(os.Args)-3], os.Args[len(os.Args)-2], os.Args[len(os.Args)-1])
 	case "forge":
 		err = forgeHelper(os.Args[max(1, len(os.Args)-6):])
+	case "tcx-programs":
+		err = tcxProgramsHelper(os.Args[len(os.Args)-1])
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}

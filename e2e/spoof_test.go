@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/internal/lab"
@@ -218,6 +221,9 @@ spec:
 		if n := reached.stop(t); n != 0 {
 			t.Fatalf("after the restart, %d forged datagrams reached db:\n%s", n, reached.output())
 		}
+		if n := m.tcxPrograms(t, b1); n != 1 {
+			t.Fatalf("after the restart, %d programs on b1's underlay ingress, want the one", n)
+		}
 	})
 
 	t.Run("strict mode drops plaintext from another mesh node's underlay", func(t *testing.T) {
@@ -271,6 +277,21 @@ spec:
 		// (status reads the mesh) and the tunnel.
 		m.MustMeshctl("b1", "status")
 		checkMatrix(t, m, map[string]string{"db": db}, []verdictCase{{"web", "tcp", "db", 5432, true}})
+	})
+
+	t.Run("leave takes the underlay program away", func(t *testing.T) {
+		m := m.For(t)
+		if n := m.tcxPrograms(t, b1); n != 1 {
+			t.Fatalf("%d programs on b1's underlay ingress before leave, want 1", n)
+		}
+		m.MustMeshctl("b1", "leave")
+		// The agent finishes leaving on its own after answering.
+		testutil.Eventually(t, 30*time.Second, "no program on b1's underlay ingress", func() error {
+			if n := m.tcxPrograms(t, b1); n != 0 {
+				return fmt.Errorf("%d programs left after leave", n)
+			}
+			return nil
+		})
 	})
 }
 
@@ -501,4 +522,33 @@ func selfBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return self
+}
+
+// tcxProgramsHelper is the "tcx-programs" helper: it prints how many
+// programs run on the TCX ingress of an interface of its namespace.
+func tcxProgramsHelper(iface string) error {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return err
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("querying the TCX ingress of %s: %w", iface, err)
+	}
+	fmt.Println(len(res.Programs))
+	return nil
+}
+
+// tcxPrograms counts the programs on a node's underlay interface ingress.
+func (m *Mesh) tcxPrograms(t *testing.T, n *MeshNode) int {
+	t.Helper()
+	out, err := m.Lab.Exec(t.Context(), n.Lab.Netns, "env", helperEnv+"=tcx-programs", selfBinary(t), n.Lab.Iface)
+	if err != nil {
+		t.Fatalf("counting programs on %s: %v\n%s", n.Lab.Iface, err, out)
+	}
+	c, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("counting programs on %s: %q", n.Lab.Iface, out)
+	}
+	return c
 }
