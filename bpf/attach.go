@@ -93,12 +93,22 @@ func (d *Datapath) AttachWorkload(iface string) error {
 	if err := validIfaceName(iface); err != nil {
 		return err
 	}
-	if ifc, err := net.InterfaceByName(iface); err == nil {
-		if err := d.bindWorkloadAddrs(ifc.Index); err != nil {
-			return fmt.Errorf("bpf: binding the addresses routed to %s: %w", iface, err)
-		}
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("bpf: attaching to %s: no such interface in this network namespace: %w", iface, err)
 	}
-	return d.attach(iface, kindWorkload, d.objs.WeftFromWl, d.objs.WeftToWl)
+	if err := d.bindWorkloadAddrs(ifc.Index); err != nil {
+		return fmt.Errorf("bpf: binding the addresses routed to %s: %w", iface, err)
+	}
+	if err := d.attach(iface, kindWorkload, d.objs.WeftFromWl, d.objs.WeftToWl); err != nil {
+		return err
+	}
+	// Again, for an endpoint written while the veth was not yet known as
+	// attached (UpsertEndpoint binds only to attached veths).
+	if err := d.bindWorkloadAddrs(ifc.Index); err != nil {
+		return fmt.Errorf("bpf: binding the addresses routed to %s: %w", iface, err)
+	}
+	return nil
 }
 
 // AttachHostDevice attaches the host-endpoint programs to the node's mesh
