@@ -131,6 +131,9 @@ func joinAction(c *cli.Context) error {
 	}
 	if joined {
 		fmt.Fprintf(w, "Already joined this mesh as %s (cluster %s, configuration %s): the token is not used again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
+		if c.IsSet("strict") && c.Bool("strict") != cfg.Strict {
+			fmt.Fprintf(c.App.ErrWriter, "note: --strict=%v ignored: the configuration in %s says strict: %v (edit it and restart the agent)\n", c.Bool("strict"), cfgPath, cfg.Strict)
+		}
 	} else {
 		var creds *join.Credentials
 		if err := timed("join service exchange", func() (err error) {
