@@ -110,18 +110,21 @@ func TestAPIViewsOfTheMesh(t *testing.T) {
 		}
 		return nil
 	})
-	ids, err := a.client.Identities(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sawHost, sawDB bool
-	for _, id := range ids {
-		sawHost = sawHost || (id.Reserved && id.ID == 1)
-		sawDB = sawDB || (!id.Reserved && id.Endpoints == 1 && strings.Contains(strings.Join(id.Labels, ","), "vm:app=db"))
-	}
-	if !sawHost || !sawDB {
-		t.Fatalf("identities = %+v, want the reserved ones and v1's", ids)
-	}
+	testutil.Eventually(t, 10*time.Second, "v1's identity with its endpoint", func() error {
+		ids, err := a.client.Identities(ctx)
+		if err != nil {
+			return err
+		}
+		var sawHost, sawDB bool
+		for _, id := range ids {
+			sawHost = sawHost || (id.Reserved && id.ID == 1)
+			sawDB = sawDB || (!id.Reserved && id.Endpoints == 1 && strings.Contains(strings.Join(id.Labels, ","), "vm:app=db"))
+		}
+		if !sawHost || !sawDB {
+			return fmt.Errorf("identities = %+v, want the reserved ones and v1's", ids)
+		}
+		return nil
+	})
 	st, err := a.client.Status(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/kvstore"
 )
@@ -246,7 +247,12 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	a.policy = newPolicyReconciler(a.dp, func() int64 { return a.policies.Revision() }, a.log, a.observeReconcile)
 	a.alloc, err = allocator.New(allocator.Config{
 		Client: a.cp.identityBackend(), Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
-		OnEvent: a.policy.identityEvent,
+		OnEvent: func(ev kvstore.Event[allocator.Identity]) {
+			a.policy.identityEvent(ev)
+			if r := a.ipcache.Load(); r != nil && ev.Kind != kvstore.EventDelete {
+				r.resyncIdentity(uint32(ev.Value.ID))
+			}
+		},
 		OnLost: func(id allocator.Identity) {
 			a.log.Warn("identity reference lost after a lease loss; re-allocating", "identity", id.ID)
 			go a.reallocate(ctx, id)
@@ -271,6 +277,11 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	// Published before the endpoint cache runs, so no event finds it nil.
 	ipc := newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log)
 	ipc.held, ipc.settle = a.endpointHeld, 3*time.Second
+	ipc.identityLabels = func(id uint32) ([]string, bool) {
+		l, ok := a.alloc.LookupByID(identity.NumericIdentity(id))
+		return l.Strings(), ok
+	}
+	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
 	a.ipcache.Store(ipc)
 	// The nodes' label grants, for the ipcache reconciler to refuse
 	// endpoints outside their node's grant (a.cp.grants.Allows;

@@ -3,9 +3,11 @@ package agent
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
 )
 
@@ -45,6 +47,15 @@ type ipcacheReconciler struct {
 	settle time.Duration
 	// holding are the held addresses, by node key.
 	holding map[string]map[netip.Addr]bool
+
+	// identityLabels returns the labels of an allocated identity (the
+	// allocator's cache); nil skips the check.
+	identityLabels func(id uint32) ([]string, bool)
+	// waiting are endpoints whose identity is not known yet, by identity.
+	waiting map[uint32]map[netip.Addr]bool
+	// allows checks labels against the publishing node's grant; nil skips
+	// the check.
+	allows func(cluster, node string, labels []string) error
 }
 
 // endpointLister is the endpoint cache, as resyncNode reads it.
@@ -53,7 +64,7 @@ type endpointLister interface {
 }
 
 func newIPCacheReconciler(dp ipcacheWriter, owned nodeOwnership, endpoints endpointLister, log *slog.Logger) *ipcacheReconciler {
-	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log, holding: map[string]map[netip.Addr]bool{}}
+	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log, holding: map[string]map[netip.Addr]bool{}, waiting: map[uint32]map[netip.Addr]bool{}}
 }
 
 func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
@@ -156,10 +167,66 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 		r.remove(e.IP)
 		return
 	}
+	// The identity number must be the one of the record's labels, and the
+	// labels inside the node's grant: otherwise a node could give its
+	// address the number of an identity it was never granted.
+	if r.identityLabels != nil && !identity.NumericIdentity(e.Identity).IsReserved() {
+		ls, ok := r.identityLabels(e.Identity)
+		if !ok {
+			// resyncIdentity applies it once the identity is known.
+			if r.waiting[e.Identity] == nil {
+				r.waiting[e.Identity] = map[netip.Addr]bool{}
+			}
+			r.waiting[e.Identity][e.IP] = true
+			return
+		}
+		if !sameLabels(ls, e.Labels) {
+			r.log.Warn("ignoring an endpoint whose identity number belongs to other labels", "endpoint", e.Name, "ip", e.IP,
+				"node", e.Cluster+"/"+e.Node, "identity", e.Identity, "identityLabels", ls, "recordLabels", e.Labels)
+			r.remove(e.IP)
+			return
+		}
+	}
+	if r.allows != nil {
+		if err := r.allows(e.Cluster, e.Node, e.Labels); err != nil {
+			r.log.Warn("ignoring an endpoint outside its node's label grant", "endpoint", e.Name, "ip", e.IP, "err", err)
+			r.remove(e.IP)
+			return
+		}
+	}
 	pfx := netip.PrefixFrom(e.IP, e.IP.BitLen())
 	if err := r.dp.UpsertIPCache(pfx, e.Identity, 0); err != nil {
 		r.log.Error("ipcache upsert", "prefix", pfx, "identity", e.Identity, "err", err)
 	}
+}
+
+// resyncIdentity applies the endpoints that waited for identity id to be
+// known.
+func (r *ipcacheReconciler) resyncIdentity(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ips := r.waiting[id]
+	if len(ips) == 0 {
+		return
+	}
+	delete(r.waiting, id)
+	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		if ips[e.IP] && e.Identity == id {
+			r.apply(e)
+		}
+		return true
+	})
+}
+
+// sameLabels compares two sets of canonical label strings.
+func sameLabels(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
 }
 
 func (r *ipcacheReconciler) remove(ip netip.Addr) {

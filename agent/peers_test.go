@@ -383,3 +383,48 @@ func TestIPCacheHoldsAddressesOfARetainedNode(t *testing.T) {
 		t.Fatal("a dropped node's held address kept its identity")
 	}
 }
+
+func TestIPCacheRefusesBorrowedIdentitiesAndUngrantedLabels(t *testing.T) {
+	dp := bpftest.New()
+	live := &liveEndpoints{eps: map[netip.Addr]kvstore.Endpoint{}}
+	owned := func(_, _ string) ([]netip.Prefix, bool) { return pfx("100.64.1.0/24"), true }
+	r := newIPCacheReconciler(dp, owned, live, slog.New(slog.DiscardHandler))
+	idents := map[uint32][]string{300: {"mesh:cluster=c", "vm:app=web"}}
+	r.identityLabels = func(id uint32) ([]string, bool) { l, ok := idents[id]; return l, ok }
+	r.allows = func(_, node string, labels []string) error {
+		if node == "b" && slices.Contains(labels, "vm:app=web") {
+			return errors.New("vm:app=web is outside the node's grant")
+		}
+		return nil
+	}
+	has := func(ip string) bool { _, ok := dp.IPCache()[netip.MustParsePrefix(ip+"/32")]; return ok }
+	add := func(e kvstore.Endpoint) {
+		live.eps[e.IP] = e
+		r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: e})
+	}
+	// a borrows web's number for its cache workload: refused.
+	add(kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Labels: []string{"vm:app=cache", "mesh:cluster=c"}, Cluster: "c", Node: "a"})
+	if has("100.64.1.2") {
+		t.Fatal("an endpoint with another label set's identity number was mapped")
+	}
+	// b claims web's labels, outside its grant: refused.
+	add(kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.3"), Identity: 300, Labels: []string{"vm:app=web", "mesh:cluster=c"}, Cluster: "c", Node: "b"})
+	if has("100.64.1.3") {
+		t.Fatal("an endpoint outside its node's grant was mapped")
+	}
+	// a's own web: mapped.
+	add(kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.4"), Identity: 300, Labels: []string{"mesh:cluster=c", "vm:app=web"}, Cluster: "c", Node: "a"})
+	if !has("100.64.1.4") {
+		t.Fatal("a granted endpoint with its own identity was not mapped")
+	}
+	// An identity not known yet: the endpoint waits, then is mapped.
+	add(kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.5"), Identity: 301, Labels: []string{"vm:app=db"}, Cluster: "c", Node: "a"})
+	if has("100.64.1.5") {
+		t.Fatal("an endpoint was mapped before its identity was known")
+	}
+	idents[301] = []string{"vm:app=db"}
+	r.resyncIdentity(301)
+	if !has("100.64.1.5") {
+		t.Fatal("the endpoint that waited for its identity was not mapped")
+	}
+}

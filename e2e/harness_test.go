@@ -182,10 +182,11 @@ func (m *Mesh) procFlags(n *MeshNode) []string {
 var tokenRE = regexp.MustCompile(`weft1\.[A-Za-z0-9_-]+`)
 
 // Up runs `meshctl up` on a node and waits for the join token it prints.
-func (m *Mesh) Up(name string) {
+func (m *Mesh) Up(name string, upFlags ...string) {
 	m.t.Helper()
 	n := m.newNode(name)
-	args := append([]string{"up", "--name", name, "--advertise-address", n.Lab.Underlay.String(), "--token-max-uses", "100"}, m.procFlags(n)...)
+	args := append([]string{"up", "--name", name, "--advertise-address", n.Lab.Underlay.String(), "--token-max-uses", "100"}, upFlags...)
+	args = append(args, m.procFlags(n)...)
 	args = append(args, m.agentFlags(n)...)
 	p, err := m.Lab.Start(n.Lab.Netns, "agent-"+name, append([]string{filepath.Join(binDir, "meshctl")}, args...)...)
 	if err != nil {

@@ -135,7 +135,11 @@ spec:
     - from: [{matchLabels: {app: web}}]
       ports: [{port: 5432, protocol: TCP}, {port: 5353, protocol: UDP}]
 `)
-		applyPolicy(t, m, "vm1", pol)
+		// Policies are the admin's: a joined VM is refused, the seed applies.
+		if out, err := m.Meshctl("vm1", "policy", "apply", "-f", pol); err == nil || !strings.Contains(out+err.Error(), "admin") {
+			t.Fatalf("policy apply on a joined VM: want refused for lack of admin rights, got %v:\n%s", err, out)
+		}
+		applyPolicy(t, m, "seed", pol)
 		matrix := []verdictCase{
 			{"web", "tcp", "db", 5432, true}, {"web", "udp", "db", 5353, true},
 			{"web", "tcp", "db", 8080, false}, {"cache", "tcp", "db", 5432, false}, {"cache", "udp", "db", 5353, false},

@@ -22,23 +22,6 @@ import (
 	"github.com/weftmesh/weft/kvstore"
 )
 
-// UpRBAC is Up with etcd authentication and per-node roles on
-// (`meshctl up --rbac`).
-func (m *Mesh) UpRBAC(name string) {
-	m.t.Helper()
-	n := m.newNode(name)
-	args := append([]string{"up", "--rbac", "--name", name, "--advertise-address", n.Lab.Underlay.String(), "--token-max-uses", "100"}, m.procFlags(n)...)
-	args = append(args, m.agentFlags(n)...)
-	p, err := m.Lab.Start(n.Lab.Netns, "agent-"+name, append([]string{filepath.Join(binDir, "meshctl")}, args...)...)
-	if err != nil {
-		m.t.Fatalf("meshctl up: %v", err)
-	}
-	n.Proc = p
-	m.Seed = name
-	m.waitOutput(p, tokenRE, 90*time.Second, "meshctl up to print a join token")
-	m.Token = tokenRE.FindString(p.Output())
-}
-
 // EtcdAs is a plain etcd client (no Weft code in between) inside node
 // from's namespace, with the certificate and key in certFile/keyFile: what
 // an attacker holding that machine's files can do.
@@ -100,7 +83,7 @@ func rbacSpec() *lab.Spec {
 // traffic keep working.
 func TestRBACNodeCredentials(t *testing.T) {
 	m := NewMesh(t, rbacSpec())
-	m.UpRBAC("seed")
+	m.Up("seed")
 	m.Join("a1", "app=web-vm")
 	m.Join("b1", "")
 	ips := map[string]string{"web": m.AddWorkload("web", "app=web"), "db": m.AddWorkload("db", "app=db")}
@@ -340,7 +323,8 @@ func (m *Mesh) restartSeed() {
 // confined to their own keys — also across a restart of their agent.
 func TestRBACUpgradeAndRestart(t *testing.T) {
 	m := NewMesh(t, rbacSpec())
-	m.Up("seed")
+	// A mesh made before per-node roles were the default.
+	m.Up("seed", "--rbac=false")
 	m.Join("a1", "")
 	m.Join("b1", "")
 	ips := map[string]string{"web": m.AddWorkload("web", "app=web"), "db": m.AddWorkload("db", "app=db")}
@@ -350,7 +334,7 @@ func TestRBACUpgradeAndRestart(t *testing.T) {
 	defer cancel()
 	// Without RBAC a node's certificate is etcd root: the issue's finding.
 	if _, err := m.nodeEtcd("a1").Get(ctx, kvstore.TokensPrefix, clientv3.WithPrefix()); err != nil {
-		t.Fatalf("without RBAC a node could not read tokens (has the default changed? then this test needs --rbac off explicitly): %v", err)
+		t.Fatalf("with --rbac=false a node could not read tokens: %v", err)
 	}
 
 	// Turn it on in the seed's configuration and restart the seed.

@@ -52,7 +52,7 @@ Example:
 			// Off by default until every caller applies policies on the
 			// seed (docs/security.md, "Turning it on").
 			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
-			&cli.BoolFlag{Name: "rbac", Usage: "etcd authentication with per-node roles: a joined node's certificate writes only its own keys; policies and tokens only from this node"},
+			&cli.BoolFlag{Name: "rbac", Value: true, Usage: "etcd authentication with per-node roles: a joined node's certificate writes only its own keys; policies and tokens only from this node (--rbac=false: every node's certificate is etcd root, as before)"},
 		),
 		Action: upAction,
 	}
