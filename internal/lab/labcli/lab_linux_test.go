@@ -10,9 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/weftmesh/weft/internal/lab"
 	"github.com/weftmesh/weft/internal/lab/labtest"
@@ -91,21 +89,6 @@ func run(t *testing.T, args ...string) (string, string, int) {
 	return out.String(), errOut.String(), code
 }
 
-func labNetns(t *testing.T, name string) []string {
-	t.Helper()
-	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip netns list: %v: %s", err, out)
-	}
-	var found []string
-	for _, line := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "wl-"+name+"-") {
-			found = append(found, f[0])
-		}
-	}
-	return found
-}
-
 // The lab lives on after `meshctl lab up` exits; status, exec and down
 // work from later invocations.
 func TestLabCommands(t *testing.T) {
@@ -169,7 +152,7 @@ func TestLabCommands(t *testing.T) {
 	if out, errOut, code = run(t, "down", name); code != 0 || !strings.Contains(out, "removed") {
 		t.Fatalf("lab down: exit %d %s %s", code, out, errOut)
 	}
-	if left := labNetns(t, name); len(left) > 0 {
+	if left := labtest.Namespaces(t, name); len(left) > 0 {
 		t.Errorf("namespaces left after lab down: %v", left)
 	}
 	if _, errOut, code = run(t, "status", name); code == 0 || !strings.Contains(errOut, "no such lab") {
@@ -184,50 +167,15 @@ func TestLabCommands(t *testing.T) {
 // meshctl/cli checks that through meshctl.
 func TestLabDownAllAfterKill(t *testing.T) {
 	testutil.Privileged(t)
-	for _, when := range []string{"state", "namespaces"} {
+	for _, when := range labtest.KillPoints {
 		t.Run("after "+when, func(t *testing.T) {
 			name := labtest.UniqueName()
-			t.Cleanup(func() {
-				if l, err := lab.Load(name); err == nil {
-					_ = l.Down()
-				}
-			})
-			up := weftLab("up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2")
-			if err := up.Start(); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- up.Wait() }()
-			state := "/run/weft-lab/" + name + ".json"
-			reached := func() bool {
-				if when == "state" {
-					_, err := os.Stat(state)
-					return err == nil
-				}
-				ns, _ := filepath.Glob(lab.NetnsPath("wl-" + name + "-*"))
-				return len(ns) > 0
-			}
-			deadline := time.Now().Add(time.Minute)
-			for !reached() {
-				if time.Now().After(deadline) {
-					t.Fatalf("lab up never reached %s", when)
-				}
-				time.Sleep(200 * time.Microsecond)
-			}
-			_ = up.Process.Signal(syscall.SIGKILL)
-			err := <-done
-			t.Logf("lab up ended with %v; %d namespaces were there", err, len(labNetns(t, name)))
-
+			labtest.KillUpMidway(t, name, when, weftLab("up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2"))
 			out, errOut, code := run(t, "down", "--all")
 			if code != 0 {
 				t.Fatalf("lab down --all: exit %d %s %s", code, out, errOut)
 			}
-			if left := labNetns(t, name); len(left) > 0 {
-				t.Errorf("namespaces left: %v", left)
-			}
-			if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("state file left: %v", err)
-			}
+			labtest.CheckRemoved(t, name)
 		})
 	}
 }
