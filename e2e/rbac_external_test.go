@@ -58,38 +58,14 @@ func etcdFrom(t *testing.T, l *lab.Lab, ns, endpoint, caFile, certFile, keyFile 
 // a user can do nothing; with its role it reads what agents read and writes
 // only its own keys.
 func TestRBACExternalEtcd(t *testing.T) {
-	m := NewMesh(t, &lab.Spec{Sites: []lab.SiteSpec{
-		{Name: "site1", Nodes: []lab.NodeSpec{{Name: "etcd"}, {Name: "a", Workloads: []lab.WorkloadSpec{{Name: "wa"}}}}},
-		{Name: "site2", NAT: true, Nodes: []lab.NodeSpec{{Name: "b", Workloads: []lab.WorkloadSpec{{Name: "wb"}}}}},
-	}})
-	etcdNode := m.Lab.Node("etcd")
-	ip := etcdNode.Underlay.String()
-	dir := t.TempDir()
-	files, err := pki.EnsureBundle(filepath.Join(dir, "pki"), []string{ip})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientURL, peerURL := "https://"+ip+":2379", "https://"+ip+":2380"
-	etcd, err := m.Lab.Start(etcdNode.Netns, "etcd", "etcd",
-		"--name", "ext", "--data-dir", filepath.Join(dir, "data"),
-		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "ext="+peerURL, "--initial-cluster-token", "weft-e2e",
-		"--cert-file", files.ServerCertFile, "--key-file", files.ServerKey,
-		"--trusted-ca-file", files.CAFile, "--client-cert-auth",
-		"--peer-cert-file", files.ServerCertFile, "--peer-key-file", files.ServerKey,
-		"--peer-trusted-ca-file", files.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.waitOutput(etcd, regexp.MustCompile(`(?i)ready to serve client requests|serving client (traffic|requests) securely`), 60*time.Second, "etcd to serve")
+	m, files, clientURL := externalEtcdMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	// The operator's step 1 (etcdctl role add root; user add root
 	// --no-password; user grant-role root root; auth enable), with the
 	// admin certificate.
-	admin := kvstore.FromEtcd(etcdFrom(t, m.Lab, etcdNode.Netns, clientURL, files.CAFile, files.ClientCertFile, files.ClientKey), 0, nil)
+	admin := kvstore.FromEtcd(etcdFrom(t, m.Lab, m.Lab.Node("etcd").Netns, clientURL, files.CAFile, files.ClientCertFile, files.ClientKey), 0, nil)
 	if err := admin.EnableAuth(ctx); err != nil {
 		t.Fatalf("enabling auth on the existing etcd: %v", err)
 	}
