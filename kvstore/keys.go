@@ -17,15 +17,19 @@ const Prefix = "weft/v1/"
 
 // Key prefixes of the schema; see docs/kvstore.md.
 const (
-	ClustersPrefix        = Prefix + "clusters/"
-	NodesPrefix           = Prefix + "nodes/"
-	IPAMPrefix            = Prefix + "ipam/"
-	IdentityIDPrefix      = Prefix + "identities/id/"
-	IdentityLabelsPrefix  = Prefix + "identities/labels/"
-	IdentityRefsPrefix    = Prefix + "identities/refs/"
-	EndpointsPrefix       = Prefix + "endpoints/"
-	PoliciesPrefix        = Prefix + "policies/"
-	TokensPrefix          = Prefix + "tokens/"
+	ClustersPrefix       = Prefix + "clusters/"
+	NodesPrefix          = Prefix + "nodes/"
+	IPAMPrefix           = Prefix + "ipam/"
+	IdentityIDPrefix     = Prefix + "identities/id/"
+	IdentityLabelsPrefix = Prefix + "identities/labels/"
+	IdentityRefsPrefix   = Prefix + "identities/refs/"
+	EndpointsPrefix      = Prefix + "endpoints/"
+	PoliciesPrefix       = Prefix + "policies/"
+	TokensPrefix         = Prefix + "tokens/"
+	// RevokedPrefix holds node revocations (revoked/<cluster>/<node>):
+	// written by an admin, read by every agent, never written by a node,
+	// so a revoked node cannot lift its own revocation.
+	RevokedPrefix         = Prefix + "revoked/"
 	identityLabelsHashLen = 64
 )
 
@@ -111,9 +115,14 @@ func PolicyKey(name string) string { return PoliciesPrefix + mustName("policy", 
 // TokenKey is tokens/<id>.
 func TokenKey(id string) string { return TokensPrefix + mustName("token", id) }
 
+// RevokedKey is revoked/<cluster>/<node>.
+func RevokedKey(cluster, node string) string {
+	return RevokedPrefix + mustName("cluster", cluster) + "/" + mustName("node", node)
+}
+
 // ParsedKey is a key split into its schema parts.
 type ParsedKey struct {
-	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, grants, mesh/gossip-key
+	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, grants, revoked, mesh/gossip-key
 	Cluster string
 	Node    string
 	Name    string       // cluster, node, policy or token name
@@ -227,14 +236,14 @@ func ParseKey(key string) (ParsedKey, error) {
 			return ParsedKey{}, err
 		}
 		return ParsedKey{Kind: parts[0], Name: parts[1]}, nil
-	case "grants":
+	case "grants", "revoked":
 		if len(parts) != 3 {
-			return bad("want grants/<cluster>/<node>")
+			return bad("want " + parts[0] + "/<cluster>/<node>")
 		}
 		if err := names("cluster", "node"); err != nil {
 			return ParsedKey{}, err
 		}
-		return ParsedKey{Kind: "grants", Cluster: parts[1], Node: parts[2], Name: parts[2]}, nil
+		return ParsedKey{Kind: parts[0], Cluster: parts[1], Node: parts[2], Name: parts[2]}, nil
 	case "mesh":
 		if len(parts) != 2 || parts[1] != "gossip-key" {
 			return bad("want mesh/gossip-key")

@@ -99,7 +99,8 @@ func AdminRole() Role { return Role{Name: AdminUser, Admin: true} }
 
 // NodeRole computes the etcd role of node in cluster: read-write on its own
 // keys (nodes/<c>/<n> exactly, endpoints/<c>/<n>/ and identities/refs/<c>/<n>/),
-// read-only on what an agent lists and watches, nothing on tokens/.
+// read-only on what an agent lists and watches (revoked/ included), nothing
+// on tokens/.
 func NodeRole(cluster, node string) (Role, error) {
 	if err := ValidateName("cluster", cluster); err != nil {
 		return Role{}, err
@@ -115,7 +116,9 @@ func NodeRole(cluster, node string) (Role, error) {
 		{Key: Prefix},
 		{Key: GossipKeyKey},
 	}
-	for _, p := range []string{ClustersPrefix, NodesPrefix, IPAMPrefix, IdentityIDPrefix, IdentityLabelsPrefix, EndpointsPrefix, PoliciesPrefix, GrantsPrefix} {
+	// revoked/ is read so every agent refuses revoked nodes; never
+	// written, so a node cannot lift (or forge) a revocation.
+	for _, p := range []string{ClustersPrefix, NodesPrefix, IPAMPrefix, IdentityIDPrefix, IdentityLabelsPrefix, EndpointsPrefix, PoliciesPrefix, GrantsPrefix, RevokedPrefix} {
 		perms = append(perms, prefixPerm(p, false))
 	}
 	return Role{Name: NodeUser(cluster, node), Perms: perms}, nil

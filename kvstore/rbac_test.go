@@ -56,6 +56,9 @@ func TestNodeRolePermissions(t *testing.T) {
 		{P + "tokens/t1", "", kvstore.OpWrite, false},
 		{P + "grants/default/a1", "", kvstore.OpRead, true},
 		{P + "grants/default/a1", "", kvstore.OpWrite, false},
+		{P + "revoked/default/b1", "", kvstore.OpRead, true},
+		{P + "revoked/", clientv3.GetPrefixRangeEnd(P + "revoked/"), kvstore.OpRead, true},
+		{P + "revoked/default/a1", "", kvstore.OpWrite, false},
 		{kvstore.GossipKeyKey, "", kvstore.OpRead, true},
 		{kvstore.GossipKeyKey, "", kvstore.OpWrite, false},
 		{P, "", kvstore.OpRead, true},
@@ -106,7 +109,7 @@ func authorizeSpec(cluster, node, key string, op kvstore.Operation) bool {
 		return true
 	}
 	for _, p := range []string{kvstore.ClustersPrefix, kvstore.NodesPrefix, kvstore.IPAMPrefix, kvstore.IdentityIDPrefix,
-		kvstore.IdentityLabelsPrefix, kvstore.EndpointsPrefix, kvstore.PoliciesPrefix, kvstore.GrantsPrefix} {
+		kvstore.IdentityLabelsPrefix, kvstore.EndpointsPrefix, kvstore.PoliciesPrefix, kvstore.GrantsPrefix, kvstore.RevokedPrefix} {
 		if strings.HasPrefix(key, p) {
 			return true
 		}
@@ -122,6 +125,8 @@ func FuzzAuthorize(f *testing.F) {
 	f.Add("default", "a1", P+"endpoints/default/a1/", P+"endpoints/default/a10", true)
 	f.Add("default", "a1", P+"nodes/", P+"nodes0", false)
 	f.Add("east", "vm-1", P+"identities/refs/east/vm-1/300", "", true)
+	f.Add("default", "a1", P+"revoked/default/a1", "", true)
+	f.Add("default", "a1", P+"revoked/", P+"revoked0", false)
 	f.Fuzz(func(t *testing.T, cluster, node, key, end string, write bool) {
 		role, err := kvstore.NodeRole(cluster, node)
 		if err != nil {

@@ -145,6 +145,7 @@ func TestParseKey(t *testing.T) {
 		TokenKey("t12"):                                             {Kind: "tokens", Name: "t12"},
 		ClusterKey("east"):                                          {Kind: "clusters", Cluster: "east", Name: "east"},
 		GossipKeyKey:                                                {Kind: "mesh/gossip-key"},
+		RevokedKey("east", "vm-1"):                                  {Kind: "revoked", Cluster: "east", Node: "vm-1", Name: "vm-1"},
 	}
 	for key, want := range good {
 		got, err := ParseKey(key)
