@@ -68,6 +68,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 		{name: "restore workloads", start: func(ctx context.Context) error { return a.workloads.restore(ctx, a.cfg.Workloads) }},
 		{name: "configure peers", start: a.startPeers},
 		{name: "serve api", start: a.serveAPI},
+		{name: "certificate renewal", untimed: true, start: a.startRenewal},
 		{name: "key rotation", untimed: true, when: func() bool { return a.cfg.WireGuard.RotateEvery.D() > 0 }, start: func(context.Context) error {
 			every := a.cfg.WireGuard.RotateEvery.D()
 			a.goRun("key rotation", func(ctx context.Context) error { return a.runRotation(ctx, every) })

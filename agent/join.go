@@ -179,6 +179,7 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ca.NodeValidity = a.cfg.Join.NodeCertValidity.D()
 	adv := a.cfg.JoinAdvertise()
 	host, _, err := net.SplitHostPort(adv)
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftmesh/weft/pki"
 )
 
 // Sentinel errors. Callers test them with errors.Is.
@@ -103,11 +105,13 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 	}
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		// Read at every handshake (when the files changed), so a renewed
+		// node certificate is used on the next connection.
+		kp, err := pki.NewKeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("%w: loading client certificate %s: %w", ErrInvalidConfig, c.CertFile, err)
 		}
-		tc.Certificates = []tls.Certificate{cert}
+		tc.GetClientCertificate = kp.GetClientCertificate
 	}
 	return tc, nil
 }

@@ -41,6 +41,10 @@ const (
 	// stay useful for long, long enough that rotation (later) is not
 	// urgent.
 	CertValidity = 365 * 24 * time.Hour
+	// NodeCertValidity is the lifetime of a node's certificate (its etcd
+	// user and its mesh identity): a stolen one is good for at most this
+	// long. Agents renew theirs when a third of it is left.
+	NodeCertValidity = 30 * 24 * time.Hour
 	// clockSkewGrace backdates certificates, so a machine whose clock is
 	// behind (a VM before NTP caught up) accepts a certificate made now.
 	clockSkewGrace = time.Hour
@@ -55,6 +59,9 @@ type CA struct {
 	Cert    *x509.Certificate
 	CertPEM []byte
 	key     crypto.Signer
+	// NodeValidity, when set, replaces NodeCertValidity for the node
+	// certificates SignClientCSR makes (tests, short-lived meshes).
+	NodeValidity time.Duration
 }
 
 // NewCA makes a self-signed CA in memory; commonName is for people
@@ -188,14 +195,18 @@ func (ca *CA) issue(l leaf) (certPEM, keyPEM []byte, err error) {
 }
 
 // SignClientCSR signs a node's certificate request as a client
-// certificate. The subject is the CA's choice (commonName, orgs), not the
+// certificate valid for NodeCertValidity (or ca.NodeValidity). The subject is the CA's choice (commonName, orgs), not the
 // requester's: a node proves its key, the join service decides its name.
 func (ca *CA) SignClientCSR(csrPEM []byte, commonName string, orgs []string) ([]byte, error) {
 	pub, err := CheckCSR(csrPEM)
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := ca.template(leaf{commonName: commonName, orgs: orgs, client: true, validity: CertValidity})
+	validity := NodeCertValidity
+	if ca.NodeValidity > 0 {
+		validity = ca.NodeValidity
+	}
+	tmpl, err := ca.template(leaf{commonName: commonName, orgs: orgs, client: true, validity: validity})
 	if err != nil {
 		return nil, err
 	}

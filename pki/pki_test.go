@@ -131,8 +131,8 @@ func TestSignClientCSR(t *testing.T) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
 		t.Error("a node's client certificate must not be usable as a server certificate")
 	}
-	if cert.NotAfter.After(time.Now().Add(CertValidity)) || cert.NotAfter.Before(time.Now().Add(CertValidity-time.Hour)) {
-		t.Errorf("a node certificate expires %v, want about %v from now", cert.NotAfter, CertValidity)
+	if cert.NotAfter.After(time.Now().Add(NodeCertValidity)) || cert.NotAfter.Before(time.Now().Add(NodeCertValidity-time.Hour)) {
+		t.Errorf("a node certificate expires %v, want about %v from now", cert.NotAfter, NodeCertValidity)
 	}
 	key, err := ParseKeyPEM(keyPEM)
 	if err != nil {

@@ -138,6 +138,10 @@ type JoinServer struct {
 	// identities, its CIDR). Empty: the host of the first etcd endpoint,
 	// port 51834.
 	Server string `json:"server,omitempty"`
+	// NodeCertValidity is how long the node certificates this join service
+	// signs are valid (at join and at each renewal); 0 means 30 days.
+	// Agents renew theirs when a third of it is left.
+	NodeCertValidity Duration `json:"nodeCertValidity,omitempty"`
 }
 
 // WireGuard configures the node's tunnel device.
@@ -379,6 +383,9 @@ func (c *Config) Validate() error {
 		}
 		if err := checkHostPort(c.Join.Listen); err != nil {
 			bad("join.listen", "%v", err)
+		}
+		if v := c.Join.NodeCertValidity.D(); v != 0 && (v < 30*time.Second || v > 365*24*time.Hour) {
+			bad("join.nodeCertValidity", "%v: use 30s to 8760h (0: 30 days)", v)
 		}
 		if c.Join.Advertise != "" {
 			if err := checkHostPort(c.Join.Advertise); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/internal/names"
+	"github.com/weftmesh/weft/pki"
 )
 
 // Node services: the writes a joined node needs that its etcd role cannot
@@ -104,6 +105,7 @@ func callerOf(r *http.Request) (Caller, error) {
 }
 
 func (s *Server) routeServices(mux *http.ServeMux) {
+	s.routeRenew(mux)
 	mux.HandleFunc("POST "+identitiesPath, s.serve(func(r *http.Request, c Caller, svc NodeServices) (any, error) {
 		var req identityRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -191,13 +193,14 @@ func NewServiceClient(server, caFile, certFile, keyFile string) (*ServiceClient,
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	// Read at every handshake, so a renewed certificate is used at once.
+	pair, err := pki.NewKeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("loading the node certificate for the node services: %w", err)
 	}
 	return &ServiceClient{server: server, hc: &http.Client{
 		Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: host, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
+			TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: host, GetClientCertificate: pair.GetClientCertificate, MinVersion: tls.VersionTLS13},
 			DialContext:     (&net.Dialer{Timeout: DialTimeout}).DialContext,
 			Proxy:           nil,
 		},

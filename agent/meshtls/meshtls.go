@@ -25,6 +25,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/weftmesh/weft/pki"
 )
 
 // DefaultPort is the TCP port of the agent-to-agent API on the mesh
@@ -38,6 +40,9 @@ var ErrUntrusted = errors.New("meshtls: peer certificate is not from the mesh CA
 // Credentials are the node's certificate and the mesh CA.
 type Credentials struct {
 	cert tls.Certificate
+	// pair, when set, is read at every handshake instead of cert, so a
+	// renewed node certificate is used without a restart.
+	pair *pki.KeyPair
 	pool *x509.CertPool
 }
 
@@ -51,11 +56,11 @@ func Load(caFile, certFile, keyFile string) (*Credentials, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("meshtls: %s holds no PEM certificate", caFile)
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	pair, err := pki.NewKeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("meshtls: loading the node certificate %s: %w", certFile, err)
 	}
-	return &Credentials{cert: cert, pool: pool}, nil
+	return &Credentials{pair: pair, pool: pool}, nil
 }
 
 // New builds credentials from parsed parts (tests).
@@ -91,7 +96,8 @@ func (c *Credentials) verify(rawCerts [][]byte) error {
 func (c *Credentials) ServerConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:            tls.VersionTLS13,
-		Certificates:          []tls.Certificate{c.cert},
+		Certificates:          c.certificates(),
+		GetCertificate:        c.getCertificate(),
 		ClientAuth:            tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error { return c.verify(raw) },
 	}
@@ -104,7 +110,8 @@ func (c *Credentials) ServerConfig() *tls.Config {
 func (c *Credentials) ClientConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:            tls.VersionTLS13,
-		Certificates:          []tls.Certificate{c.cert},
+		Certificates:          c.certificates(),
+		GetClientCertificate:  c.getClientCertificate(),
 		InsecureSkipVerify:    true, // replaced by VerifyPeerCertificate
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error { return c.verify(raw) },
 	}
@@ -139,4 +146,27 @@ func Relay(tr http.RoundTripper, addr netip.AddrPort) http.Handler {
 			fmt.Fprintf(w, "{\"error\":%q,\"code\":\"unavailable\"}\n", fmt.Sprintf("the agent at %s does not answer over the mesh: %v", host, err))
 		},
 	}
+}
+
+// certificates is the fixed certificate of credentials made with New; nil
+// for loaded ones, whose pair is asked at each handshake.
+func (c *Credentials) certificates() []tls.Certificate {
+	if c.pair != nil {
+		return nil
+	}
+	return []tls.Certificate{c.cert}
+}
+
+func (c *Credentials) getCertificate() func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c.pair == nil {
+		return nil
+	}
+	return c.pair.GetCertificate
+}
+
+func (c *Credentials) getClientCertificate() func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	if c.pair == nil {
+		return nil
+	}
+	return c.pair.GetClientCertificate
 }
