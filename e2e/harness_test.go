@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -182,12 +183,19 @@ func (m *Mesh) procFlags(n *MeshNode) []string {
 var tokenRE = regexp.MustCompile(`weft1\.[A-Za-z0-9_-]+`)
 
 // Up runs `meshctl up` on a node and waits for the join token it prints.
-func (m *Mesh) Up(name string, upFlags ...string) {
+// flags are meshctl up's; those after a "--" are the agent's, added to
+// the mesh's own.
+func (m *Mesh) Up(name string, flags ...string) {
 	m.t.Helper()
 	n := m.newNode(name)
+	upFlags, agentExtra := flags, []string(nil)
+	if i := slices.Index(flags, "--"); i >= 0 {
+		upFlags, agentExtra = flags[:i], flags[i+1:]
+	}
 	args := append([]string{"up", "--name", name, "--advertise-address", n.Lab.Underlay.String(), "--token-max-uses", "100"}, upFlags...)
 	args = append(args, m.procFlags(n)...)
 	args = append(args, m.agentFlags(n)...)
+	args = append(args, agentExtra...)
 	p, err := m.Lab.Start(n.Lab.Netns, "agent-"+name, append([]string{filepath.Join(binDir, "meshctl")}, args...)...)
 	if err != nil {
 		m.t.Fatalf("meshctl up: %v", err)

@@ -29,6 +29,7 @@ const (
 	FlagEtcdAdvertiseURL   = "embedded-etcd-advertise-client-url"
 	FlagEtcdPeerURL        = "embedded-etcd-peer-url"
 	FlagJoinListen         = "join-listen"
+	FlagNodeCertValidity   = "node-cert-validity"
 	FlagJoinAdvertise      = "join-advertise"
 	FlagWGInterface        = "wg-interface"
 	FlagWGPort             = "wg-port"
@@ -82,6 +83,7 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: FlagEtcdAdvertiseURL, EnvVars: env(FlagEtcdAdvertiseURL), Usage: "client `URL` given to joining nodes (default: the client URL)", Category: categoryEmbedded},
 		&cli.StringFlag{Name: FlagEtcdPeerURL, EnvVars: env(FlagEtcdPeerURL), Value: d.Etcd.Embedded.PeerURL, Usage: "peer `URL` of the embedded etcd", Category: categoryEmbedded},
 		&cli.StringFlag{Name: FlagJoinListen, EnvVars: env(FlagJoinListen), Value: d.Join.Listen, Usage: "`HOST:PORT` the join service listens on", Category: categoryEmbedded},
+		&cli.DurationFlag{Name: FlagNodeCertValidity, EnvVars: env(FlagNodeCertValidity), Usage: "lifetime of the node certificates the join service signs; agents renew theirs when a third is left (0: 30 days)", Category: categoryEmbedded},
 		&cli.StringFlag{Name: FlagJoinAdvertise, EnvVars: env(FlagJoinAdvertise), Usage: "`HOST:PORT` of the join service written into tokens (default: --join-listen)", Category: categoryEmbedded},
 
 		&cli.StringFlag{Name: FlagWGInterface, EnvVars: env(FlagWGInterface), Value: d.WireGuard.Interface, Usage: "WireGuard interface `NAME`", Category: categoryDataplane},
@@ -172,6 +174,7 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagEtcdAdvertiseURL, &cfg.Etcd.Embedded.AdvertiseClientURL)
 	setS(FlagEtcdPeerURL, &cfg.Etcd.Embedded.PeerURL)
 	setS(FlagJoinListen, &cfg.Join.Listen)
+	setD(FlagNodeCertValidity, &cfg.Join.NodeCertValidity)
 	setS(FlagJoinAdvertise, &cfg.Join.Advertise)
 	setS(FlagWGInterface, &cfg.WireGuard.Interface)
 	setI(FlagWGPort, &cfg.WireGuard.ListenPort)
