@@ -30,7 +30,7 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	}
 	a.apiSrv = api.NewServer(api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
-		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a,
+		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a,
 	}, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
 	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })

@@ -123,7 +123,12 @@ func (a *Agent) observeReconcile(name string, start time.Time) {
 // feeds the peer reconciler (its loop starts later, in startPeers), and
 // waits for its first listing.
 func (a *Agent) startNodeCache(ctx context.Context) error {
-	var err error
+	// Revocations first: a revoked node must not become a peer even for
+	// the moment between the two caches' first listings.
+	revs, err := a.startRevocations()
+	if err != nil {
+		return err
+	}
 	a.nodes, err = kvstore.NewCache(a.cp.kv.Source(), kvstore.CacheConfig[kvstore.Node]{
 		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
 		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
@@ -143,6 +148,7 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 		return err
 	}
 	a.peers = newPeerReconciler(a.tun, a.nodes, a.peerSelf, a.log, a.observeReconcile)
+	a.peers.revocations, a.peers.revoked = revs, revs.revoked
 	// A live peer sends at least a keepalive every interval; two missed
 	// ones and a margin mean its tunnel is silent.
 	a.peers.silence = 2*a.cfg.WireGuard.PersistentKeepalive.D() + 5*time.Second
@@ -152,8 +158,21 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 			r.dropNode(cluster, node)
 		}
 	}
+	a.goRun("revocation cache", revs.cache.Run)
 	a.goRun("node cache", a.nodes.Run)
-	return waitSynced(ctx, a.nodes.Synced())
+	if err := waitSynced(ctx, a.nodes.Synced()); err != nil {
+		return err
+	}
+	// Bounded: a node whose etcd role predates revoked/ cannot read it
+	// until the seed (upgraded) grants it again; it keeps trying.
+	select {
+	case <-revs.cache.Synced():
+	case <-time.After(5 * time.Second):
+		a.log.Warn("revocations not readable yet; starting without them (the cache keeps trying; the seed's upgrade grants node roles read on revoked/)")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // devicePeers lists the keys the tunnel device has peers for.
@@ -283,6 +302,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		return l.Strings(), ok
 	}
 	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
+	ipc.revoked = a.peers.revoked
 	a.ipcache.Store(ipc)
 	// The nodes' label grants, for the ipcache reconciler to refuse
 	// endpoints outside their node's grant (a.cp.grants.Allows;

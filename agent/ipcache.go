@@ -56,6 +56,10 @@ type ipcacheReconciler struct {
 	// allows checks labels against the publishing node's grant; nil skips
 	// the check.
 	allows func(cluster, node string, labels []string) error
+	// revoked reports whether an admin revoked the node; nil: none is.
+	// A revoked node's endpoints never enter the ipcache, whatever
+	// records appear for it.
+	revoked func(cluster, node string) bool
 }
 
 // endpointLister is the endpoint cache, as resyncNode reads it.
@@ -155,8 +159,31 @@ func (r *ipcacheReconciler) resyncNode(cluster, node string) {
 	})
 }
 
+// dropRevoked removes the addresses of a node just revoked at once,
+// instead of after the settle time of an endpoint's deletion.
+func (r *ipcacheReconciler) dropRevoked(cluster, node string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := kvstore.NodeKey(cluster, node)
+	for ip := range r.holding[key] {
+		r.remove(ip)
+	}
+	delete(r.holding, key)
+	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		if e.Cluster == cluster && e.Node == node {
+			r.remove(e.IP)
+		}
+		return true
+	})
+}
+
 // apply writes or withholds one endpoint. Caller holds r.mu.
 func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
+	if r.revoked != nil && r.revoked(e.Cluster, e.Node) {
+		r.log.Warn("ignoring an endpoint of a revoked node", "endpoint", e.Name, "ip", e.IP, "node", e.Cluster+"/"+e.Node)
+		r.remove(e.IP)
+		return
+	}
 	owned, known := r.owned(e.Cluster, e.Node)
 	if !known {
 		return // resyncNode applies it once the node's record is in

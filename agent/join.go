@@ -64,8 +64,14 @@ func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
 }
 
 // nameFree refuses a node name the mesh uses: one with a node record (a
-// live node) or a CIDR (a node that is down but did not leave).
+// live node) or a CIDR (a node that is down but did not leave), and a
+// revoked one until an admin clears it.
 func (ad admitter) nameFree(ctx context.Context, cluster, node string) error {
+	if r, err := ad.kv.GetRevocation(ctx, cluster, node); err == nil {
+		return join.Errorf(join.CodeRevoked, "node name %q of cluster %s was revoked at %s: an admin must clear it first ('meshctl node revoke --clear %s --cluster %s' on the first node), or choose another --name", node, cluster, r.RevokedAt.UTC().Format(time.RFC3339), node, cluster)
+	} else if !errors.Is(err, kvstore.ErrNotFound) {
+		return err
+	}
 	_, _, err := kvstore.Get(ctx, ad.kv, kvstore.NodeKey(cluster, node), kvstore.DecodeNode)
 	inUse := err == nil || !errors.Is(err, kvstore.ErrNotFound) && errors.Is(err, kvstore.ErrInvalidRecord)
 	if err != nil && !errors.Is(err, kvstore.ErrNotFound) && !inUse {
@@ -82,6 +88,21 @@ func (ad admitter) nameFree(ctx context.Context, cluster, node string) error {
 		return join.Errorf(join.CodeInvalid, "node name %q is in use in cluster %s (a node with it is registered or holds a CIDR): choose another --name, or run 'meshctl leave' on that node first", node, cluster)
 	}
 	return nil
+}
+
+// CertificateIssued implements join.CertificateRecorder: the serial goes
+// into the node's grant (written just before, in AdmitNode), the newest
+// last, so that 'meshctl node revoke' can name it.
+func (ad admitter) CertificateIssued(ctx context.Context, cluster, node, serial string) error {
+	g, err := ad.kv.GetGrant(ctx, cluster, node)
+	if err != nil {
+		return err
+	}
+	g.CertSerials = append(g.CertSerials, serial)
+	if n := len(g.CertSerials) - kvstore.MaxCertSerials; n > 0 {
+		g.CertSerials = g.CertSerials[n:]
+	}
+	return ad.kv.PutGrant(ctx, g)
 }
 
 // nodeServices does on the seed, with the admin credential, the writes a
@@ -193,6 +214,7 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 		CA: ca, Tokens: tokenStore{a.cp.kv}, EtcdEndpoints: a.cp.endpoints,
 		Cluster: a.cfg.Cluster, Hosts: hosts, Log: a.log.With("component", "join"),
 		Admitter: admitter{a.cp.kv}, Services: nodeServices{a},
+		CheckCertificate: a.peers.revocations.checkCert,
 	})
 	if err != nil {
 		return err
@@ -220,6 +242,11 @@ func (a *Agent) ensureKnownNodeUsers(ctx context.Context) {
 			return
 		}
 		seen[[2]string{cluster, node}] = true
+		// A revoked node's records may reappear (written by an admin
+		// client); it gets no user back.
+		if a.peers.isRevoked(cluster, node) {
+			return
+		}
 		if err := a.cp.kv.EnsureNodeUser(ctx, cluster, node); err != nil {
 			a.log.Warn("giving a known node its etcd user", "node", cluster+"/"+node, "err", err)
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,6 +81,9 @@ type obsDeps struct {
 	log  *slog.Logger
 	logs *metrics.LogCounter
 	run  func(name string, f func(context.Context) error)
+	// peerCheck refuses peer certificates of revoked nodes on the
+	// agent-to-agent API (nil: none).
+	peerCheck func(*x509.Certificate) error
 }
 
 // endpointCache is the endpoint cache as observability reads it.
@@ -119,6 +123,7 @@ func (a *Agent) startObservability(ctx context.Context) error {
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
 		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a},
 		log:  a.log, logs: a.logs, run: a.goRun,
+		peerCheck: a.peers.revocations.checkCert,
 	})
 	if err != nil {
 		return err
@@ -196,6 +201,9 @@ func (o *observability) serveMesh() error {
 	creds, err := meshtls.Load(f.CAFile, f.ClientCertFile, f.ClientKey)
 	if err != nil {
 		return err
+	}
+	if o.deps.peerCheck != nil {
+		creds.SetPeerCheck(o.deps.peerCheck)
 	}
 	o.creds = creds
 	o.tr = creds.Transport()

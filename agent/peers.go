@@ -161,6 +161,14 @@ type peerReconciler struct {
 	status func() (tunnel.Status, error)
 	// onDrop is told when a retained node is finally dropped.
 	onDrop func(cluster, node string)
+	// revoked reports whether an admin revoked the node (revoked/ in
+	// etcd; nil: none is). A revoked node never becomes a peer, whatever
+	// records appear for it, and is never retained.
+	revoked func(cluster, node string) bool
+	// revocations is the agent's revocation cache (revocation.go), kept
+	// here for the other checks (ipcache, agent-to-agent API, node
+	// services); nil in tests that need none.
+	revocations *revocationSet
 
 	mu       sync.Mutex
 	retained map[string]*retainedNode // by node key
@@ -190,10 +198,13 @@ func (r *peerReconciler) nodeEvent(ev kvstore.Event[kvstore.Node]) {
 	switch ev.Kind {
 	case kvstore.EventAdd, kvstore.EventUpdate:
 		delete(r.retained, ev.Value.Key())
+		if r.isRevoked(ev.Value.Cluster, ev.Value.Name) {
+			r.log.Warn("ignoring the record of a revoked node: it does not become a peer", "node", ev.Value.Cluster+"/"+ev.Value.Name)
+		}
 	case kvstore.EventDelete:
 		n := ev.Old
 		self := r.self()
-		if r.silence <= 0 || n.Leaving || (n.Cluster == self.Cluster && n.Name == self.Node) {
+		if r.silence <= 0 || n.Leaving || (n.Cluster == self.Cluster && n.Name == self.Node) || r.isRevoked(n.Cluster, n.Name) {
 			return
 		}
 		now := time.Now()
@@ -201,6 +212,19 @@ func (r *peerReconciler) nodeEvent(ev kvstore.Event[kvstore.Node]) {
 		r.log.Info("node record is gone but the node did not leave; keeping its peer while its tunnel is alive",
 			"node", n.Cluster+"/"+n.Name, "silence_limit", r.silence)
 	}
+}
+
+func (r *peerReconciler) isRevoked(cluster, node string) bool {
+	return r.revoked != nil && r.revoked(cluster, node)
+}
+
+// dropRevoked removes a node just revoked: no retention, and a reconcile
+// now, so its peer goes from the device within the event's round trip.
+func (r *peerReconciler) dropRevoked(cluster, node string) {
+	r.mu.Lock()
+	delete(r.retained, kvstore.NodeKey(cluster, node))
+	r.mu.Unlock()
+	r.trigger()
 }
 
 // isRetained reports whether the node's record is gone but its peer kept.
@@ -291,10 +315,17 @@ func (r *peerReconciler) run(ctx context.Context) error {
 func (r *peerReconciler) desired() []tunnel.Peer {
 	var nodes []kvstore.Node
 	seen := map[string]bool{}
-	r.nodes.Range(func(k string, n kvstore.Node) bool { nodes = append(nodes, n); seen[n.Key()] = true; return true })
+	r.nodes.Range(func(k string, n kvstore.Node) bool {
+		if r.isRevoked(n.Cluster, n.Name) {
+			return true // logged when its record came (nodeEvent)
+		}
+		nodes = append(nodes, n)
+		seen[n.Key()] = true
+		return true
+	})
 	r.mu.Lock()
 	for k, rn := range r.retained {
-		if !seen[k] {
+		if !seen[k] && !r.isRevoked(rn.node.Cluster, rn.node.Name) {
 			nodes = append(nodes, rn.node)
 		}
 	}

@@ -18,7 +18,14 @@ type Grant struct {
 	Node        string   `json:"node"`
 	AllowLabels []string `json:"allowLabels"`
 	TokenID     string   `json:"tokenID,omitempty"`
+	// CertSerials are the hex serial numbers of the certificates the join
+	// service issued the node (the newest last, at most MaxCertSerials), so
+	// that a revocation can name them.
+	CertSerials []string `json:"certSerials,omitempty"`
 }
+
+// MaxCertSerials bounds Grant.CertSerials; older serials are dropped.
+const MaxCertSerials = 8
 
 func (*Grant) recordKind() string   { return "grant" }
 func (g *Grant) versionField() *int { return &g.Version }
@@ -36,6 +43,14 @@ func (g Grant) Validate() error {
 	}
 	if _, err := grant.Parse(g.AllowLabels); err != nil {
 		return invalid("grant", "%s/%s: %v", g.Cluster, g.Node, err)
+	}
+	if len(g.CertSerials) > MaxCertSerials {
+		return invalid("grant", "%s/%s: %d certificate serials, at most %d", g.Cluster, g.Node, len(g.CertSerials), MaxCertSerials)
+	}
+	for i, s := range g.CertSerials {
+		if !isHexSerial(s) {
+			return invalid("grant", "%s/%s: certSerials[%d] %q is not a lower-case hex serial number", g.Cluster, g.Node, i, s)
+		}
 	}
 	return nil
 }

@@ -77,6 +77,18 @@ type TokenManager interface {
 	RevokeToken(ctx context.Context, id string) error
 }
 
+// NodeAdmin takes other nodes out of the mesh, as an admin: remove (a
+// node that is gone; its name may join again) and revoke (a compromised
+// node; its certificate is refused everywhere until the revocation is
+// cleared). A node credential gets ErrPermission, an unknown node
+// ErrNotFound.
+type NodeAdmin interface {
+	RemoveNode(ctx context.Context, req NodeRemoveRequest) (NodeRemoval, error)
+	RevokeNode(ctx context.Context, req NodeRemoveRequest) (NodeRemoval, error)
+	Revocations(ctx context.Context) ([]Revocation, error)
+	ClearRevocation(ctx context.Context, cluster, node string) (Revocation, error)
+}
+
 // Leaver takes the node out of the mesh: it removes the node's records,
 // workloads and datapath, then the agent exits.
 type Leaver interface {
@@ -99,6 +111,8 @@ type Backend struct {
 	Policies  PolicyManager
 	Tokens    TokenManager
 	Leaver    Leaver
+	// Nodes serves /v1/nodes/remove, /v1/nodes/revoke, /v1/revocations.
+	Nodes NodeAdmin
 
 	Flows  FlowSource
 	Health MeshHealth

@@ -205,6 +205,32 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
 }
 
+// RemoveNode takes a node that is gone out of the mesh (admin only).
+func (c *Client) RemoveNode(ctx context.Context, req NodeRemoveRequest) (NodeRemoval, error) {
+	var v NodeRemoval
+	return v, c.do(ctx, http.MethodPost, "/v1/nodes/remove", req, &v)
+}
+
+// RevokeNode removes a node and refuses its certificate everywhere
+// (admin only).
+func (c *Client) RevokeNode(ctx context.Context, req NodeRemoveRequest) (NodeRemoval, error) {
+	var v NodeRemoval
+	return v, c.do(ctx, http.MethodPost, "/v1/nodes/revoke", req, &v)
+}
+
+// Revocations lists the revoked nodes.
+func (c *Client) Revocations(ctx context.Context) ([]Revocation, error) {
+	var v []Revocation
+	return v, c.do(ctx, http.MethodGet, "/v1/revocations", nil, &v)
+}
+
+// ClearRevocation lifts a node's revocation, so its name may join again
+// with a new token (admin only).
+func (c *Client) ClearRevocation(ctx context.Context, cluster, node string) (Revocation, error) {
+	var v Revocation
+	return v, c.do(ctx, http.MethodDelete, "/v1/revocations/"+url.PathEscape(cluster)+"/"+url.PathEscape(node), nil, &v)
+}
+
 // Leave takes the node out of the mesh.
 func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/leave", nil, nil)

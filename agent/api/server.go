@@ -198,6 +198,33 @@ func (s *Server) Handler() http.Handler {
 		return nil, b.Tokens.RevokeToken(r.Context(), r.PathValue("id"))
 	})
 
+	route("POST /v1/nodes/remove", b.Nodes != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req NodeRemoveRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		if req.Node == "" {
+			return nil, Errorf(CodeInvalid, "node is required")
+		}
+		return b.Nodes.RemoveNode(r.Context(), req)
+	})
+	route("POST /v1/nodes/revoke", b.Nodes != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req NodeRemoveRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		if req.Node == "" {
+			return nil, Errorf(CodeInvalid, "node is required")
+		}
+		return b.Nodes.RevokeNode(r.Context(), req)
+	})
+	route("GET /v1/revocations", b.Nodes != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return nonNil(b.Nodes.Revocations(r.Context()))
+	})
+	route("DELETE /v1/revocations/{cluster}/{node}", b.Nodes != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return b.Nodes.ClearRevocation(r.Context(), r.PathValue("cluster"), r.PathValue("node"))
+	})
+
 	route("POST /v1/leave", b.Leaver != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, b.Leaver.Leave(r.Context())
 	})

@@ -281,3 +281,40 @@ type errorBody struct {
 	Error string `json:"error"`
 	Code  Code   `json:"code"`
 }
+
+// NodeRemoveRequest names a node to remove or revoke (POST
+// /v1/nodes/remove, /v1/nodes/revoke).
+type NodeRemoveRequest struct {
+	// Cluster of the node; empty = the agent's cluster.
+	Cluster string `json:"cluster,omitempty"`
+	Node    string `json:"node"`
+	// Reason is kept in the revocation record (revoke only).
+	Reason string `json:"reason,omitempty"`
+}
+
+// NodeRemoval is what a removal or revocation did.
+type NodeRemoval struct {
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	// Revoked: the node's certificate is refused everywhere.
+	Revoked bool `json:"revoked"`
+	// Record: the node had a record (marked leaving, then deleted).
+	Record       bool     `json:"record"`
+	Endpoints    int      `json:"endpoints"`
+	IdentityRefs int      `json:"identityRefs"`
+	CIDRs        []string `json:"cidrs,omitempty"`
+	Grant        bool     `json:"grant"`
+	// Serials are the revoked certificates the mesh knew of (every
+	// certificate of the node's name is refused).
+	Serials []string `json:"serials,omitempty"`
+	Took    Duration `json:"took"`
+}
+
+// Revocation is a revoked node (GET /v1/revocations).
+type Revocation struct {
+	Cluster   string    `json:"cluster"`
+	Node      string    `json:"node"`
+	Serials   []string  `json:"serials,omitempty"`
+	RevokedAt time.Time `json:"revokedAt"`
+	Reason    string    `json:"reason,omitempty"`
+}

@@ -21,6 +21,9 @@ var (
 	// ErrForbidden: a node service refused the caller (no node
 	// certificate, or a request outside what its node may ask).
 	ErrForbidden = errors.New("join: not allowed for this node")
+	// ErrRevoked: an admin revoked the node ('meshctl node revoke'): its
+	// certificate is refused and its name cannot join until cleared.
+	ErrRevoked = errors.New("join: the node was revoked")
 	// ErrService: the service failed or answered something unexpected.
 	ErrService = errors.New("join: join service error")
 )
@@ -39,6 +42,7 @@ const (
 	CodeTokenUsedUp  Code = "token_used_up"
 	CodeInvalid      Code = "invalid"
 	CodeForbidden    Code = "forbidden"
+	CodeRevoked      Code = "revoked"
 	CodeWrongCA      Code = "wrong_ca"
 	CodeService      Code = "internal"
 )
@@ -59,6 +63,7 @@ var codes = []struct {
 	{CodeTokenUsedUp, ErrTokenUsedUp, http.StatusForbidden, "make a new one with 'meshctl token create' (--reusable --max-uses N for several machines)"},
 	{CodeInvalid, ErrInvalidRequest, http.StatusBadRequest, "the join request was refused"},
 	{CodeForbidden, ErrForbidden, http.StatusForbidden, "not allowed for this node"},
+	{CodeRevoked, ErrRevoked, http.StatusForbidden, "an admin revoked this node: reinstall it and join with a new token once the revocation is cleared ('meshctl node revoke --clear NAME' on the first node)"},
 	{CodeWrongCA, ErrWrongCA, http.StatusInternalServerError, ""},
 	{CodeService, ErrService, http.StatusInternalServerError, ""},
 }

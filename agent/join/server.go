@@ -3,7 +3,9 @@ package join
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -86,6 +88,19 @@ type ServerConfig struct {
 	// their etcd roles do not allow (new identities, their CIDR): mTLS with
 	// the node's certificate, on the same listener (services.go).
 	Services NodeServices
+	// CheckCertificate, if set, is asked about every verified client
+	// certificate before any route runs; an error refuses the request
+	// with CodeRevoked and the error's text (the agent refuses revoked
+	// nodes' certificates with it: 'meshctl node revoke').
+	CheckCertificate func(*x509.Certificate) error
+}
+
+// CertificateRecorder is an Admitter that also wants the serial number
+// (lower-case hex) of each certificate the service signs, so that a later
+// revocation can name it. A failure is logged, not fatal: the node's
+// name identifies its certificates anyway.
+type CertificateRecorder interface {
+	CertificateIssued(ctx context.Context, cluster, node, serial string) error
 }
 
 // Server is a running join service.
@@ -136,7 +151,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("POST "+joinPath, s.handleJoin)
 	s.routeServices(mux)
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           s.refuseRevoked(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
@@ -243,6 +258,7 @@ func (s *Server) join(r *http.Request) (*response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing the node certificate: %w", err)
 	}
+	s.recordCertificate(r.Context(), cluster, req.NodeName, certPEM)
 	return &response{
 		NodeName:      req.NodeName,
 		Cluster:       cluster,
@@ -284,4 +300,45 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// refuseRevoked answers every request that presents a revoked node's
+// certificate with CodeRevoked, whatever its route (node services,
+// renewal, a join), so that no route can forget the check.
+func (s *Server) refuseRevoked(next http.Handler) http.Handler {
+	if s.cfg.CheckCertificate == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			cert := r.TLS.PeerCertificates[0]
+			if err := s.cfg.CheckCertificate(cert); err != nil {
+				s.cfg.Log.Warn("refused a revoked node's certificate", "remote", r.RemoteAddr, "path", r.URL.Path,
+					"subject", cert.Subject.CommonName, "serial", cert.SerialNumber.Text(16), "err", err)
+				writeJSON(w, http.StatusForbidden, errorBody{Error: err.Error(), Code: CodeRevoked})
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// recordCertificate tells a CertificateRecorder admitter the new
+// certificate's serial; best effort.
+func (s *Server) recordCertificate(ctx context.Context, cluster, node string, certPEM []byte) {
+	rec, ok := s.cfg.Admitter.(CertificateRecorder)
+	if !ok {
+		return
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		return
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return
+	}
+	if err := rec.CertificateIssued(ctx, cluster, node, cert.SerialNumber.Text(16)); err != nil {
+		s.cfg.Log.Warn("recording a node certificate's serial (a revocation will name the node only)", "node", cluster+"/"+node, "err", err)
+	}
 }

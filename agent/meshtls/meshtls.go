@@ -37,6 +37,10 @@ const DefaultPort = 51835
 // CA.
 var ErrUntrusted = errors.New("meshtls: peer certificate is not from the mesh CA")
 
+// ErrRevoked is wrapped when the peer check refused a certificate that
+// chains to the mesh CA (an admin revoked its node).
+var ErrRevoked = errors.New("meshtls: peer certificate revoked")
+
 // Credentials are the node's certificate and the mesh CA.
 type Credentials struct {
 	cert tls.Certificate
@@ -44,7 +48,16 @@ type Credentials struct {
 	// renewed node certificate is used without a restart.
 	pair *pki.KeyPair
 	pool *x509.CertPool
+	// peerCheck, when set, judges a peer certificate that chains to the
+	// mesh CA (the agent refuses revoked nodes with it).
+	peerCheck func(*x509.Certificate) error
 }
+
+// SetPeerCheck makes both sides of every later handshake also ask check
+// about the peer's certificate, once its chain is verified; an error
+// refuses the handshake (wrapped in ErrRevoked). Call it before the
+// configurations are used.
+func (c *Credentials) SetPeerCheck(check func(*x509.Certificate) error) { c.peerCheck = check }
 
 // Load reads the mesh CA and the node's certificate and key (PEM).
 func Load(caFile, certFile, keyFile string) (*Credentials, error) {
@@ -88,6 +101,11 @@ func (c *Credentials) verify(rawCerts [][]byte) error {
 	}
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: c.pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrUntrusted, certs[0].Subject.CommonName, err)
+	}
+	if c.peerCheck != nil {
+		if err := c.peerCheck(certs[0]); err != nil {
+			return fmt.Errorf("%w: %s (serial %s): %v", ErrRevoked, certs[0].Subject.CommonName, certs[0].SerialNumber.Text(16), err)
+		}
 	}
 	return nil
 }

@@ -2,6 +2,9 @@ package meshtls
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -108,4 +111,46 @@ func TestRelayForwardsAndReportsAnUnreachableAgent(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "does not answer over the mesh") {
 		t.Fatalf("unreachable agent: %d %s", resp.StatusCode, b)
 	}
+}
+
+// TestPeerCheckRefusesRevokedCertificates: a certificate from the mesh CA
+// that the peer check refuses (a revoked node) is refused by a server and
+// by a client; the others still pass.
+func TestPeerCheckRefusesRevokedCertificates(t *testing.T) {
+	ca, _ := pki.NewCA("east")
+	revoked := func(c *x509.Certificate) error {
+		if c.Subject.CommonName == "node:east/bad" {
+			return errors.New("revoked by an admin")
+		}
+		return nil
+	}
+	srv := nodeCreds(t, ca, "node:east/b")
+	srv.SetPeerCheck(revoked)
+	addr := serve(t, srv)
+	if got, err := get(nodeCreds(t, ca, "node:east/a"), addr); err != nil || !strings.HasPrefix(got, "hello node:east/a") {
+		t.Fatalf("a good node: %q, %v", got, err)
+	}
+	if got, err := get(nodeCreds(t, ca, "node:east/bad"), addr); err == nil {
+		t.Fatalf("a revoked node was served: %q", got)
+	}
+	// The client side refuses a revoked server.
+	a := nodeCreds(t, ca, "node:east/a")
+	a.SetPeerCheck(revoked)
+	bad := serve(t, nodeCreds(t, ca, "node:east/bad"))
+	if _, err := get(a, bad); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("a revoked server: err = %v", err)
+	}
+	if err := a.verify([][]byte{selfCert(t, ca, "node:east/bad")}); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("verify of a revoked certificate: %v, want ErrRevoked", err)
+	}
+}
+
+func selfCert(t *testing.T, ca *pki.CA, cn string) []byte {
+	t.Helper()
+	certPEM, _, err := ca.IssueClient(cn, []string{"weft:nodes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(certPEM)
+	return block.Bytes
 }
