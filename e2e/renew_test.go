@@ -57,6 +57,11 @@ func TestCertRenewal(t *testing.T) {
 	})
 	_, until1 := certOf()
 	t.Logf("renewed: first certificate until %s, the new one until %s", until0.Format(time.TimeOnly), until1.Format(time.TimeOnly))
+	// Renewed when about a third was left, not at once (which would renew
+	// again and again).
+	if gain := until1.Sub(until0); gain < 15*time.Second {
+		t.Fatalf("the renewed certificate ends only %v after the first: it was renewed too early", gain)
+	}
 	// Past the first certificate's end: everything still works.
 	time.Sleep(time.Until(until0) + 3*time.Second)
 	p := m.node("a1").Proc

@@ -254,9 +254,11 @@ func (ca *CA) template(l leaf) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: l.commonName, Organization: l.orgs},
-		NotBefore:    now.Add(-clockSkewGrace),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		// Backdated by at most a tenth of the lifetime, so that a short-lived
+		// certificate's renewal point (a third before its end) stays late.
+		NotBefore: now.Add(-min(clockSkewGrace, l.validity/10)),
+		NotAfter:  notAfter,
+		KeyUsage:  x509.KeyUsageDigitalSignature,
 	}
 	if l.server {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
