@@ -228,7 +228,11 @@ func (c *Client) Revocations(ctx context.Context) ([]Revocation, error) {
 // with a new token (admin only).
 func (c *Client) ClearRevocation(ctx context.Context, cluster, node string) (Revocation, error) {
 	var v Revocation
-	return v, c.do(ctx, http.MethodDelete, "/v1/revocations/"+url.PathEscape(cluster)+"/"+url.PathEscape(node), nil, &v)
+	path := "/v1/revocations/" + url.PathEscape(node)
+	if cluster != "" {
+		path += "?cluster=" + url.QueryEscape(cluster)
+	}
+	return v, c.do(ctx, http.MethodDelete, path, nil, &v)
 }
 
 // Leave takes the node out of the mesh.

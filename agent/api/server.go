@@ -221,8 +221,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/revocations", b.Nodes != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return nonNil(b.Nodes.Revocations(r.Context()))
 	})
-	route("DELETE /v1/revocations/{cluster}/{node}", b.Nodes != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
-		return b.Nodes.ClearRevocation(r.Context(), r.PathValue("cluster"), r.PathValue("node"))
+	// ?cluster=C; without it, the agent's cluster.
+	route("DELETE /v1/revocations/{node}", b.Nodes != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return b.Nodes.ClearRevocation(r.Context(), r.URL.Query().Get("cluster"), r.PathValue("node"))
 	})
 
 	route("POST /v1/leave", b.Leaver != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {

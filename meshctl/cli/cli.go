@@ -39,6 +39,7 @@ func commands() []*cli.Command {
 		tokenCommand(),
 		leaveCommand(),
 		nodesCommand(),
+		nodeCommand(),
 		endpointCommand(),
 		identitiesCommand(),
 		policyCommand(),
