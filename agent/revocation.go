@@ -76,6 +76,13 @@ func (a *Agent) revocationEvent(ev kvstore.Event[kvstore.Revocation]) {
 	r := ev.Value
 	if ev.Kind == kvstore.EventDelete {
 		a.log.Info("a node's revocation was cleared: its name may join again with a new token", "node", ev.Old.Cluster+"/"+ev.Old.Node)
+		// Records of the name, should any be there, count again.
+		if a.peers != nil {
+			a.peers.trigger()
+		}
+		if ipc := a.ipcache.Load(); ipc != nil {
+			ipc.resyncNode(ev.Old.Cluster, ev.Old.Node)
+		}
 		return
 	}
 	if r.Cluster == a.cfg.Cluster && r.Node == a.cfg.NodeName {
