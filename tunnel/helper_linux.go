@@ -10,8 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	// Tailscale's fork of wireguard-go, not golang.zx2c4.com/wireguard: same
 	// device/tun/conn/ipc API and UAPI protocol, and about 1.5x the TCP
@@ -159,6 +162,9 @@ type helperProc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  string
+
+	watchOnce sync.Once
+	gone      chan struct{}
 }
 
 func (s *system) startHelper(ctx context.Context, cfg Config, mtu int) (*helperProc, error) {
@@ -239,6 +245,40 @@ func (h *helperProc) stop(grace time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("pid %d did not exit", h.pid)
+}
+
+// exitCh is closed when the helper exits: at once for our child (its
+// reaper closes done), through a pidfd for one an earlier agent started.
+func (h *helperProc) exitCh() <-chan struct{} {
+	if h.done != nil {
+		return h.done
+	}
+	h.watchOnce.Do(func() {
+		h.gone = make(chan struct{})
+		go watchPid(h.pid, h.gone)
+	})
+	return h.gone
+}
+
+// watchPid closes gone when pid exits. A pidfd becomes readable when its
+// process ends; a pid that is already gone closes it at once.
+func watchPid(pid int, gone chan struct{}) {
+	defer close(gone)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n > 0 {
+			return
+		}
+	}
 }
 
 func (h *helperProc) exited() bool {

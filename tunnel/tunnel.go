@@ -46,6 +46,9 @@ var (
 	ErrNotSupported = errors.New("tunnel: not supported")
 )
 
+// ErrDestroyed is returned by Reconcile after Destroy.
+var ErrDestroyed = errors.New("tunnel: the device was destroyed (the node left)")
+
 // Config describes the node's WireGuard interface.
 type Config struct {
 	// Name of the interface (default weft0). Userspace devices have a UAPI
@@ -131,9 +134,12 @@ type Tunnel struct {
 	kind Kind
 	mtu  int
 
-	mu           sync.Mutex
-	key          wgtypes.Key
-	helper       *helperProc
+	mu     sync.Mutex
+	key    wgtypes.Key
+	helper *helperProc
+	// destroyed is set by Destroy: the device is gone for good and is
+	// not recreated.
+	destroyed    bool
 	desired      []Peer
 	lastEndpoint map[wgtypes.Key]netip.AddrPort
 	// rotating wakes Run when a peer starts rotating, so it switches to
@@ -269,6 +275,9 @@ func (t *Tunnel) HelperPID() int {
 func (t *Tunnel) Reconcile(ctx context.Context, desired []Peer) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.destroyed {
+		return ErrDestroyed
+	}
 	specs, err := validatePeers(desired, t.key.PublicKey())
 	if err != nil {
 		return err
@@ -351,10 +360,32 @@ func (t *Tunnel) Run(ctx context.Context, interval time.Duration) error {
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	for {
+		// A userspace helper that dies takes the device, its peers and its
+		// routes with it: replace it at once, not at the next tick.
+		var helperGone <-chan struct{}
+		t.mu.Lock()
+		if t.destroyed {
+			t.mu.Unlock()
+			return nil
+		}
+		if t.helper != nil {
+			helperGone = t.helper.exitCh()
+		}
+		t.mu.Unlock()
+		died := time.Time{}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+		case <-helperGone:
+			died = time.Now()
+			t.log.Warn("the userspace WireGuard helper exited; starting a new one")
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
 		case <-t.rotating:
 			if !timer.Stop() {
 				select {
@@ -375,6 +406,11 @@ func (t *Tunnel) Run(ctx context.Context, interval time.Duration) error {
 		if desired != nil {
 			if err := t.Reconcile(ctx, desired); err != nil {
 				t.log.Warn("periodic reconcile failed", "err", err)
+				if !died.IsZero() {
+					next = time.Second // try the replacement again soon
+				}
+			} else if !died.IsZero() {
+				t.log.Info("replaced the userspace WireGuard helper", "took", time.Since(died).Round(time.Millisecond), "pid", t.HelperPID())
 			}
 		}
 		timer.Reset(next)
@@ -479,6 +515,8 @@ func (t *Tunnel) Close() error {
 func (t *Tunnel) Destroy() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Before the helper goes: its exit must not make Run bring it back.
+	t.destroyed = true
 	err := t.sys.removeLink(t.cfg.Name, t.kind, t.helper)
 	t.sys.close()
 	return err
