@@ -143,7 +143,8 @@ func containsAddr(ps []netip.Prefix, ip netip.Addr) bool {
 // tunnel shows life (bytes received from it, or a new handshake) and
 // dropped once it has been silent for silence. Persistent keepalives make
 // a live peer send something every keepalive interval, so silence is a
-// small multiple of it. A record that says Leaving goes at once.
+// small multiple of it. A record that says Leaving goes at once (the
+// moment it says so: a leaving node is no peer any more).
 type peerReconciler struct {
 	dev     peerDevice
 	nodes   nodeSet
@@ -318,6 +319,9 @@ func (r *peerReconciler) desired() []tunnel.Peer {
 	r.nodes.Range(func(k string, n kvstore.Node) bool {
 		if r.isRevoked(n.Cluster, n.Name) {
 			return true // logged when its record came (nodeEvent)
+		}
+		if n.Leaving {
+			return true // a node that said it goes is no peer any more
 		}
 		nodes = append(nodes, n)
 		seen[n.Key()] = true

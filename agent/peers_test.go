@@ -428,3 +428,50 @@ func TestIPCacheRefusesBorrowedIdentitiesAndUngrantedLabels(t *testing.T) {
 		t.Fatal("the endpoint that waited for its identity was not mapped")
 	}
 }
+
+// TestPeerDroppedByARemovalTombstone: a crashed node whose record expired
+// is retained; the leaving tombstone `meshctl node remove` writes ends the
+// retention and the peer at once, and a revoked node is no peer whatever
+// its record says.
+func TestPeerDroppedByARemovalTombstone(t *testing.T) {
+	dev := tunneltest.New("wt0", 51833)
+	nodes := fakeNodes{}
+	r := newTestPeerReconciler(dev, nodes)
+	r.silence = time.Minute
+	r.status = dev.Status
+	k := testKey(t)
+	b := kvstore.Node{Name: "b", Cluster: "c", WGPublicKey: k, CIDRs: pfx("100.64.1.0/24")}
+	nodes.put(b)
+	r.configure(context.Background())
+	delete(nodes, b.Key())
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: b})
+	if !r.isRetained("c", "b") {
+		t.Fatal("the expired record is not retained")
+	}
+	tomb := kvstore.Node{Name: "b", Cluster: "c", WGPublicKey: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", Leaving: true}
+	nodes.put(tomb)
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventAdd, Value: tomb})
+	r.configure(context.Background())
+	if r.isRetained("c", "b") || len(dev.Peers()) != 0 {
+		t.Fatalf("after the tombstone: retained %v, peers %+v", r.isRetained("c", "b"), dev.Peers())
+	}
+	delete(nodes, tomb.Key())
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: tomb})
+	if r.isRetained("c", "b") {
+		t.Fatal("the deleted tombstone is retained")
+	}
+
+	revoked := map[string]bool{"c/b": true}
+	r.revoked = func(c, n string) bool { return revoked[c+"/"+n] }
+	nodes.put(b)
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventAdd, Value: b})
+	r.configure(context.Background())
+	if len(dev.Peers()) != 0 {
+		t.Fatalf("a revoked node's record made a peer: %+v", dev.Peers())
+	}
+	delete(nodes, b.Key())
+	r.nodeEvent(kvstore.Event[kvstore.Node]{Kind: kvstore.EventDelete, Old: b})
+	if r.isRetained("c", "b") {
+		t.Fatal("a revoked node is retained")
+	}
+}

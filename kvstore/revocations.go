@@ -205,6 +205,12 @@ func (c *Client) RemoveNode(ctx context.Context, cluster, node string, rev *Revo
 	}
 	if st.record != nil {
 		c.markLeaving(ctx, *st.record, st.recordRev)
+	} else {
+		// The record is gone already (an expired lease: the usual case of
+		// a crashed machine), and peers retain the node while its tunnel
+		// seems alive. A leaving tombstone, deleted below, tells them it
+		// is gone for good.
+		c.putTombstone(ctx, cluster, node)
 	}
 	// A few tries: the node's own lease may expire, or the seed's IPAM
 	// change, between the reading and the deletion.
@@ -309,6 +315,27 @@ func (c *Client) markLeaving(ctx context.Context, n Node, modRev int64) {
 		Then(clientv3.OpPut(key, string(data), clientv3.WithIgnoreLease())).Commit()
 	if err != nil || !resp.Succeeded {
 		c.log.Warn("marking a removed node leaving; deleting its record anyway", "node", n.Cluster+"/"+n.Name, "err", err)
+	}
+}
+
+// tombstoneKey is the WireGuard key of a tombstone record: 32 zero bytes,
+// which no real device has (peers never install a leaving record).
+const tombstoneKey = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+// putTombstone writes a leaving record for a node whose record is gone,
+// if it is still gone; best effort, like markLeaving.
+func (c *Client) putTombstone(ctx context.Context, cluster, node string) {
+	n := Node{Cluster: cluster, Name: node, WGPublicKey: tombstoneKey, Leaving: true}
+	data, err := Encode(&n)
+	if err != nil {
+		c.log.Warn("writing a removed node's leave mark", "node", cluster+"/"+node, "err", err)
+		return
+	}
+	key := n.Key()
+	rctx, cancel := c.reqCtx(ctx)
+	defer cancel()
+	if _, err := c.kv.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(data))).Commit(); err != nil {
+		c.log.Warn("writing a removed node's leave mark; peers drop it once its tunnel is silent", "node", cluster+"/"+node, "err", err)
 	}
 }
 
