@@ -245,11 +245,14 @@ type nodeKeys struct {
 	refs      int
 	grant     bool
 	revoked   bool
-	cidrs     []struct {
-		cidr netip.Prefix
-		key  string
-		rev  int64
-	}
+	cidrs     []nodeCIDR
+}
+
+// nodeCIDR is one CIDR allocation of the node, with its key and revision.
+type nodeCIDR struct {
+	cidr netip.Prefix
+	key  string
+	rev  int64
 }
 
 func (k nodeKeys) exists() bool {
@@ -288,11 +291,7 @@ func (c *Client) nodeState(ctx context.Context, cluster, node string) (nodeKeys,
 		if err != nil || a.Cluster != cluster || a.Node != node || string(kv.Key) != IPAMKey(cluster, a.CIDR) {
 			continue
 		}
-		st.cidrs = append(st.cidrs, struct {
-			cidr netip.Prefix
-			key  string
-			rev  int64
-		}{a.CIDR, string(kv.Key), kv.ModRevision})
+		st.cidrs = append(st.cidrs, nodeCIDR{a.CIDR, string(kv.Key), kv.ModRevision})
 	}
 	return st, nil
 }

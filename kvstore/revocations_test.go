@@ -235,3 +235,50 @@ func TestRevocationValidate(t *testing.T) {
 		t.Errorf("decode: %+v, %v", r, err)
 	}
 }
+
+// TestRemoveNodeWhoseRecordExpired: a crashed node's record is gone (its
+// lease expired) but peers retain it; the removal writes a leaving
+// tombstone and deletes it, so watchers see the node leave.
+func TestRemoveNodeWhoseRecordExpired(t *testing.T) {
+	srv := kvstoretest.StartServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := kvstoretest.Connect(t, srv, nil)
+	if err := admin.PutCluster(ctx, kvstore.Cluster{Name: "default", ID: 1, MeshPool: netip.MustParsePrefix("100.64.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AllocateNodeCIDR(ctx, "default", "d1", 24); err != nil {
+		t.Fatal(err)
+	}
+	w := kvstoretest.Etcd(t, srv).Watch(ctx, kvstore.NodesPrefix, clientv3.WithPrefix(), clientv3.WithPrevKV())
+	res, err := admin.RemoveNode(ctx, "default", "d1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Record || len(res.CIDRs) != 1 {
+		t.Errorf("removal: %+v", res)
+	}
+	var put, del bool
+	for !del {
+		select {
+		case wr := <-w:
+			for _, ev := range wr.Events {
+				switch ev.Type {
+				case clientv3.EventTypePut:
+					n, err := kvstore.NodeDecoder(string(ev.Kv.Key), ev.Kv.Value)
+					put = err == nil && n.Leaving && n.Name == "d1"
+				case clientv3.EventTypeDelete:
+					del = true
+				}
+			}
+		case <-ctx.Done():
+			t.Fatal("no deletion of the tombstone seen")
+		}
+	}
+	if !put {
+		t.Error("no leaving tombstone before the deletion")
+	}
+	if resp, err := admin.Source().Get(ctx, kvstore.NodeKey("default", "d1")); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("the tombstone stayed: %v", err)
+	}
+}
