@@ -59,3 +59,21 @@ func Format(c *cli.Context) (string, error) {
 		return "", fmt.Errorf("--output %q is not a format: use table or json", f)
 	}
 }
+
+// ExitStatus prints err for a person on stderr and returns the process's
+// exit status: 0 for nil; the code of a cli.Exit error (lab exec passes
+// on its command's status), printing its message if it has one; else 1,
+// with "meshctl: " and the error.
+func ExitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if ec, ok := err.(cli.ExitCoder); ok {
+		if ec.Error() != "" {
+			fmt.Fprintln(stderr, ec)
+		}
+		return ec.ExitCode()
+	}
+	fmt.Fprintln(stderr, "meshctl:", err)
+	return 1
+}

@@ -68,23 +68,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return notFound
 }
 
-// ExitStatus prints err for a person on stderr and returns the process's
-// exit status: 0 for nil; the code of a cli.Exit error (lab exec passes
-// on its command's status), printing its message if it has one; else 1,
-// with "meshctl: " and the error, as meshctl prints its own errors.
-func ExitStatus(err error, stderr io.Writer) int {
-	if err == nil {
-		return 0
-	}
-	if ec, ok := err.(cli.ExitCoder); ok {
-		if ec.Error() != "" {
-			fmt.Fprintln(stderr, ec)
-		}
-		return ec.ExitCode()
-	}
-	fmt.Fprintln(stderr, "meshctl:", err)
-	return 1
-}
+// ExitStatus prints err on stderr and returns the process's exit status
+// (cliout.ExitStatus, shared with the other command).
+func ExitStatus(err error, stderr io.Writer) int { return cliout.ExitStatus(err, stderr) }
 
 func command() *cli.Command {
 	return &cli.Command{
