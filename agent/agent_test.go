@@ -64,6 +64,15 @@ func TestDiffPolicyWritesOnlyTheDifference(t *testing.T) {
 // fakeEndpoints is an endpoint cache for resyncNode.
 type fakeEndpoints []kvstore.Endpoint
 
+func (f fakeEndpoints) Get(key string) (kvstore.Endpoint, bool) {
+	for _, e := range f {
+		if e.Key() == key {
+			return e, true
+		}
+	}
+	return kvstore.Endpoint{}, false
+}
+
 func (f fakeEndpoints) Range(fn func(string, kvstore.Endpoint) bool) {
 	for _, e := range f {
 		if !fn(e.IP.String(), e) {

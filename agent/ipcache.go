@@ -51,8 +51,9 @@ type ipcacheReconciler struct {
 	// identityLabels returns the labels of an allocated identity (the
 	// allocator's cache); nil skips the check.
 	identityLabels func(id uint32) ([]string, bool)
-	// waiting are endpoints whose identity is not known yet, by identity.
-	waiting map[uint32]map[netip.Addr]bool
+	// waiting are the keys of endpoints whose identity is not known yet, by
+	// identity.
+	waiting map[uint32]map[string]bool
 	// allows checks labels against the publishing node's grant; nil skips
 	// the check.
 	allows func(cluster, node string, labels []string) error
@@ -65,10 +66,11 @@ type ipcacheReconciler struct {
 // endpointLister is the endpoint cache, as resyncNode reads it.
 type endpointLister interface {
 	Range(func(key string, e kvstore.Endpoint) bool)
+	Get(key string) (kvstore.Endpoint, bool)
 }
 
 func newIPCacheReconciler(dp ipcacheWriter, owned nodeOwnership, endpoints endpointLister, log *slog.Logger) *ipcacheReconciler {
-	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log, holding: map[string]map[netip.Addr]bool{}, waiting: map[uint32]map[netip.Addr]bool{}}
+	return &ipcacheReconciler{dp: dp, owned: owned, endpoints: endpoints, log: log, holding: map[string]map[netip.Addr]bool{}, waiting: map[uint32]map[string]bool{}}
 }
 
 func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
@@ -96,7 +98,7 @@ func (r *ipcacheReconciler) event(ev kvstore.Event[kvstore.Endpoint]) {
 func (r *ipcacheReconciler) judgeDeletion(e kvstore.Endpoint) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.present(e.IP) {
+	if r.present(e.Cluster, e.Node, e.IP) {
 		return
 	}
 	if r.held(e.Cluster, e.Node) {
@@ -116,22 +118,19 @@ func (r *ipcacheReconciler) dropNode(cluster, node string) {
 	defer r.mu.Unlock()
 	key := kvstore.NodeKey(cluster, node)
 	for ip := range r.holding[key] {
-		if !r.present(ip) {
+		if !r.present(cluster, node, ip) {
 			r.remove(ip)
 		}
 	}
 	delete(r.holding, key)
 }
 
-// present reports whether the endpoint cache has an endpoint at ip.
-// Caller holds r.mu.
-func (r *ipcacheReconciler) present(ip netip.Addr) bool {
-	found := false
-	r.endpoints.Range(func(_ string, x kvstore.Endpoint) bool {
-		found = x.IP == ip
-		return !found
-	})
-	return found
+// present reports whether the node has an endpoint at ip again: one cache
+// lookup, not a walk of every endpoint (deletions come in bursts when a
+// node's lease expires). Caller holds r.mu.
+func (r *ipcacheReconciler) present(cluster, node string, ip netip.Addr) bool {
+	_, ok := r.endpoints.Get(kvstore.EndpointKey(cluster, node, ip))
+	return ok
 }
 
 // resyncNode re-judges a node's endpoints after its record changed (it
@@ -202,9 +201,9 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 		if !ok {
 			// resyncIdentity applies it once the identity is known.
 			if r.waiting[e.Identity] == nil {
-				r.waiting[e.Identity] = map[netip.Addr]bool{}
+				r.waiting[e.Identity] = map[string]bool{}
 			}
-			r.waiting[e.Identity][e.IP] = true
+			r.waiting[e.Identity][e.Key()] = true
 			return
 		}
 		if !sameLabels(ls, e.Labels) {
@@ -232,17 +231,16 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 func (r *ipcacheReconciler) resyncIdentity(id uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ips := r.waiting[id]
-	if len(ips) == 0 {
+	keys := r.waiting[id]
+	if len(keys) == 0 {
 		return
 	}
 	delete(r.waiting, id)
-	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
-		if ips[e.IP] && e.Identity == id {
+	for k := range keys {
+		if e, ok := r.endpoints.Get(k); ok && e.Identity == id {
 			r.apply(e)
 		}
-		return true
-	})
+	}
 }
 
 // sameLabels compares two sets of canonical label strings.

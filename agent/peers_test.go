@@ -311,6 +311,17 @@ type liveEndpoints struct {
 	eps map[netip.Addr]kvstore.Endpoint
 }
 
+func (l *liveEndpoints) Get(key string) (kvstore.Endpoint, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.eps {
+		if e.Key() == key {
+			return e, true
+		}
+	}
+	return kvstore.Endpoint{}, false
+}
+
 func (l *liveEndpoints) Range(fn func(string, kvstore.Endpoint) bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
