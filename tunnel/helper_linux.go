@@ -131,7 +131,7 @@ func RunUserspaceDevice(ctx context.Context, name string, opts UserspaceOptions)
 				errs <- err
 				return
 			}
-			go dev.IpcHandle(c)
+			go serveUAPI(c, dev, bind)
 		}
 	}()
 	if opts.PprofSocket != "" {

@@ -42,6 +42,12 @@ type roamingBind struct {
 	dev   *device.Device // set by attach, before the device comes up
 	peers map[[32]byte]*roamState
 	queue map[[32]byte]netip.AddrPort // authenticated changes for the worker
+	// early holds, per key the device has no peer for, where its latest
+	// initiation came from and when (unix seconds): a node that joined
+	// reaches us before its record does, and the peer added moments later
+	// is pointed there (serveUAPI). Bounded; entries expire after
+	// earlyWindow.
+	early map[[32]byte]earlyInit
 	kick  chan struct{}
 	done  chan struct{}
 	// clock is a coarse time (unix seconds) for the receive path, ticked
@@ -59,9 +65,23 @@ type roamState struct {
 // (RejectAfterTime), after which a live peer has re-handshaken anyway.
 const trustWindow = 180 * time.Second
 
+// earlyWindow is how long an initiation from a key without a peer is
+// remembered: long enough for the agent to learn the new node's record and
+// add it, short enough that a stale address is not used for a later join.
+const earlyWindow = 30 * time.Second
+
+// maxEarly bounds the early initiations remembered, so initiations with
+// made-up keys cost a bounded amount of memory.
+const maxEarly = 4096
+
+type earlyInit struct {
+	src netip.AddrPort
+	at  int64
+}
+
 func newRoamingBind(b conn.Bind, log *slog.Logger) *roamingBind {
 	r := &roamingBind{Bind: b, log: log, peers: map[[32]byte]*roamState{},
-		queue: map[[32]byte]netip.AddrPort{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
+		queue: map[[32]byte]netip.AddrPort{}, early: map[[32]byte]earlyInit{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.clock.Store(time.Now().Unix())
 	return r
 }
@@ -156,24 +176,99 @@ func (r *roamingBind) authenticated(pk [32]byte, from netip.AddrPort) {
 // endpoint synchronously (the handshake worker holds no device lock here).
 //
 // The fork reports the key before it looks the peer up, so pk may be any key
-// an attacker made up: keys the device has no peer for are ignored, or every
-// such initiation would grow r.peers and cost an IpcSet.
+// an attacker made up: keys the device has no peer for only go to the
+// bounded early table (never r.peers, never an IpcSet).
+//
+// An initiation from the endpoint the bind already holds is applied again
+// (it is idempotent): the agent may have configured another endpoint since,
+// and the reply must go where the initiation came from.
 func (r *roamingBind) initiation(pk [32]byte, from netip.AddrPort) {
 	r.mu.Lock()
 	dev := r.dev
 	r.mu.Unlock()
 	if dev != nil && dev.LookupPeer(pk) == nil {
+		r.rememberEarly(pk, from)
 		return
 	}
 	r.mu.Lock()
 	st := r.peers[pk]
-	if st != nil && (st.ep == from || (st.confirmed != 0 && time.Now().Unix()-st.confirmed < int64(trustWindow/time.Second))) {
+	if st != nil && st.ep != from && st.confirmed != 0 && time.Now().Unix()-st.confirmed < int64(trustWindow/time.Second) {
 		r.mu.Unlock()
 		return
 	}
-	r.peers[pk] = &roamState{ep: from} // not confirmed until a packet authenticates
+	if st == nil || st.ep != from {
+		r.peers[pk] = &roamState{ep: from} // not confirmed until a packet authenticates
+	}
 	r.mu.Unlock()
 	r.set(dev, pk, from)
+}
+
+func (r *roamingBind) rememberEarly(pk [32]byte, from netip.AddrPort) {
+	now := time.Now().Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.early[pk]; !ok && len(r.early) >= maxEarly {
+		for k, e := range r.early { // drop what expired; if nothing did, forget this one
+			if now-e.at >= int64(earlyWindow/time.Second) {
+				delete(r.early, k)
+			}
+		}
+		if len(r.early) >= maxEarly {
+			return
+		}
+	}
+	r.early[pk] = earlyInit{src: from, at: now}
+}
+
+// peekEarly reports where pk's latest initiation came from, if it did
+// within earlyWindow.
+func (r *roamingBind) peekEarly(pk [32]byte) (netip.AddrPort, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.early[pk]
+	if !ok || time.Now().Unix()-e.at >= int64(earlyWindow/time.Second) {
+		return netip.AddrPort{}, false
+	}
+	return e.src, true
+}
+
+// takeEarly is peekEarly that also forgets the entry.
+func (r *roamingBind) takeEarly(pk [32]byte) (netip.AddrPort, bool) {
+	src, ok := r.peekEarly(pk)
+	r.mu.Lock()
+	delete(r.early, pk)
+	r.mu.Unlock()
+	return src, ok
+}
+
+// forget drops what the bind learned about keys whose endpoint the
+// configuration just set or whose peer it removed.
+func (r *roamingBind) forget(pks ...[32]byte) {
+	if len(pks) == 0 {
+		return
+	}
+	r.mu.Lock()
+	for _, pk := range pks {
+		delete(r.peers, pk)
+		delete(r.queue, pk)
+	}
+	r.mu.Unlock()
+}
+
+func (r *roamingBind) forgetAll() {
+	r.mu.Lock()
+	r.peers = map[[32]byte]*roamState{}
+	r.queue = map[[32]byte]netip.AddrPort{}
+	r.mu.Unlock()
+}
+
+// adopt records that a new peer was pointed at src, the source of its
+// early initiation: like an initiation, not confirmed until a packet
+// authenticates.
+func (r *roamingBind) adopt(pk [32]byte, src netip.AddrPort) {
+	r.mu.Lock()
+	r.peers[pk] = &roamState{ep: src}
+	r.mu.Unlock()
 }
 
 func (r *roamingBind) worker() {
