@@ -303,6 +303,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	}
 	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
 	ipc.revoked = a.peers.revoked
+	ipc.nodeAddr = nodeAddrOf(a.nodes)
 	a.ipcache.Store(ipc)
 	// The nodes' label grants, for the ipcache reconciler to refuse
 	// endpoints outside their node's grant (a.cp.grants.Allows;

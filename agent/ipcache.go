@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
 )
@@ -61,6 +62,13 @@ type ipcacheReconciler struct {
 	// A revoked node's endpoints never enter the ipcache, whatever
 	// records appear for it.
 	revoked func(cluster, node string) bool
+	// nodeAddr returns the mesh address a node's record announces as its
+	// own; nil: no address is marked. The endpoint at exactly that address,
+	// published by that node, is marked bpf.IPCacheNode: the datapath lets
+	// agent-to-agent control traffic between two such addresses through
+	// whatever the policy (bpf/lib/node.h). A workload's address is never
+	// a node's meshIP, so it never carries the mark.
+	nodeAddr func(cluster, node string) (netip.Addr, bool)
 }
 
 // endpointLister is the endpoint cache, as resyncNode reads it.
@@ -221,9 +229,25 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 		}
 	}
 	pfx := netip.PrefixFrom(e.IP, e.IP.BitLen())
-	if err := r.dp.UpsertIPCache(pfx, e.Identity, 0); err != nil {
+	var flags uint32
+	if r.isNodeAddr(e) {
+		flags = bpf.IPCacheNode
+	}
+	if err := r.dp.UpsertIPCache(pfx, e.Identity, flags); err != nil {
 		r.log.Error("ipcache upsert", "prefix", pfx, "identity", e.Identity, "err", err)
 	}
+}
+
+// isNodeAddr reports whether e is its node's own mesh address, as the
+// node's record says. The record and the endpoint are the same node's
+// writes, and the address lies within that node's prefixes (apply checked),
+// so the node marks nothing its WireGuard key does not already own.
+func (r *ipcacheReconciler) isNodeAddr(e kvstore.Endpoint) bool {
+	if r.nodeAddr == nil {
+		return false
+	}
+	a, ok := r.nodeAddr(e.Cluster, e.Node)
+	return ok && a.IsValid() && a.Unmap() == e.IP.Unmap()
 }
 
 // resyncIdentity applies the endpoints that waited for identity id to be
@@ -261,6 +285,17 @@ func (r *ipcacheReconciler) remove(ip netip.Addr) {
 	pfx := netip.PrefixFrom(ip, ip.BitLen())
 	if err := r.dp.DeleteIPCache(pfx); err != nil {
 		r.log.Error("ipcache delete", "prefix", pfx, "err", err)
+	}
+}
+
+// nodeAddrOf answers ipcacheReconciler.nodeAddr from a node cache.
+func nodeAddrOf(nodes nodeSet) func(cluster, node string) (netip.Addr, bool) {
+	return func(cluster, node string) (netip.Addr, bool) {
+		n, ok := nodes.Get(kvstore.NodeKey(cluster, node))
+		if !ok {
+			return netip.Addr{}, false
+		}
+		return n.MeshIP, n.MeshIP.IsValid()
 	}
 }
 

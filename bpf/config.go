@@ -52,6 +52,12 @@ type Config struct {
 
 	Timeouts Timeouts
 
+	// ControlPorts are the agents' ports on their mesh addresses: control
+	// traffic between two nodes' own mesh addresses on them passes the
+	// host endpoint whatever the policy (docs/datapath.md, "Control traffic
+	// between nodes").
+	ControlPorts ControlPorts
+
 	Attach AttachMode
 	Logger *slog.Logger
 }
@@ -65,6 +71,23 @@ type Timeouts struct {
 	ICMP           time.Duration // default 30s: echo
 	Other          time.Duration // default 60s
 }
+
+// ControlPorts are the agent-to-agent ports the datapath lets through
+// between nodes' own mesh addresses. The zero value of a field means the
+// agent's default (agent/meshtls, agent/health).
+type ControlPorts struct {
+	API    uint16 // TCP: the agent-to-agent API; default 51835
+	Gossip uint16 // TCP and UDP: memberlist gossip; default 51836
+	Probe  uint16 // UDP: health probes; default 51837
+}
+
+// Default control ports, the agent's own (a test in agent/ keeps them in
+// step).
+const (
+	DefaultControlPortAPI    uint16 = 51835
+	DefaultControlPortGossip uint16 = 51836
+	DefaultControlPortProbe  uint16 = 51837
+)
 
 var scopeRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
@@ -81,6 +104,14 @@ func (c Config) withDefaults() Config {
 	def(&c.EventsBytes, 1<<20)
 	def(&c.DropEventsPerSecond, 100)
 	def(&c.DropEventsBurst, 200)
+	def16 := func(v *uint16, d uint16) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def16(&c.ControlPorts.API, DefaultControlPortAPI)
+	def16(&c.ControlPorts.Gossip, DefaultControlPortGossip)
+	def16(&c.ControlPorts.Probe, DefaultControlPortProbe)
 	dur := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
 			*v = d

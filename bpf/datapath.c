@@ -16,6 +16,9 @@
  *                  tc ingress of the node's underlay interfaces (L2, L3):
  *                  no policy, only anti-spoofing and strict mode
  *                  (lib/antispoof.h).
+ *
+ * On the mesh device, control traffic between two nodes' own mesh
+ * addresses on the agents' ports passes whatever the policy (lib/node.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -24,6 +27,7 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/antispoof.h"
+#include "lib/node.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -31,13 +35,19 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const struct event *unused_event __attribute__((unused));
 
 /* peer_identity is the identity of the other end: the ipcache's longest
- * prefix for the peer's address, or the world. */
-static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir)
+ * prefix for the peer's address, or the world. *flags are that entry's
+ * IPCACHE_F_* (0 for the world). */
+static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir, __u32 *flags)
 {
 	struct ipcache_key ik = {.prefixlen = 128};
 	__builtin_memcpy(ik.addr, dir == DIR_EGRESS ? f->daddr : f->saddr, 16);
 	struct ipcache_value *peer = bpf_map_lookup_elem(&ipcache, &ik);
-	return peer ? peer->identity : IDENTITY_WORLD;
+	if (!peer) {
+		*flags = 0;
+		return IDENTITY_WORLD;
+	}
+	*flags = peer->flags;
+	return peer->identity;
 }
 
 /* handle judges one packet. It is inlined into each entry point with l3 and
@@ -93,14 +103,16 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 			 * the endpoint whose address it used. */
 			if (dir == DIR_EGRESS)
 				v.ep_id = 0;
-			__u32 peer_id = peer_identity(&f, dir);
+			__u32 peer_flags;
+			__u32 peer_id = peer_identity(&f, dir, &peer_flags);
 			v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
 			v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
 			return drop(skb, &f, &v, reason);
 		}
 	}
+	__u32 peer_flags;
 	if (invalid_source(&f)) {
-		__u32 peer_id = peer_identity(&f, dir);
+		__u32 peer_id = peer_identity(&f, dir, &peer_flags);
 		v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
 		v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
 		return drop(skb, &f, &v, REASON_INVALID_SOURCE);
@@ -113,14 +125,21 @@ static __always_inline int handle(struct __sk_buff *skb, bool l3, __u8 dir)
 		return TC_ACT_UNSPEC;
 	}
 
-	__u32 peer_id = peer_identity(&f, dir);
+	__u32 peer_id = peer_identity(&f, dir, &peer_flags);
 	v.src_identity = dir == DIR_EGRESS ? ep_identity : peer_id;
 	v.dst_identity = dir == DIR_EGRESS ? peer_id : ep_identity;
 
-	bool enforced = ep_flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
-	int reason = policy_decide(ep_id, dir, enforced, peer_id, &f);
-	if (reason != REASON_NONE)
-		return drop(skb, &f, &v, reason);
+	if (node_control(&f, l3, peer_flags)) {
+		/* Agent to agent between two nodes' own addresses: the tunnel
+		 * vouched for the peer, no policy can cut it (lib/node.h).
+		 * Its event says so. */
+		v.flags = EVENT_F_NODE_CONTROL;
+	} else {
+		bool enforced = ep_flags & (dir == DIR_EGRESS ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED);
+		int reason = policy_decide(ep_id, dir, enforced, peer_id, &f);
+		if (reason != REASON_NONE)
+			return drop(skb, &f, &v, reason);
+	}
 
 	if (ct_create(&f, dir, ep_id, peer_id, v.now))
 		emit_event(skb, &f, &v, EVENT_NEW_CONN, REASON_NONE);

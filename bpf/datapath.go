@@ -144,13 +144,29 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"drop_events_per_sec": cfg.DropEventsPerSecond,
 		"drop_events_burst":   cfg.DropEventsBurst,
 	}
-	for name, v := range vars {
+	ports := map[string]uint16{
+		"node_port_api":    cfg.ControlPorts.API,
+		"node_port_gossip": cfg.ControlPorts.Gossip,
+		"node_port_probe":  cfg.ControlPorts.Probe,
+	}
+	set := func(name string, v any) error {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return fmt.Errorf("bpf: embedded object has no constant %q", name)
 		}
 		if err := vs.Set(v); err != nil {
 			return fmt.Errorf("bpf: setting %s: %w", name, err)
+		}
+		return nil
+	}
+	for name, v := range vars {
+		if err := set(name, v); err != nil {
+			return err
+		}
+	}
+	for name, v := range ports {
+		if err := set(name, v); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -66,7 +66,7 @@ type datapathEvent struct {
 	L3          uint8
 	TcpFlags    uint8
 	Family      uint8
-	Pad         uint8
+	Flags       uint8
 }
 
 type datapathIpcacheKey struct {
@@ -161,6 +161,9 @@ const (
 	datapathVarCtTimeoutUdp       = "ct_timeout_udp"
 	datapathVarDropEventsBurst    = "drop_events_burst"
 	datapathVarDropEventsPerSec   = "drop_events_per_sec"
+	datapathVarNodePortApi        = "node_port_api"
+	datapathVarNodePortGossip     = "node_port_gossip"
+	datapathVarNodePortProbe      = "node_port_probe"
 	datapathVarUnusedEvent        = "unused_event"
 )
 
@@ -242,6 +245,9 @@ type datapathVariableSpecs struct {
 	CtTimeoutUdp     *ebpf.VariableSpec `ebpf:"ct_timeout_udp"`
 	DropEventsBurst  *ebpf.VariableSpec `ebpf:"drop_events_burst"`
 	DropEventsPerSec *ebpf.VariableSpec `ebpf:"drop_events_per_sec"`
+	NodePortApi      *ebpf.VariableSpec `ebpf:"node_port_api"`
+	NodePortGossip   *ebpf.VariableSpec `ebpf:"node_port_gossip"`
+	NodePortProbe    *ebpf.VariableSpec `ebpf:"node_port_probe"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -304,6 +310,9 @@ type datapathVariables struct {
 	CtTimeoutUdp     *ebpf.Variable `ebpf:"ct_timeout_udp"`
 	DropEventsBurst  *ebpf.Variable `ebpf:"drop_events_burst"`
 	DropEventsPerSec *ebpf.Variable `ebpf:"drop_events_per_sec"`
+	NodePortApi      *ebpf.Variable `ebpf:"node_port_api"`
+	NodePortGossip   *ebpf.Variable `ebpf:"node_port_gossip"`
+	NodePortProbe    *ebpf.Variable `ebpf:"node_port_probe"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 }
 

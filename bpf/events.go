@@ -63,6 +63,10 @@ func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
 // Close stops the reader; a blocked Read returns.
 func (r *EventReader) Close() error { return r.rd.Close() }
 
+// eventNodeControl is EVENT_F_NODE_CONTROL: the event's connection passed
+// as control traffic between nodes (lib/node.h).
+const eventNodeControl = 1
+
 var eventSize = binary.Size(datapathEvent{})
 
 // decodeEvent turns a raw ring buffer record into an Event.
@@ -97,6 +101,7 @@ func decodeEvent(raw []byte, boot time.Time) (Event, error) {
 		Length:      e.Len,
 		Ifindex:     e.Ifindex,
 		L3:          e.L3 != 0,
+		NodeControl: e.Flags&eventNodeControl != 0,
 		Time:        boot.Add(time.Duration(e.Ts)),
 	}
 	if e.Family != 0 { // 0: dropped before the addresses were parsed

@@ -28,7 +28,8 @@ func prefixKey(p netip.Prefix) (datapathIpcacheKey, error) {
 
 // UpsertIPCache maps every peer address within prefix to identity. The
 // longest prefix containing an address wins; addresses no prefix contains
-// are the world (identity 2). flags are stored for later use.
+// are the world (identity 2). flags: IPCacheNode for a mesh node's own
+// mesh address (a single address), or 0.
 func (d *Datapath) UpsertIPCache(prefix netip.Prefix, identity uint32, flags uint32) error {
 	k, err := prefixKey(prefix)
 	if err != nil {
@@ -36,6 +37,12 @@ func (d *Datapath) UpsertIPCache(prefix netip.Prefix, identity uint32, flags uin
 	}
 	if identity == IdentityAny {
 		return fmt.Errorf("bpf: ipcache prefix %v: identity 0 is invalid", prefix)
+	}
+	if flags&^ipcacheFlags != 0 {
+		return fmt.Errorf("bpf: ipcache prefix %v: unknown flags %#x", prefix, flags&^ipcacheFlags)
+	}
+	if flags&IPCacheNode != 0 && !prefix.IsSingleIP() {
+		return fmt.Errorf("bpf: ipcache prefix %v: only a single address can be a node's own address", prefix)
 	}
 	v := datapathIpcacheValue{Identity: identity, Flags: flags}
 	if err := d.objs.Ipcache.Update(&k, &v, ebpf.UpdateAny); err != nil {
@@ -58,19 +65,26 @@ func (d *Datapath) DeleteIPCache(prefix netip.Prefix) error {
 
 // LookupIdentity returns the identity the datapath gives a peer address.
 func (d *Datapath) LookupIdentity(a netip.Addr) (uint32, error) {
+	id, _, err := d.LookupIPCache(a)
+	return id, err
+}
+
+// LookupIPCache returns the identity and the flags the datapath gives a
+// peer address (the world and no flags when no prefix contains it).
+func (d *Datapath) LookupIPCache(a netip.Addr) (identity, flags uint32, err error) {
 	if !a.IsValid() {
-		return 0, fmt.Errorf("bpf: ipcache lookup: invalid address")
+		return 0, 0, fmt.Errorf("bpf: ipcache lookup: invalid address")
 	}
 	k := datapathIpcacheKey{Prefixlen: 128, Addr: addrKey(a.Unmap())}
 	var v datapathIpcacheValue
-	err := d.objs.Ipcache.Lookup(&k, &v)
+	err = d.objs.Ipcache.Lookup(&k, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return IdentityWorld, nil
+		return IdentityWorld, 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("bpf: ipcache lookup %v: %w", a, err)
+		return 0, 0, fmt.Errorf("bpf: ipcache lookup %v: %w", a, err)
 	}
-	return v.Identity, nil
+	return v.Identity, v.Flags, nil
 }
 
 // UpsertEndpoint registers (or updates) a local endpoint by its address.

@@ -148,6 +148,7 @@ type progCase struct {
 	policy   map[PolicyKey]Verdict
 	setup    func(t testing.TB, d *Datapath)
 	steps    []step
+	ports    ControlPorts // the datapath's control ports; zero: the defaults
 }
 
 func tcp(src, dst string, sport, dport uint16, flags uint8) pkt {
@@ -376,7 +377,7 @@ func TestProgRun(t *testing.T) {
 // verdicts, the events named and the drop counters.
 func runProgCase(t *testing.T, tc progCase) {
 	t.Helper()
-	d := openTestDatapath(t, Config{DropEventsPerSecond: 1000, DropEventsBurst: 1000})
+	d := openTestDatapath(t, Config{DropEventsPerSecond: 1000, DropEventsBurst: 1000, ControlPorts: tc.ports})
 	baseState(t, d, tc.endpoint)
 	if tc.policy != nil {
 		must(t, d.SetPolicy(tc.endpoint.ID, tc.policy, nil))
@@ -441,7 +442,8 @@ func checkEvent(t *testing.T, step int, r *EventReader, want Event) {
 		}
 		if got.Direction != want.Direction || got.EndpointID != want.EndpointID ||
 			got.SrcIdentity != want.SrcIdentity || got.DstIdentity != want.DstIdentity ||
-			got.SrcPort != want.SrcPort || got.DstPort != want.DstPort || got.Protocol != want.Protocol || got.L3 != want.L3 {
+			got.SrcPort != want.SrcPort || got.DstPort != want.DstPort || got.Protocol != want.Protocol || got.L3 != want.L3 ||
+			got.NodeControl != want.NodeControl {
 			t.Fatalf("step %d: event\n got %v\nwant %v", step, got, want)
 		}
 		if time.Since(got.Time).Abs() > time.Minute {

@@ -49,6 +49,15 @@ const (
 	IdentityWorld uint32 = 2 // a peer address the ipcache does not know
 )
 
+// IPCacheNode is the ipcache flag of a mesh node's own mesh address (the
+// address its node record announces as its meshIP, never a workload's):
+// control traffic between two such addresses on the agents' ports passes
+// the host endpoint whatever the policy (IPCACHE_F_NODE in C).
+const IPCacheNode uint32 = 1
+
+// ipcacheFlags are the flags UpsertIPCache accepts.
+const ipcacheFlags = IPCacheNode
+
 // IsMeshIdentity reports whether the datapath treats an ipcache identity as
 // a mesh address, one that may arrive only through the tunnel or from its
 // own veth: allocated identities (256 up to CIDRIdentityBase) and the
@@ -204,6 +213,9 @@ type Event struct {
 	Length           uint32 // IP length of the packet
 	Ifindex          uint32
 	L3               bool // seen on the mesh device rather than a veth
+	// NodeControl marks a new connection passed as control traffic between
+	// two nodes' own mesh addresses on an agent port, not by a policy rule.
+	NodeControl bool
 	// Time is when the datapath saw the packet.
 	Time time.Time
 }
@@ -213,6 +225,9 @@ func (e Event) String() string {
 		e.Type, e.Direction, e.EndpointID, e.Src, e.SrcPort, e.SrcIdentity, e.Dst, e.DstPort, e.DstIdentity, e.Protocol, e.Length)
 	if e.Type == EventDrop {
 		s += " reason=" + e.Reason.String()
+	}
+	if e.NodeControl {
+		s += " node-control"
 	}
 	return s
 }

@@ -22,6 +22,7 @@ import (
 type Datapath struct {
 	mu        sync.Mutex
 	ipcache   map[netip.Prefix]uint32
+	ipflags   map[netip.Prefix]uint32 // the ipcache entries' flags (bpf.IPCacheNode)
 	endpoints map[netip.Addr]bpf.Endpoint
 	policy    map[uint32]map[bpf.PolicyKey]bpf.Verdict
 	attached  map[string]bool
@@ -42,6 +43,7 @@ type Datapath struct {
 func New() *Datapath {
 	return &Datapath{
 		ipcache:   map[netip.Prefix]uint32{},
+		ipflags:   map[netip.Prefix]uint32{},
 		endpoints: map[netip.Addr]bpf.Endpoint{},
 		policy:    map[uint32]map[bpf.PolicyKey]bpf.Verdict{},
 		attached:  map[string]bool{},
@@ -152,10 +154,11 @@ func (d *Datapath) Attached(iface string) bool {
 	return d.attached[iface]
 }
 
-func (d *Datapath) UpsertIPCache(p netip.Prefix, id uint32, _ uint32) error {
+func (d *Datapath) UpsertIPCache(p netip.Prefix, id uint32, flags uint32) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ipcache[p] = id
+	d.ipflags[p] = flags
 	d.logf("ipcache+ %s", p)
 	return nil
 }
@@ -164,8 +167,16 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.ipcache, p)
+	delete(d.ipflags, p)
 	d.logf("ipcache- %s", p)
 	return nil
+}
+
+// IPCacheFlags returns the flags of an ipcache entry (0 when absent).
+func (d *Datapath) IPCacheFlags(p netip.Prefix) uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ipflags[p]
 }
 
 // IPCache returns a copy of the ipcache.
@@ -276,6 +287,7 @@ func (d *Datapath) Remove() error {
 	defer d.mu.Unlock()
 	d.closed, d.removed = true, true
 	clear(d.ipcache)
+	clear(d.ipflags)
 	clear(d.endpoints)
 	clear(d.policy)
 	clear(d.attached)

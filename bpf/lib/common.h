@@ -52,6 +52,12 @@
 #define EP_F_EGRESS_ENFORCED 2
 #define EP_F_HOST 4
 
+/* ipcache_value.flags */
+#define IPCACHE_F_NODE 1 /* a mesh node's own mesh address (its node record's meshIP) */
+
+/* event.flags */
+#define EVENT_F_NODE_CONTROL 1 /* passed as agent-to-agent control traffic (lib/node.h), not by policy */
+
 /* settings.flags */
 #define SETTINGS_F_STRICT 1
 

@@ -13,3 +13,8 @@ volatile const __u32 ct_timeout_icmp = 30;
 volatile const __u32 ct_timeout_other = 60;
 volatile const __u32 drop_events_per_sec = 100;       /* per CPU; 0: no limit */
 volatile const __u32 drop_events_burst = 200;
+/* The agents' control ports on their mesh addresses (lib/node.h): the
+ * agent-to-agent API (TCP), gossip (TCP and UDP), health probes (UDP). */
+volatile const __u16 node_port_api = 51835;
+volatile const __u16 node_port_gossip = 51836;
+volatile const __u16 node_port_probe = 51837;

@@ -14,7 +14,7 @@ struct ipcache_key {
 
 struct ipcache_value {
 	__u32 identity;
-	__u32 flags;
+	__u32 flags; /* IPCACHE_F_* */
 };
 
 struct {
@@ -172,7 +172,7 @@ struct event {
 	__u8 l3;
 	__u8 tcp_flags;
 	__u8 family;
-	__u8 pad;
+	__u8 flags; /* EVENT_F_* */
 };
 
 struct {

@@ -60,7 +60,8 @@ struct verdict_ctx {
 	__u32 dst_identity;
 	__u8 dir;
 	__u8 l3;
-	__u8 pad[2];
+	__u8 flags; /* EVENT_F_* */
+	__u8 pad;
 };
 
 __weft_func int emit_event(struct __sk_buff *skb, const struct flow *f,
@@ -90,7 +91,7 @@ __weft_func int emit_event(struct __sk_buff *skb, const struct flow *f,
 	e->l3 = v->l3;
 	e->tcp_flags = f->tcp_flags;
 	e->family = f->family;
-	e->pad = 0;
+	e->flags = v->flags;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
