@@ -120,6 +120,9 @@ type bench struct {
 type node struct {
 	name, netns, dir string
 	proc             *lab.Process
+	meshIP           net.IP // IPv4 mesh address, once known
+	site             string
+	nat              bool
 }
 
 func (b *bench) teardown() {
@@ -218,7 +221,7 @@ func (b *bench) newNode(name string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &node{name: name, netns: ln.Netns, dir: dir}
+	n := &node{name: name, netns: ln.Netns, dir: dir, site: ln.Site, nat: ln.NAT}
 	b.nodes[name] = n
 	return n, nil
 }
@@ -253,6 +256,7 @@ func (b *bench) up(ctx context.Context) error {
 	if b.seedIP == nil {
 		return fmt.Errorf("seed status has no IPv4 mesh address: %q", st.MeshIP)
 	}
+	n.meshIP = b.seedIP
 	fmt.Printf("seed up in %.0f ms (embedded etcd, CA, join service), mesh address %s\n", ms(time.Since(t0)), b.seedIP)
 	return nil
 }
@@ -310,13 +314,35 @@ type joinResult struct {
 	handshake  time.Duration // the seed's last handshake with the node (first one)
 	steps      map[string]time.Duration
 	order      []string // steps in the order they were logged
+	pairs      []pairResult
 }
+
+// pairResult is one direction of one pair with the joining node: the
+// first ping from -> to answered, from the start of meshctl join.
+type pairResult struct {
+	from, to       string
+	natFrom, natTo bool
+	reach          time.Duration
+}
+
+type pairPing struct {
+	from, to *node
+	p        *pinger
+}
+
+// pairInterval is the ping interval of the all-pairs measurement: coarser
+// than the seed ping, since up to 2N pingers run at once.
+const pairInterval = 5 * time.Millisecond
+
+// goalPairs is the issue's bound on the all-pairs p99.
+const goalPairs = time.Second
 
 var (
 	stepRE      = regexp.MustCompile(`(?m)^(?:time=(\S+) level=\S+ msg="startup step done" |meshctl timing )step="([^"]+)" took=(\S+)`)
 	startLineRE = regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg="starting weft-agent"`)
 	readyLineRE = regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg="agent ready"`)
 	runningRE   = regexp.MustCompile(`The agent is running as`)
+	readyIPRE   = regexp.MustCompile(`msg="agent ready" meshIP=(\S+)`)
 )
 
 func (b *bench) join(ctx context.Context, name string) (joinResult, error) {
@@ -330,12 +356,31 @@ func (b *bench) join(ctx context.Context, name string) (joinResult, error) {
 		return r, err
 	}
 	defer p.close()
+	// Every pair with the new node, both ways: the new node pings every
+	// node already in the mesh from the start; every node pings the new
+	// one from the moment its mesh address is known (the agent logs it
+	// when ready), so that direction is an upper bound.
+	var outs []*pairPing
+	for _, o := range b.nodes {
+		if o == n || o.meshIP == nil {
+			continue
+		}
+		pp, err := newPinger(b.lab, n.netns, o.meshIP)
+		if err != nil {
+			return r, err
+		}
+		defer pp.close()
+		outs = append(outs, &pairPing{from: n, to: o, p: pp})
+	}
 	args := append([]string{filepath.Join(b.bin, "meshctl"), "join", b.token, "--name", name, "--timings"}, b.procFlags(n)...)
 	args = append(args, b.agentFlags(n)...)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	t0 := time.Now()
 	go p.run(pctx, b.pingInterval)
+	for _, pp := range outs {
+		go pp.p.run(pctx, pairInterval)
+	}
 	n.proc, err = b.lab.Start(n.netns, "agent-"+name, args...)
 	if err != nil {
 		return r, err
@@ -349,6 +394,36 @@ func (b *bench) join(ctx context.Context, name string) (joinResult, error) {
 		return r, fmt.Errorf("%s: no ping answered within 60s:\n%s\n%s", name, n.proc.Output(), b.wgShow(ctx))
 	case <-ctx.Done():
 		return r, ctx.Err()
+	}
+	if err := waitOutput(ctx, n.proc, readyIPRE, 60*time.Second); err != nil {
+		return r, fmt.Errorf("meshctl join on %s: %w", name, err)
+	}
+	n.meshIP = net.ParseIP(readyIPRE.FindStringSubmatch(n.proc.Output())[1]).To4()
+	if n.meshIP == nil {
+		return r, fmt.Errorf("%s logged no IPv4 mesh address when ready", name)
+	}
+	var ins []*pairPing
+	for _, o := range b.nodes {
+		if o == n || o.meshIP == nil {
+			continue
+		}
+		pg, err := newPinger(b.lab, o.netns, n.meshIP)
+		if err != nil {
+			return r, err
+		}
+		defer pg.close()
+		ins = append(ins, &pairPing{from: o, to: n, p: pg})
+		go pg.run(pctx, pairInterval)
+	}
+	for _, pp := range append(outs, ins...) {
+		select {
+		case at := <-pp.p.first:
+			r.pairs = append(r.pairs, pairResult{from: pp.from.name, to: pp.to.name, natFrom: pp.from.nat, natTo: pp.to.nat, reach: at.Sub(t0)})
+		case <-time.After(30 * time.Second):
+			return r, fmt.Errorf("%s -> %s: no ping answered within 30s of %s's join:\n%s", pp.from.name, pp.to.name, name, b.wgShow(ctx))
+		case <-ctx.Done():
+			return r, ctx.Err()
+		}
 	}
 	cancel()
 	if err := waitOutput(ctx, n.proc, runningRE, 60*time.Second); err != nil {
@@ -492,6 +567,7 @@ func (b *bench) reportJoins(rs []joinResult) {
 		len(rs), ms(p50), ms(percentile(reach, 90)), ms(percentile(reach, 0)), ms(percentile(reach, 100)))
 	fmt.Printf("  vs the anchor (Tailscale, %v from daemon start on this machine): %.2fx the anchor's time; goal p50 <= %v: %s\n",
 		anchorJoin, float64(p50)/float64(anchorJoin), goalJoin, metOrNot(p50 <= goalJoin))
+	b.reportPairs(rs)
 	fmt.Println("\nWhere the time goes (medians over the joins; times from the start of meshctl join):")
 	milestones := []struct {
 		name string
@@ -942,4 +1018,54 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	hi := int(math.Ceil(pos))
 	frac := pos - float64(lo)
 	return s[lo] + time.Duration(frac*float64(s[hi]-s[lo]))
+}
+
+// reportPairs prints the all-pairs join-to-reachable figures: every pair
+// with each joining node, both directions, split by whether an end is
+// behind NAT.
+func (b *bench) reportPairs(rs []joinResult) {
+	groups := []struct {
+		name string
+		keep func(pairResult) bool
+	}{
+		{"new node -> every node", func(p pairResult) bool { return p.from == joinedBy(rs, p) }},
+		{"every node -> new node", func(p pairResult) bool { return p.to == joinedBy(rs, p) }},
+		{"pairs with an end behind NAT", func(p pairResult) bool { return p.natFrom || p.natTo }},
+		{"pairs of public nodes", func(p pairResult) bool { return !p.natFrom && !p.natTo }},
+		{"all pairs, both directions", func(pairResult) bool { return true }},
+	}
+	fmt.Printf("\njoin-to-reachable, all pairs (first ping answered from the start of meshctl join; pings every %v;\n", pairInterval)
+	fmt.Println("  towards the new node pinging starts when its agent logs its mesh address, so those are upper bounds):")
+	var all []time.Duration
+	for _, g := range groups {
+		var ds []time.Duration
+		for _, r := range rs {
+			for _, p := range r.pairs {
+				if g.keep(p) {
+					ds = append(ds, p.reach)
+				}
+			}
+		}
+		if len(ds) == 0 {
+			continue
+		}
+		fmt.Printf("  %-32s n=%-4d p50 %7.1f ms  p99 %7.1f ms  max %7.1f ms\n", g.name, len(ds), ms(percentile(ds, 50)), ms(percentile(ds, 99)), ms(percentile(ds, 100)))
+		all = ds
+	}
+	if len(all) > 0 {
+		p99 := percentile(all, 99)
+		fmt.Printf("  goal p99 <= %v: %s\n", goalPairs, metOrNot(p99 <= goalPairs))
+	}
+}
+
+// joinedBy names the joining node of the join a pair was measured in.
+func joinedBy(rs []joinResult, p pairResult) string {
+	for _, r := range rs {
+		for _, q := range r.pairs {
+			if q == p {
+				return r.node
+			}
+		}
+	}
+	return ""
 }
