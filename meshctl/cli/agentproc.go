@@ -46,15 +46,24 @@ func agentProcFlags() []cli.Flag {
 		&cli.PathFlag{Name: "state-dir", EnvVars: []string{"WEFT_STATE_DIR"}, Value: config.DefaultStateDir, Usage: "the agent's state `DIR` (keys, credentials, etcd data)"},
 		&cli.PathFlag{Name: "agent-binary", EnvVars: []string{"WEFT_AGENT_BINARY"}, Usage: "weft-agent `PATH` (default: next to meshctl, else in PATH)"},
 		&cli.BoolFlag{Name: "foreground", Usage: "run the agent in the foreground as meshctl's child instead of as a service"},
-		&cli.DurationFlag{Name: "wait", Value: 60 * time.Second, Usage: "how long to wait for the agent to become ready"},
+		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, Usage: "how long to wait for the agent to become ready"},
+		&cli.DurationFlag{Name: "wait", Value: defaultConnectWait, Usage: "once the agent is ready, how long to wait for a WireGuard handshake with a peer (0: do not wait)"},
 	}
 }
 
-// checkWait refuses a --wait that could never see the agent ready, before
-// anything is written or started.
+// defaultConnectWait bounds --wait: a handshake through the lab or a NAT
+// takes well under a second; 30 s covers a slow seed without leaving a
+// cut-off node's user waiting for long.
+const defaultConnectWait = 30 * time.Second
+
+// checkWait refuses a --ready-timeout that could never see the agent
+// ready, or a negative --wait, before anything is written or started.
 func checkWait(c *cli.Context) error {
-	if d := c.Duration("wait"); d <= 0 {
-		return fmt.Errorf("--wait %s is not a positive duration: give how long to wait for the agent, e.g. --wait 2m", d)
+	if d := c.Duration("ready-timeout"); d <= 0 {
+		return fmt.Errorf("--ready-timeout %s is not a positive duration: give how long to wait for the agent, e.g. --ready-timeout 2m", d)
+	}
+	if d := c.Duration("wait"); d < 0 {
+		return fmt.Errorf("--wait %s is negative: give how long to wait for a handshake, e.g. --wait 1m, or --wait 0 not to wait", d)
 	}
 	return nil
 }
@@ -77,6 +86,10 @@ type agentProc struct {
 	exited   chan struct{}
 	err      error
 	cmd      *exec.Cmd
+	// logPath is the background agent's log, whose last lines say why it
+	// exited early; this run's lines start at logFrom.
+	logPath string
+	logFrom int64
 }
 
 var launch agentLauncher = launchAgent
@@ -200,6 +213,11 @@ func waitReady(ctx context.Context, cl *api.Client, p *agentProc, timeout time.D
 			if p.err != nil {
 				why = p.err.Error()
 			}
+			if p.logPath != "" {
+				if tail := logTail(p.logPath, p.logFrom, logTailLines); tail != "" {
+					return fmt.Errorf("the agent (%s) exited before it was ready: %s; the end of %s:\n%s", p.Describe, why, p.logPath, tail)
+				}
+			}
 			return fmt.Errorf("the agent (%s) exited before it was ready: %s", p.Describe, why)
 		case <-ctx.Done():
 			return fmt.Errorf("the agent was not ready after %s: %v", timeout, last)
@@ -254,6 +272,56 @@ func writeConfig(cfg *config.Config, path string) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// logTailLines is how much of the agent's log an early exit shows: the
+// error and what led to it, not the whole start-up.
+const logTailLines = 15
+
+// logTail returns the last n lines the file at path has after offset
+// from, indented, or "" when it cannot be read or has none. At most its
+// last 64 KiB are read: a log appended to by many runs stays cheap.
+func logTail(path string, from int64, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const maxRead = 64 << 10
+	off := from
+	if fi, err := f.Stat(); err == nil && fi.Size()-off > maxRead {
+		off = fi.Size() - maxRead
+	}
+	buf := make([]byte, maxRead)
+	k, _ := f.ReadAt(buf, off)
+	lines := strings.Split(strings.TrimRight(string(buf[:k]), "\n"), "\n")
+	if off > from && len(lines) > 0 {
+		lines = lines[1:] // cut in the middle of a line
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 1 && lines[0] == "" {
+		return ""
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+// teardown runs `weft-agent teardown` for the configuration at cfgPath:
+// it removes the WireGuard device and the eBPF datapath a stopped agent
+// left for its restart, and prints what it removed.
+func teardown(ctx context.Context, w io.Writer, binary, cfgPath string) error {
+	out, err := exec.CommandContext(ctx, binary, "--config", cfgPath, "teardown").CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	if err != nil {
+		return fmt.Errorf("removing the tunnel and datapath (%s --config %s teardown): %v: %s", binary, cfgPath, err, text)
+	}
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, "removed ") || strings.HasPrefix(l, "no WireGuard") {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +72,10 @@ func launchAgent(ctx context.Context, mode string, s launchSpec) (*agentProc, er
 			return nil, fmt.Errorf("opening the agent log: %w", err)
 		}
 		defer logf.Close()
+		var logFrom int64
+		if fi, err := logf.Stat(); err == nil {
+			logFrom = fi.Size()
+		}
 		cmd := exec.Command(s.Binary, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		// Its own session: the agent outlives meshctl and the terminal.
@@ -82,7 +87,9 @@ func launchAgent(ctx context.Context, mode string, s launchSpec) (*agentProc, er
 		if err := os.WriteFile(filepath.Join(s.StateDir, "agent.pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
 			return nil, err
 		}
-		return watch(cmd, fmt.Sprintf("background process %d (log: %s)", pid, logPath)), nil
+		p := watch(cmd, fmt.Sprintf("background process %d (log: %s)", pid, logPath))
+		p.logPath, p.logFrom = logPath, logFrom
+		return p, nil
 	}
 	return nil, fmt.Errorf("unknown run mode %q", mode)
 }
@@ -112,4 +119,69 @@ func stopBackgroundAgent(stateDir string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
+}
+
+// agentPID returns the pid of the process serving the agent's socket, as
+// the kernel reports it (SO_PEERCRED): whoever started it (a unit, a
+// background process, `join --foreground` in another terminal).
+func agentPID(socket string) (int, error) {
+	c, err := net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *syscall.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, credErr
+	}
+	return int(cred.Pid), nil
+}
+
+// stopAgentPID stops the weft-agent process pid with SIGTERM and waits up
+// to timeout for it to exit. A pid that does not run weft-agent is not
+// signalled.
+func stopAgentPID(pid int, timeout time.Duration) error {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return fmt.Errorf("inspecting the agent process %d: %w", pid, err)
+	}
+	if base := filepath.Base(strings.TrimSuffix(exe, " (deleted)")); base != "weft-agent" {
+		return fmt.Errorf("the process serving the agent socket (pid %d, %s) is not weft-agent: stop it yourself", pid, exe)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stopping the agent (pid %d): %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		// Gone, or a zombie its parent (`join --foreground`) has yet to reap.
+		if !processRuns(pid) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("the agent (pid %d) did not exit within %s of SIGTERM", pid, timeout)
+}
+
+// processRuns says pid exists and is not a zombie.
+func processRuns(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(data)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
 }

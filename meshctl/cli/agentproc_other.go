@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/weftmesh/weft/agent/api"
 )
@@ -44,3 +45,7 @@ func systemdRuns() bool { return false }
 func sameNetnsAsInit() bool { return false }
 
 func stopBackgroundAgent(string) {}
+
+func agentPID(string) (int, error) { return 0, localAgentSupported("down") }
+
+func stopAgentPID(int, time.Duration) error { return localAgentSupported("down") }

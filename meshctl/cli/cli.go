@@ -39,6 +39,7 @@ func commands() []*cli.Command {
 		statusCommand(),
 		tokenCommand(),
 		leaveCommand(),
+		downCommand(),
 		nodesCommand(),
 		nodeCommand(),
 		endpointCommand(),

@@ -26,7 +26,7 @@ func TestHelpListsEveryCommandInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"up", "join", "status", "token", "leave", "nodes", "node", "endpoint, endpoints", "identities",
+	want := []string{"up", "join", "status", "token", "leave", "down", "nodes", "node", "endpoint, endpoints", "identities",
 		"policy", "observe", "rotate-key", "connectivity", "lab", "help, h"}
 	var got []string
 	inCommands := false

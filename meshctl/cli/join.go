@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,7 @@ func joinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "join",
 		Usage:     "join this machine to a mesh with a token, then start the agent",
-		UsageText: "meshctl join TOKEN [--name NAME] [--labels k=v,...] [--foreground] [-- AGENT-FLAGS...]",
+		UsageText: "meshctl join TOKEN|--token-file FILE [--name NAME] [--labels k=v,...] [--wait D] [--foreground] [-- AGENT-FLAGS...]",
 		Description: `Presents TOKEN (from 'meshctl token create') to the mesh's join service over
 TLS, checking that the service's certificate comes from the mesh CA whose
 SHA-256 the token carries. The service answers with this node's client
@@ -32,19 +33,35 @@ CA, the etcd endpoints, the cluster and the labels. meshctl writes them to
 starts the agent: as a systemd unit where systemd runs, else as a background
 process, or in the foreground with --foreground.
 
+The token is secret: on a shared machine give it with --token-file FILE (or
+--token-file - for stdin) or the WEFT_TOKEN environment variable, so it does
+not show in ps.
+
 Flags after -- are weft-agent flags written into the configuration file (for
 example -- --wg-port 51900 --underlay-endpoints 198.18.3.10:51900).
 
+Once the agent is ready, join waits up to --wait (default 30s) until the node
+has completed a WireGuard handshake with a peer, printing progress; if none
+answers it says the node is cut off, and why that might be, and exits 1
+(with --foreground it warns and keeps the agent running). --wait 0 returns
+as soon as the agent is ready.
+
 Running join again on a machine that already joined this mesh does not use
-the token again: it (re)starts the agent. A machine that belongs to another
-mesh must 'meshctl leave' first. See docs/join.md.
+the token again (it may be left out): it (re)starts the agent, also after
+'meshctl down'. The configuration written by the first join is kept; flags
+that differ from it are ignored with a note. A machine that belongs to
+another mesh must 'meshctl leave' first. With --foreground, Ctrl-C stops the
+agent but leaves the tunnel and the datapath up, so traffic keeps flowing
+until the agent returns; 'meshctl down' removes them. See docs/join.md.
 
 Example:
-  meshctl join weft1.eyJz... --name vm-1 --labels app=db`,
+  meshctl join weft1.eyJz... --name vm-1 --labels app=db
+  WEFT_TOKEN=weft1.eyJz... meshctl join --name vm-1`,
 		Flags: append(agentProcFlags(),
 			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
 			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
 			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
+			&cli.PathFlag{Name: "token-file", Usage: "read the join token from `FILE` (- for stdin) instead of the command line, where ps shows it"},
 			// For `make bench-join`: where the join's time goes.
 			&cli.BoolFlag{Name: "timings", Usage: "print the duration of each step of the join to stderr"},
 		),
@@ -70,20 +87,68 @@ func nodeName(c *cli.Context) (string, error) {
 	return name, nil
 }
 
-// joinArgs splits TOKEN from the agent flags after --.
+// joinArgs splits TOKEN from the agent flags after --. The token comes
+// from the command line, --token-file or WEFT_TOKEN, in that order; ""
+// when there is none (a machine that joined before needs none).
 func joinArgs(c *cli.Context) (string, []string, error) {
 	pos, agentArgs, err := splitArgs(c)
 	if err != nil {
 		return "", nil, err
 	}
-	switch len(pos) {
-	case 0:
-		return "", nil, errors.New("join needs the token: meshctl join TOKEN (make one with 'meshctl token create' on the mesh's first node)")
-	case 1:
-		return pos[0], agentArgs, nil
+	if len(pos) > 1 {
+		return "", nil, fmt.Errorf("join takes one token, got %d arguments (agent flags go after --)", len(pos))
 	}
-	return "", nil, fmt.Errorf("join takes one token, got %d arguments (agent flags go after --)", len(pos))
+	file := c.Path("token-file")
+	switch {
+	case len(pos) == 1 && file != "":
+		return "", nil, errors.New("the token is given twice, as an argument and with --token-file: give one")
+	case len(pos) == 1:
+		return pos[0], agentArgs, nil
+	case file != "":
+		tok, err := readTokenFile(c, file)
+		return tok, agentArgs, err
+	}
+	return strings.TrimSpace(os.Getenv("WEFT_TOKEN")), agentArgs, nil
 }
+
+// readTokenFile reads a join token from file ("-": stdin). A file others
+// can read is used, with a note: the token admits machines to the mesh.
+func readTokenFile(c *cli.Context, file string) (string, error) {
+	var data []byte
+	var err error
+	if file == "-" {
+		data, err = io.ReadAll(io.LimitReader(c.App.Reader, 64<<10))
+		file = "stdin"
+	} else {
+		var fi os.FileInfo
+		if fi, err = os.Stat(file); err == nil {
+			if fi.IsDir() {
+				return "", fmt.Errorf("--token-file %s is a directory: give the file that holds the token", file)
+			}
+			if fi.Mode().Perm()&0o077 != 0 {
+				fmt.Fprintf(c.App.ErrWriter, "note: %s is readable by other users (mode %04o): the token admits machines to the mesh; chmod 600 it\n", file, fi.Mode().Perm())
+			}
+		}
+		if err == nil {
+			data, err = os.ReadFile(file)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty: write the token from 'meshctl token create' into it", file)
+	}
+	if strings.ContainsAny(tok, " \t\n") {
+		return "", fmt.Errorf("--token-file %s holds more than one word: it must hold the token alone", file)
+	}
+	return tok, nil
+}
+
+// errNoToken is join's refusal when there is neither a token nor an
+// earlier join to start again.
+var errNoToken = errors.New("join needs the token: meshctl join TOKEN, --token-file FILE or WEFT_TOKEN (make one with 'meshctl token create' on the mesh's first node)")
 
 func joinAction(c *cli.Context) error {
 	// First: off Linux nothing else about the command matters.
@@ -94,9 +159,17 @@ func joinAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	tok, err := join.ParseToken(tokStr)
-	if err != nil {
-		return err
+	var tok *join.Token
+	if tokStr == "" {
+		if _, err := os.Stat(c.Path("config-file")); errors.Is(err, os.ErrNotExist) {
+			return errNoToken
+		}
+	} else {
+		t, err := join.ParseToken(tokStr)
+		if err != nil {
+			return err
+		}
+		tok = &t
 	}
 	name, err := nodeName(c)
 	if err != nil {
@@ -129,15 +202,20 @@ func joinAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if !joined && tok == nil {
+		return errNoToken
+	}
 	if joined {
-		fmt.Fprintf(w, "Already joined this mesh as %s (cluster %s, configuration %s): the token is not used again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
-		if c.IsSet("strict") && c.Bool("strict") != cfg.Strict {
-			fmt.Fprintf(c.App.ErrWriter, "note: --strict=%v ignored: the configuration in %s says strict: %v (edit it and restart the agent)\n", c.Bool("strict"), cfgPath, cfg.Strict)
+		if tok != nil {
+			fmt.Fprintf(w, "Already joined this mesh as %s (cluster %s, configuration %s): the token is not used again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
+		} else {
+			fmt.Fprintf(w, "Joined before as %s (cluster %s, configuration %s): starting the agent again.\n", cfg.NodeName, cfg.Cluster, cfgPath)
 		}
+		warnIgnoredJoinFlags(c, cfg, cfgPath, labels, agentArgs)
 	} else {
 		var creds *join.Credentials
 		if err := timed("join service exchange", func() (err error) {
-			creds, err = join.Join(ctx, tok, join.Request{NodeName: name, Labels: labels})
+			creds, err = join.Join(ctx, *tok, join.Request{NodeName: name, Labels: labels})
 			return err
 		}); err != nil {
 			return err
@@ -166,10 +244,59 @@ func joinAction(c *cli.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := waitAfterStart(ctx, c, w, c.App.ErrWriter, cfg.SocketPath, proc, false); err != nil {
+		return err
+	}
 	if c.Bool("foreground") {
 		return waitForeground(proc)
 	}
 	return nil
+}
+
+// warnIgnoredJoinFlags says which flags of a repeated join the existing
+// configuration overrides, as up does: a join that finds this machine
+// joined keeps what the first join wrote.
+func warnIgnoredJoinFlags(c *cli.Context, cfg *config.Config, cfgPath string, labels map[string]string, agentArgs []string) {
+	var ignored []string
+	if c.IsSet("strict") && c.Bool("strict") != cfg.Strict {
+		ignored = append(ignored, fmt.Sprintf("--strict=%v (the configuration says %v)", c.Bool("strict"), cfg.Strict))
+	}
+	if c.IsSet("labels") {
+		for k, v := range labels {
+			if cur, ok := cfg.Labels[k]; !ok || cur != v {
+				ignored = append(ignored, "--labels")
+				break
+			}
+		}
+	}
+	for _, f := range []string{"state-dir", "socket"} {
+		if !c.IsSet(f) {
+			continue
+		}
+		cur := cfg.StateDir
+		if f == "socket" {
+			cur = cfg.SocketPath
+		}
+		if filepath.Clean(c.Path(f)) != filepath.Clean(cur) {
+			ignored = append(ignored, fmt.Sprintf("--%s (the configuration says %s)", f, cur))
+		}
+	}
+	if len(agentArgs) > 0 {
+		probe := *cfg
+		if err := probe.ApplyArgs(agentArgs); err != nil || !sameConfig(&probe, cfg) {
+			ignored = append(ignored, "the agent flags after -- ("+strings.Join(agentArgs, " ")+")")
+		}
+	}
+	if len(ignored) > 0 {
+		fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: the configuration in %s is used as it is (edit it and run join again, or 'meshctl leave' and join with a new token)\n", strings.Join(ignored, ", "), cfgPath)
+	}
+}
+
+// sameConfig compares two configurations as they would be written.
+func sameConfig(a, b *config.Config) bool {
+	da, err1 := a.Marshal()
+	db, err2 := b.Marshal()
+	return err1 == nil && err2 == nil && string(da) == string(db)
 }
 
 // stepTimer runs a step of the join and, with --timings, prints how long it
@@ -201,7 +328,9 @@ func checkAgentArgs(args []string) error {
 // alreadyJoined makes join idempotent: a configuration whose CA is the
 // token's means this machine joined before; one for another mesh (or the
 // first node of a mesh) is refused rather than overwritten.
-func alreadyJoined(cfgPath string, tok join.Token, name string, nameGiven bool) (*config.Config, bool, error) {
+// tok is nil when none was given: any configuration of a joined node is
+// then taken as it is.
+func alreadyJoined(cfgPath string, tok *join.Token, name string, nameGiven bool) (*config.Config, bool, error) {
 	if _, err := os.Stat(cfgPath); errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -220,7 +349,7 @@ func alreadyJoined(cfgPath string, tok join.Token, name string, nameGiven bool) 
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", cfg.Etcd.CAFile, err)
 	}
-	if fp := pki.Fingerprint(ca); fp != tok.CAHash {
+	if fp := pki.Fingerprint(ca); tok != nil && fp != tok.CAHash {
 		return nil, false, fmt.Errorf("this machine already belongs to another mesh (CA %s, configuration %s): run 'meshctl leave' first", fp, cfgPath)
 	}
 	if nameGiven && cfg.NodeName != name {
@@ -268,7 +397,7 @@ func startAgent(ctx context.Context, c *cli.Context, cfg *config.Config, cfgPath
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(ctx, cl, proc, c.Duration("wait")); err != nil {
+	if err := waitReady(ctx, cl, proc, c.Duration("ready-timeout")); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(w, "The agent is running as %s; 'meshctl status' shows its peers.\n", proc.Describe)

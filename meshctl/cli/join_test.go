@@ -209,7 +209,7 @@ func TestJoinRefusals(t *testing.T) {
 		{[]string{"join", tok.String(), "--name", "vm-1", "--bogus"}, "unknown flag --bogus"},
 		{[]string{"join", wrongCA.String(), "--name", "vm-1"}, "the token pins CA " + other.Fingerprint()},
 		{[]string{"join", tok.String(), "--name", "vm-1", "--", "--wg-port", "0"}, "wireguard.listenPort"},
-		{[]string{"join", tok.String(), "--name", "vm-1", "--wait", "0s"}, "--wait 0s is not a positive duration"},
+		{[]string{"join", tok.String(), "--name", "vm-1", "--ready-timeout", "0s"}, "--ready-timeout 0s is not a positive duration"},
 	} {
 		args := append(append([]string{tc.args[0]}, p.flags()...), tc.args[1:]...)
 		_, _, err := runApp(t, args...)
@@ -304,9 +304,9 @@ func TestSystemdUnit(t *testing.T) {
 func TestUpRefusesBadWait(t *testing.T) {
 	fakeLaunch(t)
 	p := newPaths(t)
-	_, _, err := runApp(t, append([]string{"up", "--advertise-address", "198.18.1.10", "--wait", "-1s"}, p.flags()...)...)
-	if err == nil || !strings.Contains(err.Error(), "--wait -1s is not a positive duration") {
-		t.Errorf("up --wait -1s: %v", err)
+	_, _, err := runApp(t, append([]string{"up", "--advertise-address", "198.18.1.10", "--ready-timeout", "-1s"}, p.flags()...)...)
+	if err == nil || !strings.Contains(err.Error(), "--ready-timeout -1s is not a positive duration") {
+		t.Errorf("up --ready-timeout -1s: %v", err)
 	}
 	if _, err := os.Stat(p.cfg); !errors.Is(err, os.ErrNotExist) {
 		t.Error("a refused up wrote a configuration")

@@ -17,22 +17,27 @@ import (
 func leaveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "leave",
-		Usage:     "take this node out of the mesh and remove its agent configuration",
+		Usage:     "take this node out of the mesh and remove its configuration, credentials and keys",
 		UsageText: "meshctl leave [--force] [--keep-config]",
-		Description: `Asks the agent to leave: it removes the node's records, workloads and
-datapath, so its peers drop it at once, and exits. Then meshctl stops the
-service (the systemd unit or background process join or up started) and
-removes the configuration file and the node's credentials, so the machine
-can join again.
+		Description: `Asks the agent to leave: it removes the node's records, workloads, datapath
+and tunnel, so its peers drop it at once, and exits. Then meshctl stops the
+service (the systemd unit or background process join or up started), removes
+the unit, and removes the configuration file and the node's state: its
+credentials, its WireGuard key, its workload list and the agent's log and, on
+the first node, the etcd data and the mesh CA with its key. The machine can
+then join again (as a new node, with a new key).
 
 If the agent is not running, the node's records expire with its lease and
-leave cleans up locally. On the first node of a mesh (embedded etcd) leave
-takes the whole mesh down and needs --force.`,
+leave cleans up locally, the WireGuard device and eBPF datapath (pins
+included) too. On the first node of a mesh (embedded etcd) leave takes the
+whole mesh down and needs --force. docs/uninstall.md lists what is left (the
+binaries) and how to remove it.`,
 		Flags: []cli.Flag{
 			socketFlag(),
 			&cli.PathFlag{Name: "config-file", EnvVars: []string{"WEFT_CONFIG"}, Value: defaultConfigFile, Usage: "the agent configuration `FILE`"},
-			&cli.BoolFlag{Name: "force", Usage: "leave even if this is the first node (it removes the mesh's etcd and CA)"},
-			&cli.BoolFlag{Name: "keep-config", Usage: "keep the configuration and credentials"},
+			&cli.PathFlag{Name: "agent-binary", EnvVars: []string{"WEFT_AGENT_BINARY"}, Usage: "weft-agent `PATH`, which removes the tunnel and datapath when no agent runs (default: next to meshctl, else in PATH)"},
+			&cli.BoolFlag{Name: "force", Usage: "leave even if this is the first node (it removes the mesh's etcd data and CA)"},
+			&cli.BoolFlag{Name: "keep-config", Usage: "keep the configuration, credentials, keys and etcd data"},
 		},
 		Action: leaveAction,
 	}
@@ -66,8 +71,10 @@ func leaveAction(c *cli.Context) error {
 	}
 	ctx, cancel := cmdContext(c)
 	defer cancel()
+	agentRan := true
 	switch err := api.NewClient(socket).Leave(ctx); {
 	case errors.Is(err, api.ErrAgentNotRunning):
+		agentRan = false
 		fmt.Fprintf(w, "The agent is not running: its records expire with its lease; cleaning up locally.\n")
 	case err != nil:
 		return fmt.Errorf("the agent could not leave: %w", err)
@@ -84,19 +91,73 @@ func leaveAction(c *cli.Context) error {
 		_ = exec.CommandContext(ctx, "systemctl", "daemon-reload").Run()
 		fmt.Fprintf(w, "Removed the %s unit.\n", systemdUnitName)
 	}
-	if cfg != nil {
-		stopBackgroundAgent(cfg.StateDir)
-	}
-	if c.Bool("keep-config") || cfg == nil {
+	if cfg == nil {
 		return nil
 	}
+	stopBackgroundAgent(cfg.StateDir)
+	if !agentRan {
+		// What a stopped agent left for its restart: the agent that would
+		// have removed it on leaving is not there.
+		binary, err := findAgentBinary(c)
+		if err != nil {
+			return fmt.Errorf("removing the tunnel and datapath: %w", err)
+		}
+		if err := teardown(ctx, w, binary, cfgPath); err != nil {
+			return err
+		}
+	}
+	if c.Bool("keep-config") {
+		return nil
+	}
+	removed, err := removeNodeState(cfg, cfgPath)
+	if len(removed) > 0 {
+		fmt.Fprintf(w, "Removed %s.\n", strings.Join(removed, ", "))
+	}
+	return err
+}
+
+// nodeStateEntries are what the agent and meshctl keep in the state
+// directory. leave removes exactly these, so a state directory pointed at
+// a shared place by mistake loses nothing else.
+var nodeStateEntries = []string{
+	"credentials",    // join: node certificate, key, mesh CA certificate
+	"wireguard",      // the WireGuard private key, the helper's log
+	"pki",            // first node: the mesh CA and its key, etcd's TLS material
+	"etcd",           // first node: the embedded etcd's data
+	"workloads.json", // workloads to attach again after a restart
+	"agent.pid",
+	"agent.log",
+}
+
+// removeNodeState removes the node's state and configuration; it returns
+// what it removed.
+func removeNodeState(cfg *config.Config, cfgPath string) ([]string, error) {
+	paths := []string{}
+	for _, e := range nodeStateEntries {
+		paths = append(paths, filepath.Join(cfg.StateDir, e))
+	}
+	if d := cfg.EtcdDataDir(); !strings.HasPrefix(d, cfg.StateDir+string(filepath.Separator)) {
+		paths = append(paths, d) // an etcd data dir of its own
+	}
+	paths = append(paths, cfgPath)
 	var removed []string
-	for _, p := range []string{filepath.Join(cfg.StateDir, "credentials"), cfgPath} {
+	var errs []error
+	for _, p := range paths {
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
 		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("removing %s: %w", p, err)
+			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+			continue
 		}
 		removed = append(removed, p)
 	}
-	fmt.Fprintf(w, "Removed %s.\n", strings.Join(removed, " and "))
-	return nil
+	// The directories themselves when nothing else is in them (the pin
+	// root is shared by the nodes of a lab).
+	for _, d := range []string{cfg.StateDir, cfg.BPF.PinPath} {
+		if err := os.Remove(d); err == nil {
+			removed = append(removed, d)
+		}
+	}
+	return removed, errors.Join(errs...)
 }

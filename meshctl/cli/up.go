@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -27,7 +28,7 @@ func upCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "up",
 		Usage:     "start the first node of a new mesh (embedded etcd, mesh CA, join service) and print a join token",
-		UsageText: "meshctl up [--name NAME] [--cluster C] [--advertise-address IP] [--foreground] [-- AGENT-FLAGS...]",
+		UsageText: "meshctl up [--name NAME] [--cluster C] [--advertise-address IP] [--wait D] [--foreground] [-- AGENT-FLAGS...]",
 		Description: `On a machine with nothing else running, writes an agent configuration with the
 embedded control plane and starts the agent: a single-member etcd (TLS only),
 the mesh CA, the join service, and the node itself. Then it creates a join
@@ -37,8 +38,16 @@ Other nodes reach this one at --advertise-address (default: the address of
 the default route): etcd on port 2379, the join service on 51834, WireGuard on
 51833. Flags after -- are weft-agent flags written into the configuration.
 
-Running up again on the first node starts the agent if it is not running and
-prints a fresh token. See docs/join.md.
+Once the agent is ready, up prints the token and then waits up to --wait
+(default 30s) for a WireGuard handshake with a peer, as join does; the first
+node of a new mesh has no peer yet, and up says so and returns.
+
+Running up again on the first node starts the agent if it is not running
+(also after 'meshctl down') and prints a fresh token; the configuration it
+wrote the first time is kept, and flags that differ from it are ignored with
+a note. If an agent already answers on --socket, up uses that agent as it
+is and writes nothing: it prints a token when the agent is a first node and
+refuses when it is a joined node. See docs/join.md.
 
 Example:
   meshctl up --name seed --advertise-address 198.18.1.10`,
@@ -152,25 +161,35 @@ func upAction(c *cli.Context) error {
 		return err
 	}
 	cfgPath := c.Path("config-file")
+	ctx, cancel := cmdContext(c)
+	defer cancel()
 	var cfg *config.Config
-	if _, statErr := os.Stat(cfgPath); statErr == nil {
+	_, statErr := os.Stat(cfgPath)
+	if statErr == nil {
 		if cfg, err = config.Load(cfgPath); err != nil {
 			return fmt.Errorf("an agent configuration exists but does not load (fix or remove it): %w", err)
 		}
+	}
+	// An agent that already serves --socket, and is not the one of the
+	// configuration, is the node: its identity is read from it, and
+	// nothing is written for another one.
+	if cfg == nil || (c.IsSet("socket") && filepath.Clean(c.Path("socket")) != filepath.Clean(cfg.SocketPath)) {
+		if cl := api.NewClient(c.Path("socket")); agentAnswers(ctx, cl) {
+			return upRunning(ctx, c, cl, agentArgs, ttl, maxUses)
+		}
+	}
+	if cfg != nil {
 		if !cfg.Etcd.Embedded.Enabled {
 			return fmt.Errorf("this machine is configured to join a mesh (%s has no embedded etcd): run 'meshctl leave' before making it a first node", cfgPath)
 		}
 		fmt.Fprintf(c.App.Writer, "Already the first node %s of cluster %s (configuration %s).\n", cfg.NodeName, cfg.Cluster, cfgPath)
 		// The existing configuration wins; say so rather than drop flags
 		// without a word.
-		var ignored []string
-		for _, f := range []string{"name", "cluster", "labels", "advertise-address", "rbac", "strict"} {
-			if c.IsSet(f) {
-				ignored = append(ignored, "--"+f)
+		ignored := ignoredUpFlags(c, agentArgs)
+		for _, f := range []struct{ flag, cur string }{{"socket", cfg.SocketPath}, {"state-dir", cfg.StateDir}} {
+			if c.IsSet(f.flag) && filepath.Clean(c.Path(f.flag)) != filepath.Clean(f.cur) {
+				ignored = append(ignored, fmt.Sprintf("--%s (the configuration says %s)", f.flag, f.cur))
 			}
-		}
-		if len(agentArgs) > 0 {
-			ignored = append(ignored, "the agent flags after --")
 		}
 		if len(ignored) > 0 {
 			fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: the configuration in %s is used as it is (edit it, or 'meshctl leave --force' and run up again)\n", strings.Join(ignored, ", "), cfgPath)
@@ -185,8 +204,6 @@ func upAction(c *cli.Context) error {
 			return fmt.Errorf("writing the agent configuration: %w", err)
 		}
 	}
-	ctx, cancel := cmdContext(c)
-	defer cancel()
 	proc, err := startAgent(ctx, c, cfg, cfgPath, binary)
 	if err != nil {
 		return err
@@ -209,8 +226,62 @@ func upAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(w, "\nMore tokens: meshctl token create --help. This token expires in %s.\n", ttl.Round(time.Second))
+	if err := waitAfterStart(ctx, c, w, c.App.ErrWriter, cfg.SocketPath, proc, true); err != nil {
+		return err
+	}
 	if c.Bool("foreground") {
 		return waitForeground(proc)
 	}
 	return nil
+}
+
+// ignoredUpFlags lists the flags that describe a new first node, which a
+// configuration (or agent) that exists already overrides.
+func ignoredUpFlags(c *cli.Context, agentArgs []string) []string {
+	var ignored []string
+	for _, f := range []string{"name", "cluster", "labels", "advertise-address", "rbac", "strict"} {
+		if c.IsSet(f) {
+			ignored = append(ignored, "--"+f)
+		}
+	}
+	if len(agentArgs) > 0 {
+		ignored = append(ignored, "the agent flags after --")
+	}
+	return ignored
+}
+
+// upRunning is up against an agent that already answers on --socket: it
+// reports that agent's identity, writes no configuration, and makes a
+// token if the agent is a first node.
+func upRunning(ctx context.Context, c *cli.Context, cl *api.Client, agentArgs []string, ttl time.Duration, maxUses int) error {
+	socket := cl.Socket()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("an agent answers on %s but its status does not read: %w", socket, err)
+	}
+	if c.Bool("foreground") {
+		return fmt.Errorf("an agent already serves %s (node %s of cluster %s): stop it first ('meshctl down'), or leave out --foreground", socket, st.Node, st.Cluster)
+	}
+	if !st.Etcd.Embedded {
+		return fmt.Errorf("the agent on %s is node %s of cluster %s, which joined a mesh (no embedded etcd): up makes a first node; make tokens on the mesh's first node, or 'meshctl leave' this one first", socket, st.Node, st.Cluster)
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "An agent already runs on %s: the first node %s of cluster %s. It is used as it is; nothing was written.\n", socket, st.Node, st.Cluster)
+	ignored := ignoredUpFlags(c, agentArgs)
+	if c.IsSet("config-file") {
+		ignored = append(ignored, "--config-file")
+	}
+	if len(ignored) > 0 {
+		fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: they describe a new node, and the agent on %s exists (change its configuration and restart it instead)\n", strings.Join(ignored, ", "), socket)
+	}
+	tok, err := cl.CreateToken(ctx, api.TokenRequest{TTL: api.Duration(ttl), MaxUses: maxUses})
+	if err != nil {
+		return fmt.Errorf("making a join token on %s failed (retry with 'meshctl token create'): %w", socket, err)
+	}
+	fmt.Fprintf(w, "\nWeft is up: node %s, cluster %s; etcd at %s.\n\n", st.Node, st.Cluster, strings.Join(st.Etcd.Endpoints, ", "))
+	if err := printCreatedToken(w, tok); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nMore tokens: meshctl token create --help. This token expires in %s.\n", ttl.Round(time.Second))
+	return waitAfterStart(ctx, c, w, c.App.ErrWriter, socket, nil, true)
 }

@@ -38,6 +38,12 @@ so a restart does not interrupt traffic; 'meshctl leave' removes the node.`,
 		Flags:   config.Flags(),
 		Action:  run,
 		Commands: []*cli.Command{{
+			Name:  "teardown",
+			Usage: "remove the WireGuard device and eBPF datapath a stopped agent of --config left in place (meshctl down and leave run it)",
+			Action: func(c *cli.Context) error {
+				return teardown(c.Lineage()[1])
+			},
+		}, {
 			Name:   helperCommand,
 			Hidden: true,
 			Usage:  "run the userspace WireGuard device (started by the agent itself)",
@@ -76,4 +82,27 @@ func run(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return a.Run(ctx)
+}
+
+// teardown removes the device and datapath a stopped agent left for its
+// restart; the credentials, keys and etcd records stay.
+func teardown(c *cli.Context) error {
+	cfg, err := config.FromCLI(c)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("weft-agent teardown needs root (it removes network devices and eBPF programs)")
+	}
+	res, err := agent.Teardown(context.Background(), cfg, agent.Options{TunnelHelper: tunnel.SelfHelper(helperCommand), Logger: cfg.NewLogger(os.Stderr)})
+	if res.Interface != "" {
+		fmt.Printf("removed WireGuard device %s\n", res.Interface)
+	}
+	if res.PinDir != "" {
+		fmt.Printf("removed the eBPF datapath pinned in %s\n", res.PinDir)
+	}
+	if err == nil && res.Interface == "" && res.PinDir == "" {
+		fmt.Println("no WireGuard device or eBPF datapath of this node was left")
+	}
+	return err
 }
