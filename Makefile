@@ -5,7 +5,7 @@ SHELL := /bin/bash
 GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/weftmesh/weft/internal/version.Version=$(VERSION)
+LDFLAGS   := -X github.com/weftmesh/weft/internal/version.Version=$(VERSION) -X github.com/weftmesh/weft/internal/version.Commit=$(shell git rev-parse --short=12 HEAD 2>/dev/null) -X github.com/weftmesh/weft/internal/version.BuildDate=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 # Fuzz targets run briefly by `make test` (package:FuzzName:executions).
 # Budgets are counts, sized to about 10 s each on a 2-core CI machine: a
 # time budget can end inside the fuzz coordinator's shutdown race

@@ -96,6 +96,8 @@ type Agent struct {
 	workloads *netnsSource
 
 	apiSrv  *api.Server
+	// handshakes is when each peer key appeared on the device (apiserver.go).
+	handshakes handshakeWatch
 	joinSrv interface{ Shutdown(context.Context) error }
 
 	// obs is flows, metrics, health and probes (observability.go); logs

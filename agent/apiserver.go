@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/health"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/version"
 	"github.com/weftmesh/weft/kvstore"
@@ -28,13 +29,57 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.handshakes.start(a, run)
 	a.apiSrv = api.NewServer(api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
-		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a,
+		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a, Pinger: a,
 	}, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
 	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })
 	return nil
+}
+
+// handshakeWatch remembers when each peer key appeared on the device,
+// where a new peer's grace period for its first handshake starts
+// (health.JudgePeers). A loop reads the device every second, so a peer
+// added long before the first `meshctl status` is not new to it.
+type handshakeWatch struct {
+	added *health.AddedTimes
+}
+
+func (w *handshakeWatch) start(a *Agent, run func(string, func(context.Context) error)) {
+	w.added = health.NewAddedTimes(a.started)
+	observe := func() {
+		if ts, err := a.tun.Status(); err == nil {
+			keys := make([]string, 0, len(ts.Peers))
+			for _, p := range ts.Peers {
+				keys = append(keys, p.PublicKey)
+			}
+			w.added.Observe(keys, time.Now())
+		}
+	}
+	observe()
+	run("peer handshakes", func(ctx context.Context) error {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+				observe()
+			}
+		}
+	})
+}
+
+// addedAt is when key appeared on the device: the agent's start when the
+// watch is not running (unit tests without the API).
+func (w *handshakeWatch) addedAt(a *Agent, key string, now time.Time) time.Time {
+	if w.added == nil {
+		return a.started
+	}
+	return w.added.Added(key, now)
 }
 
 // Status implements api.StatusSource.
@@ -60,15 +105,28 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	return st, nil
 }
 
-// Health implements api.StatusSource.
+// Health implements api.StatusSource: the node's components, and its
+// peers, each of which must have completed a WireGuard handshake recently
+// (health.JudgePeers): a node that reaches none of its peers is not
+// healthy, whatever its own components say.
 func (a *Agent) Health(ctx context.Context) (api.Health, error) {
 	st, _ := a.Status(ctx)
+	now := time.Now()
+	var tp []health.TunnelPeer
+	for _, p := range st.Peers {
+		tp = append(tp, health.TunnelPeer{Node: p.Node, Cluster: p.Cluster, PublicKey: p.PublicKey, Endpoint: p.Endpoint, LastHandshake: p.LastHandshake})
+	}
+	peers, verdicts := health.JudgePeers(tp, func(key string) time.Time { return a.handshakes.addedAt(a, key, now) }, now)
+	if !st.Tunnel.Up {
+		peers = api.HealthCheck{Name: "peers", OK: false, Message: "the tunnel cannot be read"}
+	}
 	checks := []api.HealthCheck{
 		{Name: "tunnel", OK: st.Tunnel.Up},
 		{Name: "datapath", OK: st.Datapath.Attached},
 		{Name: "etcd", OK: st.Etcd.Reachable, Message: st.Etcd.Error},
+		peers,
 	}
-	h := api.Health{OK: true, Checks: checks}
+	h := api.Health{OK: true, Checks: checks, Peers: verdicts}
 	for _, c := range checks {
 		h.OK = h.OK && c.OK
 	}

@@ -121,4 +121,12 @@ type Backend struct {
 	Relay Relayer
 	// Rotator serves POST /v1/tunnel/rotate.
 	Rotator KeyRotator
+	// Pinger serves POST /v1/ping.
+	Pinger Pinger
+}
+
+// Pinger sends one probe of `meshctl ping` through the tunnel and, when it
+// goes unanswered, says why.
+type Pinger interface {
+	Ping(ctx context.Context, req PingRequest) (PingResult, error)
 }

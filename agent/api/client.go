@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/internal/version"
 )
 
 // Client talks to the agent's local API. Its errors wrap the package's
@@ -257,4 +259,18 @@ var (
 func (c *Client) RotateKey(ctx context.Context, req RotateKeyRequest) (RotateKeyResult, error) {
 	var out RotateKeyResult
 	return out, c.do(ctx, http.MethodPost, "/v1/tunnel/rotate", req, &out)
+}
+
+// Ping sends one probe through the tunnel to req.Target.
+func (c *Client) Ping(ctx context.Context, req PingRequest) (PingResult, error) {
+	var out PingResult
+	err := c.do(ctx, http.MethodPost, "/v1/ping", req, &out)
+	return out, err
+}
+
+// Version returns the agent's build.
+func (c *Client) Version(ctx context.Context) (version.Info, error) {
+	var out version.Info
+	err := c.do(ctx, http.MethodGet, "/v1/version", nil, &out)
+	return out, err
 }

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/weftmesh/weft/internal/version"
 )
 
 // maxBody bounds request bodies: a policy file is the largest thing sent.
@@ -236,6 +238,21 @@ func (s *Server) Handler() http.Handler {
 			return nil, err
 		}
 		return b.Rotator.RotateKey(r.Context(), req)
+	})
+
+	route("POST /v1/ping", b.Pinger != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req PingRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		if req.Target == "" {
+			return nil, Errorf(CodeInvalid, "target is required: a node name, cluster/node or an IP address")
+		}
+		return b.Pinger.Ping(r.Context(), req)
+	})
+	// The serving binary's own build: the agent's, on its socket.
+	route("GET /v1/version", true, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return version.Get(), nil
 	})
 
 	s.observeRoutes(mux, route)

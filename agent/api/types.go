@@ -223,6 +223,27 @@ type CreatedToken struct {
 type Health struct {
 	OK     bool          `json:"ok"`
 	Checks []HealthCheck `json:"checks"`
+	// Peers is the verdict on each peer node behind the "peers" check:
+	// a node is unhealthy while a peer has not completed a WireGuard
+	// handshake (past a short grace after it was added) or its last one
+	// is older than 3 minutes (docs/cli.md, "meshctl status").
+	Peers []PeerHealth `json:"peers"`
+}
+
+// PeerHealth is one peer node's handshake verdict.
+type PeerHealth struct {
+	Node    string `json:"node"`
+	Cluster string `json:"cluster"`
+	// State is "ok", "waiting" (added moments ago, no handshake yet),
+	// "never" (no handshake since it was added) or "stale" (the last one
+	// is older than 3 minutes).
+	State    string `json:"state"`
+	Endpoint string `json:"endpoint,omitempty"`
+	// LastHandshake is zero when none completed.
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	// Added is when this agent first had the peer on its device.
+	Added   time.Time `json:"added,omitzero"`
+	Message string    `json:"message,omitempty"`
 }
 
 // HealthCheck is one component's state.
@@ -317,4 +338,35 @@ type Revocation struct {
 	Serials   []string  `json:"serials,omitempty"`
 	RevokedAt time.Time `json:"revokedAt"`
 	Reason    string    `json:"reason,omitempty"`
+}
+
+// PingRequest sends one probe through the tunnel to a node (POST
+// /v1/ping): `meshctl ping` sends one request per probe.
+type PingRequest struct {
+	// Target is a node name, cluster/node, or an IP address (a node's mesh
+	// or underlay address, or any address inside a node's CIDRs).
+	Target  string   `json:"target"`
+	Timeout Duration `json:"timeout"`
+	// Since, when set, is when the ping began: an unanswered probe's
+	// explanation looks for the target's drops of our probes since then.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// PingResult is one probe's outcome and the path it took.
+type PingResult struct {
+	Node    string `json:"node"`
+	Cluster string `json:"cluster"`
+	MeshIP  string `json:"meshIP"`
+	// Path is "direct" (through the WireGuard peer, over Endpoint); the
+	// mesh has no relays.
+	Path string `json:"path"`
+	// Endpoint is the peer's underlay ip:port the tunnel sends to.
+	Endpoint      string    `json:"endpoint,omitempty"`
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	OK            bool      `json:"ok"`
+	RTT           Duration  `json:"rtt,omitempty"`
+	// Error is what happened to the probe; Why, when it went unanswered,
+	// is the most likely reason and what to check.
+	Error string `json:"error,omitempty"`
+	Why   string `json:"why,omitempty"`
 }

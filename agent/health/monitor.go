@@ -106,6 +106,8 @@ type Monitor struct {
 	peers   map[string]*peerState // by Target.Name()
 	members map[string]string     // gossip state by name
 	ml      *memberlist.Memberlist
+	// pr sends the probes; Ping borrows it (nil until Run binds it).
+	pr *prober
 	// OnRound, when set, is called after each probe round (metrics).
 	onRound func()
 }
@@ -139,6 +141,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 	defer pc.Close()
 	pr := newProber(pc, m.cfg.ProbePort)
 	go pr.receive()
+	m.mu.Lock()
+	m.pr = pr
+	m.mu.Unlock()
+	defer func() { m.mu.Lock(); m.pr = nil; m.mu.Unlock() }()
 
 	ml, err := m.startGossip()
 	if err != nil {
@@ -345,3 +351,22 @@ func (w *logWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = (*logWriter)(nil)
+
+// ErrNotRunning is Ping's error before Run bound the probe socket.
+var ErrNotRunning = errors.New("health: the monitor is not running")
+
+// Ping sends one probe to ip (a node's mesh address, so it goes through
+// the tunnel) and returns its round trip, or why there was none.
+func (m *Monitor) Ping(ctx context.Context, ip netip.Addr, timeout time.Duration) (time.Duration, error) {
+	m.mu.Lock()
+	pr := m.pr
+	m.mu.Unlock()
+	if pr == nil {
+		return 0, ErrNotRunning
+	}
+	r := pr.round(ctx, []netip.Addr{ip}, timeout)[ip]
+	if !r.ok {
+		return 0, errors.New(r.err)
+	}
+	return r.rtt, nil
+}
