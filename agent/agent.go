@@ -96,9 +96,9 @@ type Agent struct {
 	workloads *netnsSource
 
 	apiSrv  *api.Server
+	joinSrv interface{ Shutdown(context.Context) error }
 	// handshakes is when each peer key appeared on the device (apiserver.go).
 	handshakes handshakeWatch
-	joinSrv interface{ Shutdown(context.Context) error }
 
 	// obs is flows, metrics, health and probes (observability.go); logs
 	// counts what the agent logs (metrics, connectivity test).
