@@ -178,9 +178,9 @@ func TestStatus(t *testing.T) {
 		"Etcd:         reachable (https://198.18.1.10:2379)",
 		"Health:       ok",
 		"Peers (2):",
-		"NODE  CLUSTER  ENDPOINT           ALLOWED IPS    HANDSHAKE  RX      TX",
-		"seed  east     198.18.1.10:51833  100.64.0.0/24  12s ago    2.0KiB  100B",
-		"vm-2  east     -                  100.64.2.0/24  never      0B      0B",
+		"NODE  CLUSTER  ENDPOINT           ALLOWED IPS    HANDSHAKE  STATE  RX      TX",
+		"seed  east     198.18.1.10:51833  100.64.0.0/24  12s ago    -      2.0KiB  100B",
+		"vm-2  east     -                  100.64.2.0/24  never      -      0B      0B",
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("status output lacks %q:\n%s", want, out)
@@ -274,7 +274,7 @@ func TestEndpointCommands(t *testing.T) {
 		{[]string{"endpoint", "add", "--netns", "a/b"}, "--netns"},
 		{[]string{"endpoint", "add", "--netns", "x", "--labels", "app"}, "--labels: label \"app\" is not key=value"},
 		{[]string{"endpoint", "add", "--netns", "x", "--labels", "mesh:kind=vm"}, "reserved"},
-		{[]string{"endpoint", "add"}, "Required flag \"netns\""},
+		{[]string{"endpoint", "add"}, "meshctl endpoint add: missing the flag --netns"},
 		{[]string{"endpoint", "remove", "nope"}, `removing endpoint nope: no local endpoint "nope"`},
 		{[]string{"endpoint", "remove"}, "endpoint remove needs the name"},
 	} {

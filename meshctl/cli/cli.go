@@ -17,7 +17,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"io"
 
 	"github.com/urfave/cli/v2"
@@ -27,16 +26,17 @@ import (
 )
 
 // commands are meshctl's commands in the order `meshctl --help` lists
-// them: what a new user runs first (make a mesh, join it, look at it),
-// then managing the mesh (tokens, leaving), looking inside it (nodes,
-// endpoints, identities), policy and flows, then maintenance and test
-// tools. urfave/cli keeps this order; adding a command means adding it
-// here.
+// them: what a new user runs first (make a mesh, join it, look at it and
+// ping a node), then managing the mesh (tokens, leaving), looking inside
+// it (nodes, endpoints, identities), policy and flows, then maintenance,
+// this build's version and shell completion, and the test lab last.
+// urfave/cli keeps this order; adding a command means adding it here.
 func commands() []*cli.Command {
 	return []*cli.Command{
 		upCommand(),
 		joinCommand(),
 		statusCommand(),
+		pingCommand(),
 		tokenCommand(),
 		leaveCommand(),
 		downCommand(),
@@ -48,8 +48,49 @@ func commands() []*cli.Command {
 		observeCommand(),
 		rotateKeyCommand(),
 		connectivityCommand(),
+		versionCommand(),
+		completionCommand(),
 		labCommand(),
 	}
+}
+
+// newApp is meshctl's command tree, wired to the given streams. notFound
+// receives the unknown-command error, which urfave/cli reports through a
+// callback that cannot return one.
+func newApp(stdin io.Reader, stdout, stderr io.Writer, notFound *error) *cli.App {
+	app := &cli.App{
+		Name:                 "meshctl",
+		Usage:                "operate a Weft mesh: nodes, workloads, policy, and the test lab",
+		UsageText:            "meshctl [--socket PATH] [-o table|json] COMMAND [flags] [arguments]",
+		Version:              version.Version,
+		EnableBashCompletion: true,
+		Commands:             commands(),
+		// Global flags: given before the command, they are moved after it
+		// (hoistGlobalFlags), so every command keeps its own --socket and
+		// -o, and a flag given twice is decided as if written once.
+		Flags:     []cli.Flag{socketFlag(), cliout.Flag()},
+		Reader:    stdin,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		CommandNotFound: func(c *cli.Context, name string) {
+			parent, candidates := "meshctl", c.App.VisibleCommands()
+			if c.Command != nil {
+				if full := c.Command.FullName(); full != "" && full != parent {
+					parent += " " + full
+					candidates = c.Command.VisibleCommands()
+				}
+			}
+			*notFound = unknownCommand(name, parent, candidates)
+		},
+		OnUsageError: onUsageError,
+		// The default handler exits the process on a cli.Exit error; Run
+		// leaves that to ExitStatus, so a test's process survives.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	for _, c := range app.Commands {
+		conventions(c)
+	}
+	return app
 }
 
 // Run runs meshctl with args (the command line without the program name),
@@ -58,30 +99,11 @@ func commands() []*cli.Command {
 // instead of printing it, so tests can inspect it; ExitStatus turns it
 // into what the binary prints and its exit status.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	// urfave/cli reports an unknown command through a callback that cannot
-	// return an error; it is kept here and returned.
 	var notFound error
-	app := &cli.App{
-		Name:                 "meshctl",
-		Usage:                "operate a Weft mesh: nodes, workloads, policy, and the test lab",
-		Version:              version.Version,
-		EnableBashCompletion: true,
-		Commands:             commands(),
-		Reader:               stdin,
-		Writer:               stdout,
-		ErrWriter:            stderr,
-		CommandNotFound: func(c *cli.Context, name string) {
-			parent := "meshctl"
-			if c.Command != nil {
-				if full := c.Command.FullName(); full != "" && full != parent {
-					parent += " " + full
-				}
-			}
-			notFound = fmt.Errorf("unknown command %q for %q: see %s --help", name, parent, parent)
-		},
-		// The default handler exits the process on a cli.Exit error; Run
-		// leaves that to ExitStatus, so a test's process survives.
-		ExitErrHandler: func(*cli.Context, error) {},
+	app := newApp(stdin, stdout, stderr, &notFound)
+	args, err := hoistGlobalFlags(app.Commands, args)
+	if err != nil {
+		return err
 	}
 	if err := app.RunContext(ctx, append([]string{"meshctl"}, args...)); err != nil {
 		return explainForPlatform(err)
@@ -90,5 +112,6 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 // ExitStatus prints err on stderr and returns the process's exit status
-// (cliout.ExitStatus, shared with the other command).
+// (cliout.ExitStatus, shared with the other command): 0, 1 for a failed
+// command, 2 for a usage error.
 func ExitStatus(err error, stderr io.Writer) int { return cliout.ExitStatus(err, stderr) }
