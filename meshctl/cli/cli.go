@@ -27,9 +27,10 @@ import (
 
 // commands are meshctl's commands in the order `meshctl --help` lists
 // them: what a new user runs first (make a mesh, join it, look at it and
-// ping a node), then managing the mesh (tokens, leaving), looking inside
-// it (nodes, endpoints, identities), policy and flows, then maintenance,
-// this build's version and shell completion, and the test lab last.
+// ping a node), then managing the mesh (tokens, leaving, stopping),
+// looking inside it (nodes, endpoints, identities), policy and flows, then
+// maintenance, this build's version and shell completion, and the test lab
+// last.
 // urfave/cli keeps this order; adding a command means adding it here.
 func commands() []*cli.Command {
 	return []*cli.Command{
