@@ -90,7 +90,15 @@ lint: ## gofmt, go vet, staticcheck, and meshctl and weft-lab build for macOS
 	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./meshctl
 	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./internal/lab/cmd/weft-lab
 
+# Labs this checkout brought up (make demo) are recorded here; make clean
+# removes those and no other lab on the machine (meshctl lab down --all
+# lists the rest).
+LABS_MADE := $(BIN)/labs-made
+
 .PHONY: clean
-clean: ## remove leftover labs (as root) and the build output
-	@if [ "$$(id -u)" = 0 ] && [ -x $(BIN)/meshctl ]; then $(BIN)/meshctl lab down --all || true; fi
+clean: ## remove the labs this checkout brought up (as root) and the build output
+	@if [ -s $(LABS_MADE) ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "labs recorded in $(LABS_MADE) need root to remove: sudo make clean"; exit 1; fi; \
+		$(BIN)/meshctl lab down --recorded $(LABS_MADE); \
+	fi
 	rm -rf $(BIN)

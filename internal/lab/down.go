@@ -45,6 +45,18 @@ func (l *Lab) Down() error {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 && l.state != nil {
+		// Only once nothing runs in the lab any more: what ran there
+		// wrote to these paths.
+		for _, p := range l.state.snapshot().Owns {
+			if checkOwnedPath(p) != nil {
+				continue // a state file edited by hand
+			}
+			if err := os.RemoveAll(p); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+			}
+		}
+	}
+	if len(errs) == 0 && l.state != nil {
 		if err := l.state.remove(l.Name()); err != nil {
 			errs = append(errs, err)
 		}
@@ -164,7 +176,7 @@ func procCmdline(pid int) string {
 
 // CleanupReport says what DownAll did.
 type CleanupReport struct {
-	Removed []string // labs removed
+	Removed []string // labs removed (or, from PlanDownAll, to remove)
 	Skipped []string // labs left alone because their owner process still runs
 	Orphans []string // namespaces with the lab prefix and no state file, removed
 }
@@ -185,10 +197,20 @@ func DownAllReport(log *slog.Logger) (*CleanupReport, error) {
 	return DownMatching(log, func(string) bool { return true })
 }
 
+// PlanDownAll says what DownAllReport would remove, removing nothing:
+// `meshctl lab down --all` shows it and asks for --yes.
+func PlanDownAll() (*CleanupReport, error) {
+	return downMatching(nil, func(string) bool { return true }, true)
+}
+
 // DownMatching is DownAllReport limited to the labs (and leftover
 // namespaces wl-<lab>-...) whose name match accepts: a test cleans up its
 // own crashed labs without touching labs others left running.
 func DownMatching(log *slog.Logger, match func(lab string) bool) (*CleanupReport, error) {
+	return downMatching(log, match, false)
+}
+
+func downMatching(log *slog.Logger, match func(lab string) bool, dryRun bool) (*CleanupReport, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -218,8 +240,12 @@ func DownMatching(log *slog.Logger, match func(lab string) bool) (*CleanupReport
 			}
 			// A damaged state file: remove the file and let the prefix
 			// scan below take the namespaces.
-			log.Warn("removing a damaged lab state file", "lab", name, "err", err)
 			claimed[name] = false
+			if dryRun {
+				rep.Removed = append(rep.Removed, name)
+				continue
+			}
+			log.Warn("removing a damaged lab state file", "lab", name, "err", err)
 			if err := os.Remove(statePath(name)); err != nil {
 				errs = append(errs, err)
 			}
@@ -229,6 +255,10 @@ func DownMatching(log *slog.Logger, match func(lab string) bool) (*CleanupReport
 		if s.st.Owner != nil && s.st.Owner.alive() {
 			log.Info("skipping a lab in use", "lab", name, "owner", s.st.Owner.Pid)
 			rep.Skipped = append(rep.Skipped, name)
+			continue
+		}
+		if dryRun {
+			rep.Removed = append(rep.Removed, name)
 			continue
 		}
 		l, err := Load(name)
@@ -251,6 +281,10 @@ func DownMatching(log *slog.Logger, match func(lab string) bool) (*CleanupReport
 		}
 	}
 	sort.Strings(orphans)
+	if dryRun {
+		rep.Orphans = orphans
+		return rep, errors.Join(errs...)
+	}
 	if len(orphans) > 0 {
 		log.Info("removing namespaces no lab claims", "count", len(orphans))
 		if err := removeNamespaces(orphans, log); err != nil {

@@ -1,11 +1,15 @@
 package lab
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -50,6 +54,16 @@ type stateFile struct {
 	Complete   bool         `json:"complete"`
 	Namespaces []string     `json:"namespaces"`
 	Processes  []procRecord `json:"processes,omitempty"`
+	// ID tells this lab from another one made later under the same name:
+	// `meshctl lab up --record` writes it, and `lab down --recorded`
+	// removes a lab only if it is still the one recorded.
+	ID string `json:"id,omitempty"`
+	// CreatedBy is the user who made the lab (the sudo user, if any), so
+	// `lab down --all` can say whose labs it would remove.
+	CreatedBy string `json:"createdBy,omitempty"`
+	// Owns are host paths (state directories, bpffs pins) of what ran in
+	// the lab; Down removes them with the namespaces.
+	Owns []string `json:"owns,omitempty"`
 }
 
 // stateStore is a lab's state file; every change is written at once
@@ -81,6 +95,8 @@ func createState(spec *Spec, namespaces []string) (*stateStore, error) {
 		Created:    time.Now().UTC().Truncate(time.Second),
 		Owner:      &self,
 		Namespaces: namespaces,
+		ID:         newLabID(),
+		CreatedBy:  invokingUser(),
 	}}
 	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, os.ErrExist) {
@@ -116,10 +132,10 @@ func readState(name string) (*stateStore, error) {
 	}
 	s := &stateStore{path: path}
 	if err := json.Unmarshal(data, &s.st); err != nil {
-		return nil, fmt.Errorf("lab state file %s is damaged (%v): remove the lab with `meshctl lab down --all`", path, err)
+		return nil, fmt.Errorf("lab state file %s is damaged (%v): remove the lab with `meshctl lab down --all --yes`", path, err)
 	}
 	if s.st.Version != stateVersion || s.st.Spec == nil || s.st.Name != name {
-		return nil, fmt.Errorf("lab state file %s is not a version %d state of lab %s: remove the lab with `meshctl lab down --all`", path, stateVersion, name)
+		return nil, fmt.Errorf("lab state file %s is not a version %d state of lab %s: remove the lab with `meshctl lab down --all --yes`", path, stateVersion, name)
 	}
 	return s, nil
 }
@@ -189,7 +205,7 @@ func Load(name string) (*Lab, error) {
 		return nil, err
 	}
 	if err := s.st.Spec.Validate(); err != nil {
-		return nil, fmt.Errorf("lab state file %s holds an invalid spec (%v): remove the lab with `meshctl lab down --all`", s.path, err)
+		return nil, fmt.Errorf("lab state file %s holds an invalid spec (%v): remove the lab with `meshctl lab down --all --yes`", s.path, err)
 	}
 	l := layout(s.st.Spec, nil)
 	l.state = s
@@ -210,9 +226,74 @@ func (l *Lab) Detach() error {
 	return l.state.update(func(st *stateFile) { st.Owner = nil })
 }
 
+// newLabID is 8 random bytes in hex.
+func newLabID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// invokingUser is the user behind the command: the one who ran sudo, else
+// the current one.
+func invokingUser() string {
+	if u := os.Getenv("SUDO_USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return fmt.Sprintf("uid %d", os.Getuid())
+}
+
+// ID identifies this lab among labs of the same name made at other times.
+func (l *Lab) ID() string { return l.state.snapshot().ID }
+
+// ownRoots are where a lab may own paths: run-time and temporary
+// directories and the bpf filesystem. Down removes owned paths as root,
+// so a path anywhere else (a typo, a home directory) is refused.
+var ownRoots = []string{"/run/", "/tmp/", "/var/tmp/", "/sys/fs/bpf/"}
+
+// CheckOwnedPath refuses a path Down should not remove (see Own).
+func CheckOwnedPath(p string) error { return checkOwnedPath(p) }
+
+func checkOwnedPath(p string) error {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("%q is not a clean absolute path", p)
+	}
+	for _, root := range ownRoots {
+		if rest, ok := strings.CutPrefix(p, root); ok && rest != "" {
+			if strings.HasPrefix(p, stateDir+"/") || p == stateDir {
+				break
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not below %s: a lab owns only run-time, temporary and bpffs paths", p, strings.Join(ownRoots, ", "))
+}
+
+// Own records host paths that belong to what runs in the lab (agents'
+// state directories, bpffs pins): Down removes them with the namespaces.
+func (l *Lab) Own(paths ...string) error {
+	for _, p := range paths {
+		if err := checkOwnedPath(p); err != nil {
+			return fmt.Errorf("lab: owning %w", err)
+		}
+	}
+	return l.state.update(func(st *stateFile) {
+		for _, p := range paths {
+			if !slices.Contains(st.Owns, p) {
+				st.Owns = append(st.Owns, p)
+			}
+		}
+	})
+}
+
 // Status is what `meshctl lab status` shows of a lab.
 type Status struct {
 	Name      string        `json:"name"`
+	ID        string        `json:"id,omitempty"`
+	CreatedBy string        `json:"createdBy,omitempty"`
+	Owns      []string      `json:"owns,omitempty"`
 	Created   time.Time     `json:"created"`
 	Complete  bool          `json:"complete"`            // Up finished
 	OwnerPid  int           `json:"ownerPid,omitempty"`  // the process holding the lab; 0 once detached
@@ -240,6 +321,9 @@ func (l *Lab) Status() Status {
 	st := l.state.snapshot()
 	s := Status{
 		Name:      l.Name(),
+		ID:        st.ID,
+		CreatedBy: st.CreatedBy,
+		Owns:      st.Owns,
 		Created:   st.Created,
 		Complete:  st.Complete,
 		Internet:  l.internet,

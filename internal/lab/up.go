@@ -43,7 +43,7 @@ func Up(ctx context.Context, spec *Spec, log *slog.Logger) (*Lab, error) {
 		if err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: namespaces of an earlier lab %s are still there (%s): remove them with `meshctl lab down --all`", ErrExists, spec.Name, strings.Join(left, ", "))
+		return nil, fmt.Errorf("%w: namespaces of an earlier lab %s are still there (%s): remove them with `meshctl lab down --all --yes`", ErrExists, spec.Name, strings.Join(left, ", "))
 	}
 	l.state = st
 	if err := l.build(ctx); err != nil {

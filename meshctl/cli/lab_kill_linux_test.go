@@ -25,9 +25,10 @@ func realLab(t *testing.T) string {
 }
 
 // `meshctl lab up` killed while it builds leaves a lab that
-// `meshctl lab down --all` removes completely, as when the lab was part of
-// meshctl: SIGKILL to meshctl must not leave a weft-lab running on, still
-// holding the lab (down --all leaves held labs alone) and still building.
+// `meshctl lab down --all` lists for removal and `lab down NAME` removes
+// completely, as when the lab was part of meshctl: SIGKILL to meshctl must
+// not leave a weft-lab running on, still holding the lab (down --all
+// leaves held labs alone) and still building.
 // Killed right after it claimed the name (state file), and once its
 // namespaces exist.
 func TestLabUpKilledThroughMeshctl(t *testing.T) {
@@ -37,9 +38,13 @@ func TestLabUpKilledThroughMeshctl(t *testing.T) {
 		t.Run("after "+when, func(t *testing.T) {
 			name := labtest.UniqueName()
 			labtest.KillUpMidway(t, name, when, meshctl(path, "lab", "up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2"))
-			down := meshctl(path, "lab", "down", "--all")
-			if out, err := down.CombinedOutput(); err != nil {
-				t.Fatalf("meshctl lab down --all: %v\n%s", err, out)
+			// Listed for removal, not left alone as held: no weft-lab
+			// lives on. (--yes is not given: it would take other people's
+			// labs on this machine.)
+			out, _ := meshctl(path, "lab", "down", "--all").Output()
+			labtest.CheckListedForRemoval(t, string(out), name)
+			if out, err := meshctl(path, "lab", "down", name).CombinedOutput(); err != nil {
+				t.Fatalf("meshctl lab down %s: %v\n%s", name, err, out)
 			}
 			labtest.CheckRemoved(t, name)
 		})

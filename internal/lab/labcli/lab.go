@@ -88,13 +88,24 @@ interfaces, addresses, routes or firewall. See docs/lab.md.`,
 func labUpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
-		Usage: "bring up a lab from a topology file or from counts; it stays up after meshctl exits",
-		UsageText: `meshctl lab up -f topo.yaml [--name NAME]
-meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--workloads-per-node K]`,
+		Usage: "bring up a lab from a topology file or from counts; it stays up after meshctl exits (or, with --hold, while it runs)",
+		UsageText: `meshctl lab up -f topo.yaml [--name NAME] [--hold] [--owns PATH]... [--record FILE]
+meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--workloads-per-node K] [--hold]`,
 		Description: `Generated labs have sites site1..siteN and nodes site<i>-n<j>; with --nat-site
 the last site is behind NAT. Site i's LAN is 198.18.<i>.0/24 (router .1, nodes
 from .10); the routers meet on 198.19.0.0/24. Remove the lab with
-'meshctl lab down NAME'.`,
+'meshctl lab down NAME'.
+
+With --hold the lab lives only while the command runs: it prints the lab and
+waits; Ctrl-C or SIGTERM removes the lab, and a lab whose command was killed
+is taken by the next 'lab down --all'.
+
+--owns PATH (repeatable) names host paths that belong to what will run in
+the lab, such as agents' state directories and bpffs pins: 'lab down'
+removes them with the lab. Only paths below /run/, /tmp/, /var/tmp/ and
+/sys/fs/bpf/ are accepted. --record FILE appends the lab's name and id to
+FILE, for 'lab down --recorded FILE' (what 'make clean' runs): that removes
+the labs recorded there and no other.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "topology file (YAML, see docs/lab.md)"},
 			&cli.StringFlag{Name: "name", Usage: "lab name: lowercase letters and digits; prefixes its namespaces (wl-NAME-...); overrides the file's name", Value: "demo", DefaultText: "the file's name, or demo"},
@@ -102,6 +113,9 @@ from .10); the routers meet on 198.19.0.0/24. Remove the lab with
 			&cli.IntFlag{Name: "nodes-per-site", Usage: "nodes on each site's LAN", Value: 2},
 			&cli.BoolFlag{Name: "nat-site", Usage: "put the last site behind NAT"},
 			&cli.IntFlag{Name: "workloads-per-node", Usage: "workload namespaces joined to each node by a veth pair", Value: 0},
+			&cli.BoolFlag{Name: "hold", Usage: "keep the lab only while this command runs: Ctrl-C or SIGTERM removes it"},
+			&cli.StringSliceFlag{Name: "owns", Usage: "host `PATH` (below /run, /tmp, /var/tmp or /sys/fs/bpf) that 'lab down' removes with the lab; repeatable"},
+			&cli.PathFlag{Name: "record", Usage: "append the lab's name and id to `FILE`, for 'lab down --recorded FILE'"},
 		},
 		Action: labUp,
 	}
@@ -139,16 +153,27 @@ is meshctl's. Example: meshctl lab exec site3-n1 -- ping -c 2 198.18.1.10`,
 func labDownCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "down",
-		Usage:     "remove a lab, or every lab no running process holds (--all)",
-		ArgsUsage: "NAME | --all",
+		Usage:     "remove a lab, the labs recorded in a file (--recorded), or every lab no running process holds (--all --yes)",
+		ArgsUsage: "NAME | --recorded FILE | --all [--yes]",
 		Description: `Stops the processes started in the lab, kills anything else still inside its
-namespaces, and deletes the namespaces with their links. --all removes every
-lab no running process holds (labs left up by 'meshctl lab up', labs whose
-creator crashed) and namespaces with the lab prefix (wl-) that no lab claims;
-it leaves alone labs whose creating process still runs (a test in progress):
-remove one of those by name.`,
+namespaces, deletes the namespaces with their links, and removes the host
+paths the lab owns (lab up --owns).
+
+--recorded FILE removes the labs 'lab up --record FILE' wrote there, each
+only if it is still the lab recorded (a lab of the same name made later, by
+another run or user, is left alone), and empties FILE. 'make clean' does this
+with the labs the checkout's demo brought up.
+
+--all takes every lab no running process holds: labs left up by
+'meshctl lab up' — yours and other users', with whatever runs in them —,
+labs whose creator crashed, and namespaces with the lab prefix (wl-) that no
+lab claims. It lists them, with who made them, and removes them only with
+--yes. Labs whose creating process still runs (a test in progress, lab up
+--hold) are left alone: remove one of those by name.`,
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "all", Usage: "remove every lab not held by a running process, and leftovers"},
+			&cli.BoolFlag{Name: "all", Usage: "list every lab not held by a running process, and leftovers; with --yes remove them"},
+			&cli.BoolFlag{Name: "yes", Usage: "with --all: remove what it lists"},
+			&cli.PathFlag{Name: "recorded", Usage: "remove the labs recorded in `FILE` by 'lab up --record'"},
 		},
 		Action: labDown,
 	}

@@ -120,6 +120,16 @@ func labUp(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	hold, record := c.Bool("hold"), c.Path("record")
+	if hold && record != "" {
+		return errors.New("--hold and --record do not go together: a held lab removes itself")
+	}
+	owns := c.StringSlice("owns")
+	for _, p := range owns {
+		if err := lab.CheckOwnedPath(p); err != nil {
+			return fmt.Errorf("--owns: %w", err)
+		}
+	}
 	if err := needRoot("up"); err != nil {
 		return err
 	}
@@ -131,12 +141,26 @@ func labUp(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(owns) > 0 {
+		if err := l.Own(owns...); err != nil {
+			_ = l.Down()
+			return err
+		}
+	}
+	w := c.App.Writer
+	if hold {
+		return holdLab(ctx, w, l)
+	}
 	// The lab outlives this process; `lab down --all` may now take it.
 	if err := l.Detach(); err != nil {
 		_ = l.Down()
 		return err
 	}
-	w := c.App.Writer
+	if record != "" {
+		if err := recordLab(record, l); err != nil {
+			return fmt.Errorf("lab %s is up, but recording it failed (remove it with 'meshctl lab down %s'): %w", l.Name(), l.Name(), err)
+		}
+	}
 	if err := printLabStatus(w, l.Status()); err != nil {
 		return err
 	}
@@ -212,7 +236,7 @@ func labStatus(c *cli.Context) error {
 		}
 	}
 	if len(orphans) > 0 && len(args) == 0 {
-		fmt.Fprintf(w, "\nLeftover namespaces no lab claims (remove with 'meshctl lab down --all'):\n  %s\n", strings.Join(orphans, "\n  "))
+		fmt.Fprintf(w, "\nLeftover namespaces no lab claims (remove with 'meshctl lab down --all --yes'):\n  %s\n", strings.Join(orphans, "\n  "))
 	}
 	return nil
 }
@@ -328,12 +352,42 @@ func labExec(c *cli.Context) error {
 	return err
 }
 
+// holdLab keeps the lab while the command runs and removes it when ctx
+// ends (Ctrl-C, SIGTERM). The lab stays owned by this process, so another
+// `lab down --all` leaves it alone while it runs and takes it if this
+// process is killed.
+func holdLab(ctx context.Context, w io.Writer, l *lab.Lab) error {
+	if err := printLabStatus(w, l.Status()); err != nil {
+		_ = l.Down()
+		return err
+	}
+	fmt.Fprintf(w, "\nLab %s is up while this command runs: Ctrl-C (or SIGTERM) removes it.\n", l.Name())
+	<-ctx.Done()
+	if err := l.Down(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Lab %s removed.\n", l.Name())
+	return nil
+}
+
 func labDown(c *cli.Context) error {
-	args, err := trailingFlags(c, []string{"all"}, nil)
+	args, err := trailingFlags(c, []string{"all", "yes"}, []string{"recorded"})
 	if err != nil {
 		return err
 	}
 	all := c.Bool("all")
+	if rec := c.Path("recorded"); rec != "" {
+		if all || len(args) > 0 {
+			return errors.New("--recorded FILE goes alone: not with a lab name or --all")
+		}
+		if err := needRoot("down"); err != nil {
+			return err
+		}
+		return downRecorded(c.App.Writer, rec)
+	}
+	if c.Bool("yes") && !all {
+		return errors.New("--yes goes with --all (lab down NAME needs no confirmation)")
+	}
 	switch {
 	case all && len(args) > 0:
 		return fmt.Errorf("give a lab name or --all, not both (got %q and --all)", args[0])
@@ -364,6 +418,9 @@ func labDown(c *cli.Context) error {
 		}
 		fmt.Fprintf(w, "Lab %s removed.\n", l.Name())
 		return nil
+	}
+	if !c.Bool("yes") {
+		return planDownAll(w)
 	}
 	rep, err := lab.DownAllReport(log)
 	if rep == nil {
@@ -418,3 +475,126 @@ func (h *progressHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *progressHandler) WithGroup(string) slog.Handler { return h }
+
+// planDownAll lists what `lab down --all` would remove, with whose labs
+// they are, and removes nothing: --yes does.
+func planDownAll(w io.Writer) error {
+	rep, err := lab.PlanDownAll()
+	if err != nil {
+		return err
+	}
+	if len(rep.Removed) == 0 && len(rep.Orphans) == 0 {
+		fmt.Fprintln(w, "Nothing to remove.")
+		if len(rep.Skipped) > 0 {
+			fmt.Fprintf(w, "Left alone (their creating process still runs): %s.\n", strings.Join(rep.Skipped, ", "))
+		}
+		return nil
+	}
+	fmt.Fprintln(w, "lab down --all would remove:")
+	var rows [][]string
+	for _, name := range rep.Removed {
+		row := []string{name, "-", "-", "damaged state file"}
+		if l, err := lab.Load(name); err == nil {
+			st := l.Status()
+			running := 0
+			for _, p := range st.Processes {
+				if p.Running {
+					running++
+				}
+			}
+			holder := "detached"
+			if st.OwnerPid != 0 {
+				holder = fmt.Sprintf("creator pid %d is gone", st.OwnerPid)
+			}
+			row = []string{name, orDash(st.CreatedBy), st.Created.Local().Format(time.DateTime), fmt.Sprintf("%s, %d processes running", holder, running)}
+		}
+		rows = append(rows, row)
+	}
+	if len(rows) > 0 {
+		if err := cliout.Table(w, []string{"lab", "created by", "created", "state"}, rows); err != nil {
+			return err
+		}
+	}
+	if len(rep.Orphans) > 0 {
+		fmt.Fprintf(w, "and %d leftover namespaces no lab claims:\n  %s\n", len(rep.Orphans), strings.Join(rep.Orphans, "\n  "))
+	}
+	if len(rep.Skipped) > 0 {
+		fmt.Fprintf(w, "Left alone (their creating process still runs): %s.\n", strings.Join(rep.Skipped, ", "))
+	}
+	return fmt.Errorf("nothing was removed: the labs above may be other people's and in use; run 'meshctl lab down --all --yes' to remove them, or 'meshctl lab down NAME' for one")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// recordLab appends "NAME ID" to the record file.
+func recordLab(path string, l *lab.Lab) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%s %s\n", l.Name(), l.ID())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// downRecorded removes the labs recorded in path that are still the labs
+// recorded, and empties the file. A lab of the same name with another id
+// was made by someone else after ours went, and is left alone.
+func downRecorded(w io.Writer, path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(w, "No labs recorded in %s.\n", path)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	var keep []string
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, id, ok := strings.Cut(line, " ")
+		if !ok || id == "" {
+			fmt.Fprintf(w, "%s:%d: %q is not \"NAME ID\": skipped\n", path, i+1, line)
+			continue
+		}
+		l, err := lab.Load(name)
+		switch {
+		case errors.Is(err, lab.ErrNotFound):
+			fmt.Fprintf(w, "Lab %s is already gone.\n", name)
+			continue
+		case err != nil:
+			errs = append(errs, err)
+			keep = append(keep, line)
+			continue
+		}
+		if st := l.Status(); st.ID != id {
+			fmt.Fprintf(w, "Lab %s is not the one recorded (id %s, made %s by %s): left alone.\n", name, orDash(st.ID), st.Created.Local().Format(time.DateTime), orDash(st.CreatedBy))
+			continue
+		}
+		if err := l.Down(); err != nil {
+			errs = append(errs, err)
+			keep = append(keep, line)
+			continue
+		}
+		fmt.Fprintf(w, "Lab %s removed.\n", name)
+	}
+	if len(keep) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	} else if err := os.WriteFile(path, []byte(strings.Join(keep, "\n")+"\n"), 0o644); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -46,6 +46,13 @@ func TestLabInputErrors(t *testing.T) {
 		{[]string{"status", "a", "-o"}, "-o needs a value"},
 		{[]string{"status", "a", "-o", "xml"}, `--output "xml" is not a format`},
 		{[]string{"down", "--all", "a"}, "give a lab name or --all, not both"},
+		{[]string{"down", "a", "--yes"}, "--yes goes with --all"},
+		{[]string{"down", "--recorded", "f", "--all"}, "--recorded FILE goes alone"},
+		{[]string{"up", "--owns", "/home/me/state"}, `--owns: "/home/me/state" is not below /run/`},
+		{[]string{"up", "--owns", "/run"}, `--owns: "/run" is not below`},
+		{[]string{"up", "--owns", "/run/weft-lab"}, `--owns: "/run/weft-lab" is not below`},
+		{[]string{"up", "--owns", "/tmp/../etc"}, `--owns: "/tmp/../etc" is not a clean absolute path`},
+		{[]string{"up", "--hold", "--record", "f"}, "--hold and --record do not go together"},
 	}
 	for _, tt := range tests {
 		_, _, err := runApp(t, tt.args...)
@@ -161,19 +168,33 @@ func TestLabCommands(t *testing.T) {
 }
 
 // `meshctl lab up` killed while it builds leaves a lab that
-// `meshctl lab down --all` removes completely: killed right after it
-// claimed the name (state file), and once its namespaces exist. meshctl
-// execs weft-lab, so killing meshctl kills this very process; the test in
-// meshctl/cli checks that through meshctl.
+// `meshctl lab down --all` lists for removal (no process holds it) and
+// removes nothing without --yes, and that `lab down NAME` removes
+// completely: killed right after it claimed the name (state file), and
+// once its namespaces exist. meshctl execs weft-lab, so killing meshctl
+// kills this very process; the test in meshctl/cli checks that through
+// meshctl. (--all --yes itself is not run: it would take other people's
+// labs on this machine.)
 func TestLabDownAllAfterKill(t *testing.T) {
 	testutil.Privileged(t)
 	for _, when := range labtest.KillPoints {
 		t.Run("after "+when, func(t *testing.T) {
 			name := labtest.UniqueName()
 			labtest.KillUpMidway(t, name, when, weftLab("up", "--name", name, "--sites", "3", "--nodes-per-site", "3", "--nat-site", "--workloads-per-node", "2"))
+			before := labtest.Namespaces(t, name)
 			out, errOut, code := run(t, "down", "--all")
-			if code != 0 {
-				t.Fatalf("lab down --all: exit %d %s %s", code, out, errOut)
+			if code == 0 || !strings.Contains(errOut, "nothing was removed") || !strings.Contains(errOut, "--all --yes") {
+				t.Errorf("lab down --all without --yes: exit %d, stderr:\n%s", code, errOut)
+			}
+			labtest.CheckListedForRemoval(t, out, name)
+			if _, err := lab.Load(name); err != nil && when != "state" {
+				t.Errorf("lab down --all without --yes removed the lab: %v", err)
+			}
+			if after := labtest.Namespaces(t, name); len(after) < len(before) {
+				t.Errorf("lab down --all without --yes removed namespaces: %d before, %d after", len(before), len(after))
+			}
+			if out, errOut, code := run(t, "down", name); code != 0 {
+				t.Fatalf("lab down %s: exit %d %s %s", name, code, out, errOut)
 			}
 			labtest.CheckRemoved(t, name)
 		})

@@ -36,7 +36,7 @@ func TestHelpIsMeshctlLabs(t *testing.T) {
 		}
 	}
 	out, _, err := runApp(t, "up", "--help")
-	if err != nil || !strings.Contains(out, "USAGE:\n   meshctl lab up -f topo.yaml [--name NAME]\n") {
+	if err != nil || !strings.Contains(out, "USAGE:\n   meshctl lab up -f topo.yaml [--name NAME] [--hold] [--owns PATH]... [--record FILE]\n") {
 		t.Errorf("up --help: %v\n%s", err, out)
 	}
 }

@@ -85,3 +85,23 @@ func CheckRemoved(t testing.TB, name string) {
 		t.Errorf("state file left: %v", err)
 	}
 }
+
+// CheckListedForRemoval checks that `lab down --all` (without --yes)
+// listed the lab name among those it would remove, not among those it
+// leaves alone because a process holds them.
+func CheckListedForRemoval(t testing.TB, out, name string) {
+	t.Helper()
+	listed := false
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && f[0] == name {
+			listed = true
+		}
+		if strings.HasPrefix(line, "Left alone") && strings.Contains(line, name) {
+			t.Errorf("lab down --all leaves %s alone, as if a process held it:\n%s", name, out)
+		}
+	}
+	if !listed {
+		t.Errorf("lab down --all does not list %s:\n%s", name, out)
+	}
+}
