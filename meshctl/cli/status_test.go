@@ -134,6 +134,11 @@ func TestStatusWait(t *testing.T) {
 		!strings.Contains(errOut, "meshctl: healthy after") {
 		t.Errorf("status --wait progress:\n%s", errOut)
 	}
+	// A bare --wait (no value) waits the default bound; healthy at once.
+	sock = serveHealth(t, &healthAgent{health: reached}, nil)
+	if _, errOut, err := runApp(t, "status", "--wait", "--socket", sock); err != nil || errOut != "" {
+		t.Errorf("status --wait on a healthy node: %v\n%s", err, errOut)
+	}
 	// Never healthy: non-zero at the timeout, with the reason.
 	sock = serveHealth(t, &healthAgent{health: cutOff}, nil)
 	out, _, err = runApp(t, "status", "--socket", sock, "--wait=1s")
