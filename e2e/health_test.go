@@ -79,7 +79,9 @@ func (m *Mesh) blockUDP(node string) {
 	if out, err := m.Lab.Exec(ctx, node, "nft", "-f", ruleset); err != nil {
 		m.t.Fatalf("blocking UDP in %s: %v: %s", node, err, out)
 	}
-	m.t.Cleanup(func() { _, _ = m.Lab.Exec(context.Background(), node, "nft", "delete", "table", "inet", "weft_e2e_block") })
+	m.t.Cleanup(func() {
+		_, _ = m.Lab.Exec(context.Background(), node, "nft", "delete", "table", "inet", "weft_e2e_block")
+	})
 }
 
 // joinCutOff joins a node whose network drops the tunnel: join returns as
