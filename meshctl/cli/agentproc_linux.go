@@ -161,15 +161,23 @@ func stopAgentPID(pid int, timeout time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("stopping the agent (pid %d): %w", pid, err)
 	}
+	if !waitExit(pid, timeout) {
+		return fmt.Errorf("the agent (pid %d) did not exit within %s of SIGTERM", pid, timeout)
+	}
+	return nil
+}
+
+// waitExit waits up to timeout for pid to exit; it reports whether it did.
+func waitExit(pid int, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		// Gone, or a zombie its parent (`join --foreground`) has yet to reap.
 		if !processRuns(pid) {
-			return nil
+			return true
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("the agent (pid %d) did not exit within %s of SIGTERM", pid, timeout)
+	return false
 }
 
 // processRuns says pid exists and is not a zombie.
@@ -184,4 +192,13 @@ func processRuns(pid int) bool {
 		return s[i+2] != 'Z'
 	}
 	return true
+}
+
+// isAgentProcess says whether pid runs weft-agent.
+func isAgentProcess(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "weft-agent"
 }

@@ -49,3 +49,7 @@ func stopBackgroundAgent(string) {}
 func agentPID(string) (int, error) { return 0, localAgentSupported("down") }
 
 func stopAgentPID(int, time.Duration) error { return localAgentSupported("down") }
+
+func waitExit(int, time.Duration) bool { return true }
+
+func isAgentProcess(int) bool { return false }

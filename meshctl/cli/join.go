@@ -92,6 +92,12 @@ func nodeName(c *cli.Context) (string, error) {
 // when there is none (a machine that joined before needs none).
 func joinArgs(c *cli.Context) (string, []string, error) {
 	pos, agentArgs, err := splitArgs(c)
+	// Without a token urfave/cli parses every flag and consumes the "--":
+	// what is left starts with a flag, and is all the agent's (it would
+	// have refused an unknown flag before the "--").
+	if args := c.Args().Slice(); len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "--" && args[0] != "-" {
+		pos, agentArgs, err = nil, args, nil
+	}
 	if err != nil {
 		return "", nil, err
 	}

@@ -72,6 +72,12 @@ func leaveAction(c *cli.Context) error {
 	ctx, cancel := cmdContext(c)
 	defer cancel()
 	agentRan := true
+	// The agent answers at once and then removes the node: its pid says
+	// when it is done, before anything is removed under it.
+	pid, _ := agentPID(socket)
+	if !isAgentProcess(pid) {
+		pid = 0
+	}
 	switch err := api.NewClient(socket).Leave(ctx); {
 	case errors.Is(err, api.ErrAgentNotRunning):
 		agentRan = false
@@ -79,6 +85,9 @@ func leaveAction(c *cli.Context) error {
 	case err != nil:
 		return fmt.Errorf("the agent could not leave: %w", err)
 	default:
+		if pid > 0 && !waitExit(pid, agentStopTimeout) {
+			return fmt.Errorf("the agent (pid %d) is still running %s after it was asked to leave: see its log, stop it, and run leave again", pid, agentStopTimeout)
+		}
 		fmt.Fprintf(w, "The node left the mesh.\n")
 	}
 	if _, err := os.Stat(systemdUnitPath); err == nil {
