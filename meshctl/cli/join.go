@@ -268,8 +268,13 @@ func warnIgnoredJoinFlags(c *cli.Context, cfg *config.Config, cfgPath string, la
 		ignored = append(ignored, fmt.Sprintf("--strict=%v (the configuration says %v)", c.Bool("strict"), cfg.Strict))
 	}
 	if c.IsSet("labels") {
+		// The join service writes a VM's labels as vm:key.
+		have := map[string]string{}
+		for k, v := range cfg.Labels {
+			have[strings.TrimPrefix(k, "vm:")] = v
+		}
 		for k, v := range labels {
-			if cur, ok := cfg.Labels[k]; !ok || cur != v {
+			if cur, ok := have[strings.TrimPrefix(k, "vm:")]; !ok || cur != v {
 				ignored = append(ignored, "--labels")
 				break
 			}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/join"
 	"github.com/weftmesh/weft/pki"
@@ -352,5 +353,129 @@ func TestUpSaysWhichFlagsAnExistingConfigurationOverrides(t *testing.T) {
 	_, stderr, _ := runApp(t, append([]string{"up", "--name", "other", "--advertise-address", "198.18.1.10"}, p.flags()...)...)
 	if !strings.Contains(stderr, "--name, --advertise-address ignored") {
 		t.Fatalf("up with an existing configuration did not say which flags it ignored; stderr:\n%s", stderr)
+	}
+}
+
+// The token comes from --token-file or WEFT_TOKEN (so ps does not show
+// it); a bad file is refused with what is wrong, before anything is
+// written or the token presented.
+func TestJoinTokenFromFileOrEnvironment(t *testing.T) {
+	store := &singleUseStore{}
+	tok, _ := joinService(t, store)
+	fakeLaunch(t)
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte(" \n"), 0o600)
+	two := filepath.Join(dir, "two")
+	os.WriteFile(two, []byte(tok.String()+" "+tok.String()+"\n"), 0o600)
+	p := newPaths(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-file", filepath.Join(dir, "missing")}, "--token-file: stat " + filepath.Join(dir, "missing") + ": no such file or directory"},
+		{[]string{"--token-file", empty}, "--token-file " + empty + " is empty"},
+		{[]string{"--token-file", dir}, "is a directory"},
+		{[]string{"--token-file", two}, "holds more than one word"},
+		{[]string{tok.String(), "--token-file", two}, "the token is given twice"},
+	} {
+		_, _, err := runApp(t, append(append([]string{"join", "--name", "vm-1"}, p.flags()...), tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("join %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	// Neither a token nor an earlier join.
+	if _, _, err := runApp(t, append([]string{"join", "--name", "vm-1"}, p.flags()...)...); err == nil || !strings.Contains(err.Error(), "--token-file FILE or WEFT_TOKEN") {
+		t.Errorf("join without a token: %v", err)
+	}
+	if store.calls != 0 {
+		t.Errorf("refused joins presented the token %d times", store.calls)
+	}
+
+	// A file others can read is used, with a note.
+	loose := filepath.Join(dir, "loose")
+	os.WriteFile(loose, []byte(tok.String()+"\n"), 0o644)
+	out, stderr, err := runApp(t, append(append([]string{"join", "--name", "vm-1"}, p.flags()...), "--token-file", loose)...)
+	if err != nil || !strings.Contains(out, "Joined the mesh as vm-1") || !strings.Contains(stderr, "readable by other users (mode 0644)") {
+		t.Errorf("join --token-file (0644): %v\n%s\n%s", err, out, stderr)
+	}
+
+	// WEFT_TOKEN, on another machine.
+	store2 := &singleUseStore{}
+	tok2, _ := joinService(t, store2)
+	t.Setenv("WEFT_TOKEN", tok2.String())
+	q := newPaths(t)
+	out, _, err = runApp(t, append([]string{"join", "--name", "vm-2"}, q.flags()...)...)
+	if err != nil || !strings.Contains(out, "Joined the mesh as vm-2") || store2.calls != 1 {
+		t.Errorf("join with WEFT_TOKEN: %v calls=%d\n%s", err, store2.calls, out)
+	}
+}
+
+// Joining again with other flags says which ones the existing
+// configuration overrides, as up does.
+func TestJoinAgainSaysWhichFlagsItIgnores(t *testing.T) {
+	tok, _ := joinService(t, &singleUseStore{})
+	fakeLaunch(t)
+	p := newPaths(t)
+	if _, _, err := runApp(t, append([]string{"join", tok.String(), "--name", "vm-1", "--labels", "app=web"}, p.flags()...)...); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := runApp(t, append(append([]string{"join", "--name", "vm-1", "--labels", "app=db", "--strict"}, p.flags()...), "--", "--wg-port", "51999")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--strict=true (the configuration says false)", "--labels", "the agent flags after -- (--wg-port 51999)", "ignored"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("join again: stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	// The same flags again are not "ignored".
+	_, stderr, _ = runApp(t, append([]string{"join", "--name", "vm-1", "--labels", "app=web"}, p.flags()...)...)
+	if strings.Contains(stderr, "ignored") {
+		t.Errorf("join again with the same flags: %s", stderr)
+	}
+}
+
+// An agent that exits before it is ready: the error carries the end of
+// this run's log, not only "exit status 1".
+func TestEarlyExitShowsTheAgentLog(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "weft-agent")
+	os.WriteFile(bin, []byte("#!/bin/sh\necho 'level=INFO msg=\"starting weft-agent\"'\necho 'level=ERROR msg=\"opening the tunnel: interface lo is not WireGuard\"'\nexit 1\n"), 0o755)
+	// An earlier run's lines are not this run's.
+	os.WriteFile(filepath.Join(dir, "agent.log"), []byte("level=ERROR msg=\"from yesterday\"\n"), 0o600)
+	p, err := launchAgent(context.Background(), runBackground, launchSpec{Binary: bin, ConfigFile: filepath.Join(dir, "agent.yaml"), StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = waitReady(context.Background(), api.NewClient(filepath.Join(dir, "none.sock")), p, time.Minute)
+	if err == nil {
+		t.Fatal("waitReady of an agent that exits: nil")
+	}
+	for _, want := range []string{"exited before it was ready: exit status 1", "the end of " + filepath.Join(dir, "agent.log"), "interface lo is not WireGuard", "starting weft-agent"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "yesterday") {
+		t.Errorf("error shows an earlier run's log: %v", err)
+	}
+}
+
+// An agent already running on --socket is used as it is: up reads its
+// identity and writes no configuration for another node; a joined node's
+// agent is refused.
+func TestUpAgainstARunningAgentWritesNothing(t *testing.T) {
+	fakeLaunch(t)
+	f, sock := startFake(t)
+	_ = f
+	p := newPaths(t)
+	p.sock = sock
+	_, _, err := runApp(t, append([]string{"up", "--name", "seed", "--advertise-address", "198.18.1.10"}, p.flags()...)...)
+	if err == nil || !strings.Contains(err.Error(), "is node vm-1 of cluster east, which joined a mesh") {
+		t.Errorf("up against a joined node's agent: %v", err)
+	}
+	if _, err := os.Stat(p.cfg); !errors.Is(err, os.ErrNotExist) {
+		t.Error("up against a running agent wrote a configuration")
 	}
 }
