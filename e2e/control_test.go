@@ -120,6 +120,9 @@ func TestIsolatedVMKeepsControlTraffic(t *testing.T) {
 			}
 			for _, f := range flows {
 				if f.Verdict == "forwarded" && f.Direction == "ingress" && f.Destination.Port == meshtls.DefaultPort {
+					if !f.NodeControl {
+						return fmt.Errorf("the agents' connection is not marked node-control: %+v", f)
+					}
 					return nil
 				}
 			}

@@ -62,6 +62,10 @@ type Flow struct {
 	TCPFlags    string       `json:"tcpFlags,omitempty"`
 	// Length is the packet's IP length in bytes.
 	Length uint32 `json:"length"`
+	// NodeControl marks a connection between two nodes' own mesh addresses
+	// on the agents' control ports, which passes whatever user policy says
+	// (docs/datapath.md, "Control traffic between nodes").
+	NodeControl bool `json:"nodeControl,omitempty"`
 	// Seq numbers the node's flows in the order the agent read them.
 	Seq uint64 `json:"seq"`
 }

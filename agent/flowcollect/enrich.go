@@ -48,6 +48,7 @@ func (e *Enricher) Flow(ev bpf.Event) api.Flow {
 		f.Reason = ev.Reason.String()
 	} else {
 		f.Verdict = flows.Forwarded
+		f.NodeControl = ev.NodeControl
 	}
 	if ev.Protocol == 6 {
 		f.TCPFlags = flows.TCPFlags(ev.TCPFlags)

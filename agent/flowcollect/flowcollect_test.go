@@ -89,3 +89,19 @@ func TestCollectorEnrichesBothEnds(t *testing.T) {
 		t.Fatalf("ring holds %d, seq %d", ring.Len(), f.Seq)
 	}
 }
+
+// TestEnricherMarksNodeControl: a connection the datapath passed as
+// agent-to-agent control traffic says so in its flow record; other
+// forwarded flows and drops do not.
+func TestEnricherMarksNodeControl(t *testing.T) {
+	e := &Enricher{Dir: fakeDir{}, Node: "n2", Cluster: "east"}
+	ev := bpf.Event{Type: bpf.EventNewConn, Direction: bpf.Ingress, Protocol: 6, DstPort: 51835, Time: t0,
+		Src: netip.MustParseAddr("100.64.1.1"), Dst: netip.MustParseAddr("100.64.2.1"), NodeControl: true}
+	if f := e.Flow(ev); !f.NodeControl || f.Verdict != flows.Forwarded {
+		t.Fatalf("control connection: %+v", f)
+	}
+	ev.NodeControl = false
+	if f := e.Flow(ev); f.NodeControl {
+		t.Fatalf("ordinary connection marked node-control: %+v", f)
+	}
+}

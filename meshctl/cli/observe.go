@@ -263,7 +263,11 @@ func (p *flowPrinter) print(f api.Flow) {
 // formatFlow renders one table line.
 func formatFlow(f api.Flow) string {
 	reason := f.Reason
-	if reason == "" {
+	switch {
+	case reason != "":
+	case f.NodeControl:
+		reason = "node-control" // passed as agent-to-agent traffic, not by a policy rule
+	default:
 		reason = "-"
 	}
 	if f.TCPFlags != "" {
