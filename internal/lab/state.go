@@ -27,6 +27,9 @@ const stateVersion = 1
 var (
 	ErrExists      = errors.New("lab: a lab with this name already exists")
 	ErrNotFound    = errors.New("lab: no such lab")
+	// ErrDamaged is a state file that cannot be read as a lab's state
+	// (e.g. `lab up` killed between creating it and writing it).
+	ErrDamaged = errors.New("lab: damaged state file")
 	ErrUnknownName = errors.New("lab: unknown name")
 )
 
@@ -132,10 +135,10 @@ func readState(name string) (*stateStore, error) {
 	}
 	s := &stateStore{path: path}
 	if err := json.Unmarshal(data, &s.st); err != nil {
-		return nil, fmt.Errorf("lab state file %s is damaged (%v): remove the lab with `meshctl lab down --all --yes`", path, err)
+		return nil, fmt.Errorf("%w: %s (%v): remove the lab with `meshctl lab down %s`", ErrDamaged, path, err, name)
 	}
 	if s.st.Version != stateVersion || s.st.Spec == nil || s.st.Name != name {
-		return nil, fmt.Errorf("lab state file %s is not a version %d state of lab %s: remove the lab with `meshctl lab down --all --yes`", path, stateVersion, name)
+		return nil, fmt.Errorf("%w: %s is not a version %d state of lab %s: remove the lab with `meshctl lab down %s`", ErrDamaged, path, stateVersion, name, name)
 	}
 	return s, nil
 }

@@ -407,6 +407,17 @@ func labDown(c *cli.Context) error {
 	w := c.App.Writer
 	if !all {
 		l, err := lab.Load(args[0])
+		if errors.Is(err, lab.ErrDamaged) {
+			// Nothing in the file can be trusted: remove the file and
+			// whatever namespaces carry this lab's prefix, as --all would.
+			name := args[0]
+			rep, err := lab.DownMatching(log, func(n string) bool { return n == name })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "Lab %s removed (its state file was damaged; %d leftover namespaces removed).\n", name, len(rep.Orphans))
+			return nil
+		}
 		if err != nil {
 			return err
 		}

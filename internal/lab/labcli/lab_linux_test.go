@@ -200,3 +200,28 @@ func TestLabDownAllAfterKill(t *testing.T) {
 		})
 	}
 }
+
+// TestLabDownDamagedState: `lab down NAME` removes a lab whose state file
+// cannot be read (lab up killed between creating the file and writing
+// it), instead of sending the user to `--all --yes`, which would take
+// other people's labs too.
+func TestLabDownDamagedState(t *testing.T) {
+	testutil.Privileged(t)
+	name := labtest.UniqueName()
+	path := filepath.Join("/run/weft-lab", name+".json")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(path) })
+	out, errOut, code := run(t, "down", name)
+	if code != 0 || !strings.Contains(out, "damaged") {
+		t.Fatalf("lab down %s with a damaged state file: exit %d\n%s%s", name, code, out, errOut)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the damaged state file is still there: %v", err)
+	}
+	labtest.CheckRemoved(t, name)
+}
