@@ -25,11 +25,11 @@ const stateVersion = 1
 
 // Errors callers may test for.
 var (
-	ErrExists      = errors.New("lab: a lab with this name already exists")
-	ErrNotFound    = errors.New("lab: no such lab")
+	ErrExists   = errors.New("lab: a lab with this name already exists")
+	ErrNotFound = errors.New("lab: no such lab")
 	// ErrDamaged is a state file that cannot be read as a lab's state
 	// (e.g. `lab up` killed between creating it and writing it).
-	ErrDamaged = errors.New("lab: damaged state file")
+	ErrDamaged     = errors.New("lab: damaged state file")
 	ErrUnknownName = errors.New("lab: unknown name")
 )
 
