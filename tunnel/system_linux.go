@@ -19,6 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftmesh/weft/internal/peercred"
 )
 
 // wgClient is the part of wgctrl the tunnel uses; tests wrap it to count
@@ -226,28 +228,7 @@ func uapiPath(name string) string { return filepath.Join(uapiDir, name+".sock") 
 
 // uapiPeerPID connects to the device's UAPI socket and returns the pid of
 // the process serving it.
-func uapiPeerPID(name string) (int, error) {
-	c, err := net.DialTimeout("unix", uapiPath(name), time.Second)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	raw, err := c.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return int(cred.Pid), nil
-}
+func uapiPeerPID(name string) (int, error) { return peercred.PID(uapiPath(name), time.Second) }
 
 // configureLink sets MTU, addresses and the up flag, touching only what
 // differs.

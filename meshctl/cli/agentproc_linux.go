@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftmesh/weft/internal/peercred"
 )
 
 // localAgentSupported reports whether this OS can run weft-agent: on
@@ -124,28 +125,7 @@ func stopBackgroundAgent(stateDir string) {
 // agentPID returns the pid of the process serving the agent's socket, as
 // the kernel reports it (SO_PEERCRED): whoever started it (a unit, a
 // background process, `join --foreground` in another terminal).
-func agentPID(socket string) (int, error) {
-	c, err := net.DialTimeout("unix", socket, 2*time.Second)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	raw, err := c.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *syscall.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, credErr
-	}
-	return int(cred.Pid), nil
-}
+func agentPID(socket string) (int, error) { return peercred.PID(socket, 2*time.Second) }
 
 // stopAgentPID stops the weft-agent process pid with SIGTERM and waits up
 // to timeout for it to exit. A pid that does not run weft-agent is not
