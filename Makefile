@@ -5,7 +5,10 @@ SHELL := /bin/bash
 GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/weftmesh/weft/internal/version.Version=$(VERSION) -X github.com/weftmesh/weft/internal/version.Commit=$(shell git rev-parse --short=12 HEAD 2>/dev/null) -X github.com/weftmesh/weft/internal/version.BuildDate=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+# The build date is the commit's (UTC), so the same source builds the same
+# bytes; a tree with uncommitted changes says so in VERSION (-dirty).
+BUILD_DATE ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+LDFLAGS   := -X github.com/weftmesh/weft/internal/version.Version=$(VERSION) -X github.com/weftmesh/weft/internal/version.Commit=$(shell git rev-parse --short=12 HEAD 2>/dev/null) -X github.com/weftmesh/weft/internal/version.BuildDate=$(BUILD_DATE)
 # Fuzz targets run briefly by `make test` (package:FuzzName:executions).
 # Budgets are counts, sized to about 10 s each on a 2-core CI machine: a
 # time budget can end inside the fuzz coordinator's shutdown race
