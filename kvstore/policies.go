@@ -26,8 +26,17 @@ func (cl *Client) PutPolicy(ctx context.Context, p Policy) error {
 // written. etcd bounds one transaction (128 operations and about 1.5 MiB by
 // default); a larger batch is refused by etcd, also without writing.
 func (cl *Client) PutPolicies(ctx context.Context, ps []Policy) error {
+	_, err := cl.PutPoliciesRevision(ctx, ps)
+	return err
+}
+
+// PutPoliciesRevision is PutPolicies, and returns the revision the
+// transaction committed at: every policy of ps has it as its ModRevision,
+// and a watcher that has seen it has seen them all. Nothing to write is
+// revision 0.
+func (cl *Client) PutPoliciesRevision(ctx context.Context, ps []Policy) (int64, error) {
 	if len(ps) == 0 {
-		return nil
+		return 0, nil
 	}
 	ops := make([]clientv3.Op, 0, len(ps))
 	seen := make(map[string]bool, len(ps))
@@ -35,24 +44,25 @@ func (cl *Client) PutPolicies(ctx context.Context, ps []Policy) error {
 		p := ps[i] // Encode sets the version: leave the caller's slice alone
 		data, err := Encode(&p)
 		if err != nil {
-			return fmt.Errorf("policy %d of %d: %w", i+1, len(ps), err)
+			return 0, fmt.Errorf("policy %d of %d: %w", i+1, len(ps), err)
 		}
 		if seen[p.Name] {
 			// etcd refuses a transaction writing one key twice; say why.
-			return fmt.Errorf("%w: policy %q given twice; each policy may appear once", ErrInvalidRecord, p.Name)
+			return 0, fmt.Errorf("%w: policy %q given twice; each policy may appear once", ErrInvalidRecord, p.Name)
 		}
 		seen[p.Name] = true
 		ops = append(ops, clientv3.OpPut(PolicyKey(p.Name), string(data)))
 	}
 	rctx, cancel := cl.reqCtx(ctx)
 	defer cancel()
-	if _, err := cl.kv.Txn(rctx).Then(ops...).Commit(); err != nil {
+	resp, err := cl.kv.Txn(rctx).Then(ops...).Commit()
+	if err != nil {
 		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) {
-			return fmt.Errorf("writing %d policies in one transaction: %w (apply them in smaller files)", len(ps), err)
+			return 0, fmt.Errorf("writing %d policies in one transaction: %w (apply them in smaller files)", len(ps), err)
 		}
-		return fmt.Errorf("writing %d policies: %w", len(ps), err)
+		return 0, fmt.Errorf("writing %d policies: %w", len(ps), err)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // GetPolicy reads policies/<name>.

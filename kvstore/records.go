@@ -415,6 +415,12 @@ type Policy struct {
 	Document  string    `json:"document"`
 	Updated   time.Time `json:"updated,omitzero"`
 	UpdatedBy string    `json:"updatedBy,omitempty"`
+	// File and Line say where Document was applied from: the file's name
+	// as given to `meshctl policy apply` and the line the document starts
+	// on, so traces name the user's file:line. Optional (older records
+	// have neither).
+	File string `json:"file,omitempty"`
+	Line int    `json:"line,omitempty"`
 }
 
 func (*Policy) recordKind() string   { return "policy" }

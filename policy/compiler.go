@@ -530,3 +530,40 @@ func ruleLine(p *Policy, section string, i int) int {
 func ruleName(policy, section string, i int) string {
 	return fmt.Sprintf("%s/%s[%d]", policy, section, i)
 }
+
+// PolicyEntries counts, per policy, the datapath entries its rules produce
+// on the local endpoints it selects (`meshctl policy list`, ENTRIES). An
+// entry two policies both ask for counts for each of them, so the counts
+// may add up to more than the endpoints hold; a policy that selects no
+// local endpoint, or whose peers have no identity yet, counts 0.
+func (c *Compiler) PolicyEntries() map[string]int {
+	out := make(map[string]int, len(c.policies))
+	for name := range c.policies {
+		out[name] = 0
+	}
+	for _, l := range c.locals {
+		for _, cp := range l.selected {
+			keys := map[Key]struct{}{}
+			for _, s := range cp.sections {
+				for _, r := range s.rules {
+					ids := []identity.NumericIdentity{identity.IdentityAny}
+					if !r.any {
+						ids = ids[:0]
+						for _, m := range r.matchers {
+							for id := range m.ids {
+								ids = append(ids, id)
+							}
+						}
+					}
+					for _, id := range ids {
+						for _, pk := range r.ports {
+							keys[keyOf(id, contrib{dir: s.dir, pk: pk})] = struct{}{}
+						}
+					}
+				}
+			}
+			out[cp.p.Name] += len(keys)
+		}
+	}
+	return out
+}

@@ -16,12 +16,16 @@ import (
 	"github.com/weftmesh/weft/internal/names"
 )
 
-// ParseError is a refused document: where (file, line, column) and why.
+// ParseError is a refused document: where (file, line, column, and which
+// document of a file of several) and why.
 type ParseError struct {
 	File   string
 	Line   int
 	Column int
-	Err    error
+	// Document is the document's position in its file (1 for the first),
+	// set when the file holds more than one.
+	Document int
+	Err      error
 }
 
 func (e *ParseError) Error() string {
@@ -29,10 +33,14 @@ func (e *ParseError) Error() string {
 	if f == "" {
 		f = "<input>"
 	}
-	if e.Line == 0 {
-		return fmt.Sprintf("%s: %v", f, e.Err)
+	doc := ""
+	if e.Document > 0 {
+		doc = fmt.Sprintf("document %d: ", e.Document)
 	}
-	return fmt.Sprintf("%s:%d:%d: %v", f, e.Line, e.Column, e.Err)
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s%v", f, doc, e.Err)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s%v", f, e.Line, e.Column, doc, e.Err)
 }
 
 func (e *ParseError) Unwrap() error { return e.Err }
@@ -40,42 +48,87 @@ func (e *ParseError) Unwrap() error { return e.Err }
 // maxErrors bounds how many problems one Parse reports.
 const maxErrors = 20
 
+// MaxDocumentBytes is the largest document (one policy) the mesh stores:
+// the same bound as the store's record (kvstore.MaxPolicyDocument), checked
+// here so that a file the parser accepts is one the store accepts.
+const MaxDocumentBytes = 512 << 10
+
 // Parse reads every document of a YAML (or JSON) file. It is all or
 // nothing: on any error it returns no policy and an error that joins one
 // *ParseError per bad document (file, line, reason). Empty documents are
 // skipped; two documents with one name are an error.
+//
+// Each policy keeps the text of its document as written (Source) and the
+// line it starts on (SourceLine), so that what is stored is what the user
+// wrote and lines read back from the store are lines of the file.
 func Parse(file string, data []byte) ([]*Policy, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
+	return parse(file, 1, data)
+}
+
+// ParseSource parses one stored document: its text as written, taken
+// from line `line` of file (Policy.Source, .SourceLine). Errors and rule
+// lines are positions in that file.
+func ParseSource(file string, line int, data []byte) (*Policy, error) {
+	ps, err := parse(file, max(line, 1), data)
+	if err != nil {
+		return nil, err
+	}
+	if len(ps) != 1 {
+		return nil, &ParseError{File: file, Line: line, Err: fmt.Errorf("%w: expected one policy document, found %d", ErrInvalid, len(ps))}
+	}
+	return ps[0], nil
+}
+
+func parse(file string, firstLine int, data []byte) ([]*Policy, error) {
+	chunks := splitStream(data)
+	many := 0
+	for _, c := range chunks {
+		if c.content {
+			many++
+		}
+	}
 	var (
 		out  []*Policy
 		errs []error
 		seen = map[string]int{}
+		doc  = 0
 	)
-	for len(errs) < maxErrors {
-		var doc yaml.Node
-		err := dec.Decode(&doc)
-		if errors.Is(err, io.EOF) {
+	for _, c := range chunks {
+		if len(errs) >= maxErrors {
 			break
 		}
-		if err != nil {
-			errs = append(errs, syntaxError(file, err))
-			break // the decoder cannot resume after a syntax error
-		}
-		if len(doc.Content) == 0 || isNull(doc.Content[0]) {
+		if !c.content {
 			continue
 		}
-		d := &decoder{file: file}
-		p := d.policy(doc.Content[0])
-		if d.err != nil {
-			errs = append(errs, d.err)
+		doc++
+		offset := firstLine - 1 + c.line - 1
+		fail := func(err error) {
+			var pe *ParseError
+			if errors.As(err, &pe) && many > 1 {
+				pe.Document = doc
+			}
+			errs = append(errs, err)
+		}
+		p, err := parseChunk(file, offset, c.text)
+		if err != nil {
+			fail(err)
+			continue
+		}
+		if p == nil { // only comments, or an explicitly empty document
+			continue
+		}
+		if len(c.text) > MaxDocumentBytes {
+			fail(&ParseError{File: file, Line: p.Line, Column: 1,
+				Err: fmt.Errorf("%w: policy %q is %d bytes long, at most %d are stored: split it into several policies", ErrInvalid, p.Name, len(c.text), MaxDocumentBytes)})
 			continue
 		}
 		if prev, dup := seen[p.Name]; dup {
-			errs = append(errs, &ParseError{File: file, Line: p.Line, Column: 1,
+			fail(&ParseError{File: file, Line: p.Line, Column: 1,
 				Err: fmt.Errorf("%w: policy %q is also defined on line %d (names must be unique)", ErrInvalid, p.Name, prev)})
 			continue
 		}
 		seen[p.Name] = p.Line
+		p.Source, p.SourceLine = string(c.text), offset+1
 		out = append(out, p)
 	}
 	if len(errs) > 0 {
@@ -84,27 +137,114 @@ func Parse(file string, data []byte) ([]*Policy, error) {
 	return out, nil
 }
 
-// ParseOne parses data that must hold exactly one policy document (the form
-// stored under policies/<name>).
-func ParseOne(file string, data []byte) (*Policy, error) {
-	ps, err := Parse(file, data)
-	if err != nil {
-		return nil, err
+// parseChunk decodes the one document of a chunk; offset is added to every
+// line so positions are those of the file. A nil policy and no error mean
+// the chunk holds no document.
+func parseChunk(file string, offset int, text []byte) (*Policy, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(text))
+	var p *Policy
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return p, nil
+		}
+		if err != nil {
+			return nil, syntaxError(file, offset, err)
+		}
+		if len(doc.Content) == 0 || isNull(doc.Content[0]) {
+			continue
+		}
+		shiftLines(&doc, offset)
+		if p != nil {
+			return nil, &ParseError{File: file, Line: doc.Content[0].Line, Column: 1,
+				Err: fmt.Errorf("%w: a second document without a --- line before it: separate documents with ---", ErrInvalid)}
+		}
+		d := &decoder{file: file}
+		p = d.policy(doc.Content[0])
+		if d.err != nil {
+			return nil, d.err
+		}
 	}
-	if len(ps) != 1 {
-		return nil, &ParseError{File: file, Err: fmt.Errorf("%w: expected one policy document, found %d", ErrInvalid, len(ps))}
-	}
-	return ps[0], nil
 }
 
-func syntaxError(file string, err error) error {
+// shiftLines adds offset to the line of every node of a document (each
+// node once: aliases are not followed).
+func shiftLines(n *yaml.Node, offset int) {
+	if offset == 0 {
+		return
+	}
+	n.Line += offset
+	for _, c := range n.Content {
+		shiftLines(c, offset)
+	}
+}
+
+// chunk is one document's text in a YAML stream.
+type chunk struct {
+	text    []byte
+	line    int  // the chunk's first line, 1-based
+	content bool // it holds more than comments, blank lines and directives
+}
+
+// splitStream cuts a YAML stream into its documents' texts at the "---"
+// lines that start documents. YAML forbids such a line inside a document
+// (even in a block scalar), so the cut never splits one. Comments and
+// directives before a marker stay with the document that follows.
+func splitStream(data []byte) []chunk {
+	var (
+		out  []chunk
+		cur  = chunk{line: 1}
+		line = 1
+	)
+	for len(data) > 0 {
+		l := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			l = data[:i+1]
+		}
+		data = data[len(l):]
+		t := bytes.TrimRight(l, "\r\n")
+		if isDocumentStart(t) && cur.content {
+			out = append(out, cur)
+			cur = chunk{line: line}
+		}
+		cur.text = append(cur.text, l...)
+		if !cur.content && !isPreamble(t) {
+			cur.content = true
+		}
+		line++
+	}
+	return append(out, cur)
+}
+
+func isDocumentStart(l []byte) bool {
+	return bytes.Equal(l, []byte("---")) || bytes.HasPrefix(l, []byte("--- ")) || bytes.HasPrefix(l, []byte("---\t"))
+}
+
+// isPreamble reports whether a line may precede a document's content:
+// blank, a comment, a directive, or the marker itself.
+func isPreamble(l []byte) bool {
+	if isDocumentStart(l) {
+		rest := bytes.TrimSpace(l[3:])
+		return len(rest) == 0 || rest[0] == '#'
+	}
+	t := bytes.TrimSpace(l)
+	return len(t) == 0 || t[0] == '#' || t[0] == '%'
+}
+
+// ParseOne parses data that must hold exactly one policy document.
+func ParseOne(file string, data []byte) (*Policy, error) {
+	return ParseSource(file, 1, data)
+}
+
+func syntaxError(file string, offset int, err error) error {
 	// yaml.v3 reports "yaml: line N: reason"; keep the line for the user.
 	msg := err.Error()
 	line := 0
 	if rest, ok := strings.CutPrefix(msg, "yaml: line "); ok {
 		if n, after, ok := strings.Cut(rest, ":"); ok {
 			if v, convErr := strconv.Atoi(n); convErr == nil {
-				line, msg = v, strings.TrimSpace(after)
+				line, msg = v+offset, strings.TrimSpace(after)
 			}
 		}
 	}

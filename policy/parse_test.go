@@ -175,6 +175,15 @@ func FuzzParse(f *testing.F) {
 			if err := p.Validate(); err != nil {
 				t.Fatalf("parsed policy does not validate: %v", err)
 			}
+			// What apply stores (the document's text and first line)
+			// parses back to the same policy at the same lines.
+			back, err := ParseSource("fuzz.yaml", p.SourceLine, []byte(p.Source))
+			if err != nil {
+				t.Fatalf("policy %s: its source does not parse back: %v\n%s", p.Name, err, p.Source)
+			}
+			if back.Name != p.Name || back.Line != p.Line {
+				t.Fatalf("policy %s (line %d) parses back as %s (line %d)", p.Name, p.Line, back.Name, back.Line)
+			}
 		}
 		ep, err := Compile(ps, ids, local)
 		if err != nil {

@@ -64,8 +64,12 @@ func (t TraceResult) String() string {
 // (`reserved:world`, `cidr:...`) stand for the peers that carry them; they
 // are never local endpoints, so their side of the trace is open. ICMP
 // carries no port: port is ignored for ICMP.
+//
+// Protocol IPProtoAny (port ignored) asks about every protocol and port at
+// once: an allow rule decides only if it covers them all, and a deny rule
+// that names any of them denies (part of the traffic would be dropped).
 func Trace(ps []*Policy, from, to identity.Labels, port uint16, proto uint8) TraceResult {
-	if proto == IPProtoICMP || proto == IPProtoICMPv6 {
+	if proto == IPProtoICMP || proto == IPProtoICMPv6 || proto == IPProtoAny {
 		port = 0
 	}
 	sorted := slices.Clone(ps)
@@ -107,7 +111,11 @@ func traceDirection(ps []*Policy, dir Direction, self, peer *idRecord, port uint
 	}
 	for _, p := range selected {
 		if ref := firstMatch(p, denySec, peer, port, proto); ref != nil {
-			return DirectionTrace{Enforced: len(isolating) > 0, Verdict: Deny, Rule: ref, Reason: "denied by a deny rule (deny wins over allow)"}
+			reason := "denied by a deny rule (deny wins over allow)"
+			if proto == IPProtoAny {
+				reason = "a deny rule covers some of its protocols or ports (deny wins over allow)"
+			}
+			return DirectionTrace{Enforced: len(isolating) > 0, Verdict: Deny, Rule: ref, Reason: reason}
 		}
 	}
 	if len(isolating) == 0 {
@@ -118,19 +126,23 @@ func traceDirection(ps []*Policy, dir Direction, self, peer *idRecord, port uint
 			return DirectionTrace{Enforced: true, Verdict: Allow, Rule: ref, Reason: "allowed by a rule"}
 		}
 	}
-	return DirectionTrace{Enforced: true, Verdict: Deny, Reason: fmt.Sprintf("no rule allows it; %s is isolated by %s", dir, strings.Join(isolating, ", "))}
+	what := "it"
+	if proto == IPProtoAny {
+		what = "every protocol and port"
+	}
+	return DirectionTrace{Enforced: true, Verdict: Deny, Reason: fmt.Sprintf("no rule allows %s; %s is isolated by %s", what, dir, strings.Join(isolating, ", "))}
 }
 
 func firstMatch(p *Policy, sec string, peer *idRecord, port uint16, proto uint8) *RuleRef {
 	for i, r := range rulesOf(p, sec) {
-		if ruleMatches(r, peer, port, proto) {
+		if ruleMatches(r, peer, port, proto, strings.HasSuffix(sec, "Deny")) {
 			return &RuleRef{Policy: p.Name, Section: sec, Index: i, File: p.File, Line: r.Line}
 		}
 	}
 	return nil
 }
 
-func ruleMatches(r Rule, peer *idRecord, port uint16, proto uint8) bool {
+func ruleMatches(r Rule, peer *idRecord, port uint16, proto uint8, deny bool) bool {
 	peerOK := len(r.Peers) == 0
 	for _, p := range r.Peers {
 		for _, m := range matchersOf(p) {
@@ -144,6 +156,9 @@ func ruleMatches(r Rule, peer *idRecord, port uint16, proto uint8) bool {
 	}
 	if len(r.Ports) == 0 {
 		return true
+	}
+	if proto == IPProtoAny && deny {
+		return true // it names some port of some protocol
 	}
 	for _, pr := range r.Ports {
 		if pr.matches(proto, port) {

@@ -35,9 +35,15 @@ type Policy struct {
 	EgressDeny       []Rule
 
 	// File and Line say where the document came from, for messages and
-	// traces; empty for policies built in code.
+	// traces; empty for policies built in code. Line is the line of the
+	// document's first field.
 	File string
 	Line int
+	// Source is the document's text as written in File, from SourceLine
+	// on: what `policy apply` stores, so that `policy get` prints what the
+	// user wrote and a trace names the lines of the user's file.
+	Source     string
+	SourceLine int
 }
 
 // Rule is one entry of a rule list: peers (`from` or `to`) and ports. No
