@@ -31,9 +31,10 @@ func main() {
 embedded single-member etcd with --embedded-etcd, which is what 'meshctl up'
 does), registers the node and its workloads, keeps one WireGuard peer per other
 node, and enforces identity-based policy with eBPF. Configuration comes from
---config FILE, then flags, then WEFT_* environment variables (each flag lists
-its variable). Stopping the agent leaves the tunnel and the datapath in place,
-so a restart does not interrupt traffic; 'meshctl leave' removes the node.`,
+--config FILE, overridden by WEFT_* environment variables (each flag lists its
+variable), overridden by flags. Stopping the agent leaves the tunnel and the
+datapath in place, so a restart does not interrupt traffic; 'meshctl down'
+removes them, 'meshctl leave' the node.`,
 		Version: version.Version,
 		Flags:   config.Flags(),
 		Action:  run,
