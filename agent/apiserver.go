@@ -1,24 +1,16 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"net/netip"
 	"sort"
-	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/health"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/version"
 	"github.com/weftmesh/weft/kvstore"
-	"github.com/weftmesh/weft/policy"
 	"github.com/weftmesh/weft/tunnel"
 )
 
@@ -32,7 +24,7 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	a.handshakes.start(a, run)
 	a.apiSrv = api.NewServer(api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
-		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a, Pinger: a,
+		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a, Pinger: a, PolicyStatus: a,
 	}, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
 	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })
@@ -258,167 +250,8 @@ func (a *Agent) RemoveEndpoint(ctx context.Context, name string) error {
 	return a.workloads.remove(ctx, name)
 }
 
-// Policies implements api.PolicyManager.
-func (a *Agent) Policies(ctx context.Context) ([]api.PolicyState, error) {
-	locals, applied := a.policy.localSnapshot()
-	ps, err := a.policy.policyNames(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []api.PolicyState
-	for _, p := range ps {
-		st := api.PolicyState{Name: p.Name, Revision: applied[p.Name].Revision, SelectedEndpoints: []string{}}
-		for _, l := range locals {
-			if p.EndpointSelector.Matches(l.Labels) {
-				st.SelectedEndpoints = append(st.SelectedEndpoints, l.IP.String())
-			}
-		}
-		out = append(out, st)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-// GetPolicy implements api.PolicyManager.
-func (a *Agent) GetPolicy(ctx context.Context, name string) (api.Policy, error) {
-	p, rev, err := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(name), kvstore.DecodePolicy)
-	if errors.Is(err, kvstore.ErrNotFound) {
-		return api.Policy{}, api.Errorf(api.CodeNotFound, "no policy %q (see `meshctl policy list`)", name)
-	}
-	if err != nil {
-		return api.Policy{}, api.Errorf(api.CodeUnavailable, "%v", err)
-	}
-	return api.Policy{Name: p.Name, Revision: rev, Document: p.Document}, nil
-}
-
-// ApplyPolicy implements api.PolicyManager: every document of the file is
-// validated before any is written, so a bad file changes nothing.
-func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (api.ApplyPolicyResult, error) {
-	file := req.Filename
-	if file == "" {
-		file = "<stdin>"
-	}
-	ps, err := policy.Parse(file, []byte(req.Document))
-	if err != nil {
-		return api.ApplyPolicyResult{}, api.Errorf(api.CodeInvalid, "%v", err)
-	}
-	docs, err := splitDocuments([]byte(req.Document))
-	if err != nil || len(docs) != len(ps) {
-		return api.ApplyPolicyResult{}, api.Errorf(api.CodeInvalid, "%s: cannot split the file into its documents: %v", file, err)
-	}
-	// policy.Parse refuses a name defined twice, so each document is one
-	// policy of its own name.
-	// Every changed document goes in one transaction: a file is applied
-	// whole or not at all.
-	actions := make([]string, len(ps))
-	var changed []kvstore.Policy
-	for i, p := range ps {
-		actions[i] = "created"
-		if old, err := a.cp.kv.GetPolicy(ctx, p.Name); err == nil {
-			actions[i] = "updated"
-			if old.Document == docs[i] {
-				actions[i] = "unchanged"
-				continue
-			}
-		}
-		changed = append(changed, kvstore.Policy{Name: p.Name, Format: "yaml", Document: docs[i], Updated: time.Now().UTC(), UpdatedBy: a.cfg.NodeName})
-	}
-	if len(changed) > 0 {
-		if err := a.cp.kv.PutPolicies(ctx, changed); err != nil {
-			if kvstore.IsPermissionDenied(err) {
-				return api.ApplyPolicyResult{}, needAdmin("applying policies")
-			}
-			return api.ApplyPolicyResult{}, api.Errorf(api.CodeUnavailable, "storing the policies of %s (none was written): %v", file, err)
-		}
-	}
-	var res api.ApplyPolicyResult
-	for i, p := range ps {
-		_, rev, _ := kvstore.Get(ctx, a.cp.kv, kvstore.PolicyKey(p.Name), kvstore.DecodePolicy)
-		res.Policies = append(res.Policies, api.AppliedPolicy{Name: p.Name, Action: actions[i], Revision: rev})
-	}
-	return res, nil
-}
-
-// splitDocuments returns each YAML document of a file as its own text.
-func splitDocuments(data []byte) ([]string, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var out []string
-	for {
-		var n yaml.Node
-		err := dec.Decode(&n)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(n.Content) == 0 {
-			continue
-		}
-		b, err := yaml.Marshal(&n)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, string(b))
-	}
-}
-
-// DeletePolicy implements api.PolicyManager.
-func (a *Agent) DeletePolicy(ctx context.Context, name string) error {
-	err := a.cp.kv.DeletePolicy(ctx, name)
-	if kvstore.IsPermissionDenied(err) {
-		return needAdmin("deleting policies")
-	}
-	if errors.Is(err, kvstore.ErrNotFound) {
-		return api.Errorf(api.CodeNotFound, "no policy %q (see `meshctl policy list`)", name)
-	}
-	return err
-}
-
 // needAdmin is the answer to a mesh-wide write this node's etcd
 // credential may not make (a joined node's role writes only its own keys).
 func needAdmin(what string) error {
 	return api.Errorf(api.CodePermission, "%s needs admin rights on the mesh, and this node holds a node credential (its etcd role writes only its own keys): run the command on the mesh's first node (where 'meshctl up' ran), or on a machine whose agent uses the admin certificate 'meshctl up' printed (etcd.certFile = <first node's state dir>/etcd/pki/client.crt)", what)
-}
-
-// TracePolicy implements api.PolicyManager.
-func (a *Agent) TracePolicy(ctx context.Context, req api.TraceRequest) (api.TraceResult, error) {
-	from, err := identity.ParseLabelMap(req.From, identity.SourceVM)
-	if err != nil {
-		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "--from: %v", err)
-	}
-	to, err := identity.ParseLabelMap(req.To, identity.SourceVM)
-	if err != nil {
-		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "--to: %v", err)
-	}
-	proto, err := protoNumber(req.Protocol)
-	if err != nil {
-		return api.TraceResult{}, api.Errorf(api.CodeInvalid, "%v", err)
-	}
-	tr, err := a.policy.trace(ctx, from, to, req.Port, proto)
-	if err != nil {
-		return api.TraceResult{}, err
-	}
-	step := func(d policy.DirectionTrace) api.TraceStep {
-		s := api.TraceStep{Verdict: strings.ToLower(d.Verdict.String()), Enforced: d.Enforced, Reason: d.Reason}
-		if d.Rule != nil {
-			s.Policies = []string{d.Rule.Policy}
-		}
-		return s
-	}
-	return api.TraceResult{Verdict: strings.ToLower(tr.Verdict.String()), Egress: step(tr.Egress), Ingress: step(tr.Ingress)}, nil
-}
-
-func protoNumber(s string) (uint8, error) {
-	switch strings.ToUpper(s) {
-	case "TCP", "":
-		return 6, nil
-	case "UDP":
-		return 17, nil
-	case "SCTP":
-		return 132, nil
-	case "ICMP":
-		return 1, nil
-	}
-	return 0, fmt.Errorf("protocol %q: use tcp, udp, sctp or icmp", s)
 }

@@ -121,7 +121,7 @@ func (a *Agent) startObservability(ctx context.Context) error {
 		nodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: a.alloc,
 		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
-		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a},
+		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a, PolicyStatus: a},
 		log:  a.log, logs: a.logs, run: a.goRun,
 		peerCheck: a.peers.revocations.checkCert,
 	})

@@ -58,6 +58,14 @@ type policyReconciler struct {
 	queue   []func()
 	kick    chan struct{}
 	applied map[string]policyApplied // policy name -> what is enforced
+	// enforced is the revision of the newest policy change the loop has
+	// written to the datapath (GET /v1/policy/revision, `policy apply
+	// --wait`); enforcedCh is closed and replaced each time it advances.
+	enforced   int64
+	enforcedAt time.Time
+	enforcedCh chan struct{}
+	// failed are the policies that did not compile here, with why.
+	failed map[string]string
 
 	// Owned by the loop.
 	compiler *policy.Compiler
@@ -74,16 +82,18 @@ type policyApplied struct {
 
 func newPolicyReconciler(dp policyDatapath, revision func() int64, log *slog.Logger, observe func(string, time.Time)) *policyReconciler {
 	return &policyReconciler{
-		dp:       dp,
-		revision: revision,
-		log:      log,
-		observe:  observe,
-		kick:     make(chan struct{}, 1),
-		applied:  map[string]policyApplied{},
-		compiler: policy.NewCompiler(identity.ReservedIdentities()),
-		locals:   map[string]*localEndpoint{},
-		cidrIDs:  map[netip.Prefix]identity.NumericIdentity{},
-		nextCIDR: cidrIdentityBase,
+		dp:         dp,
+		revision:   revision,
+		log:        log,
+		observe:    observe,
+		kick:       make(chan struct{}, 1),
+		applied:    map[string]policyApplied{},
+		failed:     map[string]string{},
+		enforcedCh: make(chan struct{}),
+		compiler:   policy.NewCompiler(identity.ReservedIdentities()),
+		locals:     map[string]*localEndpoint{},
+		cidrIDs:    map[netip.Prefix]identity.NumericIdentity{},
+		nextCIDR:   cidrIdentityBase,
 	}
 }
 
@@ -159,7 +169,7 @@ func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
 		case kvstore.EventAdd, kvstore.EventUpdate:
 			name = ev.Value.Name
 			var p *policy.Policy
-			p, err = policy.ParseOne("policies/"+ev.Value.Name, []byte(ev.Value.Document))
+			p, err = policy.ParseSource(storedFile(ev.Value), ev.Value.Line, []byte(ev.Value.Document))
 			if err == nil && p.Name != ev.Value.Name {
 				err = fmt.Errorf("document is named %q but stored as %q", p.Name, ev.Value.Name)
 			}
@@ -172,20 +182,84 @@ func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
 		}
 		if err != nil {
 			// The writer validated it; a record that still does not parse
-			// was written around meshctl. Skip it, keep enforcing the rest.
+			// was written around meshctl (or by a newer Weft). Skip it,
+			// keep enforcing the rest, and say so to `apply --wait`.
 			r.log.Error("skipping policy that does not compile", "policy", name, "err", err)
+			r.mu.Lock()
+			if ev.Kind == kvstore.EventDelete {
+				delete(r.failed, name) // gone: nothing left to fail
+			} else {
+				r.failed[name] = err.Error()
+			}
+			r.mu.Unlock()
+			r.markEnforced(rev)
 			return
 		}
 		r.applyDeltas(deltas)
 		r.syncCIDRIdentities()
 		r.mu.Lock()
+		delete(r.failed, name)
 		if ev.Kind == kvstore.EventDelete {
 			delete(r.applied, name)
 		} else {
 			r.applied[name] = policyApplied{Revision: rev, Applied: time.Now()}
 		}
 		r.mu.Unlock()
+		r.markEnforced(rev)
 	})
+}
+
+// storedFile is the file a stored policy names its rules by: the file it
+// was applied from, or its key for records that do not say.
+func storedFile(p kvstore.Policy) string {
+	if p.File != "" {
+		return p.File
+	}
+	return "policies/" + p.Name
+}
+
+// markEnforced records that the datapath holds every policy change up to
+// rev, and wakes the waiters.
+func (r *policyReconciler) markEnforced(rev int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rev <= r.enforced {
+		return
+	}
+	r.enforced, r.enforcedAt = rev, time.Now()
+	close(r.enforcedCh)
+	r.enforcedCh = make(chan struct{})
+}
+
+// enforcedState is the enforced revision, when it was reached, the
+// policies that failed, and a channel closed when the revision advances.
+func (r *policyReconciler) enforcedState() (int64, time.Time, map[string]string, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var failed map[string]string
+	if len(r.failed) > 0 {
+		failed = make(map[string]string, len(r.failed))
+		for k, v := range r.failed {
+			failed[k] = v
+		}
+	}
+	return r.enforced, r.enforcedAt, failed, r.enforcedCh
+}
+
+// waitEnforced returns once the enforced revision is at least rev, or ctx
+// ends (then it returns the state as it is).
+func (r *policyReconciler) waitEnforced(ctx context.Context, rev int64) (int64, time.Time, map[string]string) {
+	for {
+		got, at, failed, ch := r.enforcedState()
+		if got >= rev {
+			return got, at, failed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return got, at, failed
+		}
+	}
 }
 
 // syncCIDRIdentities gives every CIDR the policies name a node-local
@@ -392,10 +466,13 @@ func (r *policyReconciler) trace(ctx context.Context, from, to identity.Labels, 
 	return res, err
 }
 
-// policiesSelecting lists the policies (by name) and entry counts per local
-// endpoint, for the API.
-func (r *policyReconciler) policyNames(ctx context.Context) ([]*policy.Policy, error) {
-	var ps []*policy.Policy
-	err := r.do(ctx, func() { ps = r.compiler.Policies() })
-	return ps, err
+// policyNames lists the compiled policies and the datapath entries each
+// produces on this node's endpoints, for the API.
+func (r *policyReconciler) policyNames(ctx context.Context) ([]*policy.Policy, map[string]int, error) {
+	var (
+		ps      []*policy.Policy
+		entries map[string]int
+	)
+	err := r.do(ctx, func() { ps, entries = r.compiler.Policies(), r.compiler.PolicyEntries() })
+	return ps, entries, err
 }

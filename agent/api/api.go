@@ -11,6 +11,7 @@ package api
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Sentinel errors, one per Code (errors.go). A backend returns
@@ -69,6 +70,13 @@ type PolicyManager interface {
 	TracePolicy(ctx context.Context, req TraceRequest) (TraceResult, error)
 }
 
+// PolicyStatus reports the policy revision this agent enforces.
+type PolicyStatus interface {
+	// PolicyRevision answers once the agent enforces atLeast (or a later
+	// revision), or wait has passed; the caller compares the revision.
+	PolicyRevision(ctx context.Context, atLeast int64, wait time.Duration) (PolicyRevision, error)
+}
+
 // TokenManager creates, lists and revokes join tokens. Only an agent that
 // holds the mesh CA (the one running the join service) can create tokens.
 type TokenManager interface {
@@ -123,6 +131,8 @@ type Backend struct {
 	Rotator KeyRotator
 	// Pinger serves POST /v1/ping.
 	Pinger Pinger
+	// PolicyStatus serves GET /v1/policy/revision.
+	PolicyStatus PolicyStatus
 }
 
 // Pinger sends one probe of `meshctl ping` through the tunnel and, when it

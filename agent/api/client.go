@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -49,6 +50,10 @@ func NewClient(socket string) *Client {
 func (c *Client) Socket() string { return c.socket }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doWith(ctx, c.http, method, path, in, out)
+}
+
+func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -64,7 +69,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return c.dialError(err)
 	}
@@ -173,10 +178,24 @@ func (c *Client) GetPolicy(ctx context.Context, name string) (Policy, error) {
 	return v, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(name), nil, &v)
 }
 
-// ApplyPolicy validates and stores a policy file.
+// ApplyPolicy validates and stores a policy file. With req.Wait it lasts
+// until every node enforces it or Wait has passed, longer than
+// DefaultTimeout allows: ctx bounds it then.
 func (c *Client) ApplyPolicy(ctx context.Context, req ApplyPolicyRequest) (ApplyPolicyResult, error) {
 	var v ApplyPolicyResult
-	return v, c.do(ctx, http.MethodPost, "/v1/policies", req, &v)
+	hc := c.http
+	if req.Wait > 0 {
+		hc = c.stream
+	}
+	return v, c.doWith(ctx, hc, http.MethodPost, "/v1/policies", req, &v)
+}
+
+// PolicyRevision returns the policy revision the agent enforces, once it
+// is atLeast or wait has passed.
+func (c *Client) PolicyRevision(ctx context.Context, atLeast int64, wait time.Duration) (PolicyRevision, error) {
+	var v PolicyRevision
+	q := url.Values{"atLeast": {strconv.FormatInt(atLeast, 10)}, "wait": {wait.String()}}
+	return v, c.do(ctx, http.MethodGet, "/v1/policy/revision?"+q.Encode(), nil, &v)
 }
 
 // DeletePolicy removes a policy from the mesh.

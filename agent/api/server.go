@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,10 @@ import (
 
 // maxBody bounds request bodies: a policy file is the largest thing sent.
 const maxBody = 4 << 20
+
+// MaxPolicyRevisionWait bounds one GET /v1/policy/revision: a caller
+// waiting longer asks again.
+const MaxPolicyRevisionWait = 30 * time.Second
 
 // Server serves a Backend on a unix socket.
 type Server struct {
@@ -184,6 +189,27 @@ func (s *Server) Handler() http.Handler {
 			return nil, err
 		}
 		return b.Policies.TracePolicy(r.Context(), req)
+	})
+
+	route("GET /v1/policy/revision", b.PolicyStatus != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		q := r.URL.Query()
+		var atLeast int64
+		if v := q.Get("atLeast"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return nil, Errorf(CodeInvalid, "atLeast=%q: want a revision (a number >= 0)", v)
+			}
+			atLeast = n
+		}
+		var wait time.Duration
+		if v := q.Get("wait"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return nil, Errorf(CodeInvalid, "wait=%q: want a duration such as 5s", v)
+			}
+			wait = min(d, MaxPolicyRevisionWait)
+		}
+		return b.PolicyStatus.PolicyRevision(r.Context(), atLeast, wait)
 	})
 
 	route("GET /v1/tokens", b.Tokens != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {

@@ -90,7 +90,9 @@ type Endpoint struct {
 	Netns string `json:"netns,omitempty"`
 	Local bool   `json:"local"`
 	// Ingress/EgressEnforced say whether a policy isolates the endpoint in
-	// that direction (deny by default plus allow rules).
+	// that direction (deny by default plus allow rules). Only the agent
+	// enforcing an endpoint knows: they are set for local endpoints only
+	// (`meshctl endpoints` shows "-" for the others).
 	IngressEnforced bool `json:"ingressEnforced"`
 	EgressEnforced  bool `json:"egressEnforced"`
 }
@@ -122,8 +124,14 @@ type PolicyState struct {
 	Revision int64 `json:"revision"`
 	// SelectedEndpoints are the local endpoints the policy selects.
 	SelectedEndpoints []string `json:"selectedEndpoints"`
-	// Entries counts the datapath policy entries it produced here.
+	// Entries counts the datapath policy entries its rules produce on the
+	// local endpoints it selects (an entry two policies produce counts for
+	// both).
 	Entries int `json:"entries"`
+	// File and Line say where the policy was applied from (empty for
+	// policies stored before they were recorded).
+	File string `json:"file,omitempty"`
+	Line int    `json:"line,omitempty"`
 }
 
 // Policy is one stored policy document (GET /v1/policies/{name}).
@@ -141,11 +149,64 @@ type ApplyPolicyRequest struct {
 	// Filename is used in error messages (file:line: reason).
 	Filename string `json:"filename"`
 	Document string `json:"document"`
+	// Wait, when set, makes the agent answer only once every node of the
+	// mesh reports the stored policies enforced in its datapath, or Wait
+	// has passed (then Enforcement names the nodes that did not).
+	Wait Duration `json:"wait,omitempty"`
 }
 
 // ApplyPolicyResult lists what an apply did.
 type ApplyPolicyResult struct {
 	Policies []AppliedPolicy `json:"policies"`
+	// Revision is the etcd revision the file's policies are stored at
+	// (the newest of theirs): a node enforces the file once it reports
+	// this revision or a later one.
+	Revision int64 `json:"revision"`
+	// Enforcement is set when the request asked to wait.
+	Enforcement *PolicyEnforcement `json:"enforcement,omitempty"`
+}
+
+// PolicyEnforcement says which nodes enforce a policy revision.
+type PolicyEnforcement struct {
+	Revision int64 `json:"revision"`
+	// Complete is true when every node reported the revision enforced
+	// within Timeout.
+	Complete bool     `json:"complete"`
+	Timeout  Duration `json:"timeout"`
+	// Nodes are every node of the mesh (their records, and nodes whose
+	// record went while their tunnel is alive), sorted by cluster/name.
+	Nodes []NodeEnforcement `json:"nodes"`
+}
+
+// NodeEnforcement is one node's answer.
+type NodeEnforcement struct {
+	Node    string `json:"node"`
+	Cluster string `json:"cluster"`
+	// Enforced is true once the node reported the revision compiled into
+	// its datapath.
+	Enforced bool `json:"enforced"`
+	// Revision is the newest policy revision the node reported enforcing
+	// (0 when it did not answer).
+	Revision int64 `json:"revision"`
+	// Took is from the policies being stored until the node's report
+	// arrived (the round trip to the node included); set when Enforced.
+	Took Duration `json:"took,omitempty"`
+	// Error says why the node is not enforcing, when it is not.
+	Error string `json:"error,omitempty"`
+}
+
+// PolicyRevision is what a node's datapath enforces (GET
+// /v1/policy/revision, on the local socket and the agent-to-agent API).
+type PolicyRevision struct {
+	Node    string `json:"node"`
+	Cluster string `json:"cluster"`
+	// Revision is the etcd revision of the newest policy change this
+	// agent has compiled into its datapath.
+	Revision   int64     `json:"revision"`
+	EnforcedAt time.Time `json:"enforcedAt,omitzero"`
+	// Failed names the policies this agent could not compile (it skips
+	// them and enforces the rest), with the reason.
+	Failed map[string]string `json:"failed,omitempty"`
 }
 
 // AppliedPolicy is one document of an applied file.
@@ -156,7 +217,9 @@ type AppliedPolicy struct {
 }
 
 // TraceRequest asks what the policy says about a connection between two
-// label sets (POST /v1/policy/trace).
+// label sets (POST /v1/policy/trace). A side that is not an endpoint is
+// its reserved identity's label alone: {"reserved:world": ""},
+// {"reserved:host": ""}, {"reserved:remote-node": ""}.
 type TraceRequest struct {
 	From     map[string]string `json:"from"`
 	To       map[string]string `json:"to"`
@@ -181,6 +244,19 @@ type TraceStep struct {
 	Reason string `json:"reason"`
 	// Policies are the policies whose rules decided it.
 	Policies []string `json:"policies,omitempty"`
+	// Rule is the rule that decided; nil when the direction's default did.
+	Rule *TraceRule `json:"rule,omitempty"`
+}
+
+// TraceRule names a rule of a stored policy and where it was written.
+type TraceRule struct {
+	Policy  string `json:"policy"`
+	Section string `json:"section"` // ingress, egress, ingressDeny, egressDeny
+	Index   int    `json:"index"`   // 0-based, in its section
+	// File and Line are where the rule was written, as applied (empty
+	// for policies stored before Weft recorded it).
+	File string `json:"file,omitempty"`
+	Line int    `json:"line,omitempty"`
 }
 
 // TokenRequest asks for a join token (POST /v1/tokens).
