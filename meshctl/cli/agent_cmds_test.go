@@ -220,7 +220,7 @@ func TestListCommands(t *testing.T) {
 			"vm-1 *  east",
 		}},
 		{[]string{"identities"}, []string{"1 (reserved)  reserved:host", "300           vm:app=web     2"}},
-		{[]string{"endpoints"}, []string{"NAME     NODE       IP          IDENTITY  LABELS      POLICY", "web-1 *  east/vm-1  100.64.1.2  300       vm:app=web  ingress", "db-1     east/vm-2  100.64.2.2  301       vm:app=db   open"}},
+		{[]string{"endpoints"}, []string{"NAME     NODE       IP          IDENTITY  LABELS      POLICY", "web-1 *  east/vm-1  100.64.1.2  300       vm:app=web  ingress", "db-1     east/vm-2  100.64.2.2  301       vm:app=db   -"}},
 		{[]string{"endpoint", "list", "--local"}, []string{"web-1 *"}},
 		{[]string{"policy", "list"}, []string{"db    7         db-1          3"}},
 		{[]string{"policy", "get", "db"}, []string{"kind: Policy\nmetadata: {name: db}\n"}},

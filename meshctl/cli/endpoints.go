@@ -51,8 +51,11 @@ Example:
 				Aliases:   []string{"ls"},
 				Usage:     "list the mesh's endpoints (local ones marked *)",
 				UsageText: "meshctl endpoint list [--local] [-o table|json]",
-				Flags:     agentFlags(&cli.BoolFlag{Name: "local", Usage: "only this node's workloads"}),
-				Action:    endpointListAction,
+				Description: `POLICY says whether a policy isolates a local endpoint: ingress, egress,
+ingress+egress or open. Another node's endpoint shows "-": only the agent
+that enforces an endpoint knows (run the command on that node).`,
+				Flags:  agentFlags(&cli.BoolFlag{Name: "local", Usage: "only this node's workloads"}),
+				Action: endpointListAction,
 			},
 			{
 				Name:      "remove",
@@ -141,7 +144,12 @@ func endpointRows(eps []api.Endpoint) [][]string {
 			enforced = append(enforced, "egress")
 		}
 		policy := "open"
-		if len(enforced) > 0 {
+		switch {
+		case !e.Local:
+			// Only the agent enforcing an endpoint knows whether a policy
+			// isolates it; the records other nodes read do not say.
+			policy = "-"
+		case len(enforced) > 0:
 			policy = strings.Join(enforced, "+")
 		}
 		rows = append(rows, []string{name, e.Cluster + "/" + e.Node, e.IP, strconv.FormatUint(uint64(e.Identity), 10), strings.Join(e.Labels, ","), policy})
