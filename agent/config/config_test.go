@@ -306,6 +306,33 @@ func TestApplyArgs(t *testing.T) {
 	}
 }
 
+// TestApplyArgsIgnoresEnvironment: WEFT_* variables set where meshctl runs
+// are not folded into the configuration file with the flags after `--`:
+// they would replace what the join service answered (the node name its
+// certificate carries, the state directory the credentials went to).
+func TestApplyArgsIgnoresEnvironment(t *testing.T) {
+	cfg, err := Parse([]byte(externalEtcd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WEFT_NODE_NAME", "not-the-certificate")
+	t.Setenv("WEFT_STATE_DIR", "/elsewhere")
+	t.Setenv("WEFT_WG_PORT", "0") // invalid: would fail validation if read
+	if err := cfg.ApplyArgs([]string{"--wg-interface", "wg-n1"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeName != "vm-1" || cfg.StateDir == "/elsewhere" || cfg.WireGuard.Interface != "wg-n1" {
+		t.Errorf("environment leaked into the configuration: node %q, state dir %q, interface %q", cfg.NodeName, cfg.StateDir, cfg.WireGuard.Interface)
+	}
+	for _, f := range Flags() { // the agent itself still reads them
+		if len(f.Names()) > 0 && f.Names()[0] == FlagNodeName {
+			if ev, ok := f.(interface{ GetEnvVars() []string }); !ok || len(ev.GetEnvVars()) == 0 {
+				t.Errorf("--%s lost its environment variable for the agent", FlagNodeName)
+			}
+		}
+	}
+}
+
 // FuzzParseLabels: what ParseLabels accepts prints back (FormatLabels) to
 // the same labels, and every refusal is an error, never a panic.
 func FuzzParseLabels(f *testing.F) {

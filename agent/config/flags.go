@@ -201,7 +201,7 @@ func (cfg *Config) ApplyArgs(args []string) error {
 	var applyErr error
 	app := &cli.App{
 		Name:            "weft-agent",
-		Flags:           Flags(),
+		Flags:           withoutEnv(Flags()),
 		HideHelp:        true,
 		HideHelpCommand: true,
 		Writer:          io.Discard,
@@ -224,4 +224,32 @@ func (cfg *Config) ApplyArgs(args []string) error {
 		return applyErr
 	}
 	return cfg.Validate()
+}
+
+// withoutEnv returns flags that read only the command line: ApplyArgs folds
+// the flags a user wrote after `--` into a configuration file, and WEFT_*
+// variables that happen to be set in meshctl's environment must not slip in
+// with them (they would overwrite what the join service answered, e.g. the
+// node name its certificate carries). The agent itself still reads WEFT_*
+// when it starts.
+func withoutEnv(flags []cli.Flag) []cli.Flag {
+	for _, f := range flags {
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			f.EnvVars = nil
+		case *cli.PathFlag:
+			f.EnvVars = nil
+		case *cli.IntFlag:
+			f.EnvVars = nil
+		case *cli.BoolFlag:
+			f.EnvVars = nil
+		case *cli.DurationFlag:
+			f.EnvVars = nil
+		case *cli.StringSliceFlag:
+			f.EnvVars = nil
+		default:
+			panic(fmt.Sprintf("config: flag type %T: teach withoutEnv to clear its environment variables", f))
+		}
+	}
+	return flags
 }

@@ -325,3 +325,27 @@ func teardown(ctx context.Context, w io.Writer, binary, cfgPath string) error {
 	}
 	return nil
 }
+
+// agentEnv is env without the variables the agent reads its configuration
+// from (WEFT_NODE_NAME, WEFT_ETCD_*, ...): an agent meshctl starts runs from
+// the file up or join wrote, exactly as the systemd unit does, and a
+// variable that happens to be set where meshctl runs cannot replace what the
+// join service answered (the node name its certificate carries).
+func agentEnv(env []string) []string {
+	drop := map[string]bool{}
+	for _, f := range config.Flags() {
+		if ev, ok := f.(interface{ GetEnvVars() []string }); ok {
+			for _, name := range ev.GetEnvVars() {
+				drop[name] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !drop[name] {
+			out = append(out, kv)
+		}
+	}
+	return out
+}

@@ -57,6 +57,7 @@ func launchAgent(ctx context.Context, mode string, s launchSpec) (*agentProc, er
 
 	case runForeground:
 		cmd := exec.Command(s.Binary, args...)
+		cmd.Env = agentEnv(os.Environ())
 		cmd.Stdout, cmd.Stderr = s.Out, s.Out
 		if err := cmd.Start(); err != nil {
 			return nil, fmt.Errorf("starting %s: %w", s.Binary, err)
@@ -78,6 +79,7 @@ func launchAgent(ctx context.Context, mode string, s launchSpec) (*agentProc, er
 			logFrom = fi.Size()
 		}
 		cmd := exec.Command(s.Binary, args...)
+		cmd.Env = agentEnv(os.Environ())
 		cmd.Stdout, cmd.Stderr = logf, logf
 		// Its own session: the agent outlives meshctl and the terminal.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

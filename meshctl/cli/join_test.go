@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -477,5 +478,17 @@ func TestUpAgainstARunningAgentWritesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(p.cfg); !errors.Is(err, os.ErrNotExist) {
 		t.Error("up against a running agent wrote a configuration")
+	}
+}
+
+// TestAgentEnvDropsAgentConfiguration: an agent meshctl starts does not
+// inherit the WEFT_* variables the agent reads its configuration from
+// (they would override the file up or join wrote); everything else passes.
+func TestAgentEnvDropsAgentConfiguration(t *testing.T) {
+	got := agentEnv([]string{"PATH=/usr/bin", "WEFT_NODE_NAME=other", "WEFT_ETCD_ENDPOINTS=https://198.18.0.9:2379",
+		"WEFT_TUNNEL_PPROF=/tmp/p", "HOME=/root", "WEFT_LOG_LEVEL=debug"})
+	want := []string{"PATH=/usr/bin", "WEFT_TUNNEL_PPROF=/tmp/p", "HOME=/root"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("agentEnv = %q, want %q", got, want)
 	}
 }
