@@ -148,7 +148,12 @@ func (a *Agent) pingTarget(target string) (kvstore.Node, error) {
 // say so), its agent is gone (gossip), or its agent did not answer.
 func (o *observability) unansweredWhy(ctx context.Context, n kvstore.Node, self netip.Addr, since, handshake time.Time) string {
 	name := n.Cluster + "/" + n.Name
-	hs := fmt.Sprintf("the tunnel to %s is up (handshake %s ago)", name, time.Since(handshake).Round(time.Second))
+	age := time.Since(handshake)
+	hs := fmt.Sprintf("the tunnel to %s is up (handshake %s ago)", name, age.Round(time.Second))
+	if age > 2*time.Minute+15*time.Second {
+		// A live path renews its session every 2 minutes (REKEY_AFTER_TIME).
+		hs = fmt.Sprintf("the tunnel to %s has had no handshake for %s although WireGuard renews it every 2 minutes: the path stopped carrying packets (UDP blocked? a NAT mapping lost?)", name, age.Round(time.Second))
+	}
 	if drops, err := o.peerDrops(ctx, n, self, since); err == nil && len(drops) > 0 {
 		f := drops[len(drops)-1]
 		return fmt.Sprintf("%s, and %s's datapath dropped %d of our packets to it: %s (%s; `meshctl observe --node %s --verdict dropped` shows them)",
@@ -156,7 +161,10 @@ func (o *observability) unansweredWhy(ctx context.Context, n kvstore.Node, self 
 	}
 	for _, p := range o.health.View().Probes {
 		if p.Cluster == n.Cluster && p.Node == n.Name && (p.Member == health.MemberDead || p.Member == health.MemberLeft) {
-			return fmt.Sprintf("%s, but its agent is %s to gossip: is weft-agent running there?", hs, p.Member)
+			// Gossip cannot tell a stopped agent from a path that stopped
+			// carrying packets (UDP blocked, a NAT mapping lost): both
+			// silence it, and the handshake stays "recent" for minutes.
+			return fmt.Sprintf("%s, but its agent is %s to gossip: either weft-agent is not running there, or the path to it stopped carrying packets (UDP blocked, a NAT mapping lost; the handshake age cannot tell yet: WireGuard renews it only every 2 minutes)", hs, p.Member)
 		}
 	}
 	return fmt.Sprintf("%s, but its agent did not answer the probe: it may be stopped or starting (its datapath recorded no drop of our probes)", hs)

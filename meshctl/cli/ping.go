@@ -148,10 +148,18 @@ func printPingSummary(w io.Writer, v pingView) {
 		hi = max(hi, d)
 		sum += d
 	}
-	fmt.Fprintf(w, "%d probes sent, %d answered", v.Sent, v.Answered)
+	fmt.Fprintf(w, "%s sent, %d answered", plural(v.Sent, "probe"), v.Answered)
 	if v.Answered > 0 {
 		fmt.Fprintf(w, "; round trip min/avg/max %s/%s/%s", roundTrip(lo), roundTrip(sum/time.Duration(v.Answered)), roundTrip(hi))
 	}
 	// Why none was answered is the command's error, on stderr.
 	fmt.Fprintln(w)
+}
+
+// plural is "1 probe" or "3 probes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
