@@ -30,7 +30,16 @@ for b in meshctl weft-agent weft-lab; do
 done
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*" >&2; "$@"; }
+# run prints the command it runs; node_ctl NODE ARGS shows as the meshctl
+# command a user types on that node.
+run() {
+	if [ "$1" = node_ctl ]; then
+		printf '$ meshctl %s    # on %s\n' "${*:3}" "$2" >&2
+	else
+		printf '$ %s\n' "$*" >&2
+	fi
+	"$@"
+}
 # node_ctl NODE ARGS...: meshctl against NODE's agent. The local API is a
 # unix socket, reachable from outside the node's network namespace.
 node_ctl() { local n=$1; shift; "$MESHCTL" "$@" --socket "$STATE/$n/agent.sock"; }
