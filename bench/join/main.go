@@ -1032,13 +1032,12 @@ func (pr *prober) waitAll(ctx context.Context, allow bool, timeout time.Duration
 }
 
 func (b *bench) reportPolicy(rs []propResult) {
-	var apply, slowest, fromStart, fromRet, all []time.Duration
+	var apply, slowest, fromStart, all []time.Duration
 	stale, old := 0, 0
 	for _, r := range rs {
 		apply = append(apply, r.applyTook)
 		slowest = append(slowest, r.slowest)
 		fromStart = append(fromStart, r.fromStart)
-		fromRet = append(fromRet, r.fromReturn)
 		all = append(all, r.perNode...)
 		stale += r.stale
 		old += r.oldAfter
