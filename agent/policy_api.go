@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/meshtls"
+	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
 	"github.com/weftmesh/weft/policy"
@@ -326,7 +327,28 @@ func (a *Agent) TracePolicy(ctx context.Context, req api.TraceRequest) (api.Trac
 	if err != nil {
 		return api.TraceResult{}, err
 	}
-	return traceResult(tr), nil
+	res := traceResult(tr)
+	res.Note = controlPortNote(req.Port, proto)
+	return res, nil
+}
+
+// controlPortNote warns that a traced port is one the datapath lets through
+// between nodes' own mesh addresses, whatever policy says: a trace judges
+// labels and cannot tell whether both ends will be node addresses.
+func controlPortNote(port uint16, proto uint8) string {
+	const tcp, udp = 6, 17
+	name := ""
+	switch {
+	case port == bpf.DefaultControlPortAPI && (proto == tcp || proto == 0):
+		name = "the agent-to-agent API"
+	case port == bpf.DefaultControlPortGossip && (proto == tcp || proto == udp || proto == 0):
+		name = "gossip"
+	case port == bpf.DefaultControlPortProbe && (proto == udp || proto == 0):
+		name = "health probes"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("port %d is %s: between two nodes' own mesh addresses it always passes, whatever the verdict above (agent control traffic, authenticated by the tunnel; docs/datapath.md, \"Control traffic between nodes\"); to and from workloads the verdict stands", port, name)
 }
 
 // traceLabels reads one side of a trace: an endpoint's labels (any

@@ -424,3 +424,18 @@ func TestApplyPolicyWaitsForEnforcement(t *testing.T) {
 		t.Fatalf("nodes = %+v, want p1 enforced and p2 named with why", e.Nodes)
 	}
 }
+
+// TestTraceNotesControlPorts: a trace of an agent control port says that
+// between nodes' own mesh addresses it passes whatever the verdict; other
+// ports, and the right port with the wrong protocol, carry no note.
+func TestTraceNotesControlPorts(t *testing.T) {
+	for _, c := range []struct {
+		port  uint16
+		proto uint8
+		note  bool
+	}{{51835, 6, true}, {51835, 17, false}, {51836, 17, true}, {51836, 6, true}, {51837, 17, true}, {51837, 6, false}, {51835, 0, true}, {5432, 6, false}, {0, 0, false}} {
+		if got := controlPortNote(c.port, c.proto); (got != "") != c.note {
+			t.Errorf("port %d proto %d: note %q, want one: %v", c.port, c.proto, got, c.note)
+		}
+	}
+}

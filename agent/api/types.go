@@ -234,6 +234,10 @@ type TraceResult struct {
 	// egress policy and the destination's ingress policy.
 	Egress  TraceStep `json:"egress"`
 	Ingress TraceStep `json:"ingress"`
+	// Note is set when the port is one of the agents' control ports:
+	// between two nodes' own mesh addresses such a connection passes
+	// whatever the verdict above says (docs/datapath.md).
+	Note string `json:"note,omitempty"`
 }
 
 // TraceStep is one direction of a trace.

@@ -365,6 +365,9 @@ func policyTraceAction(c *cli.Context) error {
 		fmt.Fprintf(w, "%s -> %s on %s: %s\n", traceSideText(from), traceSideText(to), target, strings.ToUpper(res.Verdict))
 		printStep(w, "egress", res.Egress)
 		printStep(w, "ingress", res.Ingress)
+		if res.Note != "" {
+			fmt.Fprintf(w, "  note:    %s\n", res.Note)
+		}
 		return nil
 	})
 	if err != nil {
