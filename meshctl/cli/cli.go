@@ -102,6 +102,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, notFound *error) *cli.App
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var notFound error
 	app := newApp(stdin, stdout, stderr, &notFound)
+	args = joinWaitValue(args)
 	args, err := hoistGlobalFlags(app.Commands, args)
 	if err != nil {
 		return err

@@ -299,7 +299,7 @@ func warnIgnoredJoinFlags(c *cli.Context, cfg *config.Config, cfgPath string, la
 		}
 	}
 	if len(ignored) > 0 {
-		fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: the configuration in %s is used as it is (edit it and run join again, or 'meshctl leave' and join with a new token)\n", strings.Join(ignored, ", "), cfgPath)
+		fmt.Fprintf(c.App.ErrWriter, "note: %s ignored: the configuration in %s is used as it is (edit it and restart the agent: 'meshctl down', then 'meshctl join'; or 'meshctl leave' and join with a new token)\n", strings.Join(ignored, ", "), cfgPath)
 	}
 }
 

@@ -50,7 +50,7 @@ Exit status is 1 when the agent cannot be reached or the node is not healthy
 can use it as a readiness probe.`,
 		Flags: agentFlags(
 			&cli.BoolFlag{Name: "all", Usage: "show every node and the reachability matrix"},
-			&cli.GenericFlag{Name: "wait", Value: &waitValue{}, Usage: "wait until the node is healthy, at most `DURATION` (write --wait=30s; --wait alone waits 2m)"},
+			&cli.GenericFlag{Name: "wait", Value: &waitValue{}, Usage: "wait until the node is healthy, at most `DURATION` (--wait=30s or --wait 30s; --wait alone waits 2m)"},
 		),
 		Action: statusAction,
 	}
@@ -85,6 +85,30 @@ func (w *waitValue) Set(s string) error {
 		w.d = d
 	}
 	return nil
+}
+
+// joinWaitValue writes `--wait 30s` as `--wait=30s`: status's --wait may go
+// without a value, so the flag parser would take "30s" for an argument; for
+// join and up, whose --wait always takes one, the two spellings are the
+// same. Only a following word that is a duration is joined, and nothing
+// after a "--" (the agent's flags) is touched.
+func joinWaitValue(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if (a == "--wait" || a == "-wait") && i+1 < len(args) {
+			if d, err := time.ParseDuration(args[i+1]); err == nil && d >= 0 {
+				out = append(out, a+"="+args[i+1])
+				i++
+				continue
+			}
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // IsBoolFlag lets --wait go without a value.

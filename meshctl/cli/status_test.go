@@ -134,6 +134,11 @@ func TestStatusWait(t *testing.T) {
 		!strings.Contains(errOut, "meshctl: healthy after") {
 		t.Errorf("status --wait progress:\n%s", errOut)
 	}
+	// --wait 30s with a space is the same as --wait=30s.
+	sock = serveHealth(t, &healthAgent{health: joining, after: 2, healthier: reached}, nil)
+	if out, errOut, err := runApp(t, "status", "--wait", "30s", "--socket", sock); err != nil || !strings.Contains(errOut, "(0s of 30s)") {
+		t.Errorf("status --wait 30s: %v\n%s%s", err, out, errOut)
+	}
 	// A bare --wait (no value) waits the default bound; healthy at once.
 	sock = serveHealth(t, &healthAgent{health: reached}, nil)
 	if _, errOut, err := runApp(t, "status", "--wait", "--socket", sock); err != nil || errOut != "" {
