@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -11,12 +12,13 @@ import (
 	"github.com/weftmesh/weft/internal/testutil"
 )
 
-// TestNATRejoin: a node behind NAT leaves the mesh and joins it again from
-// the same state directory (so with the same WireGuard key); it is
-// reachable from the public nodes, and reaches them, as it was on its
-// first join. Before the fix the public nodes' helpers remembered the
-// NAT'd node's old session and answered its new initiations at the LAN
-// address of its record: every peer showed handshake "never".
+// TestNATRejoin: a node behind NAT leaves the mesh and joins it again (leave
+// removes its WireGuard key, so with a new one), then goes down and comes
+// back with `join` (same key, after its peers dropped it); each time it is
+// reachable from the public nodes, and reaches them, as on its first join.
+// Before the fix the public nodes' helpers remembered the NAT'd node's old
+// session and answered its new initiations at the LAN address of its
+// record: every peer showed handshake "never".
 func TestNATRejoin(t *testing.T) {
 	m := NewMesh(t, &lab.Spec{Sites: []lab.SiteSpec{
 		{Name: "site1", Nodes: []lab.NodeSpec{{Name: "seed"}}},
@@ -83,6 +85,36 @@ func TestNATRejoin(t *testing.T) {
 			t.Errorf("seed shows no handshake with the rejoined nat: %+v", pe)
 		}
 	}
+
+	// Down and back with the same key: the peers' helpers hold the old
+	// session's endpoint for this very key.
+	key := func() string {
+		var k struct {
+			Tunnel struct {
+				PublicKey string `json:"publicKey"`
+			} `json:"tunnel"`
+		}
+		m.JSON("nat", &k, "status")
+		return k.Tunnel.PublicKey
+	}
+	before := key()
+	if out, err := m.meshctlIn("nat", "down", "--config-file", n.ConfigFile, "--agent-binary", filepath.Join(binDir, "weft-agent")); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	testutil.Eventually(t, 40*time.Second, "peers drop nat after down", func() error {
+		if err := noPeer(m, "seed", "nat", natCIDR); err != nil {
+			return err
+		}
+		return noPeer(m, "pub", "nat", natCIDR)
+	})
+	if out, err := m.meshctlIn("nat", append([]string{"join"}, nodeFlags(n)...)...); err != nil {
+		t.Fatalf("join after down: %v\n%s", err, out)
+	}
+	m.WaitHealthy("nat")
+	if after := key(); after != before {
+		t.Fatalf("the key changed across down and join: %s, then %s", before, after)
+	}
+	allPairs("after down and join with the same key")
 }
 
 // pingFromNode sends one ping from a node's own namespace to ip.
