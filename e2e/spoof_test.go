@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -348,20 +346,7 @@ func dialOnce(t *testing.T, m *Mesh, ns, addr string) error {
 
 // observeDrops returns a node's recent drops as `meshctl observe` shows them.
 func observeDrops(m *Mesh, node string) ([]api.Flow, error) {
-	out, err := m.Meshctl(node, "observe", "--verdict", "dropped", "--last", "-1", "-o", "json")
-	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, out)
-	}
-	var flows []api.Flow
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		var f api.Flow
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			return nil, fmt.Errorf("line %q: %v", sc.Text(), err)
-		}
-		flows = append(flows, f)
-	}
-	return flows, nil
+	return observeFlows(m, node, "--verdict", "dropped", "--last", "-1")
 }
 
 // capturing is a tcpdump in a lab namespace.
