@@ -313,7 +313,11 @@ func logTail(path string, from int64, n int) string {
 // it removes the WireGuard device and the eBPF datapath a stopped agent
 // left for its restart, and prints what it removed.
 func teardown(ctx context.Context, w io.Writer, binary, cfgPath string) error {
-	out, err := exec.CommandContext(ctx, binary, "--config", cfgPath, "teardown").CombinedOutput()
+	cmd := exec.CommandContext(ctx, binary, "--config", cfgPath, "teardown")
+	// The file alone says which device and pins are this node's: a stray
+	// WEFT_NODE_NAME or WEFT_BPF_PIN_PATH must not point it at another's.
+	cmd.Env = agentEnv(os.Environ())
+	out, err := cmd.CombinedOutput()
 	text := strings.TrimSpace(string(out))
 	if err != nil {
 		return fmt.Errorf("removing the tunnel and datapath (%s --config %s teardown): %v: %s", binary, cfgPath, err, text)

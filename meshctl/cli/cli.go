@@ -102,10 +102,12 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, notFound *error) *cli.App
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var notFound error
 	app := newApp(stdin, stdout, stderr, &notFound)
-	args = joinWaitValue(args)
 	args, err := hoistGlobalFlags(app.Commands, args)
 	if err != nil {
 		return err
+	}
+	if len(args) > 0 && args[0] == "status" {
+		args = joinWaitValue(args)
 	}
 	if err := app.RunContext(ctx, append([]string{"meshctl"}, args...)); err != nil {
 		return explainForPlatform(err)

@@ -136,11 +136,20 @@ func readTokenFile(c *cli.Context, file string) (string, error) {
 			}
 		}
 		if err == nil {
-			data, err = os.ReadFile(file)
+			var f *os.File
+			if f, err = os.Open(file); err == nil {
+				data, err = io.ReadAll(io.LimitReader(f, 64<<10))
+				f.Close()
+			}
 		}
 	}
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if len(data) >= 64<<10 {
+		// A token is about 100 bytes: this is some other file (or
+		// /dev/zero), not a token; do not read it to the end.
+		return "", fmt.Errorf("--token-file %s is 64 KiB or more: it must hold the token alone", file)
 	}
 	tok := strings.TrimSpace(string(data))
 	if tok == "" {

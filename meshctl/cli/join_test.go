@@ -369,6 +369,8 @@ func TestJoinTokenFromFileOrEnvironment(t *testing.T) {
 	os.WriteFile(empty, []byte(" \n"), 0o600)
 	two := filepath.Join(dir, "two")
 	os.WriteFile(two, []byte(tok.String()+" "+tok.String()+"\n"), 0o600)
+	huge := filepath.Join(dir, "huge")
+	os.WriteFile(huge, make([]byte, 1<<20), 0o600)
 	p := newPaths(t)
 	for _, tc := range []struct {
 		args []string
@@ -378,6 +380,7 @@ func TestJoinTokenFromFileOrEnvironment(t *testing.T) {
 		{[]string{"--token-file", empty}, "--token-file " + empty + " is empty"},
 		{[]string{"--token-file", dir}, "is a directory"},
 		{[]string{"--token-file", two}, "holds more than one word"},
+		{[]string{"--token-file", huge}, "is 64 KiB or more"},
 		{[]string{tok.String(), "--token-file", two}, "the token is given twice"},
 	} {
 		_, _, err := runApp(t, append(append([]string{"join", "--name", "vm-1"}, p.flags()...), tc.args...)...)

@@ -141,12 +141,26 @@ var nodeStateEntries = []string{
 // removeNodeState removes the node's state and configuration; it returns
 // what it removed.
 func removeNodeState(cfg *config.Config, cfgPath string) ([]string, error) {
-	paths := []string{}
-	for _, e := range nodeStateEntries {
-		paths = append(paths, filepath.Join(cfg.StateDir, e))
+	if err := removableDir("the state directory (stateDir)", cfg.StateDir); err != nil {
+		return nil, err
 	}
-	if d := cfg.EtcdDataDir(); !strings.HasPrefix(d, cfg.StateDir+string(filepath.Separator)) {
-		paths = append(paths, d) // an etcd data dir of its own
+	paths := []string{}
+	// Only a directory a Weft node used: its WireGuard key or its join
+	// credentials are there. Generic names such as pki or etcd are not
+	// removed from a directory that merely exists (stateDir: /etc).
+	if dirExists(filepath.Join(cfg.StateDir, "wireguard")) || dirExists(filepath.Join(cfg.StateDir, "credentials")) {
+		for _, e := range nodeStateEntries {
+			paths = append(paths, filepath.Join(cfg.StateDir, e))
+		}
+	}
+	if d := cfg.EtcdDataDir(); cfg.Etcd.Embedded.Enabled && !strings.HasPrefix(d, cfg.StateDir+string(filepath.Separator)) {
+		// An etcd data directory of its own: what etcd made in it, then
+		// the directory if that leaves it empty (below).
+		if err := removableDir("the embedded etcd's data directory", d); err != nil {
+			return nil, err
+		}
+		paths = append(paths, filepath.Join(d, "member"))
+		defer func() { _ = os.Remove(d) }()
 	}
 	paths = append(paths, cfgPath)
 	var removed []string
@@ -169,4 +183,18 @@ func removeNodeState(cfg *config.Config, cfgPath string) ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// removableDir refuses a directory leave must not remove things from: not
+// absolute or not clean (relative to wherever meshctl runs), or the root.
+func removableDir(what, d string) error {
+	if d == "" || !filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/" {
+		return fmt.Errorf("%s is %q in the configuration: leave removes only below an absolute, clean directory other than /; fix the configuration file and run leave again (nothing was removed)", what, d)
+	}
+	return nil
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.IsDir()
 }

@@ -87,11 +87,11 @@ func (w *waitValue) Set(s string) error {
 	return nil
 }
 
-// joinWaitValue writes `--wait 30s` as `--wait=30s`: status's --wait may go
-// without a value, so the flag parser would take "30s" for an argument; for
-// join and up, whose --wait always takes one, the two spellings are the
-// same. Only a following word that is a duration is joined, and nothing
-// after a "--" (the agent's flags) is touched.
+// joinWaitValue writes `status --wait 30s` as `--wait=30s`: status's --wait
+// may go without a value, so the flag parser would take "30s" for an
+// argument (status takes none). Run applies it to status command lines
+// only; only a following word that is a duration is joined, and nothing
+// after a "--" is touched.
 func joinWaitValue(args []string) []string {
 	out := make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {

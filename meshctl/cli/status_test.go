@@ -176,3 +176,16 @@ func TestWaitValue(t *testing.T) {
 		t.Error("--wait must work without a value")
 	}
 }
+
+// TestJoinWaitValueOnlyForStatus: other commands' --wait is left as
+// written: in `policy apply --wait 5s` the switch does not swallow the word.
+func TestJoinWaitValueOnlyForStatus(t *testing.T) {
+	// policy apply's --wait is a switch: joined, "5s" would be its value.
+	_, errOut, err := runApp(t, "policy", "apply", "--wait", "5s", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	if err == nil || strings.Contains(errOut+err.Error(), `--wait "5s"`) {
+		t.Fatalf("policy apply --wait 5s was rewritten: %v %s", err, errOut)
+	}
+	if got := joinWaitValue([]string{"status", "--wait", "5s", "--", "--wait", "1s"}); strings.Join(got, " ") != "status --wait=5s -- --wait 1s" {
+		t.Fatalf("joinWaitValue = %q", got)
+	}
+}
