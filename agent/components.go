@@ -322,7 +322,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	}
 	a.policies, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Policy]{
 		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
-		OnEvent: a.policy.policyEvent, Logger: a.log,
+		OnEvent: a.policy.policyEvent, OnRevision: a.policy.policiesDelivered, Logger: a.log,
 	})
 	if err != nil {
 		return err

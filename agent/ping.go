@@ -57,8 +57,11 @@ func (a *Agent) Ping(ctx context.Context, req api.PingRequest) (api.PingResult, 
 		return api.PingResult{}, err
 	}
 	timeout := time.Duration(req.Timeout)
-	if timeout <= 0 || timeout > 30*time.Second {
+	switch {
+	case timeout == 0:
 		timeout = 2 * time.Second
+	case timeout < 0 || timeout > 30*time.Second:
+		return api.PingResult{}, api.Errorf(api.CodeInvalid, "ping timeout %s: give one between 1ms and 30s (--timeout)", timeout)
 	}
 	rtt, err := o.health.Ping(ctx, n.MeshIP, timeout)
 	if err == nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -192,21 +193,31 @@ func (r *policyReconciler) policyEvent(ev kvstore.Event[kvstore.Policy]) {
 				r.failed[name] = err.Error()
 			}
 			r.mu.Unlock()
-			r.markEnforced(rev)
 			return
 		}
-		r.applyDeltas(deltas)
+		dpErr := r.applyDeltas(deltas)
 		r.syncCIDRIdentities()
 		r.mu.Lock()
-		delete(r.failed, name)
+		if dpErr != nil {
+			r.failed[name] = "datapath: " + dpErr.Error()
+		} else {
+			delete(r.failed, name)
+		}
 		if ev.Kind == kvstore.EventDelete {
 			delete(r.applied, name)
 		} else {
 			r.applied[name] = policyApplied{Revision: rev, Applied: time.Now()}
 		}
 		r.mu.Unlock()
-		r.markEnforced(rev)
 	})
+}
+
+// policiesDelivered is the policy cache's OnRevision: every policy change
+// up to rev has been queued, so once the queue reaches this point they are
+// all in the datapath. A file of several policies is one revision; marking
+// it after its first policy would end `apply --wait` early.
+func (r *policyReconciler) policiesDelivered(rev int64) {
+	r.enqueue(func() { r.markEnforced(rev) })
 }
 
 // storedFile is the file a stored policy names its rules by: the file it
@@ -215,8 +226,13 @@ func storedFile(p kvstore.Policy) string {
 	if p.File != "" {
 		return p.File
 	}
-	return "policies/" + p.Name
+	return storedKeyFile + p.Name
 }
+
+// storedKeyFile prefixes the name a record that does not say where it was
+// applied from goes by: its etcd key, in a form no file given to -f has, so
+// a real file under a policies/ directory is still shown as applied from.
+const storedKeyFile = "etcd:policies/"
 
 // markEnforced records that the datapath holds every policy change up to
 // rev, and wakes the waiters.
@@ -377,7 +393,10 @@ func diffPolicy(cur, want policy.EndpointPolicy) policy.Delta {
 	return d
 }
 
-func (r *policyReconciler) applyDeltas(deltas map[string]policy.Delta) {
+// applyDeltas writes deltas to the datapath; it logs and returns what
+// failed (a full map, say), so `apply --wait` does not call it enforced.
+func (r *policyReconciler) applyDeltas(deltas map[string]policy.Delta) error {
+	var errs []error
 	for key, d := range deltas {
 		ep, ok := r.locals[key]
 		if !ok {
@@ -385,8 +404,10 @@ func (r *policyReconciler) applyDeltas(deltas map[string]policy.Delta) {
 		}
 		if err := r.applyDelta(ep, d, false); err != nil {
 			r.log.Error("applying policy delta", "endpoint", key, "err", err)
+			errs = append(errs, fmt.Errorf("endpoint %s: %w", key, err))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // applyDelta writes a delta in the order that never opens a gap: new

@@ -41,7 +41,7 @@ func (a *Agent) Policies(ctx context.Context) ([]api.PolicyState, error) {
 	var out []api.PolicyState
 	for _, p := range ps {
 		st := api.PolicyState{Name: p.Name, Revision: applied[p.Name].Revision, SelectedEndpoints: []string{}, Entries: entries[p.Name]}
-		if !strings.HasPrefix(p.File, "policies/") {
+		if !strings.HasPrefix(p.File, storedKeyFile) {
 			st.File, st.Line = p.File, p.Line
 		}
 		for _, l := range locals {
@@ -223,9 +223,11 @@ func (a *Agent) waitPolicyEnforced(ctx context.Context, rev int64, names []strin
 				got, err := ask(ctx)
 				if err == nil {
 					ne.Revision, ne.Error = got.Revision, ""
-					if why := failedOf(got.Failed, names); why != "" {
+					if why := failedOf(got.Failed, names); why != "" && got.Revision >= rev {
 						// A policy that does not compile there is skipped
-						// for good: waiting longer does not help.
+						// for good: waiting longer does not help. (Before
+						// rev, the failure may be the version this apply
+						// replaces.)
 						ne.Error = why
 						return
 					}
@@ -379,7 +381,7 @@ func traceResult(tr policy.TraceResult) api.TraceResult {
 		if d.Rule != nil {
 			s.Policies = []string{d.Rule.Policy}
 			s.Rule = &api.TraceRule{Policy: d.Rule.Policy, Section: d.Rule.Section, Index: d.Rule.Index, File: d.Rule.File, Line: d.Rule.Line}
-			if strings.HasPrefix(d.Rule.File, "policies/") {
+			if strings.HasPrefix(d.Rule.File, storedKeyFile) {
 				// A record from before files were kept: its lines are
 				// the stored document's, not a file's.
 				s.Rule.File, s.Rule.Line = "", 0

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,19 +34,20 @@ func labels(t *testing.T, ss ...string) identity.Labels {
 
 // policyHarness runs a policy reconciler on an in-memory datapath.
 type policyHarness struct {
-	t  *testing.T
-	r  *policyReconciler
-	dp *bpftest.Datapath
+	t   *testing.T
+	r   *policyReconciler
+	dp  *bpftest.Datapath
+	rev atomic.Int64 // the store's revision: one per write
 }
 
 func newPolicyHarness(t *testing.T) *policyHarness {
 	dp := bpftest.New()
-	rev := int64(0)
-	r := newPolicyReconciler(dp, func() int64 { rev++; return rev }, slog.New(slog.DiscardHandler), func(string, time.Time) {})
+	h := &policyHarness{t: t, dp: dp}
+	h.r = newPolicyReconciler(dp, func() int64 { return h.rev.Load() }, slog.New(slog.DiscardHandler), func(string, time.Time) {})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go r.run(ctx)
-	return &policyHarness{t: t, r: r, dp: dp}
+	go h.r.run(ctx)
+	return h
 }
 
 func (h *policyHarness) identity(kind kvstore.EventKind, id identity.NumericIdentity, ls ...string) {
@@ -67,7 +69,11 @@ func (h *policyHarness) policy(kind kvstore.EventKind, name, doc string) {
 	} else {
 		ev.Value = p
 	}
+	// As the cache does: one revision per write, its event, then the
+	// notice that everything up to it was delivered.
+	rev := h.rev.Add(1)
 	h.r.policyEvent(ev)
+	h.r.policiesDelivered(rev)
 }
 
 // sync waits until the loop has applied everything queued so far.
@@ -284,6 +290,21 @@ func TestPolicyReconcilerReportsEnforcedRevision(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("a waiter was not woken by the enforced policy")
+	}
+	// A file of two policies is one revision: after its first policy the
+	// revision is not enforced yet; after the cache says the revision is
+	// delivered, it is.
+	rev := h.rev.Add(1)
+	h.r.policyEvent(kvstore.Event[kvstore.Policy]{Kind: kvstore.EventAdd, Value: kvstore.Policy{Name: "web", Document: webPolicy}})
+	h.sync()
+	if got, _, _ := h.r.waitEnforced(ctx, rev); got >= rev {
+		t.Fatalf("enforced %d after the first of two policies of revision %d", got, rev)
+	}
+	h.r.policyEvent(kvstore.Event[kvstore.Policy]{Kind: kvstore.EventUpdate, Value: kvstore.Policy{Name: "db", Document: dbPolicy}})
+	h.r.policiesDelivered(rev)
+	h.sync()
+	if got, _, _ := h.r.waitEnforced(context.Background(), rev); got != rev {
+		t.Fatalf("enforced %d after both policies of revision %d", got, rev)
 	}
 	// A record that does not compile is reported, not enforced silently.
 	h.policy(kvstore.EventAdd, "broken", "kind: Policy\n")

@@ -65,6 +65,14 @@ type CacheConfig[T any] struct {
 	// goroutine; the cache already reflects the change when it is called.
 	// Keep it short or hand the event off.
 	OnEvent func(Event[T])
+	// OnRevision, when set, is called from the cache's goroutine once every
+	// change up to rev has been passed to OnEvent: after a listing, after
+	// each watch response (the newest of its events' revisions: a
+	// transaction's events come in one response), and on a progress
+	// notification. A consumer that must know when a whole write is in
+	// (policy apply --wait) uses it; a single event does not say that more
+	// of the same revision follow.
+	OnRevision func(rev int64)
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// PageSize of the listing; 0 means 1000.
@@ -258,6 +266,9 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 	c.rev = rev
 	c.mu.Unlock()
 	c.emit(events...)
+	if c.cfg.OnRevision != nil {
+		c.cfg.OnRevision(rev)
+	}
 	c.syncOnce.Do(func() { close(c.synced) })
 	return rev, nil
 }
@@ -288,8 +299,10 @@ func (c *Cache[T]) watch(ctx context.Context, from int64) error {
 		if resp.Canceled {
 			return fmt.Errorf("watch canceled by the server")
 		}
+		var done int64 // every change up to done has been emitted
 		for _, ev := range resp.Events {
 			c.apply(ev)
+			done = max(done, ev.Kv.ModRevision)
 		}
 		if resp.IsProgressNotify() || len(resp.Events) > 0 {
 			c.mu.Lock()
@@ -297,6 +310,12 @@ func (c *Cache[T]) watch(ctx context.Context, from int64) error {
 				c.rev = resp.Header.Revision
 			}
 			c.mu.Unlock()
+		}
+		if resp.IsProgressNotify() {
+			done = resp.Header.Revision
+		}
+		if done > 0 && c.cfg.OnRevision != nil {
+			c.cfg.OnRevision(done)
 		}
 	}
 	return errWatchClosed

@@ -733,3 +733,53 @@ func TestPolicies(t *testing.T) {
 		t.Fatalf("deleting twice: %v", err)
 	}
 }
+
+// TestCacheOnRevisionAfterAWholeWrite: a transaction of three policies is
+// one revision; OnRevision reports it only after all three events were
+// passed on, and the listing's revision after the listing's events.
+func TestCacheOnRevisionAfterAWholeWrite(t *testing.T) {
+	c, _ := kvstoretest.New(t)
+	var mu sync.Mutex
+	var log []string
+	cache, err := kvstore.NewCache(c.Source(), kvstore.CacheConfig[kvstore.Policy]{
+		Name: "policies", Prefix: kvstore.PoliciesPrefix, Decode: kvstore.PolicyDecoder,
+		OnEvent: func(ev kvstore.Event[kvstore.Policy]) {
+			mu.Lock()
+			log = append(log, "event "+ev.Value.Name)
+			mu.Unlock()
+		},
+		OnRevision: func(rev int64) {
+			mu.Lock()
+			log = append(log, fmt.Sprint("rev ", rev))
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = cache.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-cache.Synced()
+	var ps []kvstore.Policy
+	for _, n := range []string{"a", "b", "c"} {
+		ps = append(ps, kvstore.Policy{Name: n, Format: "yaml", Document: "apiVersion: weft.dev/v1\nkind: Policy\nmetadata: {name: " + n + "}\nspec: {endpointSelector: {}}\n"})
+	}
+	rev, err := c.PutPoliciesRevision(context.Background(), ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint("rev ", rev)
+	testutil.Eventually(t, time.Minute, "the write's revision reported", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(log, want)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	i := slices.Index(log, want)
+	if i < 3 || log[i-3] != "event a" || log[i-2] != "event b" || log[i-1] != "event c" || !strings.HasPrefix(log[0], "rev ") {
+		t.Fatalf("order: %q; want the listing's revision, then the three events before %s", log, want)
+	}
+}
