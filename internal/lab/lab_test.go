@@ -716,3 +716,13 @@ func BenchmarkUpDown(b *testing.B) {
 }
 
 var linkLineRE = regexp.MustCompile(`^[0-9]+:$`)
+
+// TestLoadRefusesPathNames: a lab name read from a record file or a
+// command line is never a path out of the state directory.
+func TestLoadRefusesPathNames(t *testing.T) {
+	for _, name := range []string{"../../tmp/evil", "a/b", "", "UPPER", strings.Repeat("a", 200)} {
+		if _, err := lab.Load(name); !errors.Is(err, lab.ErrNotFound) || !strings.Contains(err.Error(), "not a lab name") {
+			t.Errorf("Load(%q) = %v", name, err)
+		}
+	}
+}

@@ -125,6 +125,11 @@ func createState(spec *Spec, namespaces []string) (*stateStore, error) {
 }
 
 func readState(name string) (*stateStore, error) {
+	if len(name) > maxLabName || !labNameRE.MatchString(name) {
+		// Never a path: a name from a record file or the command line
+		// must not lead outside the state directory.
+		return nil, fmt.Errorf("%w: %q is not a lab name (lower-case letters and digits, starting with a letter)", ErrNotFound, name)
+	}
 	path := statePath(name)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -267,6 +272,13 @@ func checkOwnedPath(p string) error {
 		if rest, ok := strings.CutPrefix(p, root); ok && rest != "" {
 			if strings.HasPrefix(p, stateDir+"/") || p == stateDir {
 				break
+			}
+			// One level below a root-owned directory, so no parent can be
+			// swapped for a symlink by another user of /tmp, and named
+			// weft-*, so nothing shared (/run/netns, /run/wireguard, the
+			// host agent's /run/weft or /sys/fs/bpf/weft) qualifies.
+			if strings.Contains(rest, "/") || !strings.HasPrefix(rest, "weft-") {
+				return fmt.Errorf("%q: a lab owns only a weft-* entry directly in %s", p, strings.Join(ownRoots, ", "))
 			}
 			return nil
 		}

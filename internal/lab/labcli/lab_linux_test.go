@@ -52,6 +52,9 @@ func TestLabInputErrors(t *testing.T) {
 		{[]string{"up", "--owns", "/run"}, `--owns: "/run" is not below`},
 		{[]string{"up", "--owns", "/run/weft-lab"}, `--owns: "/run/weft-lab" is not below`},
 		{[]string{"up", "--owns", "/tmp/../etc"}, `--owns: "/tmp/../etc" is not a clean absolute path`},
+		{[]string{"up", "--owns", "/run/netns"}, `--owns: "/run/netns": a lab owns only a weft-* entry`},
+		{[]string{"up", "--owns", "/sys/fs/bpf/weft"}, `--owns: "/sys/fs/bpf/weft": a lab owns only a weft-* entry`},
+		{[]string{"up", "--owns", "/tmp/weft-x/sub"}, `--owns: "/tmp/weft-x/sub": a lab owns only a weft-* entry`},
 		{[]string{"up", "--hold", "--record", "f"}, "--hold and --record do not go together"},
 	}
 	for _, tt := range tests {
