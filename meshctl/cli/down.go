@@ -113,6 +113,12 @@ func stopAgent(c *cli.Context, socket string, cfg *config.Config) error {
 		fmt.Fprintf(w, "The agent is not running (%s).\n", socket)
 		return nil
 	}
+	// The socket may be another node's (WEFT_SOCKET, a second agent on
+	// the machine): stop only the agent of this configuration.
+	if st, err := cl.Status(ctx); err == nil && (st.Node != cfg.NodeName || st.Cluster != cfg.Cluster) {
+		return fmt.Errorf("the agent on %s is node %s of cluster %s, not %s of cluster %s that %s configures: nothing was stopped; give --socket of this node's agent (its configuration says %s)",
+			socket, st.Node, st.Cluster, cfg.NodeName, cfg.Cluster, c.Path("config-file"), cfg.SocketPath)
+	}
 	pid, err := agentPID(socket)
 	if err != nil {
 		return fmt.Errorf("finding the agent serving %s: %w", socket, err)
