@@ -153,6 +153,13 @@ func policyApplyAction(c *cli.Context) error {
 	ctx, cancel := cmdContext(c)
 	defer cancel()
 	res, err := agentClient(c).ApplyPolicy(ctx, req)
+	if err != nil && req.Wait != 0 && strings.Contains(err.Error(), `unknown field "wait"`) {
+		// An agent older than --wait refuses the request as a whole
+		// (nothing was written): apply without waiting, and say so.
+		fmt.Fprintln(c.App.ErrWriter, "note: the agent is older than 'policy apply --wait' (restart it on the new version); applying without waiting for the nodes to enforce")
+		req.Wait = 0
+		res, err = agentClient(c).ApplyPolicy(ctx, req)
+	}
 	if err != nil {
 		return fmt.Errorf("policy not applied, nothing changed: %w", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,5 +199,40 @@ func TestPolicyListShowsEntriesAndSource(t *testing.T) {
 		"web   7         -             0        -\n"
 	if status != 0 || out != want {
 		t.Fatalf("list: status %d, output:\n%s\nwant:\n%s", status, out, want)
+	}
+}
+
+// An agent older than --wait refuses the request's wait field as a whole
+// (it writes nothing); apply then applies without waiting and says so.
+func TestPolicyApplyAgainstAnAgentWithoutWait(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Filename, Document string } // what the old agent knows
+		body, _ := io.ReadAll(r.Body)
+		bodies = append(bodies, string(body))
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"error": "decoding the request body: " + err.Error(), "code": "invalid"})
+			return
+		}
+		json.NewEncoder(w).Encode(api.ApplyPolicyResult{Policies: []api.AppliedPolicy{{Name: "db", Action: "created", Revision: 3}}, Revision: 3})
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	file := filepath.Join(t.TempDir(), "db.yaml")
+	os.WriteFile(file, []byte(policyDoc), 0o644)
+	out, errOut, status := runStatus(t, "policy", "apply", "--socket", path, "-f", file)
+	if status != 0 || !strings.Contains(out, "policy db created (revision 3)") || !strings.Contains(errOut, "the agent is older than 'policy apply --wait'") {
+		t.Fatalf("apply against an old agent: status %d\n%s%s", status, out, errOut)
+	}
+	if len(bodies) != 2 || !strings.Contains(bodies[0], `"wait"`) || strings.Contains(bodies[1], `"wait"`) {
+		t.Fatalf("requests: %q; want one with wait, then one without", bodies)
 	}
 }
