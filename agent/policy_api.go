@@ -71,7 +71,14 @@ func (a *Agent) GetPolicy(ctx context.Context, name string) (api.Policy, error) 
 // validated before any is written, and the changed ones are written in one
 // etcd transaction, so a file is applied whole or not at all. With
 // req.Wait it then waits until every node enforces what was stored.
+// maxApplyWait bounds how long one apply may hold the agent asking every
+// node; a caller that wants longer asks again.
+const maxApplyWait = 5 * time.Minute
+
 func (a *Agent) ApplyPolicy(ctx context.Context, req api.ApplyPolicyRequest) (api.ApplyPolicyResult, error) {
+	if w := time.Duration(req.Wait); w < 0 || w > maxApplyWait {
+		return api.ApplyPolicyResult{}, api.Errorf(api.CodeInvalid, "wait %s: give at most %s (meshctl policy apply --timeout)", w, maxApplyWait)
+	}
 	file := req.Filename
 	if file == "" {
 		file = "<stdin>"

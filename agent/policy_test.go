@@ -460,3 +460,13 @@ func TestTraceNotesControlPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyPolicyBoundsTheWait: a wait the agent would hold for hours is
+// refused before anything is written.
+func TestApplyPolicyBoundsTheWait(t *testing.T) {
+	a := &Agent{}
+	_, err := a.ApplyPolicy(context.Background(), api.ApplyPolicyRequest{Filename: "db.yaml", Document: dbPolicy, Wait: api.Duration(time.Hour)})
+	if err == nil || !strings.Contains(err.Error(), "give at most 5m0s") {
+		t.Fatalf("apply with a one-hour wait: %v", err)
+	}
+}
