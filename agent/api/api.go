@@ -133,6 +133,8 @@ type Backend struct {
 	Pinger Pinger
 	// PolicyStatus serves GET /v1/policy/revision.
 	PolicyStatus PolicyStatus
+	// CNI serves /v1/cni/* (the weft-cni plugin) on Kubernetes nodes.
+	CNI CNIHandler
 }
 
 // Pinger sends one probe of `meshctl ping` through the tunnel and, when it
