@@ -32,7 +32,7 @@ func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now tim
 	if err != nil {
 		return join.Grant{}, join.TokenStoreError(err, kvTokenCodes)
 	}
-	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), AllowLabels: t.AllowLabels}, nil
+	return join.Grant{TokenID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), AllowLabels: t.AllowLabels, PodCIDRs: t.PodCIDRs}, nil
 }
 
 // admitter gives a joining node its etcd user (a role that writes only
@@ -60,7 +60,7 @@ func (ad admitter) AdmitNode(ctx context.Context, a join.Admission) error {
 		}
 		allow = append(slices.Clone(allow), own.Strings()...)
 	}
-	return ad.kv.PutGrant(ctx, kvstore.Grant{Cluster: a.Cluster, Node: a.Node, AllowLabels: allow, TokenID: a.TokenID})
+	return ad.kv.PutGrant(ctx, kvstore.Grant{Cluster: a.Cluster, Node: a.Node, AllowLabels: allow, TokenID: a.TokenID, PodCIDRs: a.PodCIDRs})
 }
 
 // nameFree refuses a node name the mesh uses: one with a node record (a
@@ -162,6 +162,9 @@ func (s nodeServices) checkGrant(ctx context.Context, c join.Caller, labels []st
 
 // AllocateCIDR implements join.NodeServices.
 func (s nodeServices) AllocateCIDR(ctx context.Context, c join.Caller, req join.CIDRRequest) (netip.Prefix, error) {
+	if req.Claim.IsValid() {
+		return s.claimCIDR(ctx, c, req.Claim)
+	}
 	src := ipamCIDRs{kv: s.a.cp.kv, cluster: c.Cluster, node: c.Node, clusterID: req.ClusterID,
 		meshPool: req.MeshPool, prefixLen: req.PrefixLength, log: s.a.log}
 	if src.meshPool == "" {
@@ -172,6 +175,37 @@ func (s nodeServices) AllocateCIDR(ctx context.Context, c join.Caller, req join.
 		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "%v", err)
 	}
 	return cidr, err
+}
+
+// claimCIDR registers a Kubernetes node's podCIDR as its CIDR, if the
+// node's token granted a range that holds it. A compromised node can so
+// claim only free ranges inside its grant, never one another node holds.
+func (s nodeServices) claimCIDR(ctx context.Context, c join.Caller, cidr netip.Prefix) (netip.Prefix, error) {
+	g, err := s.a.cp.kv.GetGrant(ctx, c.Cluster, c.Node)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("reading the grant of %s/%s: %w", c.Cluster, c.Node, err)
+	}
+	if !prefixWithin(cidr, g.PodCIDRs) {
+		if len(g.PodCIDRs) == 0 {
+			return netip.Prefix{}, join.Errorf(join.CodeForbidden, "node %s/%s may not claim %s: its token admits no Kubernetes nodes (create the token with --pod-cidrs covering the cluster CIDR)", c.Cluster, c.Node, cidr)
+		}
+		return netip.Prefix{}, join.Errorf(join.CodeForbidden, "node %s/%s may not claim %s: its token allows pod CIDRs inside %v only", c.Cluster, c.Node, cidr, g.PodCIDRs)
+	}
+	got, err := s.a.cp.kv.ClaimNodeCIDR(ctx, c.Cluster, c.Node, cidr)
+	if errors.Is(err, kvstore.ErrInvalidConfig) || errors.Is(err, kvstore.ErrOverlap) || errors.Is(err, kvstore.ErrNotFound) {
+		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "%v", err)
+	}
+	return got, err
+}
+
+// prefixWithin reports whether p lies inside one of ranges.
+func prefixWithin(p netip.Prefix, ranges []netip.Prefix) bool {
+	for _, r := range ranges {
+		if r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // ReleaseCIDR implements join.NodeServices; kvstore refuses another
@@ -293,7 +327,11 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	if err != nil {
 		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "--allow-labels: %v", err)
 	}
-	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses, AllowLabels: grant.Strings(allow)}, time.Now())
+	podCIDRs, err := a.tokenPodCIDRs(ctx, cluster, req.PodCIDRs)
+	if err != nil {
+		return api.CreatedToken{}, err
+	}
+	t, secret, err := a.cp.kv.CreateToken(ctx, kvstore.TokenSpec{Cluster: cluster, Labels: labels.Strings(), TTL: ttl, MaxUses: maxUses, AllowLabels: grant.Strings(allow), PodCIDRs: podCIDRs}, time.Now())
 	if err != nil {
 		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
@@ -302,6 +340,49 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 		return api.CreatedToken{}, fmt.Errorf("the join service address %q cannot go into a token (set --join-advertise): %w", a.cfg.JoinAdvertise(), err)
 	}
 	return api.CreatedToken{Token: apiToken(t), JoinToken: jt.String()}, nil
+}
+
+// tokenPodCIDRs parses a Kubernetes token's pod CIDRs and makes them the
+// cluster's (kvstore refuses ranges overlapping any cluster's), so that the
+// nodes it admits can claim their podCIDRs.
+func (a *Agent) tokenPodCIDRs(ctx context.Context, cluster string, in []string) ([]netip.Prefix, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p != p.Masked() {
+			return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: %q is not a CIDR in canonical form (e.g. 100.96.0.0/16, the Kubernetes cluster CIDR)", s)
+		}
+		out = append(out, p)
+	}
+	cl, err := a.cp.kv.GetCluster(ctx, cluster)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: cluster %q has no node yet; create Kubernetes tokens for a cluster that has one (see `meshctl nodes`)", cluster)
+	}
+	if err != nil {
+		return nil, err
+	}
+	changed := false
+	for _, p := range out {
+		if !slices.Contains(cl.PodCIDRs, p) {
+			cl.PodCIDRs = append(cl.PodCIDRs, p)
+			changed = true
+		}
+	}
+	if changed {
+		if err := cl.Validate(); err != nil {
+			return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
+		}
+		if err := a.cp.kv.PutCluster(ctx, cl); err != nil {
+			if kvstore.IsPermissionDenied(err) {
+				return nil, needAdmin("creating Kubernetes tokens")
+			}
+			return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
+		}
+	}
+	return out, nil
 }
 
 // Tokens implements api.TokenManager.
@@ -333,5 +414,13 @@ func (a *Agent) RevokeToken(ctx context.Context, id string) error {
 }
 
 func apiToken(t kvstore.Token) api.Token {
-	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked, AllowLabels: t.AllowLabels}
+	return api.Token{ID: t.ID, Cluster: t.Cluster, Labels: identity.LabelMap(t.Labels), CreatedAt: t.Created, ExpiresAt: t.Expires, Uses: t.Uses, MaxUses: t.MaxUses, Revoked: t.Revoked, AllowLabels: t.AllowLabels, PodCIDRs: prefixStrings(t.PodCIDRs)}
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 
 	"github.com/weftmesh/weft/kvstore/grant"
 )
@@ -22,6 +23,9 @@ type Grant struct {
 	// service issued the node (the newest last, at most MaxCertSerials), so
 	// that a revocation can name them.
 	CertSerials []string `json:"certSerials,omitempty"`
+	// PodCIDRs are the ranges the node may claim its CIDR from (a
+	// Kubernetes node's podCIDR; the token's PodCIDRs).
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
 }
 
 // MaxCertSerials bounds Grant.CertSerials; older serials are dropped.
@@ -46,6 +50,11 @@ func (g Grant) Validate() error {
 	}
 	if len(g.CertSerials) > MaxCertSerials {
 		return invalid("grant", "%s/%s: %d certificate serials, at most %d", g.Cluster, g.Node, len(g.CertSerials), MaxCertSerials)
+	}
+	for i, p := range g.PodCIDRs {
+		if err := canonicalPrefix(p); err != nil {
+			return invalid("grant", "%s/%s: podCIDRs[%d]: %v", g.Cluster, g.Node, i, err)
+		}
 	}
 	for i, s := range g.CertSerials {
 		if !isHexSerial(s) {

@@ -272,3 +272,79 @@ func (cl *Client) NodeCIDRs(ctx context.Context, cluster, node string) ([]netip.
 	}
 	return out, nil
 }
+
+// ClaimNodeCIDR registers cidr, a range the node was given elsewhere (a
+// Kubernetes node's podCIDR from the cluster's controller manager), as the
+// node's CIDR. It must lie in one of the cluster's pod CIDRs and overlap no
+// CIDR any node of any cluster holds; the claim is one create-if-absent
+// transaction, so two nodes claiming one range cannot both win. Claiming
+// the CIDR the node already holds returns it again (an agent restart).
+func (cl *Client) ClaimNodeCIDR(ctx context.Context, cluster, node string, cidr netip.Prefix) (netip.Prefix, error) {
+	if err := ValidateName("node", node); err != nil {
+		return netip.Prefix{}, err
+	}
+	if err := canonicalPrefix(cidr); err != nil {
+		return netip.Prefix{}, fmt.Errorf("%w: claimed CIDR: %v", ErrInvalidConfig, err)
+	}
+	c, err := cl.GetCluster(ctx, cluster)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claiming %s for %s/%s: %w", cidr, cluster, node, err)
+	}
+	inPod := false
+	for _, p := range c.PodCIDRs {
+		if p.Bits() <= cidr.Bits() && p.Contains(cidr.Addr()) {
+			inPod = true
+		}
+	}
+	if !inPod {
+		return netip.Prefix{}, fmt.Errorf("%w: %s is not inside cluster %q's pod CIDRs %v: create the node's token with --pod-cidrs covering the Kubernetes cluster CIDR", ErrInvalidConfig, cidr, cluster, c.PodCIDRs)
+	}
+	for {
+		rctx, cancel := cl.reqCtx(ctx)
+		resp, err := cl.kv.Get(rctx, IPAMPrefix, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("reading %s: %w", IPAMPrefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			pk, err := ParseKey(string(kv.Key))
+			if err != nil {
+				cl.log.Warn("skipping IPAM key that does not parse", "key", string(kv.Key), "err", err)
+				continue
+			}
+			if !pk.CIDR.Overlaps(cidr) {
+				continue
+			}
+			a, derr := DecodeIPAM(kv.Value)
+			if derr == nil && pk.CIDR == cidr && a.CIDR == cidr && a.Cluster == cluster && a.Node == node {
+				return cidr, nil
+			}
+			owner := "a record that does not decode"
+			if derr == nil {
+				owner = a.Cluster + "/" + a.Node
+			}
+			return netip.Prefix{}, fmt.Errorf("%w: %s overlaps %s, held by %s: two nodes cannot own one range (is the Kubernetes cluster CIDR shared with another cluster or mesh pool?)", ErrOverlap, cidr, pk.CIDR, owner)
+		}
+		data, err := Encode(&IPAMAllocation{Cluster: cluster, Node: node, CIDR: cidr})
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		key := IPAMKey(cluster, cidr)
+		rctx, cancel = cl.reqCtx(ctx)
+		// Conditioned on nothing under ipam/ having changed since the
+		// read: an overlapping claim of another size has another key.
+		tresp, err := cl.kv.Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(IPAMPrefix), "<", resp.Header.Revision+1).WithPrefix()).
+			Then(clientv3.OpPut(key, string(data))).Commit()
+		cancel()
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("claiming %s: %w", key, err)
+		}
+		if tresp.Succeeded {
+			return cidr, nil
+		}
+		if ctx.Err() != nil {
+			return netip.Prefix{}, ctx.Err()
+		}
+	}
+}

@@ -460,6 +460,10 @@ type Token struct {
 	// endpoints with (kvstore/grant patterns); empty grants every label,
 	// as tokens did before grants existed.
 	AllowLabels []string `json:"allowLabels,omitempty"`
+	// PodCIDRs makes the admitted nodes Kubernetes nodes: each may claim
+	// the podCIDR its Node object was given as its CIDR, if it lies in one
+	// of these (they are also the cluster's pod CIDRs).
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
 }
 
 func (*Token) recordKind() string   { return "token" }
@@ -490,6 +494,11 @@ func (t Token) Validate() error {
 	}
 	if _, err := grant.Parse(t.AllowLabels); err != nil {
 		return invalid("token", "%s: allowLabels: %v", t.ID, err)
+	}
+	for i, p := range t.PodCIDRs {
+		if err := canonicalPrefix(p); err != nil {
+			return invalid("token", "%s: podCIDRs[%d]: %v", t.ID, i, err)
+		}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -59,6 +60,8 @@ type TokenSpec struct {
 	// AllowLabels are the label patterns the admitted nodes may publish
 	// (kvstore/grant); empty allows every label.
 	AllowLabels []string
+	// PodCIDRs admits Kubernetes nodes whose podCIDR lies in them.
+	PodCIDRs []netip.Prefix
 }
 
 // CreateToken stores a new token and returns it with its secret. Only the
@@ -88,6 +91,7 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 		Cluster:      spec.Cluster,
 		MaxUses:      spec.MaxUses,
 		AllowLabels:  spec.AllowLabels,
+		PodCIDRs:     spec.PodCIDRs,
 	}
 	data, err := Encode(&t)
 	if err != nil {

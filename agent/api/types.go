@@ -274,6 +274,9 @@ type TokenRequest struct {
 	// AllowLabels bounds the labels the admitted nodes may publish
 	// endpoints with ("app=web", "app=*", "k8s:tier=db"); empty: any.
 	AllowLabels []string `json:"allowLabels,omitempty"`
+	// PodCIDRs makes a token for Kubernetes nodes: each may claim the
+	// podCIDR of its Node object if it lies inside one of these.
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
 }
 
 // Token is a stored join token; its secret is never shown again.
@@ -288,6 +291,8 @@ type Token struct {
 	Revoked   bool              `json:"revoked"`
 	// AllowLabels is the token's label grant; empty allows any label.
 	AllowLabels []string `json:"allowLabels,omitempty"`
+	// PodCIDRs are the ranges admitted Kubernetes nodes claim podCIDRs from.
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
 }
 
 // CreatedToken is a new token with the one string a user copies.

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -34,6 +35,9 @@ type Grant struct {
 	// AllowLabels bounds the labels the node may publish endpoints with
 	// (kvstore/grant patterns); empty allows every label.
 	AllowLabels []string
+	// PodCIDRs admits Kubernetes nodes: the ranges a node may claim its
+	// podCIDR from.
+	PodCIDRs []netip.Prefix
 }
 
 // Admission is a node the service is about to sign a certificate for.
@@ -45,6 +49,8 @@ type Admission struct {
 	// TokenLabels are the labels the token gave the node: always within
 	// its grant, since the token's creator chose them.
 	TokenLabels map[string]string
+	// PodCIDRs are the ranges the node may claim its CIDR from.
+	PodCIDRs []netip.Prefix
 }
 
 // Admitter prepares the control plane for a node before its certificate
@@ -249,7 +255,7 @@ func (s *Server) join(r *http.Request) (*response, error) {
 		return nil, fmt.Errorf("token %s carries labels this service cannot use: %w", grant.TokenID, err)
 	}
 	if s.cfg.Admitter != nil {
-		a := Admission{Cluster: cluster, Node: req.NodeName, TokenID: grant.TokenID, AllowLabels: grant.AllowLabels, TokenLabels: grant.Labels}
+		a := Admission{Cluster: cluster, Node: req.NodeName, TokenID: grant.TokenID, AllowLabels: grant.AllowLabels, TokenLabels: grant.Labels, PodCIDRs: grant.PodCIDRs}
 		if err := s.cfg.Admitter.AdmitNode(r.Context(), a); err != nil {
 			return nil, fmt.Errorf("preparing etcd for node %s/%s: %w", cluster, req.NodeName, err)
 		}

@@ -46,6 +46,10 @@ type CIDRRequest struct {
 	PrefixLength int    `json:"prefixLength"`
 	MeshPool     string `json:"meshPool,omitempty"`
 	ClusterID    int    `json:"clusterID,omitempty"`
+	// Claim, when set, asks for this CIDR instead of one from the pool: a
+	// Kubernetes node's podCIDR, allowed when the node's token granted a
+	// range holding it (join.Grant.PodCIDRs).
+	Claim netip.Prefix `json:"claim,omitzero"`
 }
 
 // NodeServices does, for a Caller, what its etcd role may not. A refusal
