@@ -33,6 +33,7 @@ import (
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
+	"github.com/weftmesh/weft/agent/k8s"
 	"github.com/weftmesh/weft/agent/metrics"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/identity/allocator"
@@ -94,6 +95,9 @@ type Agent struct {
 	policy    *policyReconciler
 	eps       *endpointManager
 	workloads *netnsSource
+	// kube and pods exist in Kubernetes mode (kubernetes.go, pods.go).
+	kube *k8s.Source
+	pods *podAttachments
 
 	apiSrv  *api.Server
 	joinSrv interface{ Shutdown(context.Context) error }

@@ -22,10 +22,14 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		return err
 	}
 	a.handshakes.start(a, run)
-	a.apiSrv = api.NewServer(api.Backend{
+	b := api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
 		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a, Pinger: a, PolicyStatus: a,
-	}, a.log.With("component", "api"))
+	}
+	if a.pods != nil {
+		b.CNI = a.pods
+	}
+	a.apiSrv = api.NewServer(b, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
 	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })
 	return nil

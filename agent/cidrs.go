@@ -108,6 +108,48 @@ func (s serviceCIDRs) Release(ctx context.Context, cidr netip.Prefix) error {
 	return nil
 }
 
+// claimedCIDRs is a Kubernetes node's CIDR source: the podCIDR of its
+// Node object, claimed in the mesh's IPAM (by the seed for a joined node,
+// directly with an admin credential).
+type claimedCIDRs struct {
+	podCIDR func(ctx context.Context) (netip.Prefix, error)
+	claim   func(ctx context.Context, p netip.Prefix) (netip.Prefix, error)
+	release func(ctx context.Context, p netip.Prefix) error
+}
+
+func (s claimedCIDRs) Acquire(ctx context.Context) (netip.Prefix, error) {
+	p, err := s.podCIDR(ctx)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	got, err := s.claim(ctx, p)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claiming the podCIDR %s as this node's CIDR: %w", p, err)
+	}
+	return got, nil
+}
+
+func (s claimedCIDRs) Release(ctx context.Context, p netip.Prefix) error { return s.release(ctx, p) }
+
+// claimedCIDRSource makes the Kubernetes node's CIDR source.
+func (cp *controlPlane) claimedCIDRSource(cluster, node string, podCIDR func(context.Context) (netip.Prefix, error)) cidrSource {
+	if cp.node != nil {
+		svc := cp.node.svc
+		return claimedCIDRs{podCIDR: podCIDR,
+			claim: func(ctx context.Context, p netip.Prefix) (netip.Prefix, error) {
+				return svc.AllocateCIDR(ctx, join.CIDRRequest{Claim: p})
+			},
+			release: func(ctx context.Context, p netip.Prefix) error { return svc.ReleaseCIDR(ctx, p) },
+		}
+	}
+	return claimedCIDRs{podCIDR: podCIDR,
+		claim: func(ctx context.Context, p netip.Prefix) (netip.Prefix, error) {
+			return cp.kv.ClaimNodeCIDR(ctx, cluster, node, p)
+		},
+		release: func(ctx context.Context, p netip.Prefix) error { return cp.kv.ReleaseNodeCIDR(ctx, cluster, node, p) },
+	}
+}
+
 // cidrSource is the node's CIDR source for its credential.
 func (cp *controlPlane) cidrSource(cluster, node string, clusterID int, meshPool string, prefixLen int, log *slog.Logger) cidrSource {
 	if cp.node != nil {

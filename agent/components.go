@@ -40,6 +40,7 @@ type component struct {
 // own handshakes go to nodes that know it by then.
 func (a *Agent) components(dp *pendingDatapath) []component {
 	return []component{
+		{name: "start kubernetes source", when: a.kubernetes, start: a.startKubernetes},
 		{name: "connect to etcd", start: a.startControlPlane, stop: func(context.Context) error { a.cp.Close(); return nil }},
 		{name: "register cluster and allocate node CIDR", start: a.acquireCIDR},
 		{name: "open tunnel", start: a.openTunnel, stop: func(context.Context) error {
@@ -66,6 +67,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 		{name: "start caches", start: a.startCaches},
 		{name: "register host endpoint", start: a.registerHost},
 		{name: "restore workloads", start: func(ctx context.Context) error { return a.workloads.restore(ctx, a.cfg.Workloads) }},
+		{name: "serve pods", when: a.kubernetes, start: a.startPods},
 		{name: "configure peers", start: a.startPeers},
 		{name: "serve api", start: a.serveAPI},
 		{name: "certificate renewal", untimed: true, start: a.startRenewal},
@@ -86,6 +88,9 @@ func (a *Agent) startControlPlane(ctx context.Context) error {
 	}
 	a.cp = cp
 	a.cidrs = cp.cidrSource(a.cfg.Cluster, a.cfg.NodeName, a.cfg.ClusterID, a.cfg.IPAM.MeshPool, a.cfg.IPAM.NodePrefixLength, a.log)
+	if a.cfg.Kubernetes.Enabled {
+		a.cidrs = cp.claimedCIDRSource(a.cfg.Cluster, a.cfg.NodeName, a.kubePodCIDR)
+	}
 	return nil
 }
 
@@ -304,6 +309,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
 	ipc.revoked = a.peers.revoked
 	ipc.nodeAddr = nodeAddrOf(a.nodes)
+	ipc.selfCluster, ipc.selfNode = a.cfg.Cluster, a.cfg.NodeName
 	a.ipcache.Store(ipc)
 	// The nodes' label grants, for the ipcache reconciler to refuse
 	// endpoints outside their node's grant (a.cp.grants.Allows;

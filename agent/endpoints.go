@@ -50,6 +50,10 @@ type endpointSpec struct {
 	IP     netip.Addr
 	Labels identity.Labels
 	Host   bool
+	// Infra marks a Kubernetes node's own address: host here, published
+	// as remote-node (with no labels) for the rest of the mesh; nothing is
+	// allocated.
+	Infra bool
 }
 
 // add allocates the endpoint's identity, runs plumb (which connects the
@@ -57,6 +61,9 @@ type endpointSpec struct {
 // then its record, in that order: by the time the mesh learns of the
 // endpoint, its policy is enforced. On failure the identity is released.
 func (m *endpointManager) add(ctx context.Context, spec endpointSpec, plumb func() error) (identity.NumericIdentity, error) {
+	if spec.Infra {
+		return m.addInfra(ctx, spec)
+	}
 	id, err := m.alloc.Allocate(ctx, spec.Labels)
 	if err != nil {
 		return 0, fmt.Errorf("allocating identity for %s: %w", spec.Labels, err)
@@ -76,6 +83,18 @@ func (m *endpointManager) add(ctx context.Context, spec endpointSpec, plumb func
 		return id, fmt.Errorf("registering endpoint %s: %w", spec.Name, err)
 	}
 	return id, nil
+}
+
+func (m *endpointManager) addInfra(ctx context.Context, spec endpointSpec) (identity.NumericIdentity, error) {
+	labels, _ := identity.ReservedLabels(identity.IdentityHost)
+	if err := m.policy.addLocal(ctx, localEndpoint{ID: spec.ID, IP: spec.IP, Identity: identity.IdentityHost, Labels: labels, Host: true}); err != nil {
+		return 0, err
+	}
+	rec := kvstore.Endpoint{IP: spec.IP, Identity: uint32(identity.IdentityRemoteNode), Name: spec.Name, Cluster: m.cluster, Node: m.node}
+	if err := m.records.Put(ctx, rec.Key(), &rec); err != nil {
+		return identity.IdentityHost, fmt.Errorf("registering endpoint %s: %w", spec.Name, err)
+	}
+	return identity.IdentityHost, nil
 }
 
 // remove withdraws the endpoint's record, policy and datapath entry and

@@ -35,6 +35,12 @@ func (a *Agent) hostLabels() (identity.Labels, error) {
 // registerHost gives the node's mesh IP the identity of its labels and
 // makes it a local endpoint judged on the tunnel device.
 func (a *Agent) registerHost(ctx context.Context) error {
+	if a.cfg.Kubernetes.Enabled {
+		// A Kubernetes node's own address is infrastructure, not a
+		// workload: host here, remote-node elsewhere.
+		_, err := a.eps.add(ctx, endpointSpec{Name: a.cfg.NodeName, ID: endpointID(a.cidr, a.meshIP), IP: a.meshIP, Host: true, Infra: true}, nil)
+		return err
+	}
 	labels, err := a.hostLabels()
 	if err != nil {
 		return err

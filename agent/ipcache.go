@@ -52,6 +52,9 @@ type ipcacheReconciler struct {
 	// identityLabels returns the labels of an allocated identity (the
 	// allocator's cache); nil skips the check.
 	identityLabels func(id uint32) ([]string, bool)
+	// self is this node (cluster, name): a Kubernetes node's own address,
+	// published as remote-node, is host here.
+	selfCluster, selfNode string
 	// waiting are the keys of endpoints whose identity is not known yet, by
 	// identity.
 	waiting map[uint32]map[string]bool
@@ -204,7 +207,17 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 	// The identity number must be the one of the record's labels, and the
 	// labels inside the node's grant: otherwise a node could give its
 	// address the number of an identity it was never granted.
-	if r.identityLabels != nil && !identity.NumericIdentity(e.Identity).IsReserved() {
+	// Of the reserved identities a record may carry only remote-node,
+	// and only on its node's own mesh address (a Kubernetes node's):
+	// anything else would let a node make an address host or world.
+	id := identity.NumericIdentity(e.Identity)
+	if id.IsReserved() && (id != identity.IdentityRemoteNode || !r.isNodeAddr(e)) {
+		r.log.Warn("ignoring an endpoint with a reserved identity (only a node's own address may be remote-node)", "endpoint", e.Name, "ip", e.IP,
+			"node", e.Cluster+"/"+e.Node, "identity", id)
+		r.remove(e.IP)
+		return
+	}
+	if r.identityLabels != nil && !id.IsReserved() {
 		ls, ok := r.identityLabels(e.Identity)
 		if !ok {
 			// resyncIdentity applies it once the identity is known.
@@ -232,6 +245,9 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 	var flags uint32
 	if r.isNodeAddr(e) {
 		flags = bpf.IPCacheNode
+	}
+	if id == identity.IdentityRemoteNode && e.Cluster == r.selfCluster && e.Node == r.selfNode {
+		e.Identity = uint32(identity.IdentityHost)
 	}
 	if err := r.dp.UpsertIPCache(pfx, e.Identity, flags); err != nil {
 		r.log.Error("ipcache upsert", "prefix", pfx, "identity", e.Identity, "err", err)

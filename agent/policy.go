@@ -497,3 +497,12 @@ func (r *policyReconciler) policyNames(ctx context.Context) ([]*policy.Policy, m
 	err := r.do(ctx, func() { ps, entries = r.compiler.Policies(), r.compiler.PolicyEntries() })
 	return ps, entries, err
 }
+
+// hasLocal reports whether ip is a local endpoint with its policy written.
+func (r *policyReconciler) hasLocal(ctx context.Context, ip netip.Addr) bool {
+	var ok bool
+	if err := r.do(ctx, func() { _, ok = r.locals[ip.String()] }); err != nil {
+		return false
+	}
+	return ok
+}

@@ -22,6 +22,9 @@ func (kernelVeths) NetnsExists(name string) bool {
 func (kernelVeths) Plumb(w *workload, mtu int) error { return plumbVeth(w, mtu) }
 
 func (kernelVeths) Unplumb(w *workload) error {
+	if w.Chained {
+		return nil // the previous plugin in the chain removes its veth
+	}
 	l, err := netlink.LinkByName(w.HostIface)
 	if err != nil {
 		return nil // already gone: deleting the namespace removes the veth
@@ -32,7 +35,14 @@ func (kernelVeths) Unplumb(w *workload) error {
 	return nil
 }
 
-func netnsPath(name string) string { return filepath.Join("/var/run/netns", name) }
+// netnsPath is the file of a named namespace; a pod's namespace is given
+// as a path already.
+func netnsPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join("/var/run/netns", name)
+}
 
 // plumbVeth creates the veth pair (if missing) and configures both ends.
 // The agent runs in the node's network namespace; the workload end is
@@ -51,12 +61,12 @@ func plumbVeth(w *workload, mtu int) error {
 
 	host, err := netlink.LinkByName(w.HostIface)
 	if err != nil {
-		if old, lerr := h.LinkByName(workloadIface); lerr == nil {
+		if old, lerr := h.LinkByName(w.ifName()); lerr == nil {
 			_ = h.LinkDel(old) // a half-made pair from an interrupted run
 		}
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: w.HostIface, MTU: mtu},
-			PeerName:      workloadIface,
+			PeerName:      w.ifName(),
 			PeerNamespace: netlink.NsFd(int(ns)),
 		}
 		if err := netlink.LinkAdd(veth); err != nil {
@@ -66,9 +76,9 @@ func plumbVeth(w *workload, mtu int) error {
 			return err
 		}
 	}
-	peer, err := h.LinkByName(workloadIface)
+	peer, err := h.LinkByName(w.ifName())
 	if err != nil {
-		return fmt.Errorf("workload end %s missing in %s: %w", workloadIface, w.Netns, err)
+		return fmt.Errorf("workload end %s missing in %s: %w", w.ifName(), w.Netns, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return err
@@ -100,4 +110,24 @@ func plumbVeth(w *workload, mtu int) error {
 		return fmt.Errorf("route to workload: %w", err)
 	}
 	return nil
+}
+
+// linkMACIn is the MAC of interface ifName inside the namespace (a name
+// under /var/run/netns or a path).
+func linkMACIn(ns, ifName string) (string, error) {
+	h, err := netns.GetFromPath(netnsPath(ns))
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return "", err
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(ifName)
+	if err != nil {
+		return "", err
+	}
+	return l.Attrs().HardwareAddr.String(), nil
 }

@@ -39,12 +39,30 @@ type workload struct {
 	HostIface string                   `json:"hostIface"`
 	Labels    []string                 `json:"labels"`
 	Identity  identity.NumericIdentity `json:"identity"`
+
+	// A Kubernetes pod (weft-cni): Netns is the path the runtime gave,
+	// IfName the interface inside the pod; Chained means another plugin
+	// made the veth and the address, and owns them.
+	IfName      string `json:"ifName,omitempty"`
+	ContainerID string `json:"containerID,omitempty"`
+	Pod         string `json:"pod,omitempty"` // namespace/name
+	PodUID      string `json:"podUID,omitempty"`
+	Chained     bool   `json:"chained,omitempty"`
+}
+
+// ifName is the workload's interface inside its namespace.
+func (w *workload) ifName() string {
+	if w.IfName != "" {
+		return w.IfName
+	}
+	return workloadIface
 }
 
 // vethPlumber connects a workload's network namespace to the node; the
 // kernel's (kernelVeths) creates veth pairs, unit tests use a fake.
 type vethPlumber interface {
-	// NetnsExists reports whether the named namespace exists.
+	// NetnsExists reports whether the namespace exists: a name under
+	// /var/run/netns, or a path (pods).
 	NetnsExists(name string) bool
 	// Plumb creates (if missing) and configures the workload's veth pair.
 	Plumb(w *workload, mtu int) error
@@ -183,8 +201,10 @@ func (m *netnsSource) setup(ctx context.Context, w *workload) error {
 		return fmt.Errorf("workload %s: its saved labels %v do not parse (%v): remove it and add it again", w.Name, w.Labels, err)
 	}
 	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels}, func() error {
-		if err := m.veths.Plumb(w, m.mtu()); err != nil {
-			return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
+		if !w.Chained {
+			if err := m.veths.Plumb(w, m.mtu()); err != nil {
+				return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
+			}
 		}
 		if err := m.dp.AttachWorkload(w.HostIface); err != nil {
 			return fmt.Errorf("attaching datapath to %s: %w", w.HostIface, err)

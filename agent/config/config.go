@@ -87,9 +87,22 @@ type Config struct {
 	Metrics   Metrics    `json:"metrics,omitempty"`
 	Flows     Flows      `json:"flows,omitempty"`
 	Join      JoinServer `json:"join,omitempty"`
+	// Kubernetes makes the agent a Kubernetes node's (docs/kubernetes.md).
+	Kubernetes Kubernetes `json:"kubernetes,omitempty"`
 	// Workloads are network namespaces this node runs as mesh endpoints
 	// (the same as `meshctl endpoint add`, but declared).
 	Workloads []Workload `json:"workloads,omitempty"`
+}
+
+// Kubernetes is the agent's Kubernetes mode: its workloads are the pods
+// weft-cni connects, its CIDR is its Node's podCIDR, and NetworkPolicies
+// and WeftPolicies come from the API server. The node name must be the
+// Kubernetes Node's name.
+type Kubernetes struct {
+	Enabled bool `json:"enabled,omitempty"`
+	// Kubeconfig is a kubeconfig file; empty means in-cluster credentials
+	// (the DaemonSet pod's service account).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // Etcd says how the agent reaches the control plane: an existing etcd

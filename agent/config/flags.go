@@ -44,6 +44,9 @@ const (
 	FlagMetricsAddress     = "metrics-address"
 	FlagFlowBuffer         = "flow-buffer"
 	FlagStrict             = "strict"
+	FlagKubernetes         = "kubernetes"
+	FlagKubeconfig         = "kubeconfig"
+	categoryKubernetes     = "Kubernetes node"
 	envPrefix              = "WEFT_"
 	categoryControlPlane   = "control plane"
 	categoryEmbedded       = "embedded control plane (first node)"
@@ -96,6 +99,8 @@ func Flags() []cli.Flag {
 		&cli.PathFlag{Name: FlagBPFPinPath, EnvVars: env(FlagBPFPinPath), Value: d.BPF.PinPath, Usage: "bpffs `DIR` for this agent's pinned maps", Category: categoryDataplane},
 		&cli.BoolFlag{Name: FlagStrict, EnvVars: env(FlagStrict), Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd", Category: categoryDataplane},
 
+		&cli.BoolFlag{Name: FlagKubernetes, EnvVars: env(FlagKubernetes), Usage: "run as a Kubernetes node's agent: pods through weft-cni, the Node's podCIDR as this node's CIDR, NetworkPolicies and WeftPolicies from the API server (in-cluster credentials unless --kubeconfig)", Category: categoryKubernetes},
+		&cli.PathFlag{Name: FlagKubeconfig, EnvVars: env(FlagKubeconfig), Usage: "kubeconfig `FILE` for the API server (default: the pod's service account)", Category: categoryKubernetes},
 		&cli.StringFlag{Name: FlagLogFormat, EnvVars: env(FlagLogFormat), Value: d.Log.Format, Usage: "log format: text or json", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagLogLevel, EnvVars: env(FlagLogLevel), Value: d.Log.Level, Usage: "log level: debug, info, warn or error", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagMetricsAddress, EnvVars: env(FlagMetricsAddress), Value: d.Metrics.Address, Usage: "`HOST:PORT` serving /metrics; the host \"mesh\" is the node's mesh address (empty: off)", Category: categoryObservability},
@@ -191,6 +196,10 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	if c.IsSet(FlagStrict) {
 		cfg.Strict = c.Bool(FlagStrict)
 	}
+	if c.IsSet(FlagKubernetes) {
+		cfg.Kubernetes.Enabled = c.Bool(FlagKubernetes)
+	}
+	setS(FlagKubeconfig, &cfg.Kubernetes.Kubeconfig)
 	return nil
 }
 
