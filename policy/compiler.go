@@ -22,7 +22,8 @@ type crule struct {
 	line     int
 	any      bool // no peers, or entity all: identity 0
 	matchers []*matcher
-	ports    []portKey
+	ports    []portKey  // numeric entries (or every port); nil when all are named
+	named    []PortRule // named entries, resolved per endpoint or per peer
 	src      Rule
 }
 
@@ -36,14 +37,27 @@ type portKey struct {
 type cpolicy struct {
 	p        *Policy
 	sections []section
+	// namedEgress counts egress and egressDeny rules with named ports:
+	// only those make a peer identity's named ports matter.
+	namedEgress int
 }
 
-func portKeys(ports []PortRule) []portKey {
+// portKeys splits a rule's port entries into the keys of the numeric ones
+// (every port for no entries at all) and the named ones, which only an
+// endpoint's or a peer's named ports turn into keys.
+func portKeys(ports []PortRule) ([]portKey, []PortRule) {
 	if len(ports) == 0 {
-		return []portKey{{}}
+		return []portKey{{}}, nil
 	}
-	var out []portKey
+	var (
+		out   []portKey
+		named []PortRule
+	)
 	for _, pr := range ports {
+		if pr.Name != "" {
+			named = append(named, pr)
+			continue
+		}
 		for _, proto := range pr.Protocol.numbers() {
 			if pr.Port == 0 {
 				out = append(out, portKey{proto: proto})
@@ -67,7 +81,7 @@ func portKeys(ports []PortRule) []portKey {
 		}
 		return int(a.plen) - int(b.plen)
 	})
-	return slices.Compact(out)
+	return slices.Compact(out), named
 }
 
 // Compiler turns policies, the identities of the mesh and the local
@@ -81,10 +95,17 @@ type Compiler struct {
 	index     labelIndex
 	matchers  map[string]*matcher
 	locals    map[string]*local
+
+	// Named ports, kept apart from the endpoints and identities they
+	// belong to so that the agent may set them before or after those.
+	endpointPorts map[string][]NamedPort                   // local endpoint key → its ports (ingress)
+	identityPorts map[identity.NumericIdentity][]NamedPort // peer identity → its endpoints' ports (egress)
+	namedEgress   int                                      // sum of the policies' namedEgress
 }
 
 // local is one local endpoint's compiled state.
 type local struct {
+	key      string
 	labels   identity.Labels
 	selected []*cpolicy // sorted by name
 	ingress  bool       // enforced
@@ -102,6 +123,9 @@ func NewCompiler(ids map[identity.NumericIdentity]identity.Labels) *Compiler {
 		index:     labelIndex{},
 		matchers:  map[string]*matcher{},
 		locals:    map[string]*local{},
+
+		endpointPorts: map[string][]NamedPort{},
+		identityPorts: map[identity.NumericIdentity][]NamedPort{},
 	}
 	for n, l := range ids {
 		if n != identity.IdentityAny {
@@ -183,7 +207,11 @@ func (c *Compiler) compilePolicy(p *Policy) *cpolicy {
 		}
 		s := section{name: name, dir: dir, verdict: v, rules: make([]crule, 0, len(rules))}
 		for i, r := range rules {
-			cr := crule{index: i, line: ruleLine(p, name, i), ports: portKeys(r.Ports), src: r}
+			cr := crule{index: i, line: ruleLine(p, name, i), src: r}
+			cr.ports, cr.named = portKeys(r.Ports)
+			if dir == Egress && len(cr.named) > 0 {
+				cp.namedEgress++
+			}
 			if len(r.Peers) == 0 {
 				cr.any = true
 			}
@@ -203,10 +231,12 @@ func (c *Compiler) compilePolicy(p *Policy) *cpolicy {
 	add("egress", Egress, Allow, p.Egress)
 	add("ingressDeny", Ingress, Deny, p.IngressDeny)
 	add("egressDeny", Egress, Deny, p.EgressDeny)
+	c.namedEgress += cp.namedEgress
 	return cp
 }
 
 func (c *Compiler) releasePolicy(cp *cpolicy) {
+	c.namedEgress -= cp.namedEgress
 	for _, s := range cp.sections {
 		for _, r := range s.rules {
 			for _, m := range r.matchers {
@@ -304,15 +334,93 @@ func (c *Compiler) RemoveIdentity(n identity.NumericIdentity) map[string]Delta {
 
 // AddEndpoint registers (or re-labels) a local endpoint under a caller's
 // key (its address, say) and returns its full policy.
+// Named ports set for the key (SetEndpointNamedPorts) are kept.
 func (c *Compiler) AddEndpoint(key string, labels identity.Labels) EndpointPolicy {
-	l := &local{labels: labels, entries: map[identity.NumericIdentity]map[Key]Verdict{}}
+	l := &local{key: key, labels: labels, entries: map[identity.NumericIdentity]map[Key]Verdict{}}
 	c.locals[key] = l
 	c.compileLocal(l)
 	return l.policy()
 }
 
-// RemoveEndpoint forgets a local endpoint.
-func (c *Compiler) RemoveEndpoint(key string) { delete(c.locals, key) }
+// RemoveEndpoint forgets a local endpoint and its named ports.
+func (c *Compiler) RemoveEndpoint(key string) {
+	delete(c.locals, key)
+	delete(c.endpointPorts, key)
+}
+
+// SetEndpointNamedPorts sets the named ports of a local endpoint (its
+// containers' ports, for a pod): ingress rules that name a port resolve
+// it against them, as Kubernetes resolves a name against the selected
+// pod. It may come before AddEndpoint; nil clears. It returns the delta of
+// that endpoint, if any; invalid ports are an error and change nothing.
+func (c *Compiler) SetEndpointNamedPorts(key string, ports []NamedPort) (map[string]Delta, error) {
+	nps, err := normalizeNamedPorts(ports)
+	if err != nil {
+		return nil, fmt.Errorf("named ports of endpoint %s: %w", key, err)
+	}
+	if slices.Equal(c.endpointPorts[key], nps) {
+		return nil, nil
+	}
+	if nps == nil {
+		delete(c.endpointPorts, key)
+	} else {
+		c.endpointPorts[key] = nps
+	}
+	l, ok := c.locals[key]
+	if !ok || !l.namesIngressPorts() {
+		return nil, nil
+	}
+	return c.recomputeWhere(func(x *local) bool { return x == l }), nil
+}
+
+// SetIdentityNamedPorts sets the named ports of a peer identity: the
+// union of the named ports of every endpoint (local or remote) carrying
+// it. Egress rules that name a port resolve it against the destination
+// identity's, as Kubernetes resolves a name against the peer pod. Since
+// identities are shared, a name two such endpoints map to different
+// numbers allows both numbers toward each of them. The ports are kept
+// apart from AddIdentity/RemoveIdentity (either may come first); nil
+// clears. It returns the deltas of the local endpoints whose entries for
+// that identity change; invalid ports are an error and change nothing.
+func (c *Compiler) SetIdentityNamedPorts(id identity.NumericIdentity, ports []NamedPort) (map[string]Delta, error) {
+	if id == identity.IdentityAny {
+		return nil, fmt.Errorf("%w: named ports of identity 0: 0 stands for any peer, not an identity", ErrInvalid)
+	}
+	nps, err := normalizeNamedPorts(ports)
+	if err != nil {
+		return nil, fmt.Errorf("named ports of identity %v: %w", id, err)
+	}
+	if slices.Equal(c.identityPorts[id], nps) {
+		return nil, nil
+	}
+	if nps == nil {
+		delete(c.identityPorts, id)
+	} else {
+		c.identityPorts[id] = nps
+	}
+	if _, known := c.ids[id]; !known || c.namedEgress == 0 {
+		return nil, nil
+	}
+	return c.recomputeIdentity(id), nil
+}
+
+// namesIngressPorts reports whether a policy selecting l names a port in
+// an ingress or ingressDeny rule: only then do l's named ports matter.
+func (l *local) namesIngressPorts() bool {
+	for _, cp := range l.selected {
+		for _, s := range cp.sections {
+			if s.dir != Ingress {
+				continue
+			}
+			for _, r := range s.rules {
+				if len(r.named) > 0 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
 
 // EndpointPolicy returns the current policy of a local endpoint.
 func (c *Compiler) EndpointPolicy(key string) (EndpointPolicy, bool) {
@@ -414,14 +522,29 @@ func (c *Compiler) compileLocal(l *local) {
 	raw := map[identity.NumericIdentity][]contrib{}
 	for _, cp := range l.selected {
 		for _, s := range cp.sections {
-			for _, r := range s.rules {
+			for i := range s.rules {
+				r := &s.rules[i]
+				// Ingress names resolve against l alone: the same keys for
+				// every peer. Egress names resolve per peer, below.
+				keys := c.keysFor(l, s.dir, r, identity.IdentityAny)
 				if r.any {
-					raw[identity.IdentityAny] = appendContribs(raw[identity.IdentityAny], s, r)
+					raw[identity.IdentityAny] = appendContribs(raw[identity.IdentityAny], s, keys)
+					if s.dir == Egress && len(r.named) > 0 {
+						for id, nps := range c.identityPorts {
+							if _, known := c.ids[id]; known {
+								raw[id] = appendContribs(raw[id], s, namedKeys(r.named, nps))
+							}
+						}
+					}
 					continue
 				}
 				for _, m := range r.matchers {
 					for id := range m.ids {
-						raw[id] = appendContribs(raw[id], s, r)
+						if s.dir == Egress && len(r.named) > 0 {
+							raw[id] = appendContribs(raw[id], s, c.keysFor(l, s.dir, r, id))
+						} else {
+							raw[id] = appendContribs(raw[id], s, keys)
+						}
 					}
 				}
 			}
@@ -440,13 +563,19 @@ func (c *Compiler) entriesFor(l *local, n identity.NumericIdentity) map[Key]Verd
 	var cs []contrib
 	for _, cp := range l.selected {
 		for _, s := range cp.sections {
-			for _, r := range s.rules {
+			for i := range s.rules {
+				r := &s.rules[i]
 				if r.any {
+					// The wildcard entry covers n's numeric ports; names
+					// in an egress rule resolve against n's own.
+					if s.dir == Egress && len(r.named) > 0 {
+						cs = appendContribs(cs, s, namedKeys(r.named, c.identityPorts[n]))
+					}
 					continue
 				}
 				for _, m := range r.matchers {
 					if _, ok := m.ids[n]; ok {
-						cs = appendContribs(cs, s, r)
+						cs = appendContribs(cs, s, c.keysFor(l, s.dir, r, n))
 						break
 					}
 				}
@@ -456,6 +585,28 @@ func (c *Compiler) entriesFor(l *local, n identity.NumericIdentity) map[Key]Verd
 	return resolve(n, cs)
 }
 
+// keysFor returns the port keys a rule asks for on endpoint l toward peer
+// identity id (IdentityAny: no particular peer): its numeric keys plus
+// its named entries resolved against l's named ports for ingress, or
+// against id's for egress.
+func (c *Compiler) keysFor(l *local, dir Direction, r *crule, id identity.NumericIdentity) []portKey {
+	if len(r.named) == 0 {
+		return r.ports
+	}
+	var against []NamedPort
+	switch {
+	case dir == Ingress:
+		against = c.endpointPorts[l.key]
+	case id != identity.IdentityAny:
+		against = c.identityPorts[id]
+	}
+	extra := namedKeys(r.named, against)
+	if len(extra) == 0 {
+		return r.ports
+	}
+	return append(slices.Clip(r.ports), extra...)
+}
+
 // contrib is one entry a rule asks for, before deny precedence.
 type contrib struct {
 	dir     Direction
@@ -463,8 +614,8 @@ type contrib struct {
 	pk      portKey
 }
 
-func appendContribs(cs []contrib, s section, r crule) []contrib {
-	for _, pk := range r.ports {
+func appendContribs(cs []contrib, s section, keys []portKey) []contrib {
+	for _, pk := range keys {
 		cs = append(cs, contrib{dir: s.dir, verdict: s.verdict, pk: pk})
 	}
 	return cs
@@ -544,20 +695,28 @@ func (c *Compiler) PolicyEntries() map[string]int {
 	for _, l := range c.locals {
 		for _, cp := range l.selected {
 			keys := map[Key]struct{}{}
+			add := func(id identity.NumericIdentity, dir Direction, pks []portKey) {
+				for _, pk := range pks {
+					keys[keyOf(id, contrib{dir: dir, pk: pk})] = struct{}{}
+				}
+			}
 			for _, s := range cp.sections {
-				for _, r := range s.rules {
-					ids := []identity.NumericIdentity{identity.IdentityAny}
-					if !r.any {
-						ids = ids[:0]
-						for _, m := range r.matchers {
-							for id := range m.ids {
-								ids = append(ids, id)
+				for i := range s.rules {
+					r := &s.rules[i]
+					if r.any {
+						add(identity.IdentityAny, s.dir, c.keysFor(l, s.dir, r, identity.IdentityAny))
+						if s.dir == Egress && len(r.named) > 0 {
+							for id, nps := range c.identityPorts {
+								if _, known := c.ids[id]; known {
+									add(id, s.dir, namedKeys(r.named, nps))
+								}
 							}
 						}
+						continue
 					}
-					for _, id := range ids {
-						for _, pk := range r.ports {
-							keys[keyOf(id, contrib{dir: s.dir, pk: pk})] = struct{}{}
+					for _, m := range r.matchers {
+						for id := range m.ids {
+							add(id, s.dir, c.keysFor(l, s.dir, r, id))
 						}
 					}
 				}

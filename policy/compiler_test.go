@@ -144,6 +144,8 @@ func runProperty(t *testing.T, rng *rand.Rand, steps int) {
 	policies := map[string]*Policy{}
 	endpoints := map[string]identity.Labels{}
 	state := map[string]EndpointPolicy{} // what the datapath holds
+	endpointPorts := map[string][]NamedPort{}
+	identityPorts := map[identity.NumericIdentity][]NamedPort{}
 
 	apply := func(what string, ds map[string]Delta) {
 		for key, d := range ds {
@@ -167,7 +169,30 @@ func runProperty(t *testing.T, rng *rand.Rand, steps int) {
 	}
 	for step := range steps {
 		var what string
-		switch op := rng.IntN(10); {
+		switch op := rng.IntN(12); {
+		case op == 10:
+			key := fmt.Sprintf("ep%d", rng.IntN(3))
+			nps := randomNamedPorts(rng)
+			what = fmt.Sprintf("endpoint %s named ports %v", key, nps)
+			endpointPorts[key] = nps
+			d, err := c.SetEndpointNamedPorts(key, nps)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if _, local := endpoints[key]; !local && len(d) > 0 {
+				t.Fatalf("%s: delta %v for an endpoint not added", what, d)
+			}
+			apply(what, d)
+		case op == 11:
+			n := identity.NumericIdentity(256 + rng.IntN(40))
+			nps := randomNamedPorts(rng)
+			what = fmt.Sprintf("identity %d named ports %v", n, nps)
+			identityPorts[n] = nps
+			d, err := c.SetIdentityNamedPorts(n, nps)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			apply(what, d)
 		case op < 3:
 			n := identity.NumericIdentity(256 + rng.IntN(40))
 			if rng.IntN(5) == 0 {
@@ -209,10 +234,21 @@ func runProperty(t *testing.T, rng *rand.Rand, steps int) {
 		}
 		ps := slices.Collect(maps.Values(policies))
 		for key, l := range endpoints {
-			want, err := Compile(ps, ids, l)
-			if err != nil {
+			// The full recompute: a fresh compiler that knows the same
+			// named ports (Compile alone knows none).
+			fresh := NewCompiler(ids)
+			if _, err := fresh.ReplacePolicies(ps); err != nil {
 				t.Fatal(err)
 			}
+			for n, nps := range identityPorts {
+				if _, err := fresh.SetIdentityNamedPorts(n, nps); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := fresh.SetEndpointNamedPorts(key, endpointPorts[key]); err != nil {
+				t.Fatal(err)
+			}
+			want := fresh.AddEndpoint(key, l)
 			if !state[key].Equal(want) {
 				t.Fatalf("step %d (%s): endpoint %s: incremental state\n  %v %v %v\nfull recompute\n  %v %v %v", step, what, key,
 					state[key].IngressEnforced, state[key].EgressEnforced, state[key].Entries, want.IngressEnforced, want.EgressEnforced, want.Entries)
@@ -226,16 +262,34 @@ func runProperty(t *testing.T, rng *rand.Rand, steps int) {
 					port = 0
 				}
 				got := want.Verdict(Ingress, peer, proto, port)
-				if tr := Trace(ps, ids[peer], l, port, proto); tr.Ingress.Verdict != got {
+				if tr := TraceNamedPorts(ps, ids[peer], l, endpointPorts[key], port, proto); tr.Ingress.Verdict != got {
 					t.Fatalf("step %d: ingress from %d %v proto %d port %d: datapath %s, trace %s", step, peer, ids[peer], proto, port, got, tr)
 				}
 				got = want.Verdict(Egress, peer, proto, port)
-				if tr := Trace(ps, l, ids[peer], port, proto); tr.Egress.Verdict != got {
+				if tr := TraceNamedPorts(ps, l, ids[peer], identityPorts[peer], port, proto); tr.Egress.Verdict != got {
 					t.Fatalf("step %d: egress to %d %v proto %d port %d: datapath %s, trace %s", step, peer, ids[peer], proto, port, got, tr)
 				}
 			}
 		}
 	}
+}
+
+// propPortNames are the port names of the property test; "gone" is never
+// given a number.
+var propPortNames = []string{"http", "dns", "metrics", "gone"}
+
+// randomNamedPorts numbers some of the names on the ports the property
+// test probes (multiples of 100), sometimes one name twice (a union).
+func randomNamedPorts(rng *rand.Rand) []NamedPort {
+	var out []NamedPort
+	for range rng.IntN(4) {
+		out = append(out, NamedPort{
+			Name:     propPortNames[rng.IntN(3)],
+			Protocol: []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}[rng.IntN(3)],
+			Port:     uint16(100 * (1 + rng.IntN(11))),
+		})
+	}
+	return out
 }
 
 func randomKnown(rng *rand.Rand, ids map[identity.NumericIdentity]identity.Labels) identity.NumericIdentity {
@@ -305,7 +359,9 @@ func randomRules(rng *rand.Rand) []Rule {
 		}
 		for range rng.IntN(3) {
 			pr := PortRule{Protocol: []Protocol{ProtoTCP, ProtoUDP, ProtoANY, ProtoICMP}[rng.IntN(4)]}
-			if pr.Protocol != ProtoICMP && rng.IntN(4) != 0 {
+			if pr.Protocol != ProtoICMP && rng.IntN(4) == 0 {
+				pr.Name = propPortNames[rng.IntN(len(propPortNames))]
+			} else if pr.Protocol != ProtoICMP && rng.IntN(4) != 0 {
 				pr.Port = uint16(1 + rng.IntN(11)*100)
 				if rng.IntN(2) == 0 {
 					pr.EndPort = pr.Port + uint16(rng.IntN(600))

@@ -237,6 +237,43 @@ func ParseOne(file string, data []byte) (*Policy, error) {
 	return ParseSource(file, 1, data)
 }
 
+// ParseSpec parses the spec of a policy whose name comes from elsewhere,
+// such as a Kubernetes WeftPolicy object, whose .spec is a Weft policy's
+// spec: the fields, checks and messages are those of a document's spec
+// (`meshctl policy apply`). data is YAML or JSON; name may be a stored or
+// an imported policy name. Errors are *ParseError with file and positions
+// in data.
+func ParseSpec(file, name string, data []byte) (*Policy, error) {
+	if err := validatePolicyName(name); err != nil {
+		return nil, &ParseError{File: file, Err: fmt.Errorf("%w: %v", ErrInvalid, err)}
+	}
+	if len(data) > MaxDocumentBytes {
+		return nil, &ParseError{File: file, Err: fmt.Errorf("%w: policy %q: its spec is %d bytes long, at most %d are stored: split it into several policies", ErrInvalid, name, len(data), MaxDocumentBytes)}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &ParseError{File: file, Err: fmt.Errorf("%w: the spec is empty (a spec has endpointSelector and at least one of ingress, egress, ingressDeny, egressDeny)", ErrInvalid)}
+		}
+		return nil, syntaxError(file, 0, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, &ParseError{File: file, Line: extra.Line, Column: 1, Err: fmt.Errorf("%w: more than one spec", ErrInvalid)}
+	}
+	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
+		return nil, &ParseError{File: file, Err: fmt.Errorf("%w: the spec is empty (null)", ErrInvalid)}
+	}
+	n := doc.Content[0]
+	d := &decoder{file: file}
+	p := d.spec(&Policy{Name: name, File: file, Line: n.Line}, n)
+	if d.err != nil {
+		return nil, d.err
+	}
+	return p, nil
+}
+
 func syntaxError(file string, offset int, err error) error {
 	// yaml.v3 reports "yaml: line N: reason"; keep the line for the user.
 	msg := err.Error()
@@ -368,13 +405,21 @@ func (d *decoder) policy(n *yaml.Node) *Policy {
 	if meta["description"] != nil {
 		p.Description = d.str(meta["description"], "metadata.description")
 	}
-	spec := d.fields(top["spec"], "spec", "endpointSelector", "ingress", "egress", "ingressDeny", "egressDeny")
+	if d.err != nil {
+		return nil
+	}
+	return d.spec(p, top["spec"])
+}
+
+// spec decodes a policy's spec into p.
+func (d *decoder) spec(p *Policy, n *yaml.Node) *Policy {
+	spec := d.fields(n, "spec", "endpointSelector", "ingress", "egress", "ingressDeny", "egressDeny")
 	if d.err != nil {
 		return nil
 	}
 	es := spec["endpointSelector"]
 	if es == nil {
-		d.fail(top["spec"], "spec.endpointSelector is missing (write endpointSelector: {} to select every endpoint)")
+		d.fail(n, "spec.endpointSelector is missing (write endpointSelector: {} to select every endpoint)")
 		return nil
 	}
 	sel, err := identity.SelectorFromNode(es)
@@ -391,7 +436,7 @@ func (d *decoder) policy(n *yaml.Node) *Policy {
 		return nil
 	}
 	if p.Ingress == nil && p.Egress == nil && p.IngressDeny == nil && p.EgressDeny == nil {
-		d.fail(top["spec"], "spec has no ingress, egress, ingressDeny or egressDeny section: the policy would do nothing")
+		d.fail(n, "spec has no ingress, egress, ingressDeny or egressDeny section: the policy would do nothing")
 		return nil
 	}
 	return p
@@ -558,11 +603,19 @@ func (d *decoder) port(n *yaml.Node, where string) PortRule {
 		}
 	}
 	if pn := f["port"]; pn != nil {
-		pr.Port = d.portNumber(pn, "port")
+		if isNamedPort(pn) {
+			pr.Name = d.portName(pn, where)
+		} else {
+			pr.Port = d.portNumber(pn, "port")
+		}
 	}
 	if en := f["endPort"]; en != nil {
 		if f["port"] == nil {
 			d.fail(en, "%s: endPort needs port (the start of the range)", where)
+			return PortRule{}
+		}
+		if pr.Name != "" {
+			d.fail(en, "%s: endPort needs a port number: a named port (%s) is one port, not the start of a range", where, pr.Name)
 			return PortRule{}
 		}
 		pr.EndPort = d.portNumber(en, "endPort")
@@ -585,7 +638,7 @@ func (d *decoder) portNumber(n *yaml.Node, what string) uint16 {
 	}
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
 		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" {
-			d.fail(n, "%s %q must be a number between 1 and 65535 (named ports are not supported)", what, n.Value)
+			d.fail(n, "%s %q must be a number between 1 and 65535, unquoted", what, n.Value)
 		} else {
 			d.fail(n, "%s must be a number between 1 and 65535, not %s", what, describe(n))
 		}
@@ -597,6 +650,28 @@ func (d *decoder) portNumber(n *yaml.Node, what string) uint16 {
 		return 0
 	}
 	return uint16(v)
+}
+
+// isNamedPort reports whether a port value is written as a name: a
+// string with a letter in it ("80" quoted is a number written wrongly,
+// and is reported as such).
+func isNamedPort(n *yaml.Node) bool {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
+		return false
+	}
+	return strings.ContainsFunc(n.Value, func(r rune) bool { return r < '0' || r > '9' })
+}
+
+// portName reads a named port (`port: http`).
+func (d *decoder) portName(n *yaml.Node, where string) string {
+	if d.err != nil {
+		return ""
+	}
+	if err := ValidatePortName(n.Value); err != nil {
+		d.fail(n, "%s: port %v; or write a number between 1 and 65535", where, err)
+		return ""
+	}
+	return n.Value
 }
 
 // ValidateName checks a policy name: the mesh's one name rule

@@ -24,7 +24,12 @@ func TestParseErrors(t *testing.T) {
 		{"bad selector operator", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - from: [{matchExpressions: [{key: a, operator: Is, values: [b]}]}]", 7, `unknown operator "Is"`},
 		{"port out of range", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: 70000}]", 7, "out of range"},
 		{"port zero", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: 0}]", 7, "out of range"},
-		{"named port", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: http}]", 7, "named ports are not supported"},
+		{"bad port name", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: HTTP}]", 7, `"HTTP" is not a port name: character 'H' is not allowed`},
+		{"port name with --", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: a--b}]", 7, `contains "--"`},
+		{"port name too long", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: abcdefghijklmnop}]", 7, "16 characters long"},
+		{"quoted port number", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: \"80\"}]", 7, `port "80" must be a number between 1 and 65535, unquoted`},
+		{"endPort with a named port", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: http, endPort: 90}]", 7, "a named port (http) is one port"},
+		{"ICMP with a named port", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: ping, protocol: ICMP}]", 7, "ICMP has no ports"},
 		{"endPort below port", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: 90, endPort: 80}]", 7, "below port"},
 		{"endPort without port", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{endPort: 80}]", 7, "endPort needs port"},
 		{"lower-case protocol", "metadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n    - ports: [{port: 80, protocol: tcp}]", 7, "write it in capitals (TCP)"},
@@ -160,6 +165,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(hdr + "metadata: {name: db}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress:\n    - from: [{matchLabels: {app: web}}]\n      ports: [{port: 5432, protocol: TCP}]\n  ingressDeny:\n    - from: [{entities: [world]}]\n")
 	f.Add(hdr + "metadata: {name: c}\nspec: {endpointSelector: {}, egress: [{to: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}], ports: [{port: 1, endPort: 1023, protocol: ANY}]}]}")
 	f.Add(hdr + "metadata: {name: a}\nspec: {endpointSelector: {}, ingress: []}\n---\n" + hdr + "metadata: {name: b}\nspec: {endpointSelector: {}, egressDeny: [{}]}")
+	f.Add(hdr + "metadata: {name: n1}\nspec: {endpointSelector: {}, ingress: [{ports: [{port: http}, {port: dns, protocol: UDP}]}], egress: [{ports: [{port: http, protocol: ANY}]}]}")
 	f.Add("&a [*a]")
 	ids := testIdentities()
 	local := identity.MustLabels("vm:app=db")

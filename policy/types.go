@@ -136,15 +136,28 @@ func (p Protocol) numbers() []uint8 {
 
 // PortRule is one entry of `ports`. Port 0 means every port of the
 // protocol; EndPort 0 means just Port.
+//
+// Name, when set, is a named port (`port: http`) instead of a number:
+// Port and EndPort are 0 and the name is resolved where Kubernetes
+// resolves it — in an ingress rule against the named ports of the local
+// (destination) endpoint, in an egress rule against those of the peer
+// (destination) identity. Only named ports of the entry's protocol count
+// (every protocol for ANY); a name that resolves to nothing matches
+// nothing.
 type PortRule struct {
 	Protocol Protocol
 	Port     uint16
 	EndPort  uint16
+	Name     string
 }
 
 // matches reports whether a packet's protocol and port fall in the entry.
 // ICMP packets carry no port and are looked up with port 0.
+// A named entry never matches here: see (PortRule).matchesNamed.
 func (pr PortRule) matches(proto uint8, port uint16) bool {
+	if pr.Name != "" {
+		return false
+	}
 	if pr.Protocol != ProtoANY && !containsProto(pr.Protocol.numbers(), proto) {
 		return false
 	}

@@ -12,7 +12,7 @@ func (p *Policy) Validate() error {
 	if p == nil {
 		return fmt.Errorf("%w: nil policy", ErrInvalid)
 	}
-	if err := ValidateName(p.Name); err != nil {
+	if err := validatePolicyName(p.Name); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if err := p.EndpointSelector.Validate(); err != nil {
@@ -107,8 +107,14 @@ func (pr PortRule) validate() error {
 	default:
 		return fmt.Errorf("unknown protocol %q (use TCP, UDP, SCTP, ICMP or ANY)", pr.Protocol)
 	}
-	if pr.Protocol == ProtoICMP && (pr.Port != 0 || pr.EndPort != 0) {
+	if pr.Protocol == ProtoICMP && (pr.Port != 0 || pr.EndPort != 0 || pr.Name != "") {
 		return fmt.Errorf("ICMP has no ports")
+	}
+	if pr.Name != "" {
+		if pr.Port != 0 || pr.EndPort != 0 {
+			return fmt.Errorf("named port %q has a port number too: give either a name or a number", pr.Name)
+		}
+		return ValidatePortName(pr.Name)
 	}
 	if pr.EndPort != 0 {
 		if pr.Port == 0 {
