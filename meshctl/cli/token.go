@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"net/netip"
 
 	"io"
 	"sort"
@@ -52,10 +53,18 @@ any value of app; other nodes refuse endpoints outside it, and the first node
 creates no identity outside it. Without it the node may use any label.
 mesh: labels (cluster, kind) are Weft's own and always allowed.
 
+--pod-cidrs makes a token for Kubernetes nodes (the weft DaemonSet's Secret):
+each node it admits claims the podCIDR of its Node object as its CIDR in the
+mesh, which must lie inside one of these ranges (give the Kubernetes
+cluster CIDR, kube-controller-manager --cluster-cidr). The ranges become the
+cluster's pod CIDRs; ranges overlapping another cluster's, or the mesh
+pool, are refused. See docs/kubernetes.md.
+
 Examples:
   meshctl token create --labels app=db --ttl 30m
   meshctl token create --cluster west --reusable --max-uses 20 --ttl 24h
-  meshctl token create --labels app=web --allow-labels app=web,app=worker`,
+  meshctl token create --labels app=web --allow-labels app=web,app=worker
+  meshctl token create --pod-cidrs 100.96.0.0/16 --reusable --max-uses 50 --ttl 24h`,
 				Flags: agentFlags(
 					&cli.StringFlag{Name: "cluster", Usage: "`CLUSTER` the node joins (default: this agent's)"},
 					&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` given to the node"},
@@ -63,6 +72,7 @@ Examples:
 					&cli.BoolFlag{Name: "reusable", Usage: "let several machines join with this token (needs --max-uses)"},
 					&cli.IntFlag{Name: "max-uses", Usage: "how many machines may join with a --reusable token (`N`)"},
 					&cli.StringFlag{Name: "allow-labels", Usage: "labels `k=v,...` the node may give its workloads (k=* any value); default any"},
+					&cli.StringFlag{Name: "pod-cidrs", Usage: "a token for Kubernetes nodes: `CIDR,...` their podCIDRs lie in (the cluster CIDR)"},
 				),
 				Action: tokenCreateAction,
 			},
@@ -105,6 +115,15 @@ func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
 			return req, fmt.Errorf("--allow-labels: %w", err)
 		}
 		req.AllowLabels = grant.Strings(allow)
+	}
+	if s := c.String("pod-cidrs"); s != "" {
+		for _, x := range strings.Split(s, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(x))
+			if err != nil || p != p.Masked() {
+				return req, fmt.Errorf("--pod-cidrs: %q is not a CIDR in canonical form (e.g. 100.96.0.0/16, the Kubernetes cluster CIDR)", x)
+			}
+			req.PodCIDRs = append(req.PodCIDRs, p.String())
+		}
 	}
 	ttl := c.Duration("ttl")
 	if ttl < minTokenTTL || ttl > maxTokenTTL {
@@ -153,6 +172,9 @@ func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
 	}
 	if len(tok.AllowLabels) > 0 {
 		labels += ", workloads may use only " + strings.Join(tok.AllowLabels, ",")
+	}
+	if len(tok.PodCIDRs) > 0 {
+		labels += ", Kubernetes nodes with podCIDRs in " + strings.Join(tok.PodCIDRs, ",")
 	}
 	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
 
