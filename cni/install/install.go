@@ -150,7 +150,7 @@ func (o *Options) entry(after string) (json.RawMessage, error) {
 		Timeout      string `json:"timeout"`
 		LogFile      string `json:"logFile,omitempty"`
 		ChainedAfter string `json:"chainedAfter,omitempty"`
-	}{plugin.Type, o.AgentSocket, o.Timeout.String(), o.LogFile, after}
+	}{plugin.Type, o.AgentSocket, duration(o.Timeout), o.LogFile, after}
 	b, err := json.Marshal(e)
 	if err != nil {
 		return nil, err
@@ -161,6 +161,14 @@ func (o *Options) entry(after string) (json.RawMessage, error) {
 		return nil, fmt.Errorf("the options make a configuration weft-cni would refuse: %w", err)
 	}
 	return b, nil
+}
+
+// duration writes whole seconds as "60s" rather than Go's "1m0s".
+func duration(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
 }
 
 func installBinary(o Options, did *[]string) error {
@@ -413,7 +421,11 @@ func chainList(o Options, path string, data []byte, mode fs.FileMode, did *[]str
 	if err := writeAtomic(path, out, mode); err != nil {
 		return err
 	}
-	*did = append(*did, fmt.Sprintf("chained weft-cni into %s (after %s)", path, strings.Join(types, ", ")))
+	if at >= 0 {
+		*did = append(*did, "updated weft-cni's entry in "+path)
+	} else {
+		*did = append(*did, fmt.Sprintf("chained weft-cni into %s (after %s)", path, strings.Join(types, ", ")))
+	}
 	return nil
 }
 
