@@ -293,7 +293,10 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		a.tun.MTU, a.workloadLabels, a.opts.veths, a.dp, a.eps, a.log)
 	a.endpoints, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Endpoint]{
 		Name: "endpoints", Prefix: kvstore.EndpointsPrefix, Decode: kvstore.EndpointDecoder,
-		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) { a.ipcache.Load().event(ev) },
+		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) {
+			a.ipcache.Load().event(ev)
+			a.policy.endpointPorts(ev)
+		},
 		Logger:  a.log,
 	})
 	if err != nil {

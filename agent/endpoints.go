@@ -9,6 +9,7 @@ import (
 
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/policy"
 )
 
 // identityAllocator hands out mesh-wide numeric identities for label sets
@@ -21,6 +22,8 @@ type identityAllocator interface {
 // localPolicy is the policy reconciler as the endpoint manager uses it.
 type localPolicy interface {
 	addLocal(ctx context.Context, ep localEndpoint) error
+	// setLocalPorts sets a local endpoint's named ports (before addLocal).
+	setLocalPorts(ctx context.Context, ip netip.Addr, ports []policy.NamedPort) error
 	removeLocal(ctx context.Context, ip netip.Addr) error
 }
 
@@ -54,6 +57,8 @@ type endpointSpec struct {
 	// as remote-node (with no labels) for the rest of the mesh; nothing is
 	// allocated.
 	Infra bool
+	// Ports are its named ports (a pod's container ports).
+	Ports []policy.NamedPort
 }
 
 // add allocates the endpoint's identity, runs plumb (which connects the
@@ -74,15 +79,26 @@ func (m *endpointManager) add(ctx context.Context, spec endpointSpec, plumb func
 			return 0, err
 		}
 	}
+	if err := m.policy.setLocalPorts(ctx, spec.IP, spec.Ports); err != nil {
+		m.log.Warn("named ports left out", "endpoint", spec.Name, "err", err)
+	}
 	if err := m.policy.addLocal(ctx, localEndpoint{ID: spec.ID, IP: spec.IP, Identity: id, Labels: spec.Labels, Host: spec.Host}); err != nil {
 		_ = m.alloc.Release(ctx, id)
 		return 0, err
 	}
-	rec := kvstore.Endpoint{IP: spec.IP, Identity: uint32(id), Labels: spec.Labels.Strings(), Name: spec.Name, Cluster: m.cluster, Node: m.node}
+	rec := kvstore.Endpoint{IP: spec.IP, Identity: uint32(id), Labels: spec.Labels.Strings(), Name: spec.Name, Cluster: m.cluster, Node: m.node, NamedPorts: recordPorts(spec.Ports)}
 	if err := m.records.Put(ctx, rec.Key(), &rec); err != nil {
 		return id, fmt.Errorf("registering endpoint %s: %w", spec.Name, err)
 	}
 	return id, nil
+}
+
+func recordPorts(ps []policy.NamedPort) []kvstore.NamedPort {
+	var out []kvstore.NamedPort
+	for _, p := range ps {
+		out = append(out, kvstore.NamedPort{Name: p.Name, Protocol: string(p.Protocol), Port: p.Port})
+	}
+	return out
 }
 
 func (m *endpointManager) addInfra(ctx context.Context, spec endpointSpec) (identity.NumericIdentity, error) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/k8s"
+	"github.com/weftmesh/weft/policy"
+	"github.com/weftmesh/weft/policy/netpol"
 )
 
 // The agent's Kubernetes mode (config.Kubernetes): the Kubernetes source
@@ -60,14 +62,37 @@ func (a *Agent) startPods(ctx context.Context) error {
 	return nil
 }
 
-// setNamedPorts tells the policy compiler a pod's named ports (ingress
-// rules naming a port resolve against the selected pod's).
-func (a *Agent) setNamedPorts(ctx context.Context, pod k8s.Pod) error {
-	return nil
+// kubePoliciesChanged translates the NetworkPolicies and WeftPolicies
+// the API server has and hands them to the policy compiler, which applies
+// only what changed. One that cannot be translated is skipped, logged and
+// shown as failed in `meshctl policy list`; the others are enforced.
+func (a *Agent) kubePoliciesChanged() {
+	if a.kube == nil || a.policy == nil {
+		return
+	}
+	var ps []*policy.Policy
+	failed := map[string]string{}
+	for _, np := range a.kube.NetworkPolicies() {
+		p, err := netpol.Translate(np)
+		if err != nil {
+			name := netpol.Name(np.Namespace, np.Name)
+			a.log.Error("NetworkPolicy not enforced", "networkpolicy", np.Namespace+"/"+np.Name, "err", err)
+			failed[name] = err.Error()
+			continue
+		}
+		ps = append(ps, p)
+	}
+	for _, wp := range a.kube.WeftPolicies() {
+		p, err := netpol.FromWeftPolicy(wp.Name, wp.Spec)
+		if err != nil {
+			a.log.Error("WeftPolicy not enforced", "weftpolicy", wp.Name, "err", err)
+			failed[netpol.WeftPolicyName(wp.Name)] = err.Error()
+			continue
+		}
+		ps = append(ps, p)
+	}
+	a.policy.setImported("kubernetes", ps, failed)
 }
-
-// kubePoliciesChanged recompiles the policies from Kubernetes.
-func (a *Agent) kubePoliciesChanged() {}
 
 // policyHas reports whether ip's endpoint policy is in the datapath.
 func (a *Agent) policyHas(ip netip.Addr) bool {

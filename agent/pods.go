@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/weftmesh/weft/agent/k8s"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/names"
+	"github.com/weftmesh/weft/policy"
 )
 
 // Pods are workloads of the netns source that weft-cni brings: the
@@ -84,7 +86,7 @@ func (m *netnsSource) podByContainer(id string) *workload {
 
 // addPod connects a pod sandbox (again: an ADD repeated for the same
 // sandbox returns the attachment it made).
-func (m *netnsSource) addPod(ctx context.Context, req api.CNIRequest, labels identity.Labels, uid string) (*workload, error) {
+func (m *netnsSource) addPod(ctx context.Context, req api.CNIRequest, labels identity.Labels, uid string, ports []policy.NamedPort) (*workload, error) {
 	if w := m.podByContainer(req.ContainerID); w != nil {
 		return w, nil
 	}
@@ -130,7 +132,7 @@ func (m *netnsSource) addPod(ctx context.Context, req api.CNIRequest, labels ide
 	w := &workload{
 		Name: name, Netns: req.Netns, IP: ip, ID: endpointID(cidr, ip),
 		HostIface: hostIfaceName("pod:" + req.ContainerID), Labels: labels.Strings(),
-		IfName: req.IfName, ContainerID: req.ContainerID, Pod: req.PodNamespace + "/" + req.PodName, PodUID: uid,
+		IfName: req.IfName, ContainerID: req.ContainerID, Pod: req.PodNamespace + "/" + req.PodName, PodUID: uid, Ports: ports,
 	}
 	if req.Chained != nil {
 		w.Chained, w.HostIface = true, req.Chained.HostIface
@@ -145,7 +147,7 @@ func (m *netnsSource) addPod(ctx context.Context, req api.CNIRequest, labels ide
 // relabelPod gives a running pod the identity of its new labels. The
 // endpoint keeps its address and datapath slot; its policy is rewritten in
 // place, so allowed flows keep flowing.
-func (m *netnsSource) relabelPod(ctx context.Context, key, uid string, labels identity.Labels) error {
+func (m *netnsSource) relabelPod(ctx context.Context, key, uid string, labels identity.Labels, ports []policy.NamedPort) error {
 	m.mu.Lock()
 	var w *workload
 	for _, x := range m.wl {
@@ -157,12 +159,12 @@ func (m *netnsSource) relabelPod(ctx context.Context, key, uid string, labels id
 	if w == nil {
 		return nil // not connected (yet): ADD takes the labels then
 	}
-	if have, err := identity.ParseLabels(w.Labels, identity.SourceK8s); err == nil && have.Equal(labels) {
+	if have, err := identity.ParseLabels(w.Labels, identity.SourceK8s); err == nil && have.Equal(labels) && slices.Equal(w.Ports, ports) {
 		return nil
 	}
 	old := w.Identity
 	nw := *w
-	nw.Labels = labels.Strings()
+	nw.Labels, nw.Ports = labels.Strings(), ports
 	if err := m.setup(ctx, &nw); err != nil {
 		return err
 	}
@@ -171,6 +173,19 @@ func (m *netnsSource) relabelPod(ctx context.Context, key, uid string, labels id
 	}
 	m.log.Info("pod relabelled", "pod", key, "identity", nw.Identity, "was", old)
 	return m.save()
+}
+
+// podPorts are a pod's named ports as the policy compiler takes them;
+// those it would refuse are left out (and logged by the compiler).
+func podPorts(pod k8s.Pod) []policy.NamedPort {
+	var out []policy.NamedPort
+	for _, p := range pod.Ports {
+		np := policy.NamedPort{Name: p.Name, Protocol: policy.Protocol(p.Protocol), Port: p.Port}
+		if np.Validate() == nil {
+			out = append(out, np)
+		}
+	}
+	return out
 }
 
 func short(id string) string { return id[:min(12, len(id))] }
@@ -209,10 +224,7 @@ func (p *podAttachments) CNIAdd(ctx context.Context, req api.CNIRequest) (api.CN
 	if err != nil {
 		return api.CNIResult{}, api.Errorf(api.CodeInvalid, "pod %s/%s labels: %v", req.PodNamespace, req.PodName, err)
 	}
-	if err := p.a.setNamedPorts(ctx, pod); err != nil {
-		p.a.log.Warn("named ports of pod", "pod", pod.Key(), "err", err)
-	}
-	w, err := p.src.addPod(ctx, req, labels, pod.UID)
+	w, err := p.src.addPod(ctx, req, labels, pod.UID, podPorts(pod))
 	if err != nil {
 		return api.CNIResult{}, err
 	}
@@ -278,10 +290,7 @@ func (p *podAttachments) podChanged(pod k8s.Pod) {
 		p.a.log.Warn("pod labels", "pod", pod.Key(), "err", err)
 		return
 	}
-	if err := p.a.setNamedPorts(p.a.ctx, pod); err != nil {
-		p.a.log.Warn("named ports of pod", "pod", pod.Key(), "err", err)
-	}
-	if err := p.src.relabelPod(p.a.ctx, pod.Key(), pod.UID, labels); err != nil {
+	if err := p.src.relabelPod(p.a.ctx, pod.Key(), pod.UID, labels, podPorts(pod)); err != nil {
 		p.a.log.Error("relabelling pod", "pod", pod.Key(), "err", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -71,6 +72,11 @@ type policyReconciler struct {
 	// Owned by the loop.
 	compiler *policy.Compiler
 	locals   map[string]*localEndpoint // by IP string
+	// portsByID are the named ports of the mesh's endpoints, by identity
+	// and endpoint key (endpointPorts; loop-owned).
+	portsByID map[uint32]map[string][]kvstore.NamedPort
+	// imported are the policies of setImported, by origin and name.
+	imported map[string]map[string]*policy.Policy
 	cidrIDs  map[netip.Prefix]identity.NumericIdentity
 	nextCIDR identity.NumericIdentity
 	snapshot []localEndpoint // copy for readers, under mu
@@ -498,6 +504,67 @@ func (r *policyReconciler) policyNames(ctx context.Context) ([]*policy.Policy, m
 	return ps, entries, err
 }
 
+// setLocalPorts sets a local endpoint's named ports.
+func (r *policyReconciler) setLocalPorts(ctx context.Context, ip netip.Addr, ports []policy.NamedPort) error {
+	var err error
+	if derr := r.do(ctx, func() {
+		var d map[string]policy.Delta
+		if d, err = r.compiler.SetEndpointNamedPorts(ip.String(), ports); err == nil {
+			err = r.applyDeltas(d)
+		}
+	}); derr != nil {
+		return derr
+	}
+	return err
+}
+
+// endpointPorts follows the named ports of every endpoint of the mesh:
+// an identity's named ports are the union of its endpoints' (egress rules
+// resolve names against the destination's).
+func (r *policyReconciler) endpointPorts(ev kvstore.Event[kvstore.Endpoint]) {
+	if len(ev.Old.NamedPorts) == 0 && len(ev.Value.NamedPorts) == 0 {
+		return
+	}
+	r.enqueue(func() {
+		if r.portsByID == nil {
+			r.portsByID = map[uint32]map[string][]kvstore.NamedPort{}
+		}
+		touched := map[uint32]bool{}
+		if ev.Kind != kvstore.EventAdd && ev.Old.Identity != 0 {
+			delete(r.portsByID[ev.Old.Identity], ev.Old.Key())
+			touched[ev.Old.Identity] = true
+		}
+		if ev.Kind != kvstore.EventDelete && len(ev.Value.NamedPorts) > 0 {
+			m := r.portsByID[ev.Value.Identity]
+			if m == nil {
+				m = map[string][]kvstore.NamedPort{}
+				r.portsByID[ev.Value.Identity] = m
+			}
+			m[ev.Value.Key()] = ev.Value.NamedPorts
+			touched[ev.Value.Identity] = true
+		}
+		for id := range touched {
+			var union []policy.NamedPort
+			for _, ps := range r.portsByID[id] {
+				for _, p := range ps {
+					union = append(union, policy.NamedPort{Name: p.Name, Protocol: policy.Protocol(p.Protocol), Port: p.Port})
+				}
+			}
+			if len(r.portsByID[id]) == 0 {
+				delete(r.portsByID, id)
+			}
+			d, err := r.compiler.SetIdentityNamedPorts(identity.NumericIdentity(id), union)
+			if err != nil {
+				r.log.Warn("named ports of identity left out", "identity", id, "err", err)
+				continue
+			}
+			if err := r.applyDeltas(d); err != nil {
+				r.log.Error("applying named-port change", "identity", id, "err", err)
+			}
+		}
+	})
+}
+
 // hasLocal reports whether ip is a local endpoint with its policy written.
 func (r *policyReconciler) hasLocal(ctx context.Context, ip netip.Addr) bool {
 	var ok bool
@@ -505,4 +572,63 @@ func (r *policyReconciler) hasLocal(ctx context.Context, ip netip.Addr) bool {
 		return false
 	}
 	return ok
+}
+
+// setImported replaces the policies of one origin that are not stored in
+// etcd (a Kubernetes node's NetworkPolicies and WeftPolicies): new and
+// changed ones are upserted, vanished ones deleted, unchanged ones left
+// alone, so a change costs only its delta. Names are the importer's
+// (policy.ImportedName), which no stored policy can have.
+func (r *policyReconciler) setImported(origin string, ps []*policy.Policy, failed map[string]string) {
+	r.enqueue(func() {
+		if r.imported == nil {
+			r.imported = map[string]map[string]*policy.Policy{}
+		}
+		old := r.imported[origin]
+		now := map[string]*policy.Policy{}
+		for _, p := range ps {
+			now[p.Name] = p
+		}
+		r.mu.Lock()
+		for name, msg := range failed {
+			r.failed[name] = msg
+		}
+		r.mu.Unlock()
+		for name := range old {
+			if _, ok := now[name]; ok {
+				continue
+			}
+			d, err := r.compiler.DeletePolicy(name)
+			if err == nil {
+				err = r.applyDeltas(d)
+			}
+			if err != nil {
+				r.log.Error("removing imported policy", "policy", name, "err", err)
+			}
+			r.mu.Lock()
+			delete(r.applied, name)
+			delete(r.failed, name)
+			r.mu.Unlock()
+		}
+		for name, p := range now {
+			if o, ok := old[name]; ok && reflect.DeepEqual(o, p) {
+				continue
+			}
+			d, err := r.compiler.UpsertPolicy(p)
+			if err == nil {
+				err = r.applyDeltas(d)
+			}
+			r.mu.Lock()
+			if err != nil {
+				r.failed[name] = err.Error()
+				r.log.Error("imported policy not enforced", "policy", name, "err", err)
+			} else {
+				delete(r.failed, name)
+				r.applied[name] = policyApplied{Applied: time.Now()}
+			}
+			r.mu.Unlock()
+		}
+		r.syncCIDRIdentities()
+		r.imported[origin] = now
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/policy"
 )
 
 const (
@@ -48,6 +49,8 @@ type workload struct {
 	Pod         string `json:"pod,omitempty"` // namespace/name
 	PodUID      string `json:"podUID,omitempty"`
 	Chained     bool   `json:"chained,omitempty"`
+	// Ports are the pod's named container ports.
+	Ports []policy.NamedPort `json:"ports,omitempty"`
 }
 
 // ifName is the workload's interface inside its namespace.
@@ -200,7 +203,7 @@ func (m *netnsSource) setup(ctx context.Context, w *workload) error {
 		// Only a hand-edited state file gets here.
 		return fmt.Errorf("workload %s: its saved labels %v do not parse (%v): remove it and add it again", w.Name, w.Labels, err)
 	}
-	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels}, func() error {
+	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels, Ports: w.Ports}, func() error {
 		if !w.Chained {
 			if err := m.veths.Plumb(w, m.mtu()); err != nil {
 				return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)
