@@ -370,7 +370,20 @@ type Endpoint struct {
 	Name     string     `json:"name,omitempty"`
 	Cluster  string     `json:"cluster"`
 	Node     string     `json:"node"`
+	// NamedPorts are the endpoint's named ports (a pod's container
+	// ports): egress rules naming a port resolve it against them.
+	NamedPorts []NamedPort `json:"namedPorts,omitempty"`
 }
+
+// NamedPort is a named port of an endpoint.
+type NamedPort struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Port     uint16 `json:"port"`
+}
+
+// MaxNamedPorts bounds an endpoint's named ports.
+const MaxNamedPorts = 64
 
 func (*Endpoint) recordKind() string   { return "endpoint" }
 func (e *Endpoint) versionField() *int { return &e.Version }
@@ -394,6 +407,14 @@ func (e Endpoint) Validate() error {
 	}
 	if err := ValidateLabels(e.Labels); err != nil {
 		return invalid("endpoint", "%s: %v", e.IP, err)
+	}
+	if len(e.NamedPorts) > MaxNamedPorts {
+		return invalid("endpoint", "%s: %d named ports, at most %d", e.IP, len(e.NamedPorts), MaxNamedPorts)
+	}
+	for i, np := range e.NamedPorts {
+		if np.Name == "" || len(np.Name) > 15 || np.Port == 0 || (np.Protocol != "TCP" && np.Protocol != "UDP" && np.Protocol != "SCTP") {
+			return invalid("endpoint", "%s: namedPorts[%d] %q %d/%s: want a name of 1-15 bytes, a port 1-65535 and TCP, UDP or SCTP", e.IP, i, np.Name, np.Port, np.Protocol)
+		}
 	}
 	// The name is optional (the address is the key), but when there is
 	// one it follows the rule of every name in the mesh.
