@@ -24,6 +24,8 @@ start=$(date +%s)
 go build -trimpath -ldflags "$LD" -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
 	k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3
+# go names the etcd server binary after its package path ("server")
+[ -x "$out/server" ] && mv "$out/server" "$out/etcd"
 [ -x "$out/v3" ] && mv "$out/v3" "$out/etcd"
 echo "$KUBE_VERSION" > "$out/.version"
 echo "kubernetes binaries built in $(( $(date +%s) - start ))s"
