@@ -78,7 +78,9 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	if len(pods) != 1 || pods[0].Key() != "shop/web" {
 		t.Fatalf("pods of n1 = %v, want only shop/web", pods)
 	}
-	want := identity.MustLabels("k8s:app=web", "k8s:app.kubernetes.io/part-of=shop", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.kubernetes.namespace.labels.team=a")
+	want := identity.MustLabels("k8s:app=web", "k8s:app.kubernetes.io/part-of=shop", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.kubernetes.namespace.labels.team=a",
+		// the API server labels every namespace with its name
+		"k8s:io.kubernetes.namespace.labels.kubernetes.io/metadata.name=shop")
 	if !pods[0].Labels.Equal(want) {
 		t.Fatalf("labels = %v, want %v", pods[0].Labels, want)
 	}
