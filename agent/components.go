@@ -297,7 +297,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 			a.ipcache.Load().event(ev)
 			a.policy.endpointPorts(ev)
 		},
-		Logger:  a.log,
+		Logger: a.log,
 	})
 	if err != nil {
 		return err
