@@ -24,36 +24,14 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 
 {{/*
-Checks across values that values.schema.json cannot state, with what to do.
-Included by every template that depends on them.
+The one check across values that values.schema.json cannot state (it
+checks the rest, also for helm lint, which ignores a template's fail).
 */}}
 {{- define "weft.validate" -}}
-{{- $t := .Values.token -}}
-{{- if and $t.existingSecret $t.value -}}
-{{- fail (printf "token: both token.existingSecret (%q; weft-token is the default) and token.value are set: give exactly one. To have the chart create the Secret from token.value, also pass --set token.existingSecret=" $t.existingSecret) -}}
-{{- end -}}
-{{- if not (or $t.existingSecret $t.value) -}}
-{{- fail "token: set token.existingSecret (a Secret in the namespace holding the join token, e.g. weft-token) or token.value (the token from 'meshctl token create'; --set-file token.value=./token)" -}}
-{{- end -}}
-{{- if and $t.value (not (hasPrefix "weft1." (trim $t.value))) -}}
-{{- fail "token.value is not a Weft join token (it starts with weft1.): give the whole string 'meshctl token create' printed" -}}
-{{- end -}}
-{{- if and .Values.cni.chainInto (ne .Values.cni.mode "chained") -}}
-{{- fail (printf "cni.chainInto (%q) is only for cni.mode=chained; cni.mode is %s" .Values.cni.chainInto .Values.cni.mode) -}}
-{{- end -}}
-{{- range $k, $p := dict "cni.binDir" .Values.cni.binDir "cni.confDir" .Values.cni.confDir "agent.stateDir" .Values.agent.stateDir "agent.socket" .Values.agent.socket -}}
-{{- if ne (clean $p) $p -}}
-{{- fail (printf "%s %q is not a clean path (no '.', '..' or trailing '/' parts): write it as %q" $k $p (clean $p)) -}}
-{{- end -}}
-{{- end -}}
 {{- $sock := include "weft.socketDir" . -}}
-{{- if or (eq $sock .Values.agent.stateDir) (hasPrefix (printf "%s/" .Values.agent.stateDir) $sock) (hasPrefix (printf "%s/" $sock) .Values.agent.stateDir) -}}
-{{- fail (printf "agent.socket's directory %s and agent.stateDir %s overlap: keep the socket in a directory of its own (the default is /run/weft/agent.sock)" $sock .Values.agent.stateDir) -}}
-{{- end -}}
-{{- range .Values.agent.extraArgs -}}
-{{- if regexMatch "^--?(socket|state-dir|config|node-name|log-level)(=|$)" . -}}
-{{- fail (printf "agent.extraArgs: %s is set by the chart (agent.socket, agent.stateDir, agent.logLevel, the node's name): use those values instead" .) -}}
-{{- end -}}
+{{- $state := .Values.agent.stateDir -}}
+{{- if or (eq $sock $state) (hasPrefix (printf "%s/" $state) $sock) (hasPrefix (printf "%s/" $sock) $state) -}}
+{{- fail (printf "agent.socket's directory %s and agent.stateDir %s overlap: keep the socket in a directory of its own (the default is /run/weft/agent.sock)" $sock $state) -}}
 {{- end -}}
 {{- end }}
 
