@@ -433,7 +433,7 @@ func chainList(o Options, path string, data []byte, mode fs.FileMode, did *[]str
 // of the same stem that runs it and then weft-cni; the original is kept
 // as the backup, and the runtime no longer sees it.
 func chainConf(o Options, path string, data []byte, mode fs.FileMode, did *[]string) error {
-	conf, err := libcni.ConfFromBytes(data)
+	conf, err := libcni.NetworkPluginConfFromBytes(data)
 	if err != nil {
 		return fmt.Errorf("%s is not a network configuration the runtime can read (%w): fix it, or point --chain-into at another", path, err)
 	}

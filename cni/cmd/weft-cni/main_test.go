@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,6 +151,8 @@ func serveAgent(t *testing.T, socket string, a *fakeAgent) {
 type call struct {
 	cmd, containerID, netns, ifName, args string
 	conf                                  string
+	// path is CNI_PATH, where a plugin finds its IPAM plugin.
+	path string
 	// wrap runs the plugin through another command (ip netns exec).
 	wrap []string
 }
@@ -195,7 +198,7 @@ func invoke(t *testing.T, bin string, c call) outcome {
 		"CNI_NETNS=" + c.netns,
 		"CNI_IFNAME=" + c.ifName,
 		"CNI_ARGS=" + c.args,
-		"CNI_PATH=/opt/cni/bin",
+		"CNI_PATH=" + cmp.Or(c.path, "/opt/cni/bin"),
 	}
 	cmd.Stdin = strings.NewReader(c.conf)
 	var stdout, stderr bytes.Buffer
@@ -406,7 +409,7 @@ func TestAgentNotRunning(t *testing.T) {
 			t.Errorf("DEL with netns %q gone and no agent:\n%s", netns, o)
 		}
 	}
-	// (DEL with the pod still in its namespace fails: TestDelWithoutAgentInNetns.)
+	// (DEL with the pod still in its namespace fails: TestChainedAfterRealPlugins.)
 
 	o = invoke(t, bin, call{cmd: "STATUS", conf: conf("1.1.0", sock, "")})
 	if e := o.cniError(t); e.Code != 50 || !strings.Contains(e.Msg, "the Weft agent is not running on this node") {
