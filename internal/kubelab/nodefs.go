@@ -21,6 +21,11 @@ var nodeBinds = []struct{ target, sub string }{
 	{"/var/lib/cni", "cni-state"},
 	{"/run/netns", "netns"},
 	{"/var/log", "log"}, // kubelet hardcodes /var/log/pods and /var/log/containers
+	// A node agent's own paths (the Weft DaemonSet's hostPaths): its socket,
+	// state and the userspace WireGuard UAPI sockets are per node.
+	{"/run/weft", "run-weft"},
+	{"/var/lib/weft", "weft-state"},
+	{"/run/wireguard", "run-wireguard"},
 }
 
 // sysctlShadows are the global sysctls kubelet sets at start
@@ -103,10 +108,10 @@ func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) 
 // namespace before it holds the namespace open (exec sleep): the node's
 // own sysfs (so cadvisor lists only the node's interfaces) with the
 // machine's cgroup mounts moved back on top, its own bpffs (pins per
-// node), the overlays, the binds, /run/netns as a shared mount (so a pod
-// with a HostToContainer hostPath of /var/run/netns sees pod namespaces
-// made after it started) and the sysctl shadows. Then it marks itself
-// ready.
+// node), the overlays, the binds and the sysctl shadows; then every mount
+// is made shared (so a pod with a HostToContainer hostPath of
+// /var/run/netns sees pod namespaces made after it started) and it marks
+// itself ready.
 func initScript(dir string, overlays []string) string {
 	q := shQuote
 	var b strings.Builder
@@ -127,10 +132,16 @@ func initScript(dir string, overlays []string) string {
 		w("mkdir -p %s", q(m.target))
 		w("mount --bind %s %s", q(filepath.Join(dir, m.sub)), q(m.target))
 	}
-	w("mount --make-shared /run/netns")
 	for _, s := range sysctlShadows {
 		w("mount --bind %s %s", q(filepath.Join(dir, "sysctl", strings.ReplaceAll(s.path, "/", "."))), q("/proc/sys/"+s.path))
 	}
+	// Shared, as / is on a systemd machine, but in peer groups of the
+	// node's own (unshare made every mount private first): nothing
+	// propagates to the machine. containerd accepts a HostToContainer
+	// mount only of a path whose mount (it does not resolve /var/run to
+	// /run, so that is /) is shared or a slave; then new pod namespace
+	// mounts under /run/netns reach such a container.
+	w("mount --make-rshared /")
 	w(": > %s", q(filepath.Join(dir, "init.ready")))
 	w("exec sleep infinity")
 	return b.String()
