@@ -162,6 +162,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if args.Netns == "" {
 		return c.fail(types.NewError(types.ErrInvalidNetNS, "weft-cni: ADD without CNI_NETNS", "the runtime must pass the pod sandbox's network namespace"))
 	}
+	// Whether it is a namespace the agent finds out as it enters it; a
+	// path that is not there is the runtime's mistake, said here.
+	if _, err := os.Stat(args.Netns); err != nil {
+		return c.fail(types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("weft-cni: the pod's network namespace %s (CNI_NETNS) is not there: was the sandbox removed?", args.Netns), err.Error()))
+	}
 	req := c.request()
 	if c.conf.Chained() {
 		ch, err := ChainedInput(c.conf.PrevResult, args.IfName, p.Host, c.conf.ChainedAfter)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -88,14 +90,19 @@ func notRunning(sock string) error {
 }
 
 type harness struct {
+	netns  string // a file standing for the pod's namespace
 	p      *Plugin
 	agent  *fakeAgent
 	pods   *fakeSandbox
 	stdout *bytes.Buffer
 }
 
-func newHarness() *harness {
-	h := &harness{agent: &fakeAgent{result: agentAnswer, health: api.Health{OK: true, Checks: []api.HealthCheck{{Name: "datapath", OK: true}}}}, pods: &fakeSandbox{}, stdout: &bytes.Buffer{}}
+func newHarness(t *testing.T) *harness {
+	netns := filepath.Join(t.TempDir(), "cni-0a1b")
+	if err := os.WriteFile(netns, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{netns: netns, agent: &fakeAgent{result: agentAnswer, health: api.Health{OK: true, Checks: []api.HealthCheck{{Name: "datapath", OK: true}}}}, pods: &fakeSandbox{}, stdout: &bytes.Buffer{}}
 	h.p = &Plugin{
 		Agent: func(socket string) Agent {
 			h.agent.mu.Lock()
@@ -115,8 +122,8 @@ func newHarness() *harness {
 
 const kubeletArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=1b2c3d4e-0000-4000-8000-000000000001"
 
-func cmdArgs(conf string) *skel.CmdArgs {
-	return &skel.CmdArgs{ContainerID: "c0ffee", Netns: "/var/run/netns/cni-0a1b", IfName: "eth0", Args: kubeletArgs, Path: "/opt/cni/bin", StdinData: []byte(conf)}
+func (h *harness) args(conf string) *skel.CmdArgs {
+	return &skel.CmdArgs{ContainerID: "c0ffee", Netns: h.netns, IfName: "eth0", Args: kubeletArgs, Path: "/opt/cni/bin", StdinData: []byte(conf)}
 }
 
 const primaryConf = `{"cniVersion":"1.0.0","name":"weft","type":"weft-cni","agentSocket":"/run/weft-test/agent.sock","timeout":"1s"}`
@@ -136,14 +143,14 @@ func cniError(t *testing.T, err error) *types.Error {
 }
 
 func TestAddPrimary(t *testing.T) {
-	h := newHarness()
-	if err := h.p.Add(cmdArgs(primaryConf)); err != nil {
+	h := newHarness(t)
+	if err := h.p.Add(h.args(primaryConf)); err != nil {
 		t.Fatal(err)
 	}
 	if h.agent.socket != "/run/weft-test/agent.sock" {
 		t.Errorf("asked the agent on %q, want the configuration's agentSocket", h.agent.socket)
 	}
-	want := api.CNIRequest{ContainerID: "c0ffee", Netns: "/var/run/netns/cni-0a1b", IfName: "eth0", PodNamespace: "shop", PodName: "web-0", PodUID: "1b2c3d4e-0000-4000-8000-000000000001"}
+	want := api.CNIRequest{ContainerID: "c0ffee", Netns: h.netns, IfName: "eth0", PodNamespace: "shop", PodName: "web-0", PodUID: "1b2c3d4e-0000-4000-8000-000000000001"}
 	if len(h.agent.adds) != 1 || fmt.Sprint(h.agent.adds[0]) != fmt.Sprint(want) {
 		t.Fatalf("the agent got %+v, want one ADD %+v", h.agent.adds, want)
 	}
@@ -157,8 +164,8 @@ func TestAddPrimary(t *testing.T) {
 }
 
 func TestAddChainedPassesPrevResultOn(t *testing.T) {
-	h := newHarness()
-	if err := h.p.Add(cmdArgs(chainedConf(ptpResult))); err != nil {
+	h := newHarness(t)
+	if err := h.p.Add(h.args(chainedConf(ptpResult))); err != nil {
 		t.Fatal(err)
 	}
 	if len(h.agent.adds) != 1 || h.agent.adds[0].Chained == nil {
@@ -173,9 +180,9 @@ func TestAddChainedPassesPrevResultOn(t *testing.T) {
 }
 
 func TestAddChainedRefusesWithoutVeth(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	macvlan := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-0a1b"}],"ips":[{"interface":0,"address":"100.64.0.5/24"}]}`
-	e := cniError(t, h.p.Add(cmdArgs(strings.Replace(chainedConf(macvlan), "ptp, portmap", "macvlan", 1))))
+	e := cniError(t, h.p.Add(h.args(strings.Replace(chainedConf(macvlan), "ptp, portmap", "macvlan", 1))))
 	if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "weft-cni chained after macvlan needs a veth-based plugin (bridge, ptp)") {
 		t.Errorf("error %+v", e)
 	}
@@ -187,9 +194,22 @@ func TestAddChainedRefusesWithoutVeth(t *testing.T) {
 	}
 }
 
+func TestAddWithoutTheNamespace(t *testing.T) {
+	h := newHarness(t)
+	a := h.args(primaryConf)
+	a.Netns = filepath.Join(t.TempDir(), "gone")
+	e := cniError(t, h.p.Add(a))
+	if e.Code != types.ErrInvalidNetNS || !strings.Contains(e.Msg, "the pod's network namespace "+a.Netns+" (CNI_NETNS) is not there") {
+		t.Errorf("error %+v", e)
+	}
+	if len(h.agent.adds) != 0 {
+		t.Error("the agent was asked anyway")
+	}
+}
+
 func TestAddWithoutPodArgs(t *testing.T) {
-	h := newHarness()
-	a := cmdArgs(primaryConf)
+	h := newHarness(t)
+	a := h.args(primaryConf)
 	a.Args = "IgnoreUnknown=1"
 	e := cniError(t, h.p.Add(a))
 	if e.Code != types.ErrInvalidEnvironmentVariables || !strings.Contains(e.Details, "the runtime must pass K8S_POD_NAMESPACE, K8S_POD_NAME") {
@@ -204,13 +224,13 @@ func TestAddWithoutPodArgs(t *testing.T) {
 // the agent is not ready, then the connection drops mid-request; ADD waits
 // through all of it.
 func TestAddWaitsForTheAgent(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	h.agent.addErrs = []error{
 		notRunning("/run/weft-test/agent.sock"),
 		&api.Error{Code: api.CodeUnavailable, Message: "the datapath is loading"},
 		fmt.Errorf("talking to the agent on x: %w", io.ErrUnexpectedEOF),
 	}
-	if err := h.p.Add(cmdArgs(primaryConf)); err != nil {
+	if err := h.p.Add(h.args(primaryConf)); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(h.agent.adds); n != 4 {
@@ -222,10 +242,10 @@ func TestAddWaitsForTheAgent(t *testing.T) {
 }
 
 func TestAddGivesUpAtTheTimeout(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	h.agent.addErr = notRunning("/run/weft-test/agent.sock")
 	start := time.Now()
-	e := cniError(t, h.p.Add(cmdArgs(primaryConf))) // timeout 1s
+	e := cniError(t, h.p.Add(h.args(primaryConf))) // timeout 1s
 	took := time.Since(start)
 	if took < time.Second || took > 5*time.Second {
 		t.Errorf("ADD gave up after %v, want the configuration's 1s", took)
@@ -241,26 +261,26 @@ func TestAddGivesUpAtTheTimeout(t *testing.T) {
 
 // A refusal is final: waiting does not change the agent's mind.
 func TestAddDoesNotRetryARefusal(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	h.agent.addErr = &api.Error{Code: api.CodeInvalid, Message: "pod shop/web-0 is not on this node"}
-	e := cniError(t, h.p.Add(cmdArgs(primaryConf)))
+	e := cniError(t, h.p.Add(h.args(primaryConf)))
 	if len(h.agent.adds) != 1 {
 		t.Errorf("%d ADDs, want 1", len(h.agent.adds))
 	}
 	if !strings.Contains(e.Msg, "the Weft agent failed connecting pod shop/web-0: pod shop/web-0 is not on this node") {
 		t.Errorf("error %+v", e)
 	}
-	h = newHarness()
+	h = newHarness(t)
 	h.agent.addErr = &api.Error{Code: api.CodeNotSupported, Message: "POST /v1/cni/add"}
-	if e := cniError(t, h.p.Add(cmdArgs(primaryConf))); !strings.Contains(e.Msg, "does not serve CNI") {
+	if e := cniError(t, h.p.Add(h.args(primaryConf))); !strings.Contains(e.Msg, "does not serve CNI") {
 		t.Errorf("an agent without CNI: %+v", e)
 	}
 }
 
 func TestAddRefusesABadAnswer(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	h.agent.result.Gateway = netip.Addr{}
-	e := cniError(t, h.p.Add(cmdArgs(primaryConf)))
+	e := cniError(t, h.p.Add(h.args(primaryConf)))
 	if !strings.Contains(e.Msg, "not a usable result") || !strings.Contains(e.Details, "gateway") {
 		t.Errorf("error %+v", e)
 	}
@@ -284,10 +304,10 @@ func TestDel(t *testing.T) {
 		{name: "agent fails", delErr: &api.Error{Code: api.CodeInternal, Message: "detaching: busy"}, gone: true, wantCode: types.ErrInternal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness()
+			h := newHarness(t)
 			h.agent.delErr = tc.delErr
 			h.pods.gone = tc.gone
-			a := cmdArgs(primaryConf)
+			a := h.args(primaryConf)
 			a.Args = "" // DEL may come without the pod
 			err := h.p.Del(a)
 			if tc.wantCode == 0 {
@@ -305,37 +325,37 @@ func TestDel(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	h := newHarness()
-	r, _ := PrimaryResult(agentAnswer, "eth0", "/var/run/netns/cni-0a1b", "")
+	h := newHarness(t)
+	r, _ := PrimaryResult(agentAnswer, "eth0", h.netns, "")
 	var prev bytes.Buffer
 	if err := PrintResult(&prev, r, "1.0.0"); err != nil {
 		t.Fatal(err)
 	}
 	conf := strings.TrimSuffix(primaryConf, "}") + `,"prevResult":` + prev.String() + `}`
-	if err := h.p.Check(cmdArgs(conf)); err != nil {
+	if err := h.p.Check(h.args(conf)); err != nil {
 		t.Fatal(err)
 	}
 	if len(h.agent.checks) != 1 {
 		t.Errorf("the agent got %d CHECKs", len(h.agent.checks))
 	}
-	if want := "/var/run/netns/cni-0a1b eth0 100.64.3.17"; len(h.pods.checked) != 1 || h.pods.checked[0] != want {
+	if want := h.netns + " eth0 100.64.3.17"; len(h.pods.checked) != 1 || h.pods.checked[0] != want {
 		t.Errorf("checked %q in the pod, want %q", h.pods.checked, want)
 	}
 
-	h = newHarness()
+	h = newHarness(t)
 	h.pods.checkErr = errors.New("eth0 in the pod's namespace does not have 100.64.3.17")
-	if e := cniError(t, h.p.Check(cmdArgs(conf))); !strings.Contains(e.Msg, "not as ADD left it") || !strings.Contains(e.Details, "does not have 100.64.3.17") {
+	if e := cniError(t, h.p.Check(h.args(conf))); !strings.Contains(e.Msg, "not as ADD left it") || !strings.Contains(e.Details, "does not have 100.64.3.17") {
 		t.Errorf("CHECK of a pod without its address: %+v", e)
 	}
 
-	h = newHarness()
+	h = newHarness(t)
 	h.agent.checkErr = &api.Error{Code: api.CodeNotFound, Message: "no attachment c0ffee/eth0"}
-	if e := cniError(t, h.p.Check(cmdArgs(conf))); !strings.Contains(e.Msg, "no attachment c0ffee/eth0") {
+	if e := cniError(t, h.p.Check(h.args(conf))); !strings.Contains(e.Msg, "no attachment c0ffee/eth0") {
 		t.Errorf("CHECK the agent fails: %+v", e)
 	}
 
-	h = newHarness()
-	if e := cniError(t, h.p.Check(cmdArgs(primaryConf))); !strings.Contains(e.Msg, "without prevResult") {
+	h = newHarness(t)
+	if e := cniError(t, h.p.Check(h.args(primaryConf))); !strings.Contains(e.Msg, "without prevResult") {
 		t.Errorf("CHECK without prevResult: %+v", e)
 	}
 }
@@ -344,19 +364,19 @@ func TestStatus(t *testing.T) {
 	conf := `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","agentSocket":"/run/weft-test/agent.sock"}`
 	a := &skel.CmdArgs{StdinData: []byte(conf), Path: "/opt/cni/bin"}
 
-	h := newHarness()
+	h := newHarness(t)
 	h.agent.health = api.Health{OK: false, Checks: []api.HealthCheck{{Name: "datapath", OK: true}, {Name: "peers", OK: false, Message: "node b: no handshake"}}}
 	if err := h.p.Status(a); err != nil {
 		t.Errorf("STATUS with a remote peer down = %v, want ready (local pods can be connected)", err)
 	}
 
-	h = newHarness()
+	h = newHarness(t)
 	h.agent.health = api.Health{Checks: []api.HealthCheck{{Name: "datapath", OK: false, Message: "bpffs not mounted"}}}
 	if e := cniError(t, h.p.Status(a)); e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, "datapath is not attached") || e.Details != "bpffs not mounted" {
 		t.Errorf("STATUS without the datapath: %+v", e)
 	}
 
-	h = newHarness()
+	h = newHarness(t)
 	h.agent.healthErr = notRunning("/run/weft-test/agent.sock")
 	if e := cniError(t, h.p.Status(a)); e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, "the Weft agent is not running on this node") {
 		t.Errorf("STATUS without the agent: %+v", e)
@@ -364,7 +384,7 @@ func TestStatus(t *testing.T) {
 }
 
 func TestGC(t *testing.T) {
-	h := newHarness()
+	h := newHarness(t)
 	conf := `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","cni.dev/valid-attachments":[{"containerID":"c0ffee","ifname":"eth0"}]}`
 	if err := h.p.GC(&skel.CmdArgs{StdinData: []byte(conf)}); err != nil {
 		t.Fatal(err)
@@ -375,12 +395,12 @@ func TestGC(t *testing.T) {
 }
 
 func TestBadConfigIsACNIError(t *testing.T) {
-	h := newHarness()
-	e := cniError(t, h.p.Add(cmdArgs(`{"cniVersion":"0.3.1","name":"weft","type":"weft-cni"}`)))
+	h := newHarness(t)
+	e := cniError(t, h.p.Add(h.args(`{"cniVersion":"0.3.1","name":"weft","type":"weft-cni"}`)))
 	if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Details, `cniVersion "0.3.1"`) {
 		t.Errorf("error %+v", e)
 	}
-	a := cmdArgs(primaryConf)
+	a := h.args(primaryConf)
 	a.IfName = "a-very-long-ifname"
 	if e := cniError(t, h.p.Add(a)); e.Code != types.ErrInvalidEnvironmentVariables || !strings.Contains(e.Details, "CNI_IFNAME") {
 		t.Errorf("error %+v", e)
