@@ -22,11 +22,24 @@ help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## build weft-agent, meshctl and weft-lab (meshctl lab runs it) into bin/
+build: ## build weft-agent, meshctl, weft-cni and weft-lab (meshctl lab runs it) into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-agent ./agent/cmd/weft-agent
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/meshctl ./meshctl
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-cni ./cni/cmd/weft-cni
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/weft-lab ./internal/lab/cmd/weft-lab
+
+.PHONY: kube
+kube: ## build the Kubernetes components the Kubernetes tests run (bin/kube; ~10 min once)
+	./scripts/build-kube.sh
+
+.PHONY: helm
+helm: ## build the helm CLI the chart tests use (bin/helm; ~6 min once)
+	./scripts/build-helm.sh
+
+.PHONY: image
+image: ## build the agent's container image as an OCI tar (bin/weft-image.tar, registry.local/weft:dev)
+	./scripts/build-image.sh
 
 .PHONY: generate
 generate: ## rebuild the eBPF objects (clang-14, bpf2go) and other generated code
@@ -37,7 +50,9 @@ check-generate: generate ## regenerate and fail when committed generated files d
 	@git diff --exit-code -- bpf/ || { echo "generated files differ from the committed ones: run 'make generate' and commit"; exit 1; }
 
 .PHONY: test
-test: build ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
+# The Kubernetes binaries build first, before (not beside) the project's
+# own compile: two 2 GB builds at once only slow each other.
+test: kube helm build image ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
 	@if [ "$$(id -u)" != 0 ]; then echo "make test runs the privileged and e2e tiers and needs root: sudo make test (or make test-unit)"; exit 1; fi
 	$(GO) test -count=1 -timeout 40m -p 1 ./...
 	@$(MAKE) --no-print-directory fuzz
@@ -47,7 +62,7 @@ test-unit: ## unit tier only: no root needed, quick
 	$(GO) test -count=1 -short ./...
 
 .PHONY: e2e
-e2e: build ## end-to-end tier only (needs root): the lab with the real binaries
+e2e: kube helm build image ## end-to-end tier only (needs root): the lab with the real binaries
 	$(GO) test -count=1 -timeout 30m -v ./e2e/...
 
 .PHONY: fuzz
