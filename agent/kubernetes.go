@@ -19,7 +19,7 @@ import (
 // startKubernetes connects to the API server and lists what the node
 // needs.
 func (a *Agent) startKubernetes(ctx context.Context) error {
-	src, err := k8s.New(k8s.Config{Kubeconfig: a.cfg.Kubernetes.Kubeconfig, NodeName: a.cfg.NodeName, Log: a.log.With("component", "kubernetes")})
+	src, err := k8s.New(k8s.Config{Kubeconfig: a.cfg.Kubernetes.Kubeconfig, APIServer: a.cfg.Kubernetes.APIServer, NodeName: a.cfg.NodeName, Log: a.log.With("component", "kubernetes")})
 	if err != nil {
 		return err
 	}

@@ -103,6 +103,12 @@ type Kubernetes struct {
 	// Kubeconfig is a kubeconfig file; empty means in-cluster credentials
 	// (the DaemonSet pod's service account).
 	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// APIServer is the API server's URL (https://10.0.0.1:6443), used with
+	// the pod's service account instead of the kubernetes Service: in
+	// primary mode nothing may route Service addresses before the CNI
+	// runs (no kube-proxy yet), so the agent goes to the API server
+	// directly.
+	APIServer string `json:"apiServer,omitempty"`
 }
 
 // Etcd says how the agent reaches the control plane: an existing etcd

@@ -46,6 +46,7 @@ const (
 	FlagStrict             = "strict"
 	FlagKubernetes         = "kubernetes"
 	FlagKubeconfig         = "kubeconfig"
+	FlagKubeAPIServer      = "kube-api-server"
 	categoryKubernetes     = "Kubernetes node"
 	envPrefix              = "WEFT_"
 	categoryControlPlane   = "control plane"
@@ -101,6 +102,7 @@ func Flags() []cli.Flag {
 
 		&cli.BoolFlag{Name: FlagKubernetes, EnvVars: env(FlagKubernetes), Usage: "run as a Kubernetes node's agent: pods through weft-cni, the Node's podCIDR as this node's CIDR, NetworkPolicies and WeftPolicies from the API server (in-cluster credentials unless --kubeconfig)", Category: categoryKubernetes},
 		&cli.PathFlag{Name: FlagKubeconfig, EnvVars: env(FlagKubeconfig), Usage: "kubeconfig `FILE` for the API server (default: the pod's service account)", Category: categoryKubernetes},
+		&cli.StringFlag{Name: FlagKubeAPIServer, EnvVars: env(FlagKubeAPIServer), Usage: "the API server's `URL` (https://IP:6443) with the service account, instead of the kubernetes Service", Category: categoryKubernetes},
 		&cli.StringFlag{Name: FlagLogFormat, EnvVars: env(FlagLogFormat), Value: d.Log.Format, Usage: "log format: text or json", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagLogLevel, EnvVars: env(FlagLogLevel), Value: d.Log.Level, Usage: "log level: debug, info, warn or error", Category: categoryObservability},
 		&cli.StringFlag{Name: FlagMetricsAddress, EnvVars: env(FlagMetricsAddress), Value: d.Metrics.Address, Usage: "`HOST:PORT` serving /metrics; the host \"mesh\" is the node's mesh address (empty: off)", Category: categoryObservability},
@@ -200,6 +202,7 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 		cfg.Kubernetes.Enabled = c.Bool(FlagKubernetes)
 	}
 	setS(FlagKubeconfig, &cfg.Kubernetes.Kubeconfig)
+	setS(FlagKubeAPIServer, &cfg.Kubernetes.APIServer)
 	return nil
 }
 

@@ -16,6 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -45,6 +48,8 @@ var WeftPolicyResource = schema.GroupVersionResource{Group: "weft.dev", Version:
 type Config struct {
 	// Kubeconfig is a kubeconfig file; empty: in-cluster credentials.
 	Kubeconfig string
+	// APIServer overrides the in-cluster API server address.
+	APIServer string
 	// NodeName is this node's Kubernetes Node name.
 	NodeName string
 	Log      *slog.Logger
@@ -103,8 +108,24 @@ type Source struct {
 	h  Handlers
 }
 
-// RESTConfig loads the kubeconfig, or the in-cluster configuration.
-func RESTConfig(kubeconfig string) (*rest.Config, error) {
+// serviceAccountDir holds a pod's service account credentials.
+const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// RESTConfig loads the kubeconfig, or the in-cluster configuration; with
+// apiServer, the pod's service account at that address.
+func RESTConfig(kubeconfig, apiServer string) (*rest.Config, error) {
+	if kubeconfig == "" && apiServer != "" {
+		u, err := url.Parse(apiServer)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("--kube-api-server %q: want https://HOST:PORT", apiServer)
+		}
+		tok := filepath.Join(serviceAccountDir, "token")
+		if _, err := os.Stat(tok); err != nil {
+			return nil, fmt.Errorf("--kube-api-server needs the pod's service account token (%w): run the agent as the weft DaemonSet, or give --kubeconfig", err)
+		}
+		return &rest.Config{Host: apiServer, BearerTokenFile: tok,
+			TLSClientConfig: rest.TLSClientConfig{CAFile: filepath.Join(serviceAccountDir, "ca.crt")}}, nil
+	}
 	if kubeconfig != "" {
 		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 		if err != nil {
@@ -130,7 +151,7 @@ func New(cfg Config) (*Source, error) {
 	if cfg.SyncTimeout <= 0 {
 		cfg.SyncTimeout = 60 * time.Second
 	}
-	rc, err := RESTConfig(cfg.Kubeconfig)
+	rc, err := RESTConfig(cfg.Kubeconfig, cfg.APIServer)
 	if err != nil {
 		return nil, err
 	}
