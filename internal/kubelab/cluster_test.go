@@ -58,7 +58,10 @@ type cluster struct {
 	dir   string
 }
 
-func startCluster(t *testing.T, nodes ...string) *cluster {
+// startCluster brings up a lab with cp and the nodes, a control plane on
+// cp and the nodes (Name and CNI from the given specs; the rest is filled
+// in), each with the busybox image.
+func startCluster(t *testing.T, nodes ...NodeSpec) *cluster {
 	t.Helper()
 	testutil.Slow(t)
 	testutil.Privileged(t)
@@ -74,7 +77,7 @@ func startCluster(t *testing.T, nodes ...string) *cluster {
 	c := &cluster{dir: t.TempDir()} // made before the lab: removed after it
 	spec := &lab.Spec{Sites: []lab.SiteSpec{{Name: "site", Nodes: []lab.NodeSpec{{Name: "cp"}}}}}
 	for _, n := range nodes {
-		spec.Sites[0].Nodes = append(spec.Sites[0].Nodes, lab.NodeSpec{Name: n})
+		spec.Sites[0].Nodes = append(spec.Sites[0].Nodes, lab.NodeSpec{Name: n.Name})
 	}
 	begin := time.Now()
 	c.lab = labtest.New(t, spec)
@@ -109,14 +112,11 @@ func startCluster(t *testing.T, nodes ...string) *cluster {
 	c.nodes = make([]*Node, len(nodes))
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
-	for i, name := range nodes {
-		ln := c.lab.Node(name)
-		wg.Go(func() {
-			c.nodes[i], errs[i] = cp.StartNode(ctx, NodeSpec{
-				Name: name, Netns: ln.Netns, IP: ln.Underlay, Dir: filepath.Join(c.dir, name),
-				Images: []string{bbTar}, Log: log,
-			})
-		})
+	for i, ns := range nodes {
+		ln := c.lab.Node(ns.Name)
+		ns.Netns, ns.IP, ns.Dir = ln.Netns, ln.Underlay, filepath.Join(c.dir, ns.Name)
+		ns.Images, ns.Log = []string{bbTar}, log
+		wg.Go(func() { c.nodes[i], errs[i] = cp.StartNode(ctx, ns) })
 	}
 	wg.Wait()
 	for i, n := range c.nodes {
@@ -128,7 +128,7 @@ func startCluster(t *testing.T, nodes ...string) *cluster {
 				t.Logf("logs of node %s:\n%s", n.Name(), n.LogTails(30))
 			}
 			if err := n.Close(); err != nil {
-				t.Errorf("closing node %s: %v", nodes[i], err)
+				t.Errorf("closing node %s: %v", nodes[i].Name, err)
 			}
 		})
 	}
@@ -199,7 +199,7 @@ func TestClusterBridge(t *testing.T) {
 	testutil.Privileged(t)
 	before := globalState(t)
 	begin := time.Now()
-	c := startCluster(t, "n1", "n2")
+	c := startCluster(t, NodeSpec{Name: "n1"}, NodeSpec{Name: "n2"})
 	ctx := t.Context()
 	client := c.cp.Clientset()
 	n1, n2 := c.nodes[0], c.nodes[1]

@@ -187,7 +187,7 @@ func (cp *ControlPlane) StartNode(ctx context.Context, spec NodeSpec) (*Node, er
 		cp.removeNode(n)
 		return nil, fmt.Errorf("kubelab: starting node %s in %s: %w", spec.Name, spec.Netns, err)
 	}
-	n.log.Info("node ready", "took", time.Since(begin).Round(time.Millisecond), "ip", spec.IP, "cni", spec.CNI.Mode)
+	n.log.Info("node started", "took", time.Since(begin).Round(time.Millisecond), "ip", spec.IP, "cni", spec.CNI.Mode)
 	return n, nil
 }
 
