@@ -218,6 +218,8 @@ func TestBadValuesRefused(t *testing.T) {
 		{"agent.socket=/run/agent.sock", "at '/agent/socket': value must be 'an absolute, clean path in a directory of its own"},
 		{"agent.logLevel=loud", "at '/agent/logLevel': value must be one of 'debug', 'info', 'warn', 'error'"},
 		{"agent.extraArgs[0]=--socket=/tmp/x", "at '/agent/extraArgs/0': value must be 'a flag the chart does not set itself"},
+		{"agent.kubeAPIServer=http://198.18.0.10:6443", "at '/agent/kubeAPIServer': value must be 'an https URL of the API server"},
+		{"agent.extraArgs[0]=--kube-api-server", "at '/agent/extraArgs/0': value must be 'a flag the chart does not set itself"},
 		{"cni.mod=primary", "at '/cni': additional properties 'mod' not allowed"},
 		{"namespace=Weft_System", "at '/namespace': value must be 'a namespace name"},
 		{"token.value=weft1.eyJzIjoiMTk4In0", "at '/token': missing property 'only one of existingSecret and value: both are set"},
@@ -502,7 +504,7 @@ func TestChainedMode(t *testing.T) {
 
 func TestValuesReachTheDaemonSet(t *testing.T) {
 	o := render(t, "namespace=mesh", "image.repository=example.org/weft", "image.tag=v1.2.3", "image.pullPolicy=IfNotPresent",
-		"agent.socket=/run/weft-x/api.sock", "agent.stateDir=/srv/weft", "agent.logLevel=debug",
+		"agent.socket=/run/weft-x/api.sock", "agent.stateDir=/srv/weft", "agent.logLevel=debug", "agent.kubeAPIServer=https://198.18.0.10:6443",
 		"agent.extraArgs[0]=--wg-port", "agent.extraArgs[1]=51900",
 		"cni.binDir=/usr/libexec/cni", "cni.confDir=/etc/cni/conf.d", "token.key=join",
 		"nodeSelector.pool=edge", "tolerations=null")
@@ -516,7 +518,7 @@ func TestValuesReachTheDaemonSet(t *testing.T) {
 		t.Errorf("image %s (%s)", agent.Image, agent.ImagePullPolicy)
 	}
 	wantTail := []string{"--state-dir", "/srv/weft", "--config-file", "/srv/weft/agent.yaml", "--socket", "/run/weft-x/api.sock",
-		"--", "--kubernetes", "--log-level", "debug", "--wg-port", "51900"}
+		"--", "--kubernetes", "--log-level", "debug", "--kube-api-server", "https://198.18.0.10:6443", "--wg-port", "51900"}
 	if !slices.Equal(agent.Command[len(agent.Command)-len(wantTail):], wantTail) || !slices.Contains(agent.Command, "/etc/weft/token/join") {
 		t.Errorf("agent command %q", agent.Command)
 	}
