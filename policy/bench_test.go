@@ -144,3 +144,37 @@ func BenchmarkDeltaPolicyUpsert(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDeltaIdentityNamedPorts is one peer identity's named ports
+// changing (a pod of it restarted with another container port), with 10
+// local endpoints and every tenth policy allowing egress to a named port.
+func BenchmarkDeltaIdentityNamedPorts(b *testing.B) {
+	ids, ps := benchWorld()
+	for j, p := range ps {
+		if j%10 == 0 {
+			p.Egress = append(p.Egress, Rule{
+				Peers: []Peer{{Kind: PeerSelector, Selector: identity.Selector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (j+1)%benchApps)}}}},
+				Ports: []PortRule{{Protocol: ProtoTCP, Name: "http"}},
+			})
+		}
+	}
+	c := NewCompiler(ids)
+	if _, err := c.ReplacePolicies(ps); err != nil {
+		b.Fatal(err)
+	}
+	for e := range 10 {
+		c.AddEndpoint(fmt.Sprint(e), identity.MustLabels(fmt.Sprintf("vm:app=app-%d", e*10), "k8s:env=prod"))
+	}
+	// Identity 257 is app-1, the egress peer of app-0's endpoint.
+	peer := identity.MinAllocated + 1
+	changed := 0
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		d, err := c.SetIdentityNamedPorts(peer, []NamedPort{{Name: "http", Protocol: ProtoTCP, Port: uint16(8000 + i%2)}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		changed += len(d)
+	}
+	b.ReportMetric(float64(changed)/float64(b.N), "endpoints-changed/op")
+}

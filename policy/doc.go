@@ -43,4 +43,25 @@
 // identities whose prefix lies inside it and not inside an except; a /0 peer
 // also matches world. ReferencedCIDRs lists the prefixes the agent must
 // give identities to.
+//
+// # Named ports
+//
+// A port entry may name a port (`port: http`) instead of numbering it.
+// As in Kubernetes, the name is resolved against the destination: in an
+// ingress or ingressDeny rule against the local endpoint's named ports
+// (SetEndpointNamedPorts), in an egress or egressDeny rule against the
+// peer identity's (SetIdentityNamedPorts: the union over the endpoints
+// with that identity), with the entry's protocol (any for ANY). What a
+// name resolves to becomes ordinary per-identity entries, so the datapath
+// never sees names; a name that resolves to nothing matches nothing, and
+// an egress rule with a name and no peers writes an entry for each
+// identity that has the name (none for the world). A change of named
+// ports recomputes only the endpoint, or only that identity's entries.
+//
+// # Names
+//
+// A stored policy's name follows the mesh's name rule (ValidateName). A
+// policy imported from elsewhere (policy/netpol: Kubernetes NetworkPolicy
+// and WeftPolicy objects) is named "<origin>:<parts>" (ImportedName),
+// which no stored name can be; the compiler holds both kinds.
 package policy
