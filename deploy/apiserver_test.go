@@ -18,7 +18,6 @@ import (
 // cluster is a real kube-apiserver (no controllers, no nodes) that the
 // chart is installed into with helm and the manifests applied with kubectl.
 type cluster struct {
-	t          *testing.T
 	kubeconfig string
 	kubectlBin string
 	client     kubernetes.Interface
@@ -31,13 +30,13 @@ func startCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cluster{t: t, kubeconfig: a.Kubeconfig(), kubectlBin: filepath.Join(bin, "kubectl"), client: a.Clientset()}
+	return &cluster{kubeconfig: a.Kubeconfig(), kubectlBin: filepath.Join(bin, "kubectl"), client: a.Clientset()}
 }
 
-func (c *cluster) run(bin string, args ...string) (string, error) {
-	c.t.Helper()
+func (c *cluster) run(t *testing.T, bin string, args ...string) (string, error) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
-	home := c.t.TempDir()
+	home := t.TempDir()
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.kubeconfig, "HOME="+home,
 		"HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
 	out, err := cmd.CombinedOutput()
@@ -45,34 +44,34 @@ func (c *cluster) run(bin string, args ...string) (string, error) {
 }
 
 // must runs helm or kubectl and fails the test when it fails.
-func (c *cluster) must(bin string, args ...string) string {
-	c.t.Helper()
-	out, err := c.run(bin, args...)
+func (c *cluster) must(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := c.run(t, bin, args...)
 	if err != nil {
-		c.t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
+		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
 	}
 	return out
 }
 
-func (c *cluster) helm(args ...string) string {
-	c.t.Helper()
-	return c.must(helmBin(c.t), args...)
+func (c *cluster) helm(t *testing.T, args ...string) string {
+	t.Helper()
+	return c.must(t, helmBin(t), args...)
 }
 
-func (c *cluster) kubectl(args ...string) string {
-	c.t.Helper()
-	return c.must(c.kubectlBin, args...)
+func (c *cluster) kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	return c.must(t, c.kubectlBin, args...)
 }
 
 // exists reports whether GET path (an API path) finds the object.
-func (c *cluster) exists(path string) bool {
-	c.t.Helper()
-	err := c.client.Discovery().RESTClient().Get().AbsPath(path).Do(c.t.Context()).Error()
+func (c *cluster) exists(t *testing.T, path string) bool {
+	t.Helper()
+	err := c.client.Discovery().RESTClient().Get().AbsPath(path).Do(t.Context()).Error()
 	if apierrors.IsNotFound(err) {
 		return false
 	}
 	if err != nil {
-		c.t.Fatalf("GET %s: %v", path, err)
+		t.Fatalf("GET %s: %v", path, err)
 	}
 	return true
 }
@@ -129,9 +128,16 @@ func TestAgainstAPIServer(t *testing.T) {
 	c := startCluster(t)
 
 	t.Run("helm install", func(t *testing.T) {
-		c.helm("install", "weft", chartDir, "--set", "token.existingSecret=", "--set", "token.value=weft1.eyJzIjoiMTk4In0")
+		out := c.helm(t, "install", "weft", chartDir, "--set", "token.existingSecret=", "--set", "token.value=weft1.eyJzIjoiMTk4In0")
+		t.Logf("helm install says:\n%s", out)
+		for _, want := range []string{"kubectl -n weft-system rollout status daemonset/weft-agent", "/usr/bin/meshctl status",
+			"--set cleanup.enabled=true", "rollout status daemonset/weft-cleanup", "helm uninstall weft -n default", "kubectl delete namespace weft-system", "delete the pods Weft connected"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the install notes do not say %q", want)
+			}
+		}
 		for _, p := range []string{nsPath, agentDSPath, crdPath, rolePath, "/api/v1/namespaces/weft-system/secrets/weft-token", "/api/v1/namespaces/weft-system/serviceaccounts/weft-agent"} {
-			if !c.exists(p) {
+			if !c.exists(t, p) {
 				t.Errorf("after helm install, %s is missing", p)
 			}
 		}
@@ -139,77 +145,81 @@ func TestAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("helm upgrade to cleanup", func(t *testing.T) {
-		c.helm("upgrade", "weft", chartDir, "--reuse-values", "--set", "cleanup.enabled=true")
-		if c.exists(agentDSPath) || c.exists(rolePath) {
+		out := c.helm(t, "upgrade", "weft", chartDir, "--reuse-values", "--set", "cleanup.enabled=true")
+		t.Logf("helm upgrade says:\n%s", out)
+		if !strings.Contains(out, `each pod logs "weft removed"`) {
+			t.Errorf("the cleanup notes do not say what to wait for:\n%s", out)
+		}
+		if c.exists(t, agentDSPath) || c.exists(t, rolePath) {
 			t.Error("with cleanup.enabled the agent's DaemonSet or ClusterRole is still there")
 		}
-		if !c.exists(cleanupDSPath) {
+		if !c.exists(t, cleanupDSPath) {
 			t.Error("with cleanup.enabled there is no weft-cleanup DaemonSet")
 		}
 		// The namespace the release made stays the release's.
-		if m := c.helm("get", "manifest", "weft"); !strings.Contains(m, "kind: Namespace") {
+		if m := c.helm(t, "get", "manifest", "weft"); !strings.Contains(m, "kind: Namespace") {
 			t.Errorf("the upgraded release no longer holds its namespace:\n%s", m)
 		}
 	})
 
 	t.Run("helm uninstall keeps the namespace and CRD", func(t *testing.T) {
-		c.helm("uninstall", "weft")
-		if c.exists(cleanupDSPath) {
+		c.helm(t, "uninstall", "weft")
+		if c.exists(t, cleanupDSPath) {
 			t.Error("helm uninstall left the weft-cleanup DaemonSet")
 		}
-		if !c.exists(nsPath) || !c.exists(crdPath) {
+		if !c.exists(t, nsPath) || !c.exists(t, crdPath) {
 			t.Error("helm uninstall removed the namespace or the WeftPolicy CRD")
 		}
 		// Installed again, the release takes the namespace it kept back.
-		c.helm("install", "weft", chartDir)
-		if m := c.helm("get", "manifest", "weft"); !strings.Contains(m, "kind: Namespace") {
+		c.helm(t, "install", "weft", chartDir)
+		if m := c.helm(t, "get", "manifest", "weft"); !strings.Contains(m, "kind: Namespace") {
 			t.Errorf("a reinstall did not take back its kept namespace:\n%s", m)
 		}
-		c.helm("uninstall", "weft")
+		c.helm(t, "uninstall", "weft")
 	})
 
 	t.Run("helm install into a namespace made by hand", func(t *testing.T) {
-		c.kubectl("create", "namespace", "byhand")
-		c.kubectl("-n", "byhand", "create", "secret", "generic", "weft-token", "--from-literal=token=weft1.eyJzIjoiMTk4In0")
-		c.helm("install", "weft", chartDir, "--set", "namespace=byhand")
-		if m := c.helm("get", "manifest", "weft"); strings.Contains(m, "kind: Namespace") {
+		c.kubectl(t, "create", "namespace", "byhand")
+		c.kubectl(t, "-n", "byhand", "create", "secret", "generic", "weft-token", "--from-literal=token=weft1.eyJzIjoiMTk4In0")
+		c.helm(t, "install", "weft", chartDir, "--set", "namespace=byhand")
+		if m := c.helm(t, "get", "manifest", "weft"); strings.Contains(m, "kind: Namespace") {
 			t.Errorf("the release took over a namespace it did not make (helm uninstall would delete it, and the Secret in it):\n%s", m)
 		}
-		if !c.exists("/apis/apps/v1/namespaces/byhand/daemonsets/weft-agent") {
+		if !c.exists(t, "/apis/apps/v1/namespaces/byhand/daemonsets/weft-agent") {
 			t.Error("no agent DaemonSet in the namespace made by hand")
 		}
-		c.helm("uninstall", "weft")
-		if !c.exists("/api/v1/namespaces/byhand/secrets/weft-token") {
+		c.helm(t, "uninstall", "weft")
+		if !c.exists(t, "/api/v1/namespaces/byhand/secrets/weft-token") {
 			t.Error("helm uninstall removed the Secret made by hand")
 		}
 	})
 
 	t.Run("kubectl apply the manifests", func(t *testing.T) {
-		c.kubectl("apply", "--validate=strict", "-f", manifest)
+		c.kubectl(t, "apply", "--validate=strict", "-f", manifest)
 		for _, p := range []string{nsPath, agentDSPath, crdPath, rolePath, "/api/v1/namespaces/weft-system/secrets/weft-token"} {
-			if !c.exists(p) {
+			if !c.exists(t, p) {
 				t.Errorf("after kubectl apply -f weft.yaml, %s is missing", p)
 			}
 		}
 		c.checkAgentAccess(t)
-		c.kubectl("apply", "--validate=strict", "-f", uninstallYML)
-		if !c.exists(cleanupDSPath) {
+		c.kubectl(t, "apply", "--validate=strict", "-f", uninstallYML)
+		if !c.exists(t, cleanupDSPath) {
 			t.Error("after kubectl apply -f weft-uninstall.yaml there is no weft-cleanup DaemonSet")
 		}
 		// The documented way to keep the WeftPolicies deletes every object
 		// labelled as Weft's and only those. (Without --wait: nothing here
 		// runs the namespace controller that finishes a namespace's
 		// deletion, nor the garbage collector a foreground cascade waits for.)
-		out := c.kubectl("delete", "-f", manifest, "-l", "app.kubernetes.io/name=weft", "--wait=false")
+		out := c.kubectl(t, "delete", "-f", manifest, "-l", "app.kubernetes.io/name=weft", "--wait=false")
 		for _, want := range []string{`daemonset.apps "weft-agent" deleted`, `clusterrole.rbac.authorization.k8s.io "weft-agent" deleted`, `namespace "weft-system" deleted`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("kubectl delete -f weft.yaml -l app.kubernetes.io/name=weft does not say %s:\n%s", want, out)
 			}
 		}
-		if c.exists(agentDSPath) || c.exists(rolePath) {
+		if c.exists(t, agentDSPath) || c.exists(t, rolePath) {
 			t.Error("the labelled delete left the agent's DaemonSet or ClusterRole")
 		}
-		if !c.exists(crdPath) || strings.Contains(out, "customresourcedefinition") {
+		if !c.exists(t, crdPath) || strings.Contains(out, "customresourcedefinition") {
 			t.Errorf("the labelled delete of weft.yaml deleted the WeftPolicy CRD:\n%s", out)
 		}
 	})
