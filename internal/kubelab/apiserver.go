@@ -179,7 +179,8 @@ func writeClusterPKI(dir string, ips []netip.Addr) (*clusterFiles, error) {
 	return f, nil
 }
 
-// admin issues the cluster-admin credentials (system:masters).
+// client issues client credentials for user cn in groups orgs, for
+// server.
 func (f *clusterFiles) client(server, cn string, orgs ...string) (credentials, error) {
 	certPEM, keyPEM, err := f.ca.issue(certSpec{cn: cn, orgs: orgs})
 	if err != nil {

@@ -122,6 +122,42 @@ func TestNodeWithoutCNI(t *testing.T) {
 	}
 
 	checkUsers(t, c)
+	checkFailedStart(t, c)
+}
+
+// checkFailedStart: a node that cannot start says why, with the end of
+// the failing component's log, and leaves nothing behind.
+func checkFailedStart(t *testing.T, c *cluster) {
+	cpNetns := c.lab.Node("cp").Netns
+	dir := filepath.Join(c.dir, "bad")
+	_, err := c.cp.StartNode(t.Context(), NodeSpec{
+		Name: "bad", Netns: cpNetns, IP: netip.MustParseAddr("198.18.1.99"), Dir: dir, CNI: CNISpec{Mode: CNINone},
+	})
+	if err == nil {
+		t.Fatal("a node with an address its namespace does not have started")
+	}
+	t.Logf("a node that cannot start says:\n%v", err)
+	for _, want := range []string{"node bad", "kubelet", "last lines of its log", "198.18.1.99"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not mention %q:\n%v", want, err)
+		}
+	}
+	if _, serr := os.Stat(dir); !os.IsNotExist(serr) {
+		t.Errorf("the failed node left %s (%v)", dir, serr)
+	}
+	mounts, _ := cgroupMounts()
+	for _, m := range mounts {
+		if _, serr := os.Stat(filepath.Join(m, cgroupName(cpNetns))); !os.IsNotExist(serr) {
+			t.Errorf("the failed node left its cgroup in %s", m)
+		}
+	}
+	cpNS, _ := nsOf(lab.NetnsPath(cpNetns))
+	for _, pid := range processesIn("net", cpNS) {
+		cmd := cmdline(pid)
+		if f := strings.Fields(cmd); len(f) > 0 && (filepath.Base(f[0]) == "kubelet" || strings.HasPrefix(filepath.Base(f[0]), "containerd")) {
+			t.Errorf("the failed node left %d (%s) in %s", pid, cmd, cpNetns)
+		}
+	}
 }
 
 // checkUsers: identities made by UserKubeconfig and UserRESTConfig have
