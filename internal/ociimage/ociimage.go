@@ -355,18 +355,18 @@ func Write(w io.Writer, images ...Image) error {
 	for d, b := range blobs {
 		files["blobs/sha256/"+strings.TrimPrefix(d, "sha256:")] = b
 	}
-	names2 := make([]string, 0, len(files))
+	paths := make([]string, 0, len(files))
 	for n := range files {
-		names2 = append(names2, n)
+		paths = append(paths, n)
 	}
-	sort.Strings(names2)
+	sort.Strings(paths)
 	tw := tar.NewWriter(w)
 	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
 			return fmt.Errorf("writing the image tar: %w", err)
 		}
 	}
-	for _, n := range names2 {
+	for _, n := range paths {
 		b := files[n]
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644, Size: int64(len(b)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
 			return fmt.Errorf("writing the image tar: %w", err)
