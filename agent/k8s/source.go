@@ -415,6 +415,12 @@ func PodLabels(namespace string, pod, ns map[string]string) (identity.Labels, []
 		ls = append(ls, l)
 	}
 	for k, v := range pod {
+		// The namespace keys are the mesh's to set: a pod labelled with
+		// them would claim another namespace's identity.
+		if k == identity.K8sNamespaceKey || strings.HasPrefix(k, identity.K8sNamespaceLabelPrefix) {
+			skipped = append(skipped, skippedLabel{label: k + "=" + v, err: fmt.Errorf("%q is a key Weft sets from the pod's namespace", k)})
+			continue
+		}
 		add(k, v)
 	}
 	add(identity.K8sNamespaceKey, namespace)

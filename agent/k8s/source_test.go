@@ -167,13 +167,13 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 }
 
 func TestPodLabelsLeaveOutWhatBreaksTheRules(t *testing.T) {
-	got, skipped := k8s.PodLabels("ns", map[string]string{"app": "web", "bad key": "x"}, map[string]string{"kubernetes.io/metadata.name": "ns", "a-very-long-namespace-label-key-over-32": "y"})
+	got, skipped := k8s.PodLabels("ns", map[string]string{"app": "web", "bad key": "x", identity.K8sNamespaceKey: "kube-system", identity.K8sNamespaceLabelPrefix + "team": "ops"}, map[string]string{"kubernetes.io/metadata.name": "ns", "a-very-long-namespace-label-key-over-32": "y"})
 	want := identity.MustLabels("k8s:app=web", "k8s:io.kubernetes.pod.namespace=ns", "k8s:io.kubernetes.namespace.labels.kubernetes.io/metadata.name=ns")
 	if !got.Equal(want) {
 		t.Fatalf("labels = %v, want %v", got, want)
 	}
-	if len(skipped) != 2 {
-		t.Fatalf("skipped %d labels, want 2 (the bad key, the too-long prefixed key)", len(skipped))
+	if len(skipped) != 4 {
+		t.Fatalf("skipped %d labels, want 4 (the bad key, the pod's own namespace keys, the too-long prefixed key)", len(skipped))
 	}
 }
 
