@@ -280,7 +280,13 @@ func (a *Agent) openTunnel(ctx context.Context) error {
 		IPv4Underlay: true,
 		Mode:         mode,
 		Helper:       a.opts.TunnelHelper,
-		Logger:       a.log.With("component", "tunnel"),
+		HelperStarted: func(pid int) error {
+			if !a.cfg.Kubernetes.Enabled {
+				return nil
+			}
+			return escapePodCgroup(pid, a.cfg.Kubernetes.HostCgroupRoot)
+		},
+		Logger: a.log.With("component", "tunnel"),
 	})
 	if err != nil {
 		return err

@@ -353,6 +353,40 @@ metadata: {name: "y", labels: {ns: "y"}}
 		}
 	})
 
+	t.Run("restarting the agent pods loses no ping between pods", func(t *testing.T) {
+		k := *k
+		k.t = t
+		type result struct {
+			out string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(k.ctx, 60*time.Second)
+			defer cancel()
+			out, err := k.cp.Kubectl(ctx, "-n", "x", "exec", "a", "--", "ping", "-c", "75", "-i", "0.2", "-W", "1", ips["b"])
+			done <- result{out, err}
+		}()
+		time.Sleep(2 * time.Second)
+		for _, node := range []string{"k1", "k2"} {
+			before := strings.TrimSpace(k.kubectl("-n", "weft-system", "get", "pods", "-l", "app.kubernetes.io/component=agent",
+				"--field-selector", "spec.nodeName="+node, "-o", "jsonpath={.items[0].metadata.name}"))
+			k.kubectl("-n", "weft-system", "delete", "pod", before, "--wait=true")
+			k.kubectl("-n", "weft-system", "rollout", "status", "daemonset/weft-agent", "--timeout", "120s")
+		}
+		r := <-done
+		if r.err != nil {
+			t.Fatalf("ping a -> b during the restarts: %v\n%s", r.err, r.out)
+		}
+		m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) packets received`).FindStringSubmatch(r.out)
+		if m == nil || m[1] != m[2] {
+			t.Fatalf("pings were lost while the agent pods restarted:\n%s", r.out)
+		}
+		t.Logf("a -> b while both agent pods restarted: %s of %s pings answered", m[2], m[1])
+		// The restarted agents restored the pods: connections still pass.
+		k.check([]flow{pp("a", "b", true), vmPod("a", true)})
+	})
+
 	t.Run("NetworkPolicy: namespace isolation, namespaceSelector, named port, egress AND", func(t *testing.T) {
 		k := *k
 		k.t = t

@@ -194,6 +194,11 @@ func (s *system) startHelper(ctx context.Context, cfg Config, mtu int) (*helperP
 		return nil, fmt.Errorf("starting userspace WireGuard helper: %w", err)
 	}
 	h := &helperProc{pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{}), log: logPath}
+	if cfg.HelperStarted != nil {
+		if err := cfg.HelperStarted(h.pid); err != nil && cfg.Logger != nil {
+			cfg.Logger.Warn("the userspace WireGuard helper stays in this process's cgroups: restarting the agent's pod will stop the tunnel", "pid", h.pid, "err", err)
+		}
+	}
 	go func() {
 		_ = cmd.Wait() // reap it if it dies while this agent runs
 		close(h.done)

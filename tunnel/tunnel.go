@@ -75,6 +75,10 @@ type Config struct {
 	// Helper starts the userspace device process (see SelfHelper). Needed
 	// unless Mode is ModeKernel.
 	Helper HelperFunc
+	// HelperStarted, when set, is called with a new helper's pid (the
+	// agent of a Kubernetes node moves it out of its pod's cgroups, so
+	// that a restart of the pod leaves the device running).
+	HelperStarted func(pid int) error
 	// Netns is the path of the network namespace to manage the device in
 	// (e.g. /var/run/netns/NAME); empty means the caller's. Lets one process
 	// drive several nodes in tests and labs.

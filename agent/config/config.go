@@ -109,6 +109,10 @@ type Kubernetes struct {
 	// runs (no kube-proxy yet), so the agent goes to the API server
 	// directly.
 	APIServer string `json:"apiServer,omitempty"`
+	// HostCgroupRoot is where the DaemonSet mounts the node's
+	// /sys/fs/cgroup: the userspace WireGuard helper moves out of the pod's
+	// cgroups through it, so it survives a restart of the agent's pod.
+	HostCgroupRoot string `json:"hostCgroupRoot,omitempty"`
 }
 
 // Etcd says how the agent reaches the control plane: an existing etcd
@@ -250,12 +254,13 @@ func Default() *Config {
 			Mode:                "auto",
 			PersistentKeepalive: Duration(DefaultKeepalive),
 		},
-		IPAM:    IPAM{MeshPool: DefaultMeshPool, NodePrefixLength: DefaultNodePrefixLen},
-		BPF:     BPF{PinPath: DefaultBPFPinPath},
-		Log:     Log{Format: DefaultLogFormat, Level: DefaultLogLevel},
-		Metrics: Metrics{Address: DefaultMetricsAddress},
-		Flows:   Flows{Buffer: DefaultFlowBuffer},
-		Join:    JoinServer{Listen: DefaultJoinListen},
+		IPAM:       IPAM{MeshPool: DefaultMeshPool, NodePrefixLength: DefaultNodePrefixLen},
+		BPF:        BPF{PinPath: DefaultBPFPinPath},
+		Log:        Log{Format: DefaultLogFormat, Level: DefaultLogLevel},
+		Metrics:    Metrics{Address: DefaultMetricsAddress},
+		Flows:      Flows{Buffer: DefaultFlowBuffer},
+		Join:       JoinServer{Listen: DefaultJoinListen},
+		Kubernetes: Kubernetes{HostCgroupRoot: "/host/sys/fs/cgroup"},
 	}
 }
 

@@ -57,6 +57,10 @@ checks the rest, also for helm lint, which ignores a template's fail).
   hostPath:
     path: /var/run/wireguard
     type: DirectoryOrCreate
+- name: cgroup
+  hostPath:
+    path: /sys/fs/cgroup
+    type: Directory
 - name: cni-bin
   hostPath:
     path: {{ .Values.cni.binDir }}
@@ -87,6 +91,10 @@ pinned maps to outlive the pod (an agent restart keeps traffic flowing).
   mountPropagation: HostToContainer
 - name: wireguard
   mountPath: /var/run/wireguard
+{{- /* The node's cgroups: the userspace WireGuard helper moves out of the
+pod's, so a restart of this pod leaves the tunnel running. */}}
+- name: cgroup
+  mountPath: /host/sys/fs/cgroup
 {{- end }}
 
 {{- define "weft.cniMounts" -}}
