@@ -358,6 +358,11 @@ func TestAgentDaemonSet(t *testing.T) {
 	if !ps.HostNetwork || ps.DNSPolicy != corev1.DNSClusterFirstWithHostNet || ps.PriorityClassName != "system-node-critical" {
 		t.Errorf("hostNetwork %v, dnsPolicy %s, priorityClass %s; want true, ClusterFirstWithHostNet, system-node-critical", ps.HostNetwork, ps.DNSPolicy, ps.PriorityClassName)
 	}
+	// In the host's PID namespace the userspace WireGuard helper, which
+	// the agent moves out of the pod's cgroups, outlives a pod restart.
+	if !ps.HostPID {
+		t.Error("hostPID is off: stopping the pod would take the userspace WireGuard helper with it")
+	}
 	if g := ps.TerminationGracePeriodSeconds; g == nil || *g > 15 {
 		t.Errorf("terminationGracePeriodSeconds %v, want about 10", g)
 	}
@@ -444,6 +449,10 @@ func TestAgentDaemonSet(t *testing.T) {
 		if m.ReadOnly {
 			t.Errorf("%s at %s is read-only", tc.c.Name, tc.at)
 		}
+	}
+
+	if _, hp := hostPathAt(t, ps, agent, "/host/sys/fs/cgroup"); hp.Path != "/sys/fs/cgroup" {
+		t.Errorf("the agent mounts %s at /host/sys/fs/cgroup, want the node's /sys/fs/cgroup", hp.Path)
 	}
 
 	tm, ok := mount(agent, "/etc/weft/token")
