@@ -38,6 +38,7 @@ type Datapath interface {
 	policyDatapath
 	AttachHostDevice(iface string) error
 	AttachWorkload(iface string) error
+	BindWorkload(addr netip.Addr, iface string) error
 	underlayDatapath
 	DeleteEndpoint(addr netip.Addr) error
 	Events() (flowcollect.EventSource, error)

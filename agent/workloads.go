@@ -77,6 +77,9 @@ type vethPlumber interface {
 // workloadAttacher attaches the datapath to a workload's host interface.
 type workloadAttacher interface {
 	AttachWorkload(iface string) error
+	// BindWorkload binds the address to the veth where the node does not
+	// route it there (chained after the bridge plugin).
+	BindWorkload(addr netip.Addr, iface string) error
 }
 
 // nodeAddressing is the node's CIDR and mesh IP, once known.
@@ -211,6 +214,11 @@ func (m *netnsSource) setup(ctx context.Context, w *workload) error {
 		}
 		if err := m.dp.AttachWorkload(w.HostIface); err != nil {
 			return fmt.Errorf("attaching datapath to %s: %w", w.HostIface, err)
+		}
+		if w.Chained {
+			if err := m.dp.BindWorkload(w.IP, w.HostIface); err != nil {
+				return err
+			}
 		}
 		return nil
 	})

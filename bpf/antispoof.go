@@ -19,6 +19,12 @@ import (
 // 0 when there is none (yet: AttachWorkload binds it then). Routes are read
 // in the calling thread's network namespace, as attachments are made.
 func (d *Datapath) workloadIfindex(addr netip.Addr) uint32 {
+	d.mu.Lock()
+	bidx, bound := d.bound[addr]
+	d.mu.Unlock()
+	if bound {
+		return uint32(bidx)
+	}
 	routes, err := netlink.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
 		return 0
@@ -186,6 +192,37 @@ func (d *Datapath) DeleteUnderlayNode(addr netip.Addr) error {
 	k := datapathUnderlayKey{Addr: addrKey(addr.Unmap())}
 	if err := d.objs.UnderlayNodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("bpf: underlay node delete %v: %w", addr, err)
+	}
+	return nil
+}
+
+// BindWorkload binds a workload address to the veth iface (attached with
+// AttachWorkload) explicitly, for veths the node does not route the address
+// to: a pod's veth on a bridge, when Weft is chained after the bridge
+// plugin (the node routes the pod through the bridge device). The programs
+// then accept addr as a source only from that veth, as for routed ones. An
+// endpoint already registered at addr is rebound at once.
+func (d *Datapath) BindWorkload(addr netip.Addr, iface string) error {
+	l, err := netlink.LinkByName(iface)
+	if err != nil {
+		return fmt.Errorf("bpf: binding %v to %s: %w", addr, iface, err)
+	}
+	addr = addr.Unmap()
+	idx := l.Attrs().Index
+	d.mu.Lock()
+	d.bound[addr] = idx
+	d.mu.Unlock()
+	k := datapathEndpointKey{Addr: addrKey(addr)}
+	var v datapathEndpointValue
+	if err := d.objs.Endpoints.Lookup(&k, &v); err != nil {
+		return nil // registered later, with the binding
+	}
+	if v.Ifindex == uint32(idx) {
+		return nil
+	}
+	v.Ifindex = uint32(idx)
+	if err := d.objs.Endpoints.Update(&k, &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("bpf: rebinding endpoint %v: %w", addr, err)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,7 +42,10 @@ type Datapath struct {
 
 	mu       sync.Mutex
 	attached map[string]*attachment // by interface name
-	closed   bool
+	// bound are workload addresses bound to their veth explicitly
+	// (BindWorkload), where the node does not route to the veth itself.
+	bound  map[netip.Addr]int
+	closed bool
 
 	policyMu   sync.Mutex // serialises SetPolicy's read-modify-write of policy_meta
 	settingsMu sync.Mutex // serialises read-modify-writes of the settings entry
@@ -75,7 +79,7 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
 	}
-	d := &Datapath{cfg: cfg, log: cfg.Logger, attached: map[string]*attachment{}}
+	d := &Datapath{cfg: cfg, log: cfg.Logger, attached: map[string]*attachment{}, bound: map[netip.Addr]int{}}
 	var repl map[string]*ebpf.Map
 	if !cfg.Ephemeral {
 		if err := ensureBPFFS(cfg.PinRoot); err != nil {

@@ -134,6 +134,9 @@ func (d *Datapath) DeleteEndpoint(addr netip.Addr) error {
 	if !addr.IsValid() {
 		return fmt.Errorf("bpf: endpoint address %v is invalid", addr)
 	}
+	d.mu.Lock()
+	delete(d.bound, addr.Unmap())
+	d.mu.Unlock()
 	k := datapathEndpointKey{Addr: addrKey(addr.Unmap())}
 	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("bpf: endpoint delete %v: %w", addr, err)

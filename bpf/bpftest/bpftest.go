@@ -90,6 +90,9 @@ func (d *Datapath) AttachWorkload(iface string) error {
 	return nil
 }
 
+// BindWorkload records nothing: the fake has no anti-spoofing.
+func (d *Datapath) BindWorkload(netip.Addr, string) error { return nil }
+
 // AttachUnderlay records an underlay interface's attachment.
 func (d *Datapath) AttachUnderlay(iface string) error {
 	d.mu.Lock()
