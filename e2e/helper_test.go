@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +26,8 @@ func runHelper() int {
 		err = expiredToken(os.Args[len(os.Args)-3], os.Args[len(os.Args)-2], os.Args[len(os.Args)-1])
 	case "forge":
 		err = forgeHelper(os.Args[max(1, len(os.Args)-6):])
+	case "claim-cidr":
+		err = claimHelper(os.Args[len(os.Args)-3], os.Args[len(os.Args)-2], os.Args[len(os.Args)-1])
 	case "tcx-programs":
 		err = tcxProgramsHelper(os.Args[len(os.Args)-1])
 	default:
@@ -80,4 +83,26 @@ func (m *Mesh) ExpiredToken(t *testing.T) string {
 		t.Fatalf("no token in helper output:\n%s", out)
 	}
 	return strings.TrimSpace(tok)
+}
+
+// claimHelper asks the seed's node services, with the node credentials in
+// credDir, to make cidr the node's CIDR (what a Kubernetes node's agent does
+// with its podCIDR), and prints the answer.
+func claimHelper(server, credDir, cidr string) error {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return err
+	}
+	c, err := join.NewServiceClient(server, filepath.Join(credDir, join.CAFile), filepath.Join(credDir, join.CertFile), filepath.Join(credDir, join.KeyFile))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := c.AllocateCIDR(ctx, join.CIDRRequest{Claim: p})
+	if err != nil {
+		return err
+	}
+	fmt.Println("claimed", got)
+	return nil
 }

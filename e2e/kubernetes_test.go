@@ -383,6 +383,56 @@ metadata: {name: "y", labels: {ns: "y"}}
 		}
 	})
 
+	t.Run("a node's credentials claim only its own podCIDR", func(t *testing.T) {
+		if chained {
+			t.Skip("the primary-mode suite checks the claims")
+		}
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		server := net.JoinHostPort(m.Lab.Node("seed").Underlay.String(), "51834")
+		claim := func(exec func(context.Context, ...string) (string, error), credDir, cidr string) (string, error) {
+			return exec(context.Background(), "env", helperEnv+"=claim-cidr", self, server, credDir, cidr)
+		}
+		k1 := k.nodes["k1"]
+		var own struct {
+			CIDRs []string `json:"cidrs"`
+		}
+		out, err := k1.Exec(context.Background(), filepath.Join(binDir, "meshctl"), "--socket", "/run/weft/agent.sock", "status", "-o", "json")
+		if err != nil || json.Unmarshal([]byte(out), &own) != nil || len(own.CIDRs) != 1 {
+			t.Fatalf("k1's status: %v\n%s", err, out)
+		}
+		other := "100.96.1.0/24"
+		if own.CIDRs[0] == other {
+			other = "100.96.0.0/24"
+		}
+		vmExec := func(ctx context.Context, argv ...string) (string, error) {
+			out, err := m.Lab.Exec(ctx, m.Lab.Node("vm1").Netns, argv...)
+			return string(out), err
+		}
+		for _, tc := range []struct {
+			name, cidr, say string
+			exec            func(context.Context, ...string) (string, error)
+			dir             string
+			ok              bool
+		}{
+			{"k1 claims its own podCIDR again (a restart)", own.CIDRs[0], "claimed " + own.CIDRs[0], k1.Exec, "/var/lib/weft/credentials", true},
+			{"k1 claims k2's podCIDR", other, "overlaps", k1.Exec, "/var/lib/weft/credentials", false},
+			{"k1 claims a free range of the pod CIDRs, overlapping its own", "100.96.0.0/23", "overlaps", k1.Exec, "/var/lib/weft/credentials", false},
+			{"k1 claims outside the pod CIDRs", "100.65.0.0/24", "may not claim", k1.Exec, "/var/lib/weft/credentials", false},
+			{"a VM (token without --pod-cidrs) claims a pod range", "100.96.200.0/24", "admits no Kubernetes nodes", vmExec, filepath.Join(m.node("vm1").StateDir, "credentials"), false},
+		} {
+			out, err := claim(tc.exec, tc.dir, tc.cidr)
+			if err != nil {
+				out += err.Error() // the refusal, as the agent would log it
+			}
+			if (err == nil) != tc.ok || !strings.Contains(out, tc.say) {
+				t.Errorf("%s: err %v, output %q; want ok=%v saying %q", tc.name, err, out, tc.ok, tc.say)
+			}
+		}
+	})
+
 	t.Run("restarting the agent pods loses no ping between pods", func(t *testing.T) {
 		if chained {
 			t.Skip("the primary-mode suite restarts the agents; the datapath is the same")
