@@ -283,7 +283,9 @@ func TestKubernetes(t *testing.T) { kubernetesSuite(t, "kube", kubelab.CNINone, 
 
 // The same traffic and policy checks with Weft chained after the bridge
 // plugin (policy and encryption only; the bridge gives the addresses).
-func TestKubernetesChained(t *testing.T) { kubernetesSuite(t, "kubechain", kubelab.CNIBridge, "chained") }
+func TestKubernetesChained(t *testing.T) {
+	kubernetesSuite(t, "kubechain", kubelab.CNIBridge, "chained")
+}
 
 func kubernetesSuite(t *testing.T, labName string, cni kubelab.CNIMode, mode string) {
 	chained := mode == "chained"
