@@ -76,7 +76,7 @@ fuzz: ## run every fuzz target briefly (count budgets in .ci/fuzz-targets; FUZZT
 	done
 
 .PHONY: bench
-bench: bench-go bench-tunnel bench-datapath bench-join ## every benchmark (Go, tunnel, datapath, join)
+bench: bench-go bench-tunnel bench-datapath bench-join bench-k8s ## every benchmark (Go, tunnel, datapath, join, Kubernetes)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the control plane (kvstore, identity, policy)
@@ -89,6 +89,10 @@ bench-tunnel: build ## iperf3 through the underlay, Weft, wireguard-go and the T
 .PHONY: bench-datapath
 bench-datapath: ## eBPF policy cost, connection rate and throughput vs nftables (needs root)
 	./bench/datapath/run.sh
+
+.PHONY: bench-k8s
+bench-k8s: kube helm build image ## Kubernetes: pod create -> Ready with policy vs the bridge plugin, NetworkPolicy -> enforced (needs root)
+	WEFT_BENCH_K8S=$${N:-20} $(GO) test -count=1 -timeout 20m -run '^TestBenchKubernetes$$' -v ./e2e/ | grep -v '^ *time=\|level='
 
 .PHONY: bench-join
 bench-join: build ## join-to-reachable and policy propagation in the lab (needs root)
