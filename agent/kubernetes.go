@@ -14,7 +14,7 @@ import (
 // The agent's Kubernetes mode (config.Kubernetes): the Kubernetes source
 // starts before the CIDR is taken (the Node's podCIDR is the node's CIDR),
 // pods come through weft-cni (pods.go), and NetworkPolicies and
-// WeftPolicies join the policies from etcd (kubepolicy.go).
+// WeftPolicies join the policies from etcd (kubePoliciesChanged).
 
 // startKubernetes connects to the API server and lists what the node
 // needs.
@@ -64,8 +64,8 @@ func (a *Agent) startPods(ctx context.Context) error {
 
 // kubePoliciesChanged translates the NetworkPolicies and WeftPolicies
 // the API server has and hands them to the policy compiler, which applies
-// only what changed. One that cannot be translated is skipped, logged and
-// shown as failed in `meshctl policy list`; the others are enforced.
+// only what changed. One that cannot be translated is skipped and logged
+// (the policy reconciler records it as failed); the others are enforced.
 func (a *Agent) kubePoliciesChanged() {
 	if a.kube == nil || a.policy == nil {
 		return

@@ -77,9 +77,12 @@ type policyReconciler struct {
 	portsByID map[uint32]map[string][]kvstore.NamedPort
 	// imported are the policies of setImported, by origin and name.
 	imported map[string]map[string]*policy.Policy
-	cidrIDs  map[netip.Prefix]identity.NumericIdentity
-	nextCIDR identity.NumericIdentity
-	snapshot []localEndpoint // copy for readers, under mu
+	// importFailed are the names of imported policies that failed to
+	// translate, by origin (guarded by mu, like failed).
+	importFailed map[string]map[string]bool
+	cidrIDs      map[netip.Prefix]identity.NumericIdentity
+	nextCIDR     identity.NumericIdentity
+	snapshot     []localEndpoint // copy for readers, under mu
 }
 
 type policyApplied struct {
@@ -590,8 +593,18 @@ func (r *policyReconciler) setImported(origin string, ps []*policy.Policy, faile
 			now[p.Name] = p
 		}
 		r.mu.Lock()
+		if r.importFailed == nil {
+			r.importFailed = map[string]map[string]bool{}
+		}
+		for name := range r.importFailed[origin] {
+			if _, still := failed[name]; !still {
+				delete(r.failed, name) // fixed or deleted since
+			}
+		}
+		r.importFailed[origin] = map[string]bool{}
 		for name, msg := range failed {
 			r.failed[name] = msg
+			r.importFailed[origin][name] = true
 		}
 		r.mu.Unlock()
 		for name := range old {

@@ -106,7 +106,11 @@ func plumbVeth(w *workload, mtu int) error {
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: host.Attrs().Index, State: netlink.NUD_PERMANENT, IP: w.IP.AsSlice(), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
 		return fmt.Errorf("workload neighbour: %w", err)
 	}
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: addr.IPNet, Scope: netlink.SCOPE_LINK}); err != nil {
+	route := &netlink.Route{LinkIndex: host.Attrs().Index, Dst: addr.IPNet, Scope: netlink.SCOPE_LINK}
+	if w.routeSrc.IsValid() {
+		route.Src = w.routeSrc.AsSlice()
+	}
+	if err := netlink.RouteReplace(route); err != nil {
 		return fmt.Errorf("route to workload: %w", err)
 	}
 	return nil

@@ -51,6 +51,11 @@ type workload struct {
 	Chained     bool   `json:"chained,omitempty"`
 	// Ports are the pod's named container ports.
 	Ports []policy.NamedPort `json:"ports,omitempty"`
+	// routeSrc, for pods, is the source the node uses towards the pod:
+	// its mesh address, the host identity there, so that the kubelet's
+	// probes are the node's (which NetworkPolicies always allow), not the
+	// underlay address's (the world).
+	routeSrc netip.Addr
 }
 
 // ifName is the workload's interface inside its namespace.
@@ -207,6 +212,9 @@ func (m *netnsSource) setup(ctx context.Context, w *workload) error {
 		return fmt.Errorf("workload %s: its saved labels %v do not parse (%v): remove it and add it again", w.Name, w.Labels, err)
 	}
 	id, err := m.eps.add(ctx, endpointSpec{Name: w.Name, ID: w.ID, IP: w.IP, Labels: labels, Ports: w.Ports}, func() error {
+		if w.Pod != "" {
+			_, w.routeSrc = m.addr()
+		}
 		if !w.Chained {
 			if err := m.veths.Plumb(w, m.mtu()); err != nil {
 				return fmt.Errorf("connecting namespace %s: %w", w.Netns, err)

@@ -39,6 +39,39 @@ type kubeCluster struct {
 	cp    *kubelab.ControlPlane
 	nodes map[string]*kubelab.Node
 	ctx   context.Context
+	// dir holds each node's state (kubelab.NodeSpec.Dir); bbTar and
+	// weftImage are the images nodes import.
+	dir              string
+	bbTar, weftImage string
+	log              *slog.Logger
+	noWeft           map[string]bool
+}
+
+// agentSocket is the path, on the machine, of a node's agent socket
+// (/run/weft/agent.sock inside the node is bound from its state dir).
+func (k *kubeCluster) agentSocket(node string) string {
+	return filepath.Join(k.dir, node, "run-weft", "agent.sock")
+}
+
+// addNode starts one more kubelet node on a lab node.
+func (k *kubeCluster) addNode(name string, cni kubelab.CNIMode) {
+	t := k.t
+	t.Helper()
+	ln := k.m.Lab.Node(name)
+	n, err := k.cp.StartNode(k.ctx, kubelab.NodeSpec{Name: name, Netns: ln.Netns, IP: ln.Underlay, Dir: filepath.Join(k.dir, name),
+		CNI: kubelab.CNISpec{Mode: cni}, Images: []string{k.bbTar, k.weftImage}, Log: k.log})
+	if err != nil {
+		t.Fatalf("node %s: %v", name, err)
+	}
+	k.nodes[name] = n
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("node %s logs:\n%s", name, n.LogTails(30))
+		}
+		if err := n.Close(); err != nil {
+			t.Errorf("stopping node %s: %v", name, err)
+		}
+	})
 }
 
 // repoFile is a path inside the repository (the e2e tests run in e2e/).
@@ -104,23 +137,9 @@ func startKube(t *testing.T, m *Mesh, cniMode kubelab.CNIMode, nodes ...string) 
 			t.Errorf("stopping the control plane: %v", err)
 		}
 	})
-	k := &kubeCluster{t: t, m: m, cp: cp, nodes: map[string]*kubelab.Node{}, ctx: ctx}
+	k := &kubeCluster{t: t, m: m, cp: cp, nodes: map[string]*kubelab.Node{}, ctx: ctx, dir: dir, bbTar: bbTar, weftImage: weftImage, log: log}
 	for _, name := range nodes {
-		ln := m.Lab.Node(name)
-		n, err := cp.StartNode(ctx, kubelab.NodeSpec{Name: name, Netns: ln.Netns, IP: ln.Underlay, Dir: filepath.Join(dir, name),
-			CNI: kubelab.CNISpec{Mode: cniMode}, Images: []string{bbTar, weftImage}, Log: log})
-		if err != nil {
-			t.Fatalf("node %s: %v", name, err)
-		}
-		k.nodes[name] = n
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("node %s logs:\n%s", name, n.LogTails(30))
-			}
-			if err := n.Close(); err != nil {
-				t.Errorf("stopping node %s: %v", name, err)
-			}
-		})
+		k.addNode(name, cniMode)
 	}
 	k.kubectl("apply", "-f", repoFile(t, "deploy/crds/weftpolicies.weft.dev.yaml"))
 	// Registered last, so it runs first: what a user would look at.
@@ -128,9 +147,13 @@ func startKube(t *testing.T, m *Mesh, cniMode kubelab.CNIMode, nodes ...string) 
 		if !t.Failed() {
 			return
 		}
-		out, _ := cp.Kubectl(context.Background(), "-n", "weft-system", "logs", "-l", "app.kubernetes.io/component=agent", "--tail", "60", "--prefix")
-		t.Logf("agent logs:\n%s", out)
-		for name := range k.nodes {
+		for _, c := range []string{"agent", "cleanup"} {
+			out, _ := cp.Kubectl(context.Background(), "-n", "weft-system", "logs", "-l", "app.kubernetes.io/component="+c, "--tail", "60", "--prefix", "--all-containers")
+			t.Logf("%s logs:\n%s", c, out)
+		}
+		out, _ := cp.Kubectl(context.Background(), "-n", "weft-system", "get", "pods", "-o", "wide")
+		t.Logf("weft-system pods:\n%s", out)
+		for name := range k.weftNodes() {
 			for _, argv := range [][]string{{"ip", "-br", "addr"}, {"ip", "route"}} {
 				out, _ := m.Lab.Exec(context.Background(), m.Lab.Node(name).Netns, argv...)
 				t.Logf("%s: %s:\n%s", name, strings.Join(argv, " "), out)
@@ -144,22 +167,9 @@ func startKube(t *testing.T, m *Mesh, cniMode kubelab.CNIMode, nodes ...string) 
 // waits until every node's agent is in the mesh.
 func (k *kubeCluster) installWeft(token string, values ...string) {
 	k.t.Helper()
-	helm := repoFile(k.t, "bin/helm")
-	needFile(k.t, helm, "run scripts/build-helm.sh")
-	args := []string{"template", "weft", repoFile(k.t, "deploy/helm/weft"),
-		"--set", "token.value=" + token, "--set", "token.existingSecret=", "--set", "image.tag=dev",
-		"--set", "agent.kubeAPIServer=" + k.cp.Server(), "--set", "agent.logLevel=debug",
-		"--set-json", `agent.extraArgs=["--wg-mode","userspace","--wg-keepalive","5s"]`}
-	for _, v := range values {
-		args = append(args, "--set", v)
-	}
-	out, err := exec.Command(helm, args...).CombinedOutput()
-	if err != nil {
-		k.t.Fatalf("helm template: %v\n%s", err, out)
-	}
-	k.kubectlIn(string(out), "apply", "-f", "-")
+	k.kubectlIn(k.render(token, values...), "apply", "-f", "-")
 	k.kubectl("-n", "weft-system", "rollout", "status", "daemonset/weft-agent", "--timeout", "180s")
-	for name := range k.nodes {
+	for name := range k.weftNodes() {
 		testutil.Eventually(k.t, 90*time.Second, "node "+name+" in the mesh", func() error {
 			out, err := k.m.Meshctl(k.m.Seed, "nodes", "-o", "json")
 			if err != nil {
@@ -171,6 +181,42 @@ func (k *kubeCluster) installWeft(token string, values ...string) {
 			return nil
 		})
 	}
+}
+
+// render renders the Helm chart with the token, this tree's image and the
+// test's agent flags.
+func (k *kubeCluster) render(token string, values ...string) string {
+	k.t.Helper()
+	helm := repoFile(k.t, "bin/helm")
+	needFile(k.t, helm, "run scripts/build-helm.sh")
+	args := []string{"template", "weft", repoFile(k.t, "deploy/helm/weft"),
+		"--set", "token.value=" + token, "--set", "token.existingSecret=", "--set", "image.tag=dev",
+		"--set", "agent.kubeAPIServer=" + k.cp.Server(), "--set", "agent.logLevel=debug",
+		"--set-json", `agent.extraArgs=["--wg-mode","userspace","--wg-keepalive","5s"]`}
+	for _, v := range values {
+		args = append(args, "--set", v)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(helm, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		k.t.Fatalf("helm template: %v\n%s", err, stderr.String())
+	}
+	return string(out)
+}
+
+// weftNodes are the nodes Weft runs on (all but those given the label
+// weft=no before the install).
+func (k *kubeCluster) weftNodes() map[string]*kubelab.Node {
+	out := map[string]*kubelab.Node{}
+	for name, n := range k.nodes {
+		if k.noWeft[name] {
+			continue
+		}
+		out[name] = n
+	}
+	return out
 }
 
 func (k *kubeCluster) kubectl(args ...string) string {
@@ -376,6 +422,27 @@ metadata: {name: "y", labels: {ns: "y"}}
 				}
 			}
 		}
+		// A node's own mesh address is remote-node to the rest of the mesh.
+		var eps []struct {
+			Name     string `json:"name"`
+			Node     string `json:"node"`
+			Identity uint32 `json:"identity"`
+		}
+		m.JSON("seed", &eps, "endpoints")
+		for name := range k.nodes {
+			found := false
+			for _, e := range eps {
+				if e.Node == name && e.Name == name {
+					found = true
+					if e.Identity != 6 {
+						t.Errorf("node %s's own address has identity %d on the seed, want 6 (remote-node)", name, e.Identity)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("the seed lists no endpoint for node %s's own address", name)
+			}
+		}
 		// No manual routes: the nodes' routing tables hold the mesh's.
 		for name := range k.nodes {
 			out, err := m.Lab.Exec(context.Background(), m.Lab.Node(name).Netns, "ip", "route", "show", "dev", "weft0")
@@ -495,7 +562,12 @@ spec:
   - to: [{namespaceSelector: {matchLabels: {ns: "x"}}, podSelector: {matchLabels: {app: a}}}]
 `)
 		k.check([]flow{pp("c", "a", true), pp("c", "b", false), pp("a", "b", false), pp("b", "a", false),
-			vmPod("a", false), vmPod("b", false), podVM("c", false), podVM("a", true)})
+			vmPod("a", false), vmPod("b", false), podVM("c", false), podVM("a", true),
+			// The node reaches its own pods (the kubelet's probes), also
+			// isolated ones; another node does not.
+			{name: "k1 (a's node) -> a", want: "a", allow: true, try: func() (string, error) { return k.vmTalk("k1", ips["a"]) }},
+			{name: "k2 (another node) -> a", want: "a", allow: false, try: func() (string, error) { return k.vmTalk("k2", ips["a"]) }},
+		})
 		// Kept in sync by watch: deleting the egress policy opens c again.
 		k.kubectl("-n", "y", "delete", "networkpolicy", "c-egress")
 		k.check([]flow{pp("c", "b", true), podVM("c", true), pp("a", "b", false)})
@@ -559,6 +631,46 @@ spec:
 			}
 			return fmt.Errorf("no endpoint %s", ips["b"])
 		})
+		// A label that changes a's identity but no verdict: a -> vm1
+		// (allowed by vm-from-a) keeps flowing while a is relabelled.
+		idOf := func(ip string) uint32 {
+			var eps []struct {
+				IP       string `json:"ip"`
+				Identity uint32 `json:"identity"`
+			}
+			m.JSON("seed", &eps, "endpoints")
+			for _, e := range eps {
+				if e.IP == ip {
+					return e.Identity
+				}
+			}
+			return 0
+		}
+		before := idOf(ips["a"])
+		type result struct {
+			out string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(k.ctx, 40*time.Second)
+			defer cancel()
+			out, err := k.cp.Kubectl(ctx, "-n", "x", "exec", "a", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", vm1.MeshIP)
+			done <- result{out, err}
+		}()
+		time.Sleep(2 * time.Second)
+		k.kubectl("-n", "x", "label", "pod", "a", "tier=front")
+		testutil.Eventually(t, 20*time.Second, "a's new identity", func() error {
+			if id := idOf(ips["a"]); id == before || id == 0 {
+				return fmt.Errorf("a's identity is still %d", id)
+			}
+			return nil
+		})
+		res := <-done
+		pm := regexp.MustCompile(`(\d+) packets transmitted, (\d+) packets received`).FindStringSubmatch(res.out)
+		if res.err != nil || pm == nil || pm[1] != pm[2] {
+			t.Fatalf("a -> vm1 lost pings while a was relabelled (identity %d -> %d): %v\n%s", before, idOf(ips["a"]), res.err, res.out)
+		}
 		// Deleted: its endpoint goes; recreated: it is back, maybe at
 		// another address, with its policy.
 		k.kubectl("-n", "x", "delete", "pod", "a", "--wait=true")
@@ -574,5 +686,29 @@ spec:
 		})
 		ips["a"] = k.pod("x", "a", "k1", map[string]string{"app": "a"})
 		k.check([]flow{pp("c", "a", true), vmPod("a", true), pp("b", "a", false)})
+	})
+
+	t.Run("uninstall removes the CNI configuration and the datapath", func(t *testing.T) {
+		if chained {
+			t.Skip("the primary-mode suite uninstalls")
+		}
+		k := *k
+		k.t = t
+		// As `helm upgrade --set cleanup.enabled=true` does: the agent's
+		// DaemonSet goes, the cleanup DaemonSet comes.
+		k.kubectl("-n", "weft-system", "delete", "daemonset", "weft-agent", "--wait=true")
+		k.kubectlIn(k.render(tok.JoinToken, "cleanup.enabled=true"), "apply", "-f", "-")
+		k.kubectl("-n", "weft-system", "rollout", "status", "daemonset/weft-cleanup", "--timeout", "90s")
+		for name, n := range k.nodes {
+			if out, err := n.Exec(context.Background(), "ls", "/etc/cni/net.d", "/opt/cni/bin"); err != nil || strings.Contains(out, "weft") {
+				t.Errorf("node %s keeps Weft's CNI files: %v\n%s", name, err, out)
+			}
+			if out, _ := m.Lab.Exec(context.Background(), m.Lab.Node(name).Netns, "ip", "link", "show", "weft0"); strings.Contains(string(out), "weft0") {
+				t.Errorf("node %s keeps weft0:\n%s", name, out)
+			}
+			if out, err := n.Exec(context.Background(), "ls", "/sys/fs/bpf"); err != nil || strings.Contains(out, "weft") {
+				t.Errorf("node %s keeps pinned maps: %v\n%s", name, err, out)
+			}
+		}
 	})
 }

@@ -1,5 +1,7 @@
 package identity
 
+import "strings"
+
 // Labels that describe a Kubernetes pod beyond its own labels. The agent's
 // Kubernetes source sets them; the NetworkPolicy translation selects on
 // them. All carry the `k8s` source, so a VM (whose labels are `vm:`) can
@@ -17,3 +19,10 @@ const (
 	// KindPod is the mesh:kind of a Kubernetes pod (a joined VM is mesh:kind=vm).
 	KindPod = "pod"
 )
+
+// IsK8sNamespaceLabel reports whether l is one of the namespace labels
+// only a Kubernetes node's agent may set (from the pod's real namespace):
+// a VM or a pod labelling itself with one would pass namespace selectors.
+func IsK8sNamespaceLabel(l Label) bool {
+	return l.Source == SourceK8s && (l.Key == K8sNamespaceKey || strings.HasPrefix(l.Key, K8sNamespaceLabelPrefix))
+}

@@ -71,6 +71,9 @@ func ParseUserLabelMap(m map[string]string) (Labels, error) {
 		if !slices.Contains(userSources, l.Source) {
 			return nil, plainErrorf(ErrInvalidLabel, "label %q: the %s: source is reserved for labels Weft sets itself (use vm:, k8s: or no source)", l.Source+":"+l.Key, l.Source)
 		}
+		if IsK8sNamespaceLabel(l) {
+			return nil, plainErrorf(ErrInvalidLabel, "label %q: the pod namespace keys are set by Weft from a pod's namespace; a machine or workload cannot claim one", l.Source+":"+l.Key)
+		}
 	}
 	return ls, nil
 }

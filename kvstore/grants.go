@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/kvstore/grant"
 )
 
@@ -146,6 +147,15 @@ func (g *GrantCache) Allows(cluster, node string, labels []string) error {
 	gr, ok := g.c.Get(GrantKey(cluster, node))
 	if !ok {
 		return nil
+	}
+	// Namespace labels come only from Kubernetes nodes (their token had
+	// --pod-cidrs): a VM publishing one would pass namespace selectors.
+	if len(gr.PodCIDRs) == 0 {
+		for _, s := range labels {
+			if l, err := identity.ParseLabel(s, ""); err == nil && identity.IsK8sNamespaceLabel(l) {
+				return fmt.Errorf("%w: label %s is a Kubernetes namespace label and %s/%s is no Kubernetes node (its token had no --pod-cidrs)", grant.ErrNotAllowed, s, cluster, node)
+			}
+		}
 	}
 	if err := gr.Allows(labels); err != nil {
 		return fmt.Errorf("node %s/%s: %w", cluster, node, err)

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/kvstore/grant"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 )
 
@@ -356,5 +357,31 @@ func TestGrantCache(t *testing.T) {
 	}
 	if err := gc.Allows("default", "a1", []string{"vm:app=web"}); err == nil {
 		t.Error("the old grant still allows app=web")
+	}
+
+	// Namespace labels only from Kubernetes nodes, whatever the patterns.
+	if err := admin.PutGrant(ctx, kvstore.Grant{Cluster: "default", Node: "vm9", AllowLabels: []string{grant.Any}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.PutGrant(ctx, kvstore.Grant{Cluster: "default", Node: "k9", AllowLabels: []string{grant.Any}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("100.96.0.0/16")}}); err != nil {
+		t.Fatal(err)
+	}
+	ns := []string{"k8s:io.kubernetes.pod.namespace=prod", "k8s:app=db"}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		err := gc.Allows("default", "vm9", ns)
+		if err != nil {
+			if !strings.Contains(err.Error(), "no Kubernetes node") {
+				t.Errorf("a VM publishing a namespace label: %v; want it refused as no Kubernetes node", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a VM may publish a namespace label")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := gc.Allows("default", "k9", ns); err != nil {
+		t.Errorf("a Kubernetes node's pod labels refused: %v", err)
 	}
 }

@@ -337,7 +337,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	for _, ch := range h.Checks {
 		if ch.Name == "datapath" && !ch.OK {
 			return c.fail(types.NewError(types.ErrPluginNotAvailable,
-				"the Weft agent's datapath is not attached: it cannot enforce policy on new pods yet; see its log: kubectl -n kube-system logs -l app=weft",
+				"the Weft agent's datapath is not attached: it cannot enforce policy on new pods yet; see its log: kubectl -n weft-system logs -l app.kubernetes.io/component=agent",
 				ch.Message))
 		}
 		if !ch.OK {
@@ -375,7 +375,7 @@ func agentError(err error, conf *Config, doing string, waited time.Duration) *ty
 		if socketExists(sock) {
 			what = "nothing listens on " + sock
 		}
-		msg := fmt.Sprintf("the Weft agent is not running on this node (%s): is the weft DaemonSet pod running? kubectl -n kube-system get pods -l app=weft", what)
+		msg := fmt.Sprintf("the Weft agent is not running on this node (%s): is the weft DaemonSet pod running? kubectl -n weft-system get pods -l app.kubernetes.io/component=agent -o wide", what)
 		if waited > 0 {
 			msg += fmt.Sprintf(" (waited %s, the network configuration's timeout)", waited.Round(time.Second))
 		}
@@ -383,7 +383,7 @@ func agentError(err error, conf *Config, doing string, waited time.Duration) *ty
 	case errors.Is(err, api.ErrPermission):
 		return types.NewError(types.ErrInternal, fmt.Sprintf("the Weft agent's socket %s refuses this process: the runtime must run weft-cni as root", sock), err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("the Weft agent did not finish %s within %s (the network configuration's timeout): see its log: kubectl -n kube-system logs -l app=weft", doing, conf.Timeout), err.Error())
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("the Weft agent did not finish %s within %s (the network configuration's timeout): see its log: kubectl -n weft-system logs -l app.kubernetes.io/component=agent", doing, conf.Timeout), err.Error())
 	case errors.As(err, &ae) && ae.Code == api.CodeUnavailable:
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("the Weft agent is not ready for %s: %s", doing, ae.Message), "")
 	case errors.As(err, &ae) && ae.Code == api.CodeNotSupported:

@@ -250,7 +250,7 @@ func TestAddGivesUpAtTheTimeout(t *testing.T) {
 	if took < time.Second || took > 5*time.Second {
 		t.Errorf("ADD gave up after %v, want the configuration's 1s", took)
 	}
-	want := "the Weft agent is not running on this node (no /run/weft-test/agent.sock): is the weft DaemonSet pod running? kubectl -n kube-system get pods -l app=weft"
+	want := "the Weft agent is not running on this node (no /run/weft-test/agent.sock): is the weft DaemonSet pod running? kubectl -n weft-system get pods -l app.kubernetes.io/component=agent -o wide"
 	if e.Code != types.ErrTryAgainLater || !strings.HasPrefix(e.Msg, want) || !strings.Contains(e.Msg, "waited 1s") {
 		t.Errorf("error %+v\nwant code 11 and %q", e, want)
 	}

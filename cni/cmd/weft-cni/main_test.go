@@ -384,7 +384,7 @@ func TestAgentNotRunning(t *testing.T) {
 	if o.took < 2*time.Second || o.took > 10*time.Second {
 		t.Errorf("ADD gave up after %v, want the configuration's 2s", o.took)
 	}
-	want := "the Weft agent is not running on this node (no " + sock + "): is the weft DaemonSet pod running? kubectl -n kube-system get pods -l app=weft"
+	want := "the Weft agent is not running on this node (no " + sock + "): is the weft DaemonSet pod running? kubectl -n weft-system get pods -l app.kubernetes.io/component=agent -o wide"
 	if e.Code != 11 || !strings.HasPrefix(e.Msg, want) {
 		t.Errorf("ADD error %+v\nwant code 11 and %q", e, want)
 	}
