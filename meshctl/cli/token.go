@@ -44,7 +44,7 @@ join service (the first node, made with 'meshctl up'). See docs/join.md.`,
 			{
 				Name:      "create",
 				Usage:     "make a join token and print it with the command to run on the new machine",
-				UsageText: "meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
+				UsageText: "meshctl token create [--cluster C] [--labels k=v,...] [--allow-labels k=v,...] [--pod-cidrs CIDR,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
 				Description: `The joining node is placed in --cluster (default: the agent's own) and gets
 the --labels; labels it asks for itself are added, but on the same key the
 token's value wins. --allow-labels bounds the labels the node may publish
