@@ -176,14 +176,17 @@ func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
 	if len(tok.PodCIDRs) > 0 {
 		labels += ", Kubernetes nodes with podCIDRs in " + strings.Join(tok.PodCIDRs, ",")
 	}
+	how := fmt.Sprintf("On the machine to join, as root:\n\n  meshctl join %s --name NODE-NAME\n", tok.JoinToken)
+	if len(tok.PodCIDRs) > 0 {
+		how = "For the weft DaemonSet, put it in the Secret its nodes read (docs/kubernetes.md):\n\n" +
+			"  kubectl create namespace weft-system\n" +
+			"  kubectl -n weft-system create secret generic weft-token --from-file=token=FILE-HOLDING-THE-TOKEN\n"
+	}
 	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
 
   %s
 
-It is shown only now. On the machine to join, as root:
-
-  meshctl join %s --name NODE-NAME
-`, tok.ID, tok.Cluster, labels, uses, tok.ExpiresAt.Local().Format(time.RFC3339), tok.JoinToken, tok.JoinToken)
+It is shown only now. %s`, tok.ID, tok.Cluster, labels, uses, tok.ExpiresAt.Local().Format(time.RFC3339), tok.JoinToken, how)
 	return err
 }
 
