@@ -38,7 +38,9 @@ func TestCNIRequestValidation(t *testing.T) {
 		"long ifname":          func(r *api.CNIRequest) { r.IfName = "eth0123456789abc" },
 		"no pod name":          func(r *api.CNIRequest) { r.PodName = "" },
 		"chained without IPv4": func(r *api.CNIRequest) { r.Chained = &api.CNIChained{HostIface: "veth1"} },
-		"chained bad iface":    func(r *api.CNIRequest) { r.Chained = &api.CNIChained{IP: netip.MustParseAddr("100.96.0.2"), HostIface: "a/b"} },
+		"chained bad iface": func(r *api.CNIRequest) {
+			r.Chained = &api.CNIChained{IP: netip.MustParseAddr("100.96.0.2"), HostIface: "a/b"}
+		},
 	} {
 		r := good
 		mut(&r)
