@@ -117,6 +117,10 @@ lint: ## gofmt, go vet, staticcheck, and meshctl and weft-lab build for macOS
 # lists the rest).
 LABS_MADE := $(BIN)/labs-made
 
+.PHONY: clean-kube
+clean-kube: ## after a crashed Kubernetes test: remove its nodes' cgroups and containers (namespaces already gone; as root)
+	$(GO) run ./internal/kubelab/cmd/kubelab-cleanup
+
 .PHONY: clean
 clean: ## remove the labs this checkout brought up (as root) and the build output
 	@if [ -s $(LABS_MADE) ]; then \
