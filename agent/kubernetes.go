@@ -64,8 +64,9 @@ func (a *Agent) startPods(ctx context.Context) error {
 
 // kubePoliciesChanged translates the NetworkPolicies and WeftPolicies
 // the API server has and hands them to the policy compiler, which applies
-// only what changed. One that cannot be translated is skipped and logged
-// (the policy reconciler records it as failed); the others are enforced.
+// only what changed. A NetworkPolicy that cannot be translated fails
+// closed (netpol.Isolation) and is logged and recorded as failed; a
+// WeftPolicy that does not parse is skipped, as a stored one is.
 func (a *Agent) kubePoliciesChanged() {
 	if a.kube == nil || a.policy == nil {
 		return
@@ -75,9 +76,15 @@ func (a *Agent) kubePoliciesChanged() {
 	for _, np := range a.kube.NetworkPolicies() {
 		p, err := netpol.Translate(np)
 		if err != nil {
+			// Fail closed: the pods it selects are isolated in its
+			// directions until the object is fixed.
 			name := netpol.Name(np.Namespace, np.Name)
-			a.log.Error("NetworkPolicy not enforced", "networkpolicy", np.Namespace+"/"+np.Name, "err", err)
-			failed[name] = err.Error()
+			iso, ierr := netpol.Isolation(np)
+			if ierr == nil {
+				ps = append(ps, iso)
+			}
+			a.log.Error("NetworkPolicy not translatable: the pods it selects are isolated until it is fixed", "networkpolicy", np.Namespace+"/"+np.Name, "err", err)
+			failed[name] = err.Error() + " (its pods are isolated until it is fixed)"
 			continue
 		}
 		ps = append(ps, p)

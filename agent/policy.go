@@ -636,7 +636,9 @@ func (r *policyReconciler) setImported(origin string, ps []*policy.Policy, faile
 				r.failed[name] = err.Error()
 				r.log.Error("imported policy not enforced", "policy", name, "err", err)
 			} else {
-				delete(r.failed, name)
+				if _, stand := failed[name]; !stand {
+					delete(r.failed, name) // a fail-closed stand-in stays failed
+				}
 				r.applied[name] = policyApplied{Applied: time.Now()}
 			}
 			r.mu.Unlock()

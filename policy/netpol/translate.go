@@ -390,3 +390,43 @@ func (t *translator) port(np networkingv1.NetworkPolicyPort, field string) (poli
 	}
 	return pr, nil
 }
+
+// Isolation is what a NetworkPolicy that Translate refuses still means:
+// the pods it selects are isolated in its directions (only their node
+// reaches them), so a policy Weft cannot express fails closed rather than
+// leaving its pods open. When even the pod selector cannot be translated,
+// every pod of the policy's namespace is isolated: broader, never open.
+// Its name is the policy's own (Name), so fixing the object replaces it.
+func Isolation(np *networkingv1.NetworkPolicy) (*policy.Policy, error) {
+	if np == nil || np.Namespace == "" || np.Name == "" {
+		return nil, fmt.Errorf("%w: a NetworkPolicy without namespace and name", ErrInvalid)
+	}
+	t := &translator{ns: np.Namespace, name: np.Name}
+	p := &policy.Policy{
+		Name:        Name(np.Namespace, np.Name),
+		Description: fmt.Sprintf("NetworkPolicy %s/%s (not translatable: its pods are isolated)", np.Namespace, np.Name),
+	}
+	sel, err := t.podSelector(np.Spec.PodSelector, "spec.podSelector")
+	if err != nil {
+		sel, err = t.podSelector(metav1.LabelSelector{}, "spec.podSelector")
+		if err != nil {
+			return nil, err
+		}
+	}
+	p.EndpointSelector = sel
+	ingress, egress, err := t.policyTypes(np)
+	if err != nil {
+		ingress, egress = true, true
+	}
+	host := policy.Rule{Peers: []policy.Peer{{Kind: policy.PeerEntities, Entities: []policy.Entity{policy.EntityHost}}}}
+	if ingress {
+		p.Ingress = []policy.Rule{host}
+	}
+	if egress {
+		p.Egress = []policy.Rule{host}
+	}
+	if err := p.Validate(); err != nil {
+		return nil, t.errorf(ErrUnsupported, "spec", "the isolation does not validate: %v", err)
+	}
+	return p, nil
+}
