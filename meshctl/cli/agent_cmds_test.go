@@ -392,6 +392,8 @@ func TestTokenCommands(t *testing.T) {
 		{[]string{"--cluster", "West"}, "--cluster"},
 		{[]string{"--labels", "a=b,a=c"}, "given twice"},
 		{[]string{"extra"}, "takes no arguments"},
+		{[]string{"--pod-cidrs", "100.96.0.1/16"}, "--pod-cidrs: \"100.96.0.1/16\" is not a CIDR in canonical form"},
+		{[]string{"--pod-cidrs", "100.96.0.0/16,nope"}, "--pod-cidrs: \"nope\""},
 	} {
 		_, _, err := runApp(t, append([]string{"token", "create", "--socket", sock}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -400,6 +402,12 @@ func TestTokenCommands(t *testing.T) {
 	}
 	if len(f.tokenReq) != 2 {
 		t.Errorf("invalid requests reached the agent: %d", len(f.tokenReq))
+	}
+	// A Kubernetes token: the ranges go to the agent, and the output says
+	// how to hand the token to the DaemonSet.
+	out, _, err = runApp(t, "token", "create", "--socket", sock, "--pod-cidrs", "100.96.0.0/16", "--reusable", "--max-uses", "5")
+	if err != nil || len(f.tokenReq) != 3 || len(f.tokenReq[2].PodCIDRs) != 1 || f.tokenReq[2].PodCIDRs[0] != "100.96.0.0/16" {
+		t.Fatalf("pod-cidrs token: %v, sent %+v", err, f.tokenReq)
 	}
 	if out, _, err := runApp(t, "token", "revoke", "tb", "--socket", sock); err != nil || !strings.Contains(out, "token tb revoked") || f.revoked[0] != "tb" {
 		t.Errorf("revoke: %v %q", err, out)
