@@ -403,8 +403,7 @@ func TestTokenCommands(t *testing.T) {
 	if len(f.tokenReq) != 2 {
 		t.Errorf("invalid requests reached the agent: %d", len(f.tokenReq))
 	}
-	// A Kubernetes token: the ranges go to the agent, and the output says
-	// how to hand the token to the DaemonSet.
+	// A Kubernetes token: the ranges go to the agent.
 	out, _, err = runApp(t, "token", "create", "--socket", sock, "--pod-cidrs", "100.96.0.0/16", "--reusable", "--max-uses", "5")
 	if err != nil || len(f.tokenReq) != 3 || len(f.tokenReq[2].PodCIDRs) != 1 || f.tokenReq[2].PodCIDRs[0] != "100.96.0.0/16" {
 		t.Fatalf("pod-cidrs token: %v, sent %+v", err, f.tokenReq)
