@@ -408,6 +408,9 @@ func TestTokenCommands(t *testing.T) {
 	if err != nil || len(f.tokenReq) != 3 || len(f.tokenReq[2].PodCIDRs) != 1 || f.tokenReq[2].PodCIDRs[0] != "100.96.0.0/16" {
 		t.Fatalf("pod-cidrs token: %v, sent %+v", err, f.tokenReq)
 	}
+	if !strings.Contains(out, "weft1.TESTTOKEN") {
+		t.Errorf("pod-cidrs token output lacks the token:\n%s", out)
+	}
 	if out, _, err := runApp(t, "token", "revoke", "tb", "--socket", sock); err != nil || !strings.Contains(out, "token tb revoked") || f.revoked[0] != "tb" {
 		t.Errorf("revoke: %v %q", err, out)
 	}
