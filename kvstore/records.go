@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/names"
 	"github.com/weftmesh/weft/kvstore/grant"
 )
@@ -98,14 +99,18 @@ type Cluster struct {
 func (*Cluster) recordKind() string   { return "cluster" }
 func (c *Cluster) versionField() *int { return &c.Version }
 
-// Validate checks the name, the id (1..255), that every CIDR is canonical,
+// MaxClusterID is the highest cluster id (identity.MaxClusterID: the id is
+// part of every identity number the cluster allocates).
+const MaxClusterID = identity.MaxClusterID
+
+// Validate checks the name, the id (1..MaxClusterID), that every CIDR is canonical,
 // that the mesh pool lies in the mesh range and that nothing overlaps.
 func (c Cluster) Validate() error {
 	if err := ValidateName("cluster", c.Name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 	}
-	if c.ID < 1 || c.ID > 255 {
-		return invalid("cluster", "%s: id %d out of range, must be 1..255", c.Name, c.ID)
+	if c.ID < 1 || c.ID > MaxClusterID {
+		return invalid("cluster", "%s: id %d out of range, must be 1..%d", c.Name, c.ID, MaxClusterID)
 	}
 	if err := validateMeshPool(c.MeshPool); err != nil {
 		return invalid("cluster", "%s: %v", c.Name, err)

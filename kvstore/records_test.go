@@ -104,8 +104,8 @@ func TestClusterValidate(t *testing.T) {
 		mod  func(*Cluster)
 		msg  string
 	}{
-		{"id 0", func(c *Cluster) { c.ID = 0 }, "1..255"},
-		{"id 256", func(c *Cluster) { c.ID = 256 }, "1..255"},
+		{"id 0", func(c *Cluster) { c.ID = 0 }, "1..4095"},
+		{"id 4096", func(c *Cluster) { c.ID = 4096 }, "1..4095"},
 		{"pool outside mesh range", func(c *Cluster) { c.MeshPool = netip.MustParsePrefix("10.0.0.0/16") }, "outside the mesh range"},
 		{"pool larger than range", func(c *Cluster) { c.MeshPool = netip.MustParsePrefix("100.0.0.0/8") }, "outside the mesh range"},
 		{"pod overlaps pool", func(c *Cluster) { c.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("100.64.3.0/24")} }, "overlaps"},

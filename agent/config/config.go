@@ -23,6 +23,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/names"
 )
 
@@ -61,7 +62,7 @@ type Config struct {
 	NodeName string `json:"nodeName,omitempty"`
 	// Cluster is the cluster this node belongs to.
 	Cluster string `json:"cluster,omitempty"`
-	// ClusterID is the cluster's number (1..255) used when the agent
+	// ClusterID is the cluster's number (1..4095) used when the agent
 	// registers a cluster that does not exist yet; 0 lets the agent take
 	// the existing record's id, or 1 for a new cluster.
 	ClusterID int `json:"clusterID,omitempty"`
@@ -374,8 +375,8 @@ func (c *Config) Validate() error {
 	if err := ValidateName("cluster", c.Cluster); err != nil {
 		bad("cluster", "%v", err)
 	}
-	if c.ClusterID < 0 || c.ClusterID > 255 {
-		bad("clusterID", "%d is out of range: use 1..255 (0 = take the existing cluster's id)", c.ClusterID)
+	if c.ClusterID < 0 || c.ClusterID > identity.MaxClusterID {
+		bad("clusterID", "%d is out of range: use 1..%d (0 = take the existing cluster's id)", c.ClusterID, identity.MaxClusterID)
 	}
 	if err := ValidateLabels(c.Labels); err != nil {
 		bad("labels", "%v", err)

@@ -70,7 +70,7 @@ func Flags() []cli.Flag {
 		&cli.PathFlag{Name: FlagConfig, EnvVars: env(FlagConfig), Usage: "YAML configuration `FILE`; flags and WEFT_* variables override it", Category: categoryNodeAndCluster},
 		&cli.StringFlag{Name: FlagNodeName, EnvVars: env(FlagNodeName), Usage: "node `NAME`, unique in its cluster (default: the host name)", Category: categoryNodeAndCluster},
 		&cli.StringFlag{Name: FlagCluster, EnvVars: env(FlagCluster), Value: d.Cluster, Usage: "`CLUSTER` this node belongs to", Category: categoryNodeAndCluster},
-		&cli.IntFlag{Name: FlagClusterID, EnvVars: env(FlagClusterID), Usage: "cluster `ID` (1..255) when registering a new cluster; 0 = existing or 1", Category: categoryNodeAndCluster},
+		&cli.IntFlag{Name: FlagClusterID, EnvVars: env(FlagClusterID), Usage: "cluster `ID` (1..4095) when registering a new cluster; 0 = existing or 1", Category: categoryNodeAndCluster},
 		&cli.StringFlag{Name: FlagLabels, EnvVars: env(FlagLabels), Usage: "labels of the node itself, `k=v,...`", Category: categoryNodeAndCluster},
 		&cli.PathFlag{Name: FlagStateDir, EnvVars: env(FlagStateDir), Value: d.StateDir, Usage: "`DIR` for keys, credentials and embedded etcd data", Category: categoryNodeAndCluster},
 		&cli.PathFlag{Name: FlagSocket, EnvVars: env(FlagSocket), Value: d.SocketPath, Usage: "unix socket `PATH` of the local API (mode 0600)", Category: categoryNodeAndCluster},
