@@ -20,9 +20,10 @@ import (
 
 // cidrIdentityBase is where the node-local identities of CIDR peers start.
 // They never leave the node (the ipcache maps a prefix to them and the
-// compiler matches CIDR selectors against them), so they sit above the
-// range the mesh-wide allocator hands out.
-const cidrIdentityBase identity.NumericIdentity = 1 << 24
+// compiler matches CIDR selectors against them), so they sit above every
+// cluster's range of the number plan; the datapath's IDENTITY_CIDR_BASE is
+// the same number.
+const cidrIdentityBase = identity.CIDRIdentityBase
 
 // policyDatapath is the part of the datapath the policy reconciler writes.
 type policyDatapath interface {

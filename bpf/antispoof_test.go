@@ -50,6 +50,25 @@ func strictState(t testing.TB, d *Datapath) {
 
 var spoofCases = []progCase{
 	{
+		// The loaded program's IDENTITY_CIDR_BASE is identity's
+		// CIDRIdentityBase: the highest number of cluster 4095 is a mesh
+		// identity (a spoofed source), the first CIDR identity is not.
+		name:     "identities of every cluster are mesh identities, CIDR identities are not",
+		endpoint: Endpoint{ID: 1, Identity: idA},
+		setup: func(t testing.TB, d *Datapath) {
+			spoofState(t, d)
+			must(t, d.UpsertIPCache(netip.MustParsePrefix("100.64.200.1/32"), CIDRIdentityBase-1, 0))
+			must(t, d.UpsertIPCache(netip.MustParsePrefix("100.64.200.2/32"), 5<<16|256, 0))
+			must(t, d.UpsertIPCache(netip.MustParsePrefix("198.51.101.1/32"), CIDRIdentityBase, 0))
+		},
+		steps: []step{
+			{hook: fromUL, pkt: udp("100.64.200.1", addrUnderB, 1, 2), want: retDrop, reason: ReasonSpoofedSource,
+				event: &Event{Type: EventDrop, Reason: ReasonSpoofedSource, Direction: Ingress, SrcIdentity: CIDRIdentityBase - 1, DstIdentity: IdentityWorld, SrcPort: 1, DstPort: 2, Protocol: 17}},
+			{hook: fromUL, pkt: udp("100.64.200.2", addrUnderB, 1, 2), want: retDrop, reason: ReasonSpoofedSource},
+			{hook: fromUL, pkt: udp("198.51.101.1", addrUnderB, 1, 2), want: retPass},
+		},
+	},
+	{
 		name:     "spoofed mesh source from the underlay is dropped",
 		endpoint: Endpoint{ID: 1, Identity: idA},
 		setup:    spoofState,

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/weftmesh/weft/identity"
 )
 
 // Direction is the policy direction, seen from the local endpoint.
@@ -60,22 +62,25 @@ const ipcacheFlags = IPCacheNode
 
 // IsMeshIdentity reports whether the datapath treats an ipcache identity as
 // a mesh address, one that may arrive only through the tunnel or from its
-// own veth: allocated identities (256 up to CIDRIdentityBase) and the
-// reserved host (1), health (4) and remote-node (6). The world and the
-// node-local identities of CIDR peers are outside the mesh.
+// own veth: allocated identities of any cluster (256 up to
+// CIDRIdentityBase) and the reserved host (1), health (4) and remote-node
+// (6). The world and the node-local identities of CIDR peers are outside
+// the mesh.
 func IsMeshIdentity(id uint32) bool {
 	return id == IdentityHost || id == identityHealth || id == identityRemoteNode ||
 		(id >= identityAllocatedMin && id < CIDRIdentityBase)
 }
 
 // CIDRIdentityBase is where the node-local identities of CIDR peers start
-// (IDENTITY_CIDR_BASE in C; the agent allocates them from there).
-const CIDRIdentityBase uint32 = 1 << 24
+// (IDENTITY_CIDR_BASE in C; the agent allocates them from there). The
+// number plan is declared once, in identity; the C header's copy is checked
+// against it by a test.
+const CIDRIdentityBase = uint32(identity.CIDRIdentityBase)
 
 const (
-	identityHealth       uint32 = 4
-	identityRemoteNode   uint32 = 6
-	identityAllocatedMin uint32 = 256
+	identityHealth       = uint32(identity.IdentityHealth)
+	identityRemoteNode   = uint32(identity.IdentityRemoteNode)
+	identityAllocatedMin = uint32(identity.MinAllocated)
 )
 
 // DropReason says why the datapath dropped a packet. The values are shared

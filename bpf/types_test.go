@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/identity"
 )
 
 func TestPolicyKeyValidate(t *testing.T) {
@@ -132,4 +137,49 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 		_ = ev.String()
 	})
+}
+
+// TestHeaderIdentityPlan: the identity numbers the C programs test against
+// are those of the number plan declared in identity (the loaded program's
+// boundary is checked too, by an anti-spoofing case).
+func TestHeaderIdentityPlan(t *testing.T) {
+	src, err := os.ReadFile("lib/common.h")
+	must(t, err)
+	defines := map[string]uint64{}
+	re := regexp.MustCompile(`(?m)^#define (IDENTITY_\w+) (.+)$`)
+	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+		v, err := parseCConst(m[2])
+		if err != nil {
+			t.Fatalf("%s: %v", m[1], err)
+		}
+		defines[m[1]] = v
+	}
+	for name, want := range map[string]identity.NumericIdentity{
+		"IDENTITY_ANY": identity.IdentityAny, "IDENTITY_HOST": identity.IdentityHost,
+		"IDENTITY_WORLD": identity.IdentityWorld, "IDENTITY_HEALTH": identity.IdentityHealth,
+		"IDENTITY_REMOTE_NODE": identity.IdentityRemoteNode, "IDENTITY_ALLOCATED_MIN": identity.MinAllocated,
+		"IDENTITY_CIDR_BASE": identity.CIDRIdentityBase,
+	} {
+		got, ok := defines[name]
+		if !ok {
+			t.Errorf("lib/common.h defines no %s", name)
+		} else if got != uint64(want) {
+			t.Errorf("lib/common.h: %s is %d, identity says %d", name, got, want)
+		}
+	}
+}
+
+// parseCConst evaluates the constant forms lib/common.h uses: a number, or
+// (1U << n).
+func parseCConst(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	if i := strings.Index(s, "/*"); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	if m := regexp.MustCompile(`^\((\d+)U? << (\d+)\)$`).FindStringSubmatch(s); m != nil {
+		a, _ := strconv.ParseUint(m[1], 10, 64)
+		b, _ := strconv.ParseUint(m[2], 10, 6)
+		return a << b, nil
+	}
+	return strconv.ParseUint(strings.TrimSuffix(s, "U"), 0, 64)
 }

@@ -22,9 +22,11 @@
 #define IDENTITY_HEALTH 4
 #define IDENTITY_REMOTE_NODE 6
 #define IDENTITY_ALLOCATED_MIN 256
-/* Node-local identities of CIDR peers start here (agent/policy.go
- * cidrIdentityBase): addresses outside the mesh. */
-#define IDENTITY_CIDR_BASE (1U << 24)
+/* Node-local identities of CIDR peers start here: addresses outside the
+ * mesh. Below it, every allocated identity carries its cluster's id in bits
+ * 16..27 (identity/clusters.go, the number plan); it must equal
+ * identity.CIDRIdentityBase, which a test of bpf checks. */
+#define IDENTITY_CIDR_BASE (1U << 28)
 
 /* Drop reasons: the Go side names them (bpf/types.go). Append only. */
 #define REASON_NONE 0
