@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
@@ -77,6 +78,46 @@ type CacheConfig[T any] struct {
 	Logger *slog.Logger
 	// PageSize of the listing; 0 means 1000.
 	PageSize int64
+	// Single makes Prefix one key rather than a prefix: the cache lists
+	// and watches that key only. A remote cluster's read-only role may
+	// allow its cluster record and nothing beside it, and a range read
+	// would be refused.
+	Single bool
+	// ProbeInterval, when positive, makes Run read one key of the prefix
+	// (count only, linearizable) whenever the cache heard nothing from
+	// etcd for that long. A watch on a dead connection just waits, so
+	// without it an outage shows only as silence; with it Status says
+	// Connected=false within about two intervals. The probe also notices
+	// an etcd that came back as another cluster or with an older revision
+	// (restored from a backup): the cache then lists again, since a watch
+	// from the old revision would miss the difference. 0 disables it
+	// (each probe is a read-index round trip on the leader: a cache of the
+	// local etcd, whose health the agent checks anyway, does without).
+	ProbeInterval time.Duration
+}
+
+// CacheStatus is what a cache knows of its own health.
+type CacheStatus struct {
+	// Synced: the first listing is in.
+	Synced bool
+	// Connected: the last word from etcd (a listing, a watch response, a
+	// probe) was an answer, not an error. False before the first answer.
+	Connected bool
+	// Entries held, and the etcd revision they reflect.
+	Entries  int
+	Revision int64
+	// Listings completed: 1 after the first, one more after each relist
+	// (after a compaction, or an etcd replaced by another).
+	Listings int
+	// Skipped counts values that did not decode, since Run started.
+	Skipped int64
+	// LastError is the newest error of a listing, watch or probe, and
+	// when it happened; it stays after the cache recovers (Connected says
+	// whether it still holds).
+	LastError   string
+	LastErrorAt time.Time
+	// LastEventAt is when the cache last emitted an event.
+	LastEventAt time.Time
 }
 
 // Cache mirrors one prefix of etcd in memory: it lists at a revision,
@@ -88,18 +129,32 @@ type Cache[T any] struct {
 	cfg CacheConfig[T]
 	log *slog.Logger
 
+	// seed hashes stored values: a relisting tells an unchanged value by
+	// its bytes, not its modification revision, which another etcd (one
+	// restored from a backup) numbers differently.
+	seed maphash.Seed
+
 	mu      sync.RWMutex
 	entries map[string]cacheEntry[T]
 	rev     int64
+	// clusterID is the etcd cluster the listing came from: a probe or a
+	// new watch answered by another one means the etcd was replaced.
+	clusterID   uint64
+	st          CacheStatus // Connected, Listings, Skipped, errors, times
+	heard       time.Time   // last answer from etcd, for the probe
+	watchCancel context.CancelCauseFunc
 
 	syncOnce sync.Once
 	synced   chan struct{}
 }
 
 type cacheEntry[T any] struct {
-	val    T
-	modRev int64
+	val T
+	sum uint64 // maphash of the stored bytes
 }
+
+// errRelist ends a watch so that Run lists again.
+var errRelist = errors.New("kvstore: etcd was replaced or restored, relisting")
 
 // NewCache makes a cache; Run fills it.
 func NewCache[T any](src Source, cfg CacheConfig[T]) (*Cache[T], error) {
@@ -117,7 +172,7 @@ func NewCache[T any](src Source, cfg CacheConfig[T]) (*Cache[T], error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Cache[T]{
-		src: src, cfg: cfg,
+		src: src, cfg: cfg, seed: maphash.MakeSeed(),
 		log:     log.With("cache", cfg.Name, "prefix", cfg.Prefix),
 		entries: map[string]cacheEntry[T]{},
 		synced:  make(chan struct{}),
@@ -149,6 +204,38 @@ func (c *Cache[T]) Revision() int64 {
 	return c.rev
 }
 
+// Status reports the cache's health.
+func (c *Cache[T]) Status() CacheStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st := c.st
+	st.Entries = len(c.entries)
+	st.Revision = c.rev
+	select {
+	case <-c.synced:
+		st.Synced = true
+	default:
+	}
+	return st
+}
+
+// answered records that etcd answered.
+func (c *Cache[T]) answered() {
+	c.mu.Lock()
+	c.st.Connected = true
+	c.heard = time.Now()
+	c.mu.Unlock()
+}
+
+// failed records an error of etcd (or of reaching it).
+func (c *Cache[T]) failed(what string, err error) {
+	c.mu.Lock()
+	c.st.Connected = false
+	c.st.LastError = what + ": " + err.Error()
+	c.st.LastErrorAt = time.Now()
+	c.mu.Unlock()
+}
+
 // Snapshot returns a copy of the cache.
 func (c *Cache[T]) Snapshot() map[string]T {
 	c.mu.RLock()
@@ -175,6 +262,12 @@ func (c *Cache[T]) Range(f func(key string, v T) bool) {
 // Run keeps the cache in step with etcd until ctx ends. It survives etcd
 // being unreachable: the cache keeps its last contents meanwhile.
 func (c *Cache[T]) Run(ctx context.Context) error {
+	if c.cfg.ProbeInterval > 0 {
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); c.probe(pctx) }()
+		defer func() { stop(); <-done }()
+	}
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		rev, err := c.list(ctx)
@@ -182,6 +275,7 @@ func (c *Cache[T]) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			c.failed("listing", err)
 			c.log.Warn("listing failed, retrying", "err", err)
 			if !bo.sleep(ctx) {
 				return ctx.Err()
@@ -190,7 +284,8 @@ func (c *Cache[T]) Run(ctx context.Context) error {
 		}
 		bo.reset()
 		// Watch from rev+1; on errors re-watch from the last revision
-		// seen; relist only when that revision has been compacted away.
+		// seen; relist only when that revision has been compacted away,
+		// or etcd is no longer the one listed.
 		for {
 			err := c.watch(ctx, rev+1)
 			if ctx.Err() != nil {
@@ -200,11 +295,65 @@ func (c *Cache[T]) Run(ctx context.Context) error {
 				c.log.Info("watch revision compacted, relisting", "from", rev+1)
 				break
 			}
+			if errors.Is(err, errRelist) {
+				c.log.Warn("etcd was replaced or restored from a backup, relisting", "from", rev+1)
+				break
+			}
+			c.failed("watch", err)
 			c.log.Warn("watch ended, re-watching", "err", err)
 			if !bo.sleep(ctx) {
 				return ctx.Err()
 			}
 			rev = c.Revision()
+		}
+	}
+}
+
+// probe reads one key whenever etcd has been silent for ProbeInterval,
+// so that an outage shows in Status, and forces a relist when etcd
+// answers as another cluster or from an older revision.
+func (c *Cache[T]) probe(ctx context.Context) {
+	every := c.cfg.ProbeInterval
+	timeout := min(max(every, time.Second), 10*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.RLock()
+		quiet := time.Since(c.heard) >= every
+		rev, cid := c.rev, c.clusterID
+		c.mu.RUnlock()
+		if !quiet {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		// The prefix key itself: a role that may read the prefix may
+		// read it, and it is one key however large the prefix.
+		resp, err := c.src.Get(rctx, c.cfg.Prefix, clientv3.WithCountOnly())
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			c.failed("probe", err)
+			c.log.Debug("etcd does not answer the probe", "err", err)
+			continue
+		}
+		c.answered()
+		// rev was read before the request: a linearizable read cannot
+		// answer from before it, unless etcd lost that history.
+		if cid != 0 && resp.Header.ClusterId != cid || resp.Header.Revision < rev {
+			c.log.Warn("etcd answers as another cluster or from an older revision",
+				"clusterID", resp.Header.ClusterId, "listedClusterID", cid, "revision", resp.Header.Revision, "cacheRevision", rev)
+			c.mu.Lock()
+			if c.watchCancel != nil {
+				c.watchCancel(errRelist)
+			}
+			c.mu.Unlock()
 		}
 	}
 }
@@ -215,13 +364,17 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(c.cfg.Prefix)
 	key := c.cfg.Prefix
 	var rev int64
+	var cid uint64
 	c.mu.RLock()
 	old := c.entries
 	c.mu.RUnlock()
 	next := make(map[string]cacheEntry[T], len(old))
 	var events []Event[T]
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(c.cfg.PageSize)}
+		var opts []clientv3.OpOption
+		if !c.cfg.Single {
+			opts = append(opts, clientv3.WithRange(end), clientv3.WithLimit(c.cfg.PageSize))
+		}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -230,13 +383,16 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 			return 0, fmt.Errorf("listing %s: %w", c.cfg.Prefix, err)
 		}
 		if rev == 0 {
-			rev = resp.Header.Revision
+			rev, cid = resp.Header.Revision, resp.Header.ClusterId
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
+			sum := maphash.Bytes(c.seed, kv.Value)
 			prev, had := old[k]
-			if had && prev.modRev == kv.ModRevision {
-				next[k] = prev // unchanged since we last decoded it
+			if had && prev.sum == sum {
+				// Unchanged since we last decoded it (same bytes,
+				// whatever revision another etcd gave them).
+				next[k] = prev
 				continue
 			}
 			v, err := c.cfg.Decode(k, kv.Value)
@@ -244,7 +400,7 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 				c.skip(k, err)
 				continue
 			}
-			next[k] = cacheEntry[T]{val: v, modRev: kv.ModRevision}
+			next[k] = cacheEntry[T]{val: v, sum: sum}
 			if had {
 				events = append(events, Event[T]{Kind: EventUpdate, Key: k, Value: v, Old: prev.val})
 			} else {
@@ -263,7 +419,10 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 	}
 	c.mu.Lock()
 	c.entries = next
-	c.rev = rev
+	c.rev, c.clusterID = rev, cid
+	c.st.Listings++
+	c.st.Connected = true
+	c.heard = time.Now()
 	c.mu.Unlock()
 	c.emit(events...)
 	if c.cfg.OnRevision != nil {
@@ -274,10 +433,19 @@ func (c *Cache[T]) list(ctx context.Context) (int64, error) {
 }
 
 func (c *Cache[T]) skip(key string, err error) {
+	c.mu.Lock()
+	c.st.Skipped++
+	c.mu.Unlock()
 	c.log.Warn("skipping value that does not decode", "key", key, "err", err)
 }
 
 func (c *Cache[T]) emit(events ...Event[T]) {
+	if len(events) == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.st.LastEventAt = time.Now()
+	c.mu.Unlock()
 	if c.cfg.OnEvent == nil {
 		return
 	}
@@ -289,15 +457,42 @@ func (c *Cache[T]) emit(events ...Event[T]) {
 var errWatchClosed = errors.New("kvstore: watch channel closed")
 
 func (c *Cache[T]) watch(ctx context.Context, from int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	ch := c.src.Watch(wctx, c.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	defer cancel(nil)
+	c.mu.Lock()
+	c.watchCancel = cancel
+	cid := c.clusterID
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.watchCancel = nil
+		c.mu.Unlock()
+	}()
+	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify()}
+	if !c.cfg.Single {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	ch := c.src.Watch(wctx, c.cfg.Prefix, opts...)
 	for resp := range ch {
+		if cause := context.Cause(wctx); errors.Is(cause, errRelist) {
+			return errRelist
+		}
 		if err := resp.Err(); err != nil {
 			return err
 		}
 		if resp.Canceled {
 			return fmt.Errorf("watch canceled by the server")
+		}
+		c.answered()
+		if resp.Created {
+			// The answer to the watch's creation says which etcd this is
+			// and where it stands: behind the listing, or another
+			// cluster, and watching from our revision would miss what
+			// differs.
+			if cid != 0 && resp.Header.ClusterId != cid || resp.Header.Revision < from-1 {
+				return errRelist
+			}
+			continue
 		}
 		var done int64 // every change up to done has been emitted
 		for _, ev := range resp.Events {
@@ -317,6 +512,9 @@ func (c *Cache[T]) watch(ctx context.Context, from int64) error {
 		if done > 0 && c.cfg.OnRevision != nil {
 			c.cfg.OnRevision(done)
 		}
+	}
+	if errors.Is(context.Cause(wctx), errRelist) {
+		return errRelist
 	}
 	return errWatchClosed
 }
@@ -352,7 +550,7 @@ func (c *Cache[T]) apply(ev *clientv3.Event) {
 		return
 	}
 	c.mu.Lock()
-	c.entries[k] = cacheEntry[T]{val: v, modRev: ev.Kv.ModRevision}
+	c.entries[k] = cacheEntry[T]{val: v, sum: maphash.Bytes(c.seed, ev.Kv.Value)}
 	c.mu.Unlock()
 	if had {
 		c.emit(Event[T]{Kind: EventUpdate, Key: k, Value: v, Old: prev.val})

@@ -120,6 +120,60 @@ func RevokedKey(cluster, node string) string {
 	return RevokedPrefix + mustName("cluster", cluster) + "/" + mustName("node", node)
 }
 
+// MirrorPrefix is mirror/<cluster>/: where this etcd keeps the copy of
+// remote cluster's records that its mirror (kvstore/mirror) writes. The
+// copy of a record sits at the record's key with mirror/<cluster>/ after
+// weft/v1/ (MirrorKey), so that agents watch only their own etcd.
+func MirrorPrefix(cluster string) string { return mirrorsRoot + mustName("cluster", cluster) + "/" }
+
+// mirrorsRoot is the root of every mirror (the same as MirrorsPrefix).
+const mirrorsRoot = Prefix + "mirror/"
+
+// MirrorStatusKey is mirror/<cluster>/status (MirrorStatus), which the
+// mirror of cluster rewrites as it goes.
+func MirrorStatusKey(cluster string) string { return MirrorPrefix(cluster) + mirrorStatusName }
+
+const mirrorStatusName = "status"
+
+// MirrorKey is where cluster's mirror keeps its copy of key, a key of the
+// schema: nodes/west/vm-1 → mirror/west/nodes/west/vm-1.
+func MirrorKey(cluster, key string) string {
+	rest, ok := strings.CutPrefix(key, Prefix)
+	if !ok || rest == "" {
+		panic(fmt.Sprintf("kvstore: %q is not a key of the schema", key))
+	}
+	return MirrorPrefix(cluster) + rest
+}
+
+// FromMirror is the inverse of MirrorKey: the cluster whose mirror key
+// is in, and the key of the record it copies. ok is false for keys
+// outside the mirrors, the status keys, an invalid cluster name and a
+// mirror inside a mirror.
+func FromMirror(key string) (cluster, canonical string, ok bool) {
+	rest, found := strings.CutPrefix(key, mirrorsRoot)
+	if !found {
+		return "", "", false
+	}
+	cluster, rest, found = strings.Cut(rest, "/")
+	if !found || rest == "" || rest == mirrorStatusName || strings.HasPrefix(rest, "mirror/") || ValidateName("cluster", cluster) != nil {
+		return "", "", false
+	}
+	return cluster, Prefix + rest, true
+}
+
+// MirrorKeyMap maps the keys of cluster's mirror to the keys they copy:
+// the KeyMap of a MultiCache member that reads a mirror.
+func MirrorKeyMap(cluster string) func(key string) (string, bool) {
+	mustName("cluster", cluster)
+	return func(key string) (string, bool) {
+		c, canonical, ok := FromMirror(key)
+		if !ok || c != cluster {
+			return "", false
+		}
+		return canonical, true
+	}
+}
+
 // ParsedKey is a key split into its schema parts.
 type ParsedKey struct {
 	Kind    string // clusters, nodes, ipam, identities/id, identities/labels, identities/refs, endpoints, policies, tokens, grants, revoked, mesh/gossip-key

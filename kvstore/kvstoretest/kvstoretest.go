@@ -370,3 +370,78 @@ func NodeServer(t testing.TB, srv *Server, cluster, node string) *Server {
 	n.Config.CertFile, n.Config.KeyFile = filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem")
 	return &n
 }
+
+// Restartable is an embedded etcd that a test stops and starts again at
+// the same address, with its data (an outage) or without it (an etcd
+// replaced, or restored from an old backup). Its certificates stay, so
+// clients made before reconnect by themselves.
+type Restartable struct {
+	*Server
+	t            testing.TB
+	dir          string
+	client, peer string
+	mu           sync.Mutex
+	srv          *embedded.Server
+}
+
+// StartRestartable starts an embedded etcd in t.TempDir() on free ports,
+// stopped when the test ends.
+func StartRestartable(t testing.TB) *Restartable {
+	t.Helper()
+	r := &Restartable{t: t, dir: t.TempDir(), client: freeAddr(t), peer: freeAddr(t)}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start starts the server again (a no-op while it runs).
+func (r *Restartable) Start() {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	// The port was free a moment ago, or was ours until Stop: retry
+	// briefly while the kernel lets it go.
+	for attempt := 0; ; attempt++ {
+		r.srv, err = embedded.Start(ctx, embedded.Config{Dir: r.dir, ClientAddr: r.client, PeerAddr: r.peer, EtcdLogLevel: "fatal"})
+		if err == nil || attempt == 20 {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		r.t.Fatalf("starting embedded etcd at %s: %v", r.client, err)
+	}
+	r.Server = &Server{Kind: "embedded", Config: r.srv.ClientConfig(), Files: r.srv.Files()}
+}
+
+// Stop stops the server; its clients see an outage. Harmless when stopped.
+func (r *Restartable) Stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv = nil
+	}
+}
+
+// WipeData removes the stopped server's data (not its certificates): the
+// next Start is a new, empty etcd whose revisions start again from 1, as
+// one restored from an old backup would be behind. (Its cluster id may be
+// the old one: etcd derives it from the member's name and addresses.)
+func (r *Restartable) WipeData() {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		r.t.Fatal("WipeData on a running server: Stop it first")
+	}
+	if err := os.RemoveAll(filepath.Join(r.dir, "data")); err != nil {
+		r.t.Fatal(err)
+	}
+}
