@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 
-	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -99,8 +98,8 @@ func AdminRole() Role { return Role{Name: AdminUser, Admin: true} }
 
 // NodeRole computes the etcd role of node in cluster: read-write on its own
 // keys (nodes/<c>/<n> exactly, endpoints/<c>/<n>/ and identities/refs/<c>/<n>/),
-// read-only on what an agent lists and watches (revoked/ included), nothing
-// on tokens/.
+// read-only on what an agent lists and watches (revoked/ and the remote
+// clusters' mirrors included), nothing on tokens/ or clustermesh/.
 func NodeRole(cluster, node string) (Role, error) {
 	if err := ValidateName("cluster", cluster); err != nil {
 		return Role{}, err
@@ -118,7 +117,7 @@ func NodeRole(cluster, node string) (Role, error) {
 	}
 	// revoked/ is read so every agent refuses revoked nodes; never
 	// written, so a node cannot lift (or forge) a revocation.
-	for _, p := range []string{ClustersPrefix, NodesPrefix, IPAMPrefix, IdentityIDPrefix, IdentityLabelsPrefix, EndpointsPrefix, PoliciesPrefix, GrantsPrefix, RevokedPrefix} {
+	for _, p := range []string{ClustersPrefix, NodesPrefix, IPAMPrefix, IdentityIDPrefix, IdentityLabelsPrefix, EndpointsPrefix, PoliciesPrefix, GrantsPrefix, RevokedPrefix, MirrorsPrefix, RemoteClustersPrefix} {
 		perms = append(perms, prefixPerm(p, false))
 	}
 	return Role{Name: NodeUser(cluster, node), Perms: perms}, nil
@@ -302,40 +301,17 @@ func (c *Client) EnsureNodeUser(ctx context.Context, cluster, node string) error
 	if err != nil {
 		return err
 	}
-	rctx, cancel := c.reqCtx(ctx)
-	defer cancel()
-	if _, err := c.etcd.RoleAdd(rctx, role.Name); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
-		return fmt.Errorf("creating etcd role %s: %w", role.Name, mapAuthError(err))
-	}
-	for _, p := range role.Perms {
-		pt := clientv3.PermissionType(authpb.READ)
-		if p.Write {
-			pt = clientv3.PermissionType(authpb.READWRITE)
-		}
-		if _, err := c.etcd.RoleGrantPermission(rctx, role.Name, p.Key, p.RangeEnd, pt); err != nil {
-			return fmt.Errorf("granting %s on %q to etcd role %s: %w", authpb.Permission_Type(pt), p.Key, role.Name, mapAuthError(err))
-		}
-	}
-	if _, err := c.etcd.UserAddWithOptions(rctx, role.Name, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
-		return fmt.Errorf("creating etcd user %s: %w", role.Name, mapAuthError(err))
-	}
-	if _, err := c.etcd.UserGrantRole(rctx, role.Name, role.Name); err != nil {
-		return fmt.Errorf("granting role %s to etcd user %s: %w", role.Name, role.Name, mapAuthError(err))
-	}
-	return nil
+	return c.ensureRole(ctx, role)
 }
 
 // RemoveNodeUser deletes node's etcd user and role: its certificate can
 // no longer read or write anything. Absent ones are not an error.
 func (c *Client) RemoveNodeUser(ctx context.Context, cluster, node string) error {
-	name := NodeUser(cluster, node)
-	rctx, cancel := c.reqCtx(ctx)
-	defer cancel()
-	if _, err := c.etcd.UserDelete(rctx, name); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
-		return fmt.Errorf("deleting etcd user %s: %w", name, mapAuthError(err))
+	if err := ValidateName("cluster", cluster); err != nil {
+		return err
 	}
-	if _, err := c.etcd.RoleDelete(rctx, name); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
-		return fmt.Errorf("deleting etcd role %s: %w", name, mapAuthError(err))
+	if err := ValidateName("node", node); err != nil {
+		return err
 	}
-	return nil
+	return c.removeRole(ctx, NodeUser(cluster, node))
 }

@@ -490,7 +490,17 @@ type Token struct {
 	// the podCIDR its Node object was given as its CIDR, if it lies in one
 	// of these (they are also the cluster's pod CIDRs).
 	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+	// Purpose says what the token admits: nodes (PurposeJoin, empty, as
+	// every token before clusters could connect) or one remote cluster's
+	// connection (PurposeCluster). Neither kind is accepted for the other.
+	Purpose string `json:"purpose,omitempty"`
 }
+
+// Token purposes.
+const (
+	PurposeJoin    = ""
+	PurposeCluster = "cluster"
+)
 
 func (*Token) recordKind() string   { return "token" }
 func (t *Token) versionField() *int { return &t.Version }
@@ -511,6 +521,9 @@ func (t Token) Validate() error {
 	}
 	if t.MaxUses < 1 {
 		return invalid("token", "%s: maxUses %d, must be at least 1", t.ID, t.MaxUses)
+	}
+	if t.Purpose != PurposeJoin && t.Purpose != PurposeCluster {
+		return invalid("token", "%s: purpose %q, must be empty (join) or %q", t.ID, t.Purpose, PurposeCluster)
 	}
 	if t.Uses < 0 || t.Uses > t.MaxUses {
 		return invalid("token", "%s: uses %d outside 0..maxUses (%d)", t.ID, t.Uses, t.MaxUses)

@@ -21,6 +21,9 @@ var (
 	ErrTokenExpired = errors.New("kvstore: join token expired")
 	ErrTokenRevoked = errors.New("kvstore: join token revoked")
 	ErrTokenUsedUp  = errors.New("kvstore: join token used up")
+	// ErrTokenWrongPurpose: a cluster token presented to join a node, or
+	// the other way round.
+	ErrTokenWrongPurpose = errors.New("kvstore: token made for another purpose")
 )
 
 // TokenError is ConsumeToken's refusal of a token: it wraps one of the
@@ -62,6 +65,8 @@ type TokenSpec struct {
 	AllowLabels []string
 	// PodCIDRs admits Kubernetes nodes whose podCIDR lies in them.
 	PodCIDRs []netip.Prefix
+	// Purpose is PurposeJoin (the zero value) or PurposeCluster.
+	Purpose string
 }
 
 // CreateToken stores a new token and returns it with its secret. Only the
@@ -92,6 +97,7 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 		MaxUses:      spec.MaxUses,
 		AllowLabels:  spec.AllowLabels,
 		PodCIDRs:     spec.PodCIDRs,
+		Purpose:      spec.Purpose,
 	}
 	data, err := Encode(&t)
 	if err != nil {
@@ -115,8 +121,15 @@ func (cl *Client) CreateToken(ctx context.Context, spec TokenSpec, now time.Time
 // atomically: the use is written with a transaction on the record's
 // modification revision, so two joins racing for the last use cannot both
 // win. It returns the token as it is after this use. Its refusals are
-// *TokenError.
+// *TokenError. Only join tokens (PurposeJoin) are accepted.
 func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (Token, error) {
+	return cl.ConsumeTokenFor(ctx, id, secret, PurposeJoin, now)
+}
+
+// ConsumeTokenFor is ConsumeToken for a token of purpose: a token made for
+// another purpose is refused (ErrTokenWrongPurpose) without a use counted,
+// so a cluster token pasted into `meshctl join` is not burnt.
+func (cl *Client) ConsumeTokenFor(ctx context.Context, id, secret, purpose string, now time.Time) (Token, error) {
 	unknown := &TokenError{err: ErrTokenUnknown}
 	if ValidateName("token", id) != nil {
 		return Token{}, unknown
@@ -136,6 +149,11 @@ func (cl *Client) ConsumeToken(ctx context.Context, id, secret string, now time.
 			return Token{}, unknown
 		}
 		switch {
+		case t.Purpose != purpose:
+			if t.Purpose == PurposeCluster {
+				return t, tokenErrorf(ErrTokenWrongPurpose, "token %s connects a cluster (`meshctl cluster connect`), it does not join a node", id)
+			}
+			return t, tokenErrorf(ErrTokenWrongPurpose, "token %s joins a node (`meshctl join`), it does not connect a cluster: make one with `meshctl cluster token`", id)
 		case t.Revoked:
 			return t, tokenErrorf(ErrTokenRevoked, "token %s was revoked; ask for a new one", id)
 		case !now.Before(t.Expires):
