@@ -135,6 +135,8 @@ type Backend struct {
 	PolicyStatus PolicyStatus
 	// CNI serves /v1/cni/* (the weft-cni plugin) on Kubernetes nodes.
 	CNI CNIHandler
+	// Clusters serves /v1/clusters (connected clusters; the seed only).
+	Clusters ClusterManager
 }
 
 // Pinger sends one probe of `meshctl ping` through the tunnel and, when it

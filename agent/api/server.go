@@ -132,6 +132,7 @@ func (s *Server) Handler() http.Handler {
 	}
 
 	s.routeCNI(mux, routeFunc(route))
+	s.routeClusters(mux, routeFunc(route))
 	route("GET /v1/status", b.Status != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return b.Status.Status(r.Context())
 	})

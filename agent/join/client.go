@@ -52,6 +52,9 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 	if err := tok.Validate(); err != nil {
 		return nil, err
 	}
+	if tok.IsClusterToken() {
+		return nil, Errorf(CodeInvalid, "this is a cluster token (it connects cluster %s to another cluster with `meshctl cluster connect`); a node joins with a token from `meshctl token create`", tok.Cluster)
+	}
 	if err := config.ValidateName("node", req.NodeName); err != nil {
 		return nil, Errorf(CodeInvalid, "--name: %v", err)
 	}

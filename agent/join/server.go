@@ -99,6 +99,9 @@ type ServerConfig struct {
 	// with CodeRevoked and the error's text (the agent refuses revoked
 	// nodes' certificates with it: 'meshctl node revoke').
 	CheckCertificate func(*x509.Certificate) error
+	// Clusters, if set (with a Tokens that is also ClusterTokens), connects
+	// other clusters to this one (clusters.go).
+	Clusters ClusterConnector
 }
 
 // CertificateRecorder is an Admitter that also wants the serial number
@@ -156,6 +159,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+joinPath, s.handleJoin)
 	s.routeServices(mux)
+	s.routeClusters(mux)
 	s.http = &http.Server{
 		Handler:           s.refuseRevoked(mux),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -35,7 +35,15 @@ type Token struct {
 	Secret string `json:"k"`
 	// CAHash is "sha256:<hex>" of the mesh CA certificate (DER).
 	CAHash string `json:"c"`
+	// Cluster is set in cluster tokens only (`meshctl cluster token`):
+	// the name of the cluster that made it, which the connecting cluster
+	// issues its credential for before it calls.
+	Cluster string `json:"n,omitempty"`
 }
+
+// IsClusterToken reports whether t connects a cluster rather than joins a
+// node.
+func (t Token) IsClusterToken() bool { return t.Cluster != "" }
 
 var (
 	tokenSecretRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
@@ -63,6 +71,9 @@ func (t Token) Validate() error {
 	}
 	if !caHashRE.MatchString(t.CAHash) {
 		return fmt.Errorf("%w: CA fingerprint %q is not sha256:<64 lower-case hex digits>", ErrMalformedToken, t.CAHash)
+	}
+	if t.Cluster != "" && !names.Valid(t.Cluster) {
+		return fmt.Errorf("%w: cluster name %q is not valid", ErrMalformedToken, t.Cluster)
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ func commands() []*cli.Command {
 		statusCommand(),
 		pingCommand(),
 		tokenCommand(),
+		clusterCommand(),
 		leaveCommand(),
 		downCommand(),
 		nodesCommand(),
