@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 
+	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/agent/join"
 	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/kvstore"
@@ -24,52 +25,66 @@ type cidrSource interface {
 
 // clusterIPAM is the part of kvstore the mesh-pool source uses.
 type clusterIPAM interface {
-	GetCluster(ctx context.Context, name string) (kvstore.Cluster, error)
-	PutCluster(ctx context.Context, c kvstore.Cluster) error
+	EnsureCluster(ctx context.Context, spec kvstore.ClusterSpec) (kvstore.Cluster, bool, error)
 	AllocateNodeCIDR(ctx context.Context, cluster, node string, prefixLen int) (netip.Prefix, error)
 	ReleaseNodeCIDR(ctx context.Context, cluster, node string, cidr netip.Prefix) error
 }
 
-// ipamCIDRs allocates the node's CIDR from its cluster's mesh pool,
-// registering the cluster first if this is its first node.
+// ipamCIDRs allocates the node's CIDR from its cluster's mesh pool. It is
+// the source of an agent holding the admin credential (the seed), which
+// registers its cluster if it has no record yet; a joined node's cluster
+// was registered when its token was made (serviceCIDRs).
 type ipamCIDRs struct {
 	kv            clusterIPAM
 	cluster, node string
-	clusterID     int
-	meshPool      string
-	prefixLen     int
-	log           *slog.Logger
+	// clusterID and meshPool are what the configuration asks for (zero
+	// and empty: the record's, or free ones for a new cluster).
+	clusterID int
+	meshPool  string
+	prefixLen int
+	log       *slog.Logger
 }
 
 func (s ipamCIDRs) Acquire(ctx context.Context) (netip.Prefix, error) {
-	cl, err := s.kv.GetCluster(ctx, s.cluster)
-	switch {
-	case errors.Is(err, kvstore.ErrNotFound):
-		pool, perr := netip.ParsePrefix(s.meshPool)
-		if perr != nil {
-			return netip.Prefix{}, fmt.Errorf("ipam.meshPool: %w", perr)
-		}
-		id := s.clusterID
-		if id == 0 {
-			id = 1
-		}
-		cl = kvstore.Cluster{Name: s.cluster, ID: id, MeshPool: pool}
-		if err := s.kv.PutCluster(ctx, cl); err != nil {
-			// Another node may have registered it meanwhile.
-			if _, gerr := s.kv.GetCluster(ctx, s.cluster); gerr != nil {
-				return netip.Prefix{}, fmt.Errorf("registering cluster %s: %w", s.cluster, err)
-			}
-		} else {
-			s.log.Info("registered cluster", "cluster", cl.Name, "id", cl.ID, "meshPool", cl.MeshPool)
-		}
-	case err != nil:
-		return netip.Prefix{}, fmt.Errorf("reading cluster %s: %w", s.cluster, err)
+	spec, legacy, err := clusterSpec(s.cluster, s.clusterID, s.meshPool)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	cl, created, err := s.kv.EnsureCluster(ctx, spec)
+	if legacy && (errors.Is(err, kvstore.ErrConflict) || errors.Is(err, kvstore.ErrOverlap)) {
+		// meshctl wrote the default pool into every configuration before
+		// pools came from the record: it is no request, the record wins.
+		s.log.Warn("ignoring ipam.meshPool, which earlier versions of meshctl wrote into every configuration: the cluster's record decides its pool (remove the key)", "meshPool", s.meshPool, "err", err)
+		spec.MeshPool = netip.Prefix{}
+		cl, created, err = s.kv.EnsureCluster(ctx, spec)
+	}
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("registering cluster %s: %w (the configuration's clusterID (--cluster-id) and ipam.meshPool (--mesh-pool) apply to a new cluster only: leave them out to use the cluster's record)", s.cluster, err)
+	}
+	if created {
+		s.log.Info("registered cluster", "cluster", cl.Name, "id", cl.ID, "meshPool", cl.MeshPool)
 	}
 	cidr, err := s.kv.AllocateNodeCIDR(ctx, s.cluster, s.node, s.prefixLen)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("allocating a CIDR for node %s: %w", s.node, err)
 	}
 	return cidr, nil
+}
+
+// clusterSpec makes the cluster request of a node's configured id and
+// pool. legacy is set when the pool is the one meshctl used to write into
+// every configuration, which asks for nothing.
+func clusterSpec(cluster string, id int, pool string) (spec kvstore.ClusterSpec, legacy bool, err error) {
+	spec = kvstore.ClusterSpec{Name: cluster, ID: id}
+	if pool == "" {
+		return spec, false, nil
+	}
+	p, err := netip.ParsePrefix(pool)
+	if err != nil || p != p.Masked() {
+		return spec, false, fmt.Errorf("%w: mesh pool %q is not a CIDR with its host bits zero", kvstore.ErrInvalidConfig, pool)
+	}
+	spec.MeshPool = p
+	return spec, pool == config.DefaultMeshPool, nil
 }
 
 func (s ipamCIDRs) Release(ctx context.Context, cidr netip.Prefix) error {
@@ -85,7 +100,8 @@ type nodeCIDRService interface {
 }
 
 // serviceCIDRs is the mesh-pool source of a node holding a node
-// credential: the seed registers the cluster if needed and allocates.
+// credential: the seed allocates from the cluster's record (a node never
+// registers a cluster), and refuses an id or pool the record does not have.
 type serviceCIDRs struct {
 	svc       nodeCIDRService
 	clusterID int

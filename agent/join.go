@@ -160,18 +160,37 @@ func (s nodeServices) checkGrant(ctx context.Context, c join.Caller, labels []st
 	return nil
 }
 
-// AllocateCIDR implements join.NodeServices.
+// AllocateCIDR implements join.NodeServices. The caller's cluster has a
+// record (the token that admitted it made it); a node may neither register
+// a cluster nor change one, so an id or pool the record does not have is
+// refused, naming both, rather than addressing the node outside its
+// cluster's pool.
 func (s nodeServices) AllocateCIDR(ctx context.Context, c join.Caller, req join.CIDRRequest) (netip.Prefix, error) {
 	if req.Claim.IsValid() {
 		return s.claimCIDR(ctx, c, req.Claim)
 	}
-	src := ipamCIDRs{kv: s.a.cp.kv, cluster: c.Cluster, node: c.Node, clusterID: req.ClusterID,
-		meshPool: req.MeshPool, prefixLen: req.PrefixLength, log: s.a.log}
-	if src.meshPool == "" {
-		src.meshPool = s.a.cfg.IPAM.MeshPool
+	kv := s.a.cp.kv
+	spec, legacy, err := clusterSpec(c.Cluster, req.ClusterID, req.MeshPool)
+	if err != nil {
+		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "%v", err)
 	}
-	cidr, err := src.Acquire(ctx)
-	if errors.Is(err, kvstore.ErrInvalidConfig) || errors.Is(err, kvstore.ErrOverlap) || errors.Is(err, kvstore.ErrPoolExhausted) || errors.Is(err, kvstore.ErrConflict) || errors.Is(err, kvstore.ErrInvalidRecord) {
+	cl, err := kv.GetCluster(ctx, c.Cluster)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "cluster %q has no record, and a node cannot register one: on the first node, 'meshctl token create --cluster %s' registers it with a free id and mesh pool; then join with that token", c.Cluster, c.Cluster)
+	}
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("reading cluster %s: %w", c.Cluster, err)
+	}
+	if legacy && spec.Matches(cl) != nil {
+		// The pool meshctl used to write into every configuration asks
+		// for nothing: the record decides.
+		spec.MeshPool = netip.Prefix{}
+	}
+	if err := spec.Matches(cl); err != nil {
+		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "node %s/%s: %v (the node's clusterID (--cluster-id) and ipam.meshPool (--mesh-pool) must be the record's, or left out)", c.Cluster, c.Node, err)
+	}
+	cidr, err := kv.AllocateNodeCIDR(ctx, c.Cluster, c.Node, req.PrefixLength)
+	if errors.Is(err, kvstore.ErrInvalidConfig) || errors.Is(err, kvstore.ErrPoolExhausted) || errors.Is(err, kvstore.ErrInvalidKey) {
 		return netip.Prefix{}, join.Errorf(join.CodeInvalid, "%v", err)
 	}
 	return cidr, err
@@ -327,7 +346,11 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	if err != nil {
 		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "--allow-labels: %v", err)
 	}
-	podCIDRs, err := a.tokenPodCIDRs(ctx, cluster, req.PodCIDRs)
+	podCIDRs, err := parsePodCIDRs(req.PodCIDRs)
+	if err != nil {
+		return api.CreatedToken{}, err
+	}
+	cl, created, err := a.tokenCluster(ctx, cluster, req.ClusterID, req.MeshPool, podCIDRs)
 	if err != nil {
 		return api.CreatedToken{}, err
 	}
@@ -339,16 +362,11 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (api.Crea
 	if err := jt.Validate(); err != nil {
 		return api.CreatedToken{}, fmt.Errorf("the join service address %q cannot go into a token (set --join-advertise): %w", a.cfg.JoinAdvertise(), err)
 	}
-	return api.CreatedToken{Token: apiToken(t), JoinToken: jt.String()}, nil
+	return api.CreatedToken{Token: apiToken(t), JoinToken: jt.String(), ClusterID: cl.ID, MeshPool: cl.MeshPool.String(), ClusterCreated: created}, nil
 }
 
-// tokenPodCIDRs parses a Kubernetes token's pod CIDRs and makes them the
-// cluster's (kvstore refuses ranges overlapping any cluster's), so that the
-// nodes it admits can claim their podCIDRs.
-func (a *Agent) tokenPodCIDRs(ctx context.Context, cluster string, in []string) ([]netip.Prefix, error) {
-	if len(in) == 0 {
-		return nil, nil
-	}
+// parsePodCIDRs parses a Kubernetes token's pod CIDRs.
+func parsePodCIDRs(in []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range in {
 		p, err := netip.ParsePrefix(s)
@@ -357,15 +375,42 @@ func (a *Agent) tokenPodCIDRs(ctx context.Context, cluster string, in []string) 
 		}
 		out = append(out, p)
 	}
-	cl, err := a.cp.kv.GetCluster(ctx, cluster)
-	if errors.Is(err, kvstore.ErrNotFound) {
-		return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: cluster %q has no node yet; create Kubernetes tokens for a cluster that has one (see `meshctl nodes`)", cluster)
+	return out, nil
+}
+
+// tokenCluster returns the record of the token's cluster, creating it for
+// a cluster that has none: the nodes a token admits find their cluster's
+// id and pool there, and a node's credential may not register one. A new
+// cluster gets the id and pool asked for or free ones; an existing one
+// must not be asked for others. A Kubernetes token's pod CIDRs become the
+// cluster's (kvstore refuses ranges overlapping any cluster's), so the
+// nodes it admits can claim their podCIDRs.
+func (a *Agent) tokenCluster(ctx context.Context, cluster string, id int, pool string, podCIDRs []netip.Prefix) (kvstore.Cluster, bool, error) {
+	spec := kvstore.ClusterSpec{Name: cluster, ID: id, PodCIDRs: podCIDRs}
+	if pool != "" {
+		p, err := netip.ParsePrefix(pool)
+		if err != nil || p != p.Masked() {
+			return kvstore.Cluster{}, false, api.Errorf(api.CodeInvalid, "--mesh-pool: %q is not a CIDR in canonical form (e.g. 100.65.0.0/16, inside %s)", pool, kvstore.MeshRangeV4)
+		}
+		spec.MeshPool = p
 	}
-	if err != nil {
-		return nil, err
+	cl, created, err := a.cp.kv.EnsureCluster(ctx, spec)
+	switch {
+	case kvstore.IsPermissionDenied(err):
+		return kvstore.Cluster{}, false, needAdmin("creating tokens")
+	case errors.Is(err, kvstore.ErrConflict), errors.Is(err, kvstore.ErrOverlap), errors.Is(err, kvstore.ErrInvalidConfig),
+		errors.Is(err, kvstore.ErrInvalidKey), errors.Is(err, kvstore.ErrInvalidRecord),
+		errors.Is(err, kvstore.ErrPoolExhausted), errors.Is(err, kvstore.ErrClusterIDsExhausted):
+		return kvstore.Cluster{}, false, api.Errorf(api.CodeInvalid, "cluster %s: %v", cluster, err)
+	case err != nil:
+		return kvstore.Cluster{}, false, fmt.Errorf("reading or creating cluster %s: %w", cluster, err)
+	}
+	if created {
+		a.log.Info("token created a cluster", "cluster", cl.Name, "id", cl.ID, "meshPool", cl.MeshPool)
+		return cl, true, nil
 	}
 	changed := false
-	for _, p := range out {
+	for _, p := range podCIDRs {
 		if !slices.Contains(cl.PodCIDRs, p) {
 			cl.PodCIDRs = append(cl.PodCIDRs, p)
 			changed = true
@@ -373,16 +418,16 @@ func (a *Agent) tokenPodCIDRs(ctx context.Context, cluster string, in []string) 
 	}
 	if changed {
 		if err := cl.Validate(); err != nil {
-			return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
+			return kvstore.Cluster{}, false, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
 		}
 		if err := a.cp.kv.PutCluster(ctx, cl); err != nil {
 			if kvstore.IsPermissionDenied(err) {
-				return nil, needAdmin("creating Kubernetes tokens")
+				return kvstore.Cluster{}, false, needAdmin("creating Kubernetes tokens")
 			}
-			return nil, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
+			return kvstore.Cluster{}, false, api.Errorf(api.CodeInvalid, "--pod-cidrs: %v", err)
 		}
 	}
-	return out, nil
+	return cl, false, nil
 }
 
 // Tokens implements api.TokenManager.

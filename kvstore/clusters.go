@@ -94,7 +94,7 @@ func (cl *Client) EnsureCluster(ctx context.Context, spec ClusterSpec) (Cluster,
 					// nodes already use.
 					return Cluster{}, false, fmt.Errorf("%s exists but does not decode (%w): fix or delete it with an admin etcd client", key, derr)
 				}
-				if err := spec.matches(c); err != nil {
+				if err := spec.Matches(c); err != nil {
 					return Cluster{}, false, err
 				}
 				return c, false, nil
@@ -136,9 +136,9 @@ func (cl *Client) EnsureCluster(ctx context.Context, spec ClusterSpec) (Cluster,
 	}
 }
 
-// matches refuses an existing cluster whose id or pool is not the one the
+// Matches refuses an existing cluster whose id or pool is not the one the
 // spec asks for.
-func (s ClusterSpec) matches(c Cluster) error {
+func (s ClusterSpec) Matches(c Cluster) error {
 	if s.ID != 0 && s.ID != c.ID {
 		return fmt.Errorf("%w: cluster %q exists with id %d, not the id %d asked for: leave the id out to use the cluster as it is", ErrConflict, c.Name, c.ID, s.ID)
 	}

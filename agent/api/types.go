@@ -277,6 +277,12 @@ type TokenRequest struct {
 	// PodCIDRs makes a token for Kubernetes nodes: each may claim the
 	// podCIDR of its Node object if it lies inside one of these.
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
+	// ClusterID and MeshPool are asked for a cluster the token creates
+	// (a Cluster with no record yet); zero and empty take the lowest free
+	// id and the first free /16 of 100.64.0.0/10. For an existing
+	// cluster they must be its own, or left out.
+	ClusterID int    `json:"clusterID,omitempty"`
+	MeshPool  string `json:"meshPool,omitempty"`
 }
 
 // Token is a stored join token; its secret is never shown again.
@@ -298,6 +304,12 @@ type Token struct {
 // CreatedToken is a new token with the one string a user copies.
 type CreatedToken struct {
 	Token
+	// ClusterID and MeshPool are the token's cluster's, from its record;
+	// ClusterCreated says the token created that record (a new cluster
+	// of the shared etcd).
+	ClusterID      int    `json:"clusterID"`
+	MeshPool       string `json:"meshPool"`
+	ClusterCreated bool   `json:"clusterCreated,omitempty"`
 	// JoinToken is what `meshctl join` takes: service address, id, secret
 	// and the mesh CA's fingerprint.
 	JoinToken string `json:"joinToken"`

@@ -37,7 +37,6 @@ const (
 	DefaultListenPort     = 51833
 	DefaultKeepalive      = 25 * time.Second
 	MinRotateEvery        = time.Minute
-	DefaultMeshPool       = "100.64.0.0/16"
 	DefaultNodePrefixLen  = 24
 	DefaultBPFPinPath     = "/sys/fs/bpf/weft"
 	DefaultLogFormat      = "text"
@@ -49,6 +48,12 @@ const (
 	DefaultEtcdPeerURL    = "https://127.0.0.1:2380"
 	DefaultJoinListen     = ":51834"
 )
+
+// DefaultMeshPool is the pool the first cluster of a mesh gets (the first
+// free /16 of 100.64.0.0/10). meshctl wrote it as ipam.meshPool into every
+// configuration before a cluster's pool came from its record, so the agent
+// takes it as a request only for a new cluster (see agent/cidrs.go).
+const DefaultMeshPool = "100.64.0.0/16"
 
 // ErrInvalid is wrapped by every validation error, so callers can tell a
 // bad configuration (exit and tell the user) from an I/O failure.
@@ -62,9 +67,10 @@ type Config struct {
 	NodeName string `json:"nodeName,omitempty"`
 	// Cluster is the cluster this node belongs to.
 	Cluster string `json:"cluster,omitempty"`
-	// ClusterID is the cluster's number (1..4095) used when the agent
-	// registers a cluster that does not exist yet; 0 lets the agent take
-	// the existing record's id, or 1 for a new cluster.
+	// ClusterID is the cluster's number (1..4095) asked for when the
+	// agent registers a cluster that does not exist yet; 0 takes the
+	// existing record's id, or the lowest free one for a new cluster. An
+	// id that is not the existing record's stops the agent, naming both.
 	ClusterID int `json:"clusterID,omitempty"`
 	// Labels are the labels of the node itself (its host endpoint), as
 	// key=value with an optional source prefix (vm:app=db).
@@ -192,8 +198,10 @@ type Underlay struct {
 
 // IPAM configures where a VM's CIDR comes from.
 type IPAM struct {
-	// MeshPool is the cluster's pool of node CIDRs, used when the agent
-	// registers the cluster.
+	// MeshPool is the cluster's pool of node CIDRs asked for when the
+	// agent registers the cluster; empty takes the existing record's, or
+	// the first free /16 of 100.64.0.0/10 for a new cluster (a cluster
+	// made by 'meshctl token create --cluster' has its record already).
 	MeshPool string `json:"meshPool,omitempty"`
 	// NodePrefixLength is the size of the CIDR each node takes from it.
 	NodePrefixLength int `json:"nodePrefixLength,omitempty"`
@@ -255,7 +263,7 @@ func Default() *Config {
 			Mode:                "auto",
 			PersistentKeepalive: Duration(DefaultKeepalive),
 		},
-		IPAM:       IPAM{MeshPool: DefaultMeshPool, NodePrefixLength: DefaultNodePrefixLen},
+		IPAM:       IPAM{NodePrefixLength: DefaultNodePrefixLen},
 		BPF:        BPF{PinPath: DefaultBPFPinPath},
 		Log:        Log{Format: DefaultLogFormat, Level: DefaultLogLevel},
 		Metrics:    Metrics{Address: DefaultMetricsAddress},
@@ -376,7 +384,7 @@ func (c *Config) Validate() error {
 		bad("cluster", "%v", err)
 	}
 	if c.ClusterID < 0 || c.ClusterID > identity.MaxClusterID {
-		bad("clusterID", "%d is out of range: use 1..%d (0 = take the existing cluster's id)", c.ClusterID, identity.MaxClusterID)
+		bad("clusterID", "%d is out of range: use 1..%d (0 = the existing cluster's id, or the lowest free one)", c.ClusterID, identity.MaxClusterID)
 	}
 	if err := ValidateLabels(c.Labels); err != nil {
 		bad("labels", "%v", err)
@@ -465,8 +473,14 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("underlay.endpoints[%d]", i), "%q is not ip:port (example 198.18.1.10:51833)", ep)
 		}
 	}
-	if p, err := netip.ParsePrefix(c.IPAM.MeshPool); err != nil || p != p.Masked() {
-		bad("ipam.meshPool", "%q is not a CIDR with its host bits zero (example %s)", c.IPAM.MeshPool, DefaultMeshPool)
+	if c.IPAM.MeshPool == "" {
+		// The pool is the cluster record's: AllocateNodeCIDR checks the
+		// size against it.
+		if c.IPAM.NodePrefixLength < 1 || c.IPAM.NodePrefixLength > 128 {
+			bad("ipam.nodePrefixLength", "%d is not a prefix length (default %d)", c.IPAM.NodePrefixLength, DefaultNodePrefixLen)
+		}
+	} else if p, err := netip.ParsePrefix(c.IPAM.MeshPool); err != nil || p != p.Masked() {
+		bad("ipam.meshPool", "%q is not a CIDR with its host bits zero (example %s; leave it out to use the cluster's)", c.IPAM.MeshPool, DefaultMeshPool)
 	} else {
 		if c.IPAM.NodePrefixLength < p.Bits() || c.IPAM.NodePrefixLength > p.Addr().BitLen() {
 			bad("ipam.nodePrefixLength", "%d must be between the pool's /%d and /%d", c.IPAM.NodePrefixLength, p.Bits(), p.Addr().BitLen())

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -116,7 +117,20 @@ func (f *fakeAgent) CreateToken(_ context.Context, r api.TokenRequest) (api.Crea
 	if cluster == "" {
 		cluster = "east"
 	}
-	return api.CreatedToken{Token: api.Token{ID: "t0123", Cluster: cluster, Labels: r.Labels, MaxUses: r.MaxUses, CreatedAt: t0, ExpiresAt: t0.Add(time.Duration(r.TTL))}, JoinToken: "weft1.TESTTOKEN"}, nil
+	ct := api.CreatedToken{Token: api.Token{ID: "t0123", Cluster: cluster, Labels: r.Labels, MaxUses: r.MaxUses, CreatedAt: t0, ExpiresAt: t0.Add(time.Duration(r.TTL))}, JoinToken: "weft1.TESTTOKEN",
+		ClusterID: 1, MeshPool: "100.64.0.0/16"}
+	// As the agent does: a cluster other than its own is new, with the
+	// id and pool asked for or the next free ones.
+	if cluster != "east" {
+		ct.ClusterID, ct.MeshPool, ct.ClusterCreated = 2, "100.65.0.0/16", true
+		if r.ClusterID != 0 {
+			ct.ClusterID = r.ClusterID
+		}
+		if r.MeshPool != "" {
+			ct.MeshPool = r.MeshPool
+		}
+	}
+	return ct, nil
 }
 func (f *fakeAgent) Tokens(context.Context) ([]api.Token, error) {
 	return []api.Token{
@@ -375,10 +389,30 @@ func TestTokenCommands(t *testing.T) {
 	if r := f.tokenReq[0]; r.MaxUses != 1 || time.Duration(r.TTL) != 30*time.Minute || r.Labels["app"] != "db" || r.Cluster != "" {
 		t.Errorf("sent %+v", r)
 	}
+	if !regexp.MustCompile(`\nCLUSTER +ID +MESH POOL +STATE\neast +1 +100\.64\.0\.0/16 +existing\n`).MatchString(out) {
+		t.Errorf("token create output lacks the cluster's id and pool:\n%s", out)
+	}
 	out, _, err = runApp(t, "token", "create", "--socket", sock, "--cluster", "west", "--reusable", "--max-uses", "20", "-o", "json")
 	var ct api.CreatedToken
-	if err != nil || json.Unmarshal([]byte(out), &ct) != nil || ct.JoinToken != "weft1.TESTTOKEN" || ct.MaxUses != 20 || ct.Cluster != "west" {
+	if err != nil || json.Unmarshal([]byte(out), &ct) != nil || ct.JoinToken != "weft1.TESTTOKEN" || ct.MaxUses != 20 || ct.Cluster != "west" ||
+		ct.ClusterID != 2 || ct.MeshPool != "100.65.0.0/16" || !ct.ClusterCreated {
 		t.Errorf("json: %v %s", err, out)
+	}
+	for _, key := range []string{`"clusterID": 2`, `"meshPool": "100.65.0.0/16"`, `"clusterCreated": true`} {
+		if !strings.Contains(out, key) {
+			t.Errorf("json output lacks %s:\n%s", key, out)
+		}
+	}
+	// A new cluster with the id and pool asked for.
+	out, _, err = runApp(t, "token", "create", "--socket", sock, "--cluster", "lab", "--cluster-id", "4095", "--mesh-pool", "100.127.0.0/20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := f.tokenReq[2]; r.Cluster != "lab" || r.ClusterID != 4095 || r.MeshPool != "100.127.0.0/20" {
+		t.Errorf("sent %+v", r)
+	}
+	if !regexp.MustCompile(`\nlab +4095 +100\.127\.0\.0/20 +new \(created for this token\)\n`).MatchString(out) {
+		t.Errorf("token create --cluster lab output lacks the new cluster:\n%s", out)
 	}
 	for _, tc := range []struct {
 		args []string
@@ -394,18 +428,24 @@ func TestTokenCommands(t *testing.T) {
 		{[]string{"extra"}, "takes no arguments"},
 		{[]string{"--pod-cidrs", "100.96.0.1/16"}, "--pod-cidrs: \"100.96.0.1/16\" is not a CIDR in canonical form"},
 		{[]string{"--pod-cidrs", "100.96.0.0/16,nope"}, "--pod-cidrs: \"nope\""},
+		{[]string{"--cluster", "west", "--cluster-id", "0"}, "--cluster-id 0 is out of range: use 1..4095"},
+		{[]string{"--cluster", "west", "--cluster-id", "4096"}, "--cluster-id 4096 is out of range"},
+		{[]string{"--cluster", "west", "--mesh-pool", "10.0.0.0/16"}, "--mesh-pool: \"10.0.0.0/16\" is not a CIDR in canonical form inside 100.64.0.0/10"},
+		{[]string{"--cluster", "west", "--mesh-pool", "100.65.0.1/16"}, "--mesh-pool: \"100.65.0.1/16\""},
+		{[]string{"--cluster", "west", "--mesh-pool", "100.0.0.0/8"}, "--mesh-pool: \"100.0.0.0/8\""},
+		{[]string{"--cluster", "west", "--mesh-pool", "nope"}, "--mesh-pool: \"nope\""},
 	} {
 		_, _, err := runApp(t, append([]string{"token", "create", "--socket", sock}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: want %q, got %v", tc.args, tc.want, err)
 		}
 	}
-	if len(f.tokenReq) != 2 {
+	if len(f.tokenReq) != 3 {
 		t.Errorf("invalid requests reached the agent: %d", len(f.tokenReq))
 	}
 	// A Kubernetes token: the ranges go to the agent.
 	out, _, err = runApp(t, "token", "create", "--socket", sock, "--pod-cidrs", "100.96.0.0/16", "--reusable", "--max-uses", "5")
-	if err != nil || len(f.tokenReq) != 3 || len(f.tokenReq[2].PodCIDRs) != 1 || f.tokenReq[2].PodCIDRs[0] != "100.96.0.0/16" {
+	if err != nil || len(f.tokenReq) != 4 || len(f.tokenReq[3].PodCIDRs) != 1 || f.tokenReq[3].PodCIDRs[0] != "100.96.0.0/16" {
 		t.Fatalf("pod-cidrs token: %v, sent %+v", err, f.tokenReq)
 	}
 	if !strings.Contains(out, "weft1.TESTTOKEN") {

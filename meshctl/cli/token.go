@@ -19,6 +19,10 @@ import (
 	"github.com/weftmesh/weft/kvstore/grant"
 )
 
+// meshRangeV4 is where a cluster's IPv4 mesh pool lies (kvstore.MeshRangeV4;
+// meshctl talks to the agent, not to etcd, so it does not import kvstore).
+var meshRangeV4 = netip.MustParsePrefix("100.64.0.0/10")
+
 // Token lifetimes: long enough to provision a fleet from cloud-init, short
 // enough that a token in a shell history is soon worthless.
 const (
@@ -31,7 +35,7 @@ func tokenCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "token",
 		Usage: "create, list and revoke join tokens",
-		UsageText: `meshctl token create [--cluster C] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N]
+		UsageText: `meshctl token create [--cluster C [--cluster-id N] [--mesh-pool CIDR]] [--labels k=v,...] [--ttl 1h] [--reusable --max-uses N]
 meshctl token list
 meshctl token revoke ID`,
 		Description: `A join token lets one machine (or, reusable, up to --max-uses machines) join the
@@ -44,7 +48,7 @@ join service (the first node, made with 'meshctl up'). See docs/join.md.`,
 			{
 				Name:      "create",
 				Usage:     "make a join token and print it with the command to run on the new machine",
-				UsageText: "meshctl token create [--cluster C] [--labels k=v,...] [--allow-labels k=v,...] [--pod-cidrs CIDR,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
+				UsageText: "meshctl token create [--cluster C [--cluster-id N] [--mesh-pool CIDR]] [--labels k=v,...] [--allow-labels k=v,...] [--pod-cidrs CIDR,...] [--ttl 1h] [--reusable --max-uses N] [-o table|json]",
 				Description: `The joining node is placed in --cluster (default: the agent's own) and gets
 the --labels; labels it asks for itself are added, but on the same key the
 token's value wins. --allow-labels bounds the labels the node may publish
@@ -52,6 +56,13 @@ endpoints with (its own and its workloads'): app=web,app=worker, or app=* for
 any value of app; other nodes refuse endpoints outside it, and the first node
 creates no identity outside it. Without it the node may use any label.
 mesh: labels (cluster, kind) are Weft's own and always allowed.
+
+A --cluster the etcd has no record of is created now (shared mode: every
+cluster in one etcd), with the lowest free cluster id and the first /16 of
+100.64.0.0/10 no other cluster's ranges overlap, or the --cluster-id and
+--mesh-pool given; the output shows the cluster's id and pool, and the nodes
+the token admits take theirs from it. For an existing cluster, --cluster-id
+and --mesh-pool must be its own or left out. See docs/join.md, "Shared mode".
 
 --pod-cidrs makes a token for Kubernetes nodes (the weft DaemonSet's Secret):
 each node it admits claims the podCIDR of its Node object as its CIDR in the
@@ -63,10 +74,13 @@ pool, are refused. See docs/kubernetes.md.
 Examples:
   meshctl token create --labels app=db --ttl 30m
   meshctl token create --cluster west --reusable --max-uses 20 --ttl 24h
+  meshctl token create --cluster lab --cluster-id 40 --mesh-pool 100.100.0.0/20
   meshctl token create --labels app=web --allow-labels app=web,app=worker
   meshctl token create --pod-cidrs 100.96.0.0/16 --reusable --max-uses 50 --ttl 24h`,
 				Flags: agentFlags(
-					&cli.StringFlag{Name: "cluster", Usage: "`CLUSTER` the node joins (default: this agent's)"},
+					&cli.StringFlag{Name: "cluster", Usage: "`CLUSTER` the node joins (default: this agent's); a new one is created"},
+					&cli.IntFlag{Name: "cluster-id", Usage: fmt.Sprintf("`ID` (1..%d) of a new --cluster (default: the lowest free id)", identity.MaxClusterID)},
+					&cli.StringFlag{Name: "mesh-pool", Usage: "`CIDR` inside 100.64.0.0/10 of a new --cluster (default: the first free /16)"},
 					&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` given to the node"},
 					&cli.DurationFlag{Name: "ttl", Value: defaultTokenTTL, Usage: "how long the token is valid (1m to 720h)"},
 					&cli.BoolFlag{Name: "reusable", Usage: "let several machines join with this token (needs --max-uses)"},
@@ -103,6 +117,20 @@ func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
 		if err := config.ValidateName("cluster", req.Cluster); err != nil {
 			return req, fmt.Errorf("--cluster: %w", err)
 		}
+	}
+	if c.IsSet("cluster-id") {
+		id := c.Int("cluster-id")
+		if id < 1 || id > identity.MaxClusterID {
+			return req, fmt.Errorf("--cluster-id %d is out of range: use 1..%d (or leave it out: the lowest free id)", id, identity.MaxClusterID)
+		}
+		req.ClusterID = id
+	}
+	if c.IsSet("mesh-pool") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c.String("mesh-pool")))
+		if err != nil || p != p.Masked() || !meshRangeV4.Contains(p.Addr()) || p.Bits() < meshRangeV4.Bits() {
+			return req, fmt.Errorf("--mesh-pool: %q is not a CIDR in canonical form inside %s (e.g. 100.65.0.0/16; or leave it out: the first free /16)", c.String("mesh-pool"), meshRangeV4)
+		}
+		req.MeshPool = p.String()
 	}
 	labels, err := labelsFlag(c, "labels")
 	if err != nil {
@@ -182,11 +210,27 @@ func printCreatedToken(w io.Writer, tok api.CreatedToken) error {
 			"  kubectl create namespace weft-system\n" +
 			"  kubectl -n weft-system create secret generic weft-token --from-file=token=FILE-HOLDING-THE-TOKEN\n"
 	}
-	_, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
+	if _, err := fmt.Fprintf(w, `Join token %s (cluster %s%s, %s, expires %s):
 
   %s
 
-It is shown only now. %s`, tok.ID, tok.Cluster, labels, uses, tok.ExpiresAt.Local().Format(time.RFC3339), tok.JoinToken, how)
+`, tok.ID, tok.Cluster, labels, uses, tok.ExpiresAt.Local().Format(time.RFC3339), tok.JoinToken); err != nil {
+		return err
+	}
+	// The cluster's id and pool: an agent older than them sends neither.
+	if tok.ClusterID != 0 {
+		state := "existing"
+		if tok.ClusterCreated {
+			state = "new (created for this token)"
+		}
+		if err := cliout.Table(w, []string{"cluster", "id", "mesh pool", "state"}, [][]string{{tok.Cluster, strconv.Itoa(tok.ClusterID), tok.MeshPool, state}}); err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintln(w); err != nil {
+			return err
+		}
+	}
+	_, err := fmt.Fprintf(w, "It is shown only now. %s", how)
 	return err
 }
 
