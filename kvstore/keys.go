@@ -124,10 +124,8 @@ func RevokedKey(cluster, node string) string {
 // remote cluster's records that its mirror (kvstore/mirror) writes. The
 // copy of a record sits at the record's key with mirror/<cluster>/ after
 // weft/v1/ (MirrorKey), so that agents watch only their own etcd.
-func MirrorPrefix(cluster string) string { return mirrorsRoot + mustName("cluster", cluster) + "/" }
+func MirrorPrefix(cluster string) string { return MirrorsPrefix + mustName("cluster", cluster) + "/" }
 
-// mirrorsRoot is the root of every mirror (the same as MirrorsPrefix).
-const mirrorsRoot = Prefix + "mirror/"
 
 // MirrorStatusKey is mirror/<cluster>/status (MirrorStatus), which the
 // mirror of cluster rewrites as it goes.
@@ -150,7 +148,7 @@ func MirrorKey(cluster, key string) string {
 // outside the mirrors, the status keys, an invalid cluster name and a
 // mirror inside a mirror.
 func FromMirror(key string) (cluster, canonical string, ok bool) {
-	rest, found := strings.CutPrefix(key, mirrorsRoot)
+	rest, found := strings.CutPrefix(key, MirrorsPrefix)
 	if !found {
 		return "", "", false
 	}

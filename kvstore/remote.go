@@ -109,6 +109,7 @@ type MirrorCounts struct {
 	Endpoints   int `json:"endpoints"`
 	Identities  int `json:"identities"`
 	Revocations int `json:"revocations"`
+	Grants      int `json:"grants"`
 }
 
 func (*MirrorStatus) recordKind() string   { return "mirror status" }
@@ -124,7 +125,7 @@ func (m MirrorStatus) Validate() error {
 	}
 	c := m.Counts
 	if m.Revision < 0 || m.Skipped < 0 || m.Refused < 0 || m.HeartbeatSeconds < 0 ||
-		c.Clusters < 0 || c.Nodes < 0 || c.Endpoints < 0 || c.Identities < 0 || c.Revocations < 0 {
+		c.Clusters < 0 || c.Nodes < 0 || c.Endpoints < 0 || c.Identities < 0 || c.Revocations < 0 || c.Grants < 0 {
 		return invalid("mirror status", "%s: negative revision or count", m.Cluster)
 	}
 	if m.Updated.IsZero() {

@@ -178,6 +178,9 @@ func New(cfg Config) (*Mirror, error) {
 		// no key range: the whole prefix, filtered by CheckRemote.
 		{"identities", kvstore.IdentityIDPrefix, false, validated(m, kvstore.IdentityDecoder)},
 		{"revocations", kvstore.RevokedPrefix + c + "/", false, validated(m, kvstore.RevocationDecoder)},
+		// The remote nodes' label grants, so that receiving agents can judge
+		// each remote endpoint against its node's grant as they do locally.
+		{"grants", kvstore.GrantsPrefix + c + "/", false, validated(m, kvstore.GrantDecoder)},
 	}
 	for i, kd := range kinds {
 		k := &kind{name: kd.name, prefix: kd.prefix, single: kd.single}
@@ -544,6 +547,8 @@ func (m *Mirror) Status() kvstore.MirrorStatus {
 			st.Counts.Identities = cs.Entries
 		case "revocations":
 			st.Counts.Revocations = cs.Entries
+		case "grants":
+			st.Counts.Grants = cs.Entries
 		}
 	}
 	m.mu.Lock()

@@ -174,6 +174,9 @@ func TestMirrorCopiesTheClustersOwnRecords(t *testing.T) {
 	rv := kvstore.Revocation{Cluster: "west", Node: "gone", RevokedAt: time.Now().UTC().Truncate(time.Second)}
 	put(t, remote, rv.Key(), &rv)
 	copied = append(copied, rv.Key())
+	g := kvstore.Grant{Cluster: "west", Node: "node-2", AllowLabels: []string{"app=web"}}
+	put(t, remote, g.Key(), &g)
+	copied = append(copied, g.Key())
 	// An endpoint of a reserved identity (a node's own address) is the
 	// cluster's to give.
 	hostEP := endpoint("west", 9, uint32(identity.IdentityRemoteNode))
@@ -183,7 +186,7 @@ func TestMirrorCopiesTheClustersOwnRecords(t *testing.T) {
 	// What must not be copied: another cluster's records (shared etcd),
 	// an identity of another cluster's range, an endpoint claiming one,
 	// a record naming another cluster under west's prefix, corrupt values,
-	// a cluster whose name starts with west, grants and tokens.
+	// a cluster whose name starts with west, a corrupt grant and tokens.
 	east := node("east", 1)
 	put(t, remote, east.Key(), &east)
 	eastEP := endpoint("east", 1, clusterIdentity(3, 1))
@@ -217,13 +220,14 @@ func TestMirrorCopiesTheClustersOwnRecords(t *testing.T) {
 		return mapsEqual(records(t, local), want) && status(t, localKV).Synced
 	})
 	st := status(t, localKV)
-	if !st.Connected || st.Counts != (kvstore.MirrorCounts{Clusters: 1, Nodes: 3, Endpoints: 4, Identities: 3, Revocations: 1}) {
+	if !st.Connected || st.Counts != (kvstore.MirrorCounts{Clusters: 1, Nodes: 3, Endpoints: 4, Identities: 3, Revocations: 1, Grants: 1}) {
 		t.Fatalf("status %+v", st)
 	}
 	// Refused: east's identity, the endpoint of east's identity. Skipped:
-	// the impostor, the corrupt node, the newer-version endpoint.
-	if st.Refused != 2 || st.Skipped != 3 || st.Revision == 0 || st.HeartbeatSeconds != 1 || time.Since(st.Updated) > time.Minute {
-		t.Fatalf("status %+v; want 2 refused, 3 skipped, a revision and a fresh update time", st)
+	// the impostor, the corrupt node, the newer-version endpoint, the
+	// corrupt grant.
+	if st.Refused != 2 || st.Skipped != 4 || st.Revision == 0 || st.HeartbeatSeconds != 1 || time.Since(st.Updated) > time.Minute {
+		t.Fatalf("status %+v; want 2 refused, 4 skipped, a revision and a fresh update time", st)
 	}
 	for _, k := range []string{kvstore.IdentityIDKey(foreign.ID), badEP.Key(), kvstore.NodeKey("west", "corrupt")} {
 		if !strings.Contains(logBuf.String(), `"key":"`+k+`"`) {
