@@ -270,8 +270,27 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	ec := a.cp.kv.Source()
 	var err error
 	a.policy = newPolicyReconciler(a.dp, func() int64 { return a.policies.Revision() }, a.log, a.observeReconcile)
+	// The clusters' ids first: the identities and endpoints are judged
+	// against them (the number plan, identities.go).
+	clusters, err := newClusterIDs(ctx, a.cp.kv, a.cfg.Cluster, func(ev kvstore.Event[kvstore.Cluster]) {
+		if r := a.ipcache.Load(); r != nil {
+			c := ev.Value
+			if ev.Kind == kvstore.EventDelete {
+				c = ev.Old
+			}
+			r.resyncCluster(c.Name)
+		}
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	a.goRun("cluster cache", clusters.cache.Run)
+	if err := waitSynced(ctx, clusters.cache.Synced()); err != nil {
+		return err
+	}
 	a.alloc, err = allocator.New(allocator.Config{
 		Client: a.cp.identityBackend(), Session: a.session, Cluster: a.cfg.Cluster, Node: a.cfg.NodeName,
+		ClusterID: clusters.selfID, Range: clusters.identityRange, Accept: clusters.acceptIdentity,
 		OnEvent: func(ev kvstore.Event[allocator.Identity]) {
 			a.policy.identityEvent(ev)
 			if r := a.ipcache.Load(); r != nil && ev.Kind != kvstore.EventDelete {
@@ -310,6 +329,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		return l.Strings(), ok
 	}
 	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
+	ipc.clusterID = clusters.ID
 	ipc.revoked = a.peers.revoked
 	ipc.nodeAddr = nodeAddrOf(a.nodes)
 	ipc.selfCluster, ipc.selfNode = a.cfg.Cluster, a.cfg.NodeName

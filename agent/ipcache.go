@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +54,14 @@ type ipcacheReconciler struct {
 	// identityLabels returns the labels of an allocated identity (the
 	// allocator's cache); nil skips the check.
 	identityLabels func(id uint32) ([]string, bool)
+	// clusterID returns the id of a cluster from its record, known false
+	// when none is seen; nil skips the cluster checks. An endpoint of
+	// cluster C may carry only identities of C's range: otherwise a
+	// cluster (or one of its nodes) could speak with another cluster's
+	// identities. A cluster with no record here is not one sharing this
+	// etcd, whose nodes all have one; a connected cluster's records were
+	// checked against its id as they entered the cache (kvstore.CheckRemote).
+	clusterID func(cluster string) (int, bool)
 	// self is this node (cluster, name): a Kubernetes node's own address,
 	// published as remote-node, is host here.
 	selfCluster, selfNode string
@@ -217,6 +227,10 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 		r.remove(e.IP)
 		return
 	}
+	if !id.IsReserved() && !r.inCluster(e) {
+		r.remove(e.IP)
+		return
+	}
 	if r.identityLabels != nil && !id.IsReserved() {
 		ls, ok := r.identityLabels(e.Identity)
 		if !ok {
@@ -252,6 +266,47 @@ func (r *ipcacheReconciler) apply(e kvstore.Endpoint) {
 	if err := r.dp.UpsertIPCache(pfx, e.Identity, flags); err != nil {
 		r.log.Error("ipcache upsert", "prefix", pfx, "identity", e.Identity, "err", err)
 	}
+}
+
+// inCluster reports whether e's allocated identity and labels are of e's
+// own cluster, logging a refusal. Caller holds r.mu.
+func (r *ipcacheReconciler) inCluster(e kvstore.Endpoint) bool {
+	if r.clusterID == nil {
+		return true
+	}
+	for _, s := range e.Labels {
+		// The labels are compared with the identity's below; this makes
+		// a record naming another cluster fail here, with a clear reason.
+		if v, ok := strings.CutPrefix(s, identity.SourceMesh+":cluster="); ok && v != e.Cluster {
+			r.log.Warn("ignoring an endpoint labelled with another cluster", "endpoint", e.Name, "ip", e.IP,
+				"node", e.Cluster+"/"+e.Node, "label", s)
+			return false
+		}
+	}
+	cid, known := r.clusterID(e.Cluster)
+	if !known {
+		return true
+	}
+	if id := identity.NumericIdentity(e.Identity); !id.InCluster(cid) {
+		lo, hi, _ := identity.ClusterRange(cid)
+		r.log.Warn("ignoring an endpoint whose identity is not of its cluster", "endpoint", e.Name, "ip", e.IP,
+			"node", e.Cluster+"/"+e.Node, "identity", e.Identity, "identityCluster", id.ClusterID(),
+			"clusterID", cid, "clusterRange", fmt.Sprintf("%d..%d", lo, hi))
+		return false
+	}
+	return true
+}
+
+// resyncCluster re-judges the endpoints of a cluster whose record changed.
+func (r *ipcacheReconciler) resyncCluster(cluster string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.endpoints.Range(func(_ string, e kvstore.Endpoint) bool {
+		if e.Cluster == cluster {
+			r.apply(e)
+		}
+		return true
+	})
 }
 
 // isNodeAddr reports whether e is its node's own mesh address, as the

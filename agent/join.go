@@ -109,19 +109,25 @@ func (ad admitter) CertificateIssued(ctx context.Context, cluster, node, serial 
 // joined node's etcd role does not allow, for that node only.
 type nodeServices struct{ a *Agent }
 
-// CreateIdentity implements join.NodeServices: the labels must be within
-// the caller's grant; the seed's allocator finds or creates the number
-// and lets go of its own reference at once (the caller writes its own;
-// garbage collection waits DefaultGCGrace before collecting anything).
+// CreateIdentity implements join.NodeServices: the labels must name the
+// caller's cluster and be within the caller's grant; the seed's allocator
+// finds or creates the number, in the range of the caller's cluster (its
+// clusters/<name> record's id: several clusters may share this etcd), and
+// lets go of its own reference at once (the caller writes its own; garbage
+// collection waits DefaultGCGrace before collecting anything).
 func (s nodeServices) CreateIdentity(ctx context.Context, c join.Caller, labels []string) (uint32, error) {
 	ls, err := identity.ParseLabels(labels, "")
 	if err != nil || len(ls) == 0 {
 		return 0, join.Errorf(join.CodeInvalid, "labels %q: %v", labels, err)
 	}
-	for _, l := range ls {
-		if l.Source == identity.SourceMesh && l.Key == "cluster" && l.Value != c.Cluster {
-			return 0, join.Errorf(join.CodeForbidden, "%s: a node of cluster %s cannot claim another cluster", l, c.Cluster)
-		}
+	// The number is of the cluster the labels name, so they must name
+	// one, and only the caller's: an identity of another cluster's range
+	// would let the caller speak for that cluster.
+	switch name, ok := ls.Get(identity.SourceMesh + ":cluster"); {
+	case !ok:
+		return 0, join.Errorf(join.CodeInvalid, "labels %s carry no mesh:cluster label: a node's identities carry mesh:cluster=%s (its agent adds it; upgrade the node)", ls, c.Cluster)
+	case name != c.Cluster:
+		return 0, join.Errorf(join.CodeForbidden, "mesh:cluster=%s: a node of cluster %s cannot claim another cluster", name, c.Cluster)
 	}
 	if err := s.checkGrant(ctx, c, ls.Strings()); err != nil {
 		return 0, err

@@ -101,6 +101,37 @@ func (c *Client) CreateIdentity(ctx context.Context, h IdentityHolder, id uint32
 		clientv3.OpPut(idKey, string(idRec)), clientv3.OpPut(labelsKey, string(numRec)))
 }
 
+// RenumberIdentity gives a label set a new number: it creates
+// identities/id/<id>, points identities/labels/<hash> at it and writes h's
+// leased reference, in one transaction that requires the labels key to
+// still hold oldValue (as read by IdentityNumberValue) and the number to be
+// free. The allocator does it for a set whose number lies outside the range
+// its cluster allocates from (made before the identity number plan). The
+// old identities/id/<n> stays for the nodes still using it until nobody
+// references it; DeleteSupersededIdentity then removes it. It reports
+// whether the set was renumbered; false means the labels key changed or the
+// number was taken meanwhile (read the labels key again).
+func (c *Client) RenumberIdentity(ctx context.Context, h IdentityHolder, id uint32, labelsHash string, labels []string, oldValue []byte) (bool, error) {
+	if err := c.checkHolder(h); err != nil {
+		return false, err
+	}
+	labelsKey, idKey := IdentityLabelsKey(labelsHash), IdentityIDKey(id)
+	idRec, err := Encode(&Identity{ID: id, Labels: labels})
+	if err != nil {
+		return false, err
+	}
+	numRec, err := Encode(&IdentityNumber{ID: id})
+	if err != nil {
+		return false, err
+	}
+	cond := []clientv3.Cmp{
+		clientv3.Compare(clientv3.Value(labelsKey), "=", string(oldValue)),
+		clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0),
+	}
+	return c.putIdentityRef(ctx, h, id, cond, valueGuard(labelsKey, numRec),
+		clientv3.OpPut(idKey, string(idRec)), clientv3.OpPut(labelsKey, string(numRec)))
+}
+
 // ReferenceIdentity writes h's leased reference to the existing identity id
 // of a label set, if identities/labels/<hash> still holds exactly
 // labelsValue (as read by IdentityNumberValue): a reference never attaches
@@ -210,6 +241,39 @@ func (c *Client) DeleteUnreferencedIdentity(ctx context.Context, id uint32, labe
 		Commit()
 	if err != nil {
 		return false, false, fmt.Errorf("deleting identity %d: %w", id, err)
+	}
+	if resp.Succeeded {
+		return true, false, nil
+	}
+	refsChanged = len(resp.Responses) == 1 && len(resp.Responses[0].GetResponseRange().GetKvs()) > 0
+	return false, refsChanged, nil
+}
+
+// DeleteSupersededIdentity deletes identities/id/<id> alone, provided that
+// no reference was written after refsRev, that the identity is unchanged
+// since modRev, and that its set's labels key exists and names another
+// number: the set was renumbered (RenumberIdentity) and this number is a
+// leftover nobody uses. An identity whose labels key is missing is not
+// touched: that is damage for an operator to look at, not a leftover.
+// deleted and refsChanged mean what they do for DeleteUnreferencedIdentity.
+func (c *Client) DeleteSupersededIdentity(ctx context.Context, id uint32, labelsHash string, modRev, refsRev int64) (deleted, refsChanged bool, err error) {
+	key, labelsKey := IdentityIDKey(id), IdentityLabelsKey(labelsHash)
+	numRec, err := Encode(&IdentityNumber{ID: id})
+	if err != nil {
+		return false, false, err
+	}
+	rctx, cancel := c.reqCtx(ctx)
+	defer cancel()
+	resp, err := c.kv.Txn(rctx).If(
+		clientv3.Compare(clientv3.ModRevision(IdentityRefsPrefix), "<", refsRev+1).WithPrefix(),
+		clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
+		clientv3.Compare(clientv3.CreateRevision(labelsKey), ">", 0),
+		clientv3.Compare(clientv3.Value(labelsKey), "!=", string(numRec)),
+	).Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(IdentityRefsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(refsRev+1))).
+		Commit()
+	if err != nil {
+		return false, false, fmt.Errorf("deleting superseded identity %d: %w", id, err)
 	}
 	if resp.Succeeded {
 		return true, false, nil

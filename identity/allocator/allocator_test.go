@@ -24,7 +24,8 @@ type simNode struct {
 	alloc  *allocator.Allocator
 }
 
-// newNode simulates one node: its own etcd client, session and allocator.
+// newNode simulates one node: its own etcd client, session and allocator,
+// of cluster east (id 1) unless cfg says otherwise.
 func newNode(t testing.TB, srv *kvstoretest.Server, name string, cfg allocator.Config) *simNode {
 	t.Helper()
 	c := kvstoretest.Connect(t, srv, nil)
@@ -33,7 +34,13 @@ func newNode(t testing.TB, srv *kvstoretest.Server, name string, cfg allocator.C
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	cfg.Client, cfg.Session, cfg.Cluster, cfg.Node = c, s, "east", name
+	cfg.Client, cfg.Session, cfg.Node = c, s, name
+	if cfg.Cluster == "" {
+		cfg.Cluster = "east"
+	}
+	if cfg.ClusterID == 0 && cfg.Min == 0 {
+		cfg.ClusterID = 1
+	}
 	a, err := allocator.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +95,8 @@ func TestConcurrentAllocationIsConsistent(t *testing.T) {
 	setToID := map[string]identity.NumericIdentity{}
 	idToSet := map[identity.NumericIdentity]string{}
 	for r := range results {
-		if r.id < identity.MinAllocated {
-			t.Fatalf("%s got reserved number %d", r.set, r.id)
+		if !r.id.InCluster(1) {
+			t.Fatalf("%s got %d, outside cluster 1's range", r.set, r.id)
 		}
 		if old, ok := setToID[r.set]; ok && old != r.id {
 			t.Fatalf("label set %s got two numbers: %d and %d", r.set, old, r.id)
@@ -137,8 +144,9 @@ func TestReleaseCollectAndReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ida != identity.MinAllocated || idb != identity.MinAllocated+1 {
-		t.Fatalf("first numbers %d, %d; want %d, %d", ida, idb, identity.MinAllocated, identity.MinAllocated+1)
+	// Cluster 1's first numbers.
+	if lo, _, _ := identity.ClusterRange(1); ida != lo || idb != lo+1 || ida != 65536+256 {
+		t.Fatalf("first numbers %d, %d; want %d, %d", ida, idb, lo, lo+1)
 	}
 	// node-2 uses b too; node-1 uses a twice.
 	if id, err := n2.alloc.Allocate(ctx, b); err != nil || id != idb {

@@ -77,8 +77,24 @@ func (a *Allocator) CollectGarbage(ctx context.Context, grace time.Duration) ([]
 				return deleted, nil
 			}
 			// This identity changed, or its labels key does not point
-			// back to it: leave it, and let it not block the others.
-			a.log.Warn("not collecting identity: it changed or its labels key does not point back to it", "id", uint32(ident.ID), "labelsKey", kvstore.IdentityLabelsKey(hash))
+			// back to it. If its set was renumbered (Allocate replaces a
+			// number outside its cluster's range), the key names the new
+			// number and this one is a leftover: delete it alone. Else
+			// leave it, and let it not block the others.
+			ok, refsChanged, err = a.c.DeleteSupersededIdentity(ctx, uint32(ident.ID), hash, kv.ModRevision, listing.Revision)
+			if err != nil {
+				return deleted, err
+			}
+			if refsChanged {
+				return deleted, nil
+			}
+			if !ok {
+				a.log.Warn("not collecting identity: it changed or its labels key does not point back to it", "id", uint32(ident.ID), "labelsKey", kvstore.IdentityLabelsKey(hash))
+				continue
+			}
+			delete(a.unrefSince, ident.ID)
+			deleted = append(deleted, ident.ID)
+			a.log.Info("collected a renumbered set's old identity", "id", uint32(ident.ID), "labels", ident.Labels.String())
 			continue
 		}
 		delete(a.unrefSince, ident.ID)

@@ -32,6 +32,12 @@ func (b viaSeed) CreateIdentity(ctx context.Context, _ kvstore.IdentityHolder, _
 	return false, b.seed.Release(ctx, id)
 }
 
+// RenumberIdentity goes to the seed too, which renumbers with its own
+// credential.
+func (b viaSeed) RenumberIdentity(ctx context.Context, h kvstore.IdentityHolder, id uint32, hash string, labels []string, _ []byte) (bool, error) {
+	return b.CreateIdentity(ctx, h, id, hash, labels)
+}
+
 func (viaSeed) CollectsGarbage() bool { return false }
 
 // TestNodeCredentialAllocates runs a node's allocator with a node's own
@@ -58,14 +64,14 @@ func TestNodeCredentialAllocates(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
 	// The node's own client may not create an identity itself.
-	direct, err := allocator.New(allocator.Config{Client: nc, Session: s, Cluster: "east", Node: "vm-1"})
+	direct, err := allocator.New(allocator.Config{Client: nc, Session: s, Cluster: "east", ClusterID: 1, Node: "vm-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := direct.Allocate(ctx, labelSet(40)); !kvstore.IsPermissionDenied(err) {
 		t.Fatalf("a node credential created an identity directly: %v", err)
 	}
-	node, err := allocator.New(allocator.Config{Client: viaSeed{Client: nc, seed: seed.alloc}, Session: s, Cluster: "east", Node: "vm-1"})
+	node, err := allocator.New(allocator.Config{Client: viaSeed{Client: nc, seed: seed.alloc}, Session: s, Cluster: "east", ClusterID: 1, Node: "vm-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
