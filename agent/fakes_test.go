@@ -93,7 +93,7 @@ type fakeAllocator struct {
 }
 
 func newFakeAllocator() *fakeAllocator {
-	return &fakeAllocator{ids: map[string]identity.NumericIdentity{}, refs: map[identity.NumericIdentity]int{}, next: 256}
+	return &fakeAllocator{ids: map[string]identity.NumericIdentity{}, refs: map[identity.NumericIdentity]int{}, next: 1<<identity.ClusterLocalBits | identity.MinAllocated} // cluster 1's first
 }
 
 func (f *fakeAllocator) Allocate(_ context.Context, l identity.Labels) (identity.NumericIdentity, error) {

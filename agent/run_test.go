@@ -18,6 +18,7 @@ import (
 	"github.com/weftmesh/weft/agent/flowcollect"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/bpf/bpftest"
+	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/testutil"
 	"github.com/weftmesh/weft/kvstore/kvstoretest"
 	"github.com/weftmesh/weft/tunnel"
@@ -185,7 +186,8 @@ func TestAgentsMeshOnFakes(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the expected state", func() error {
 		ipc := a.dp.IPCache()
 		for _, ip := range []string{sa.MeshIP, sb.MeshIP} {
-			if ipc[netip.MustParsePrefix(ip+"/32")] < 256 {
+			// An allocated identity carries its cluster's id.
+			if n := identity.NumericIdentity(ipc[netip.MustParsePrefix(ip+"/32")]); n.ClusterID() == 0 {
 				return fmt.Errorf("ipcache %v has no allocated identity for %s", ipc, ip)
 			}
 		}

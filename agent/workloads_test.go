@@ -54,7 +54,7 @@ func TestWorkloadAddRemove(t *testing.T) {
 	}
 	// The first free address after the mesh IP, its identity, its record,
 	// its policy entry and the datapath on its veth.
-	if w.IP != netip.MustParseAddr("100.64.3.2") || w.ID != 2 || w.Identity < 256 {
+	if w.IP != netip.MustParseAddr("100.64.3.2") || w.ID != 2 || !identity.NumericIdentity(w.Identity).InCluster(1) {
 		t.Fatalf("workload = %+v", w)
 	}
 	rec, ok := h.records.endpoint("100.64.3.2")

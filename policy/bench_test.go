@@ -31,7 +31,7 @@ func benchWorld() (map[identity.NumericIdentity]identity.Labels, []*Policy) {
 			fmt.Sprintf("vm:pod=p-%d", i))
 	}
 	for i := range 50 {
-		ids[1<<24+identity.NumericIdentity(i)] = identity.MustLabels(fmt.Sprintf("cidr:198.18.%d.0/24", i), "reserved:world")
+		ids[identity.CIDRIdentityBase+identity.NumericIdentity(i)] = identity.MustLabels(fmt.Sprintf("cidr:198.18.%d.0/24", i), "reserved:world")
 	}
 	ps := make([]*Policy, 0, benchPolicies)
 	for j := range benchPolicies {

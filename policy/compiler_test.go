@@ -60,10 +60,11 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
+	web := testPeers["web"].id
 	want := map[Key]Verdict{
-		{Ingress, 256, IPProtoTCP, 0x40, 10}: Deny,
-		{Ingress, 256, IPProtoTCP, 80, 16}:   Deny,
-		{Ingress, 256, IPProtoTCP, 8080, 16}: Allow,
+		{Ingress, web, IPProtoTCP, 0x40, 10}: Deny,
+		{Ingress, web, IPProtoTCP, 80, 16}:   Deny,
+		{Ingress, web, IPProtoTCP, 8080, 16}: Allow,
 	}
 	if !ep.IngressEnforced || ep.EgressEnforced || !maps.Equal(ep.Entries, want) {
 		t.Fatalf("entries = %v (ingress %v egress %v), want %v", ep.Entries, ep.IngressEnforced, ep.EgressEnforced, want)
@@ -196,7 +197,7 @@ func runProperty(t *testing.T, rng *rand.Rand, steps int) {
 		case op < 3:
 			n := identity.NumericIdentity(256 + rng.IntN(40))
 			if rng.IntN(5) == 0 {
-				n = identity.NumericIdentity(1<<24 + rng.IntN(6))
+				n = identity.CIDRIdentityBase + identity.NumericIdentity(rng.IntN(6))
 			}
 			l := randomIdentityLabels(rng, n)
 			what = fmt.Sprintf("add identity %d %v", n, l)
@@ -304,7 +305,7 @@ var (
 )
 
 func randomIdentityLabels(rng *rand.Rand, n identity.NumericIdentity) identity.Labels {
-	if n >= 1<<24 {
+	if n >= identity.CIDRIdentityBase {
 		return identity.MustLabels("cidr:"+propCIDRs[rng.IntN(len(propCIDRs))], "reserved:world")
 	}
 	src := []string{"vm", "k8s"}[rng.IntN(2)]

@@ -11,19 +11,20 @@ var testPeers = map[string]struct {
 	id     identity.NumericIdentity
 	labels identity.Labels
 }{
-	"web":     {256, identity.MustLabels("vm:app=web", "mesh:cluster=c1")},
-	"db":      {257, identity.MustLabels("k8s:app=db", "k8s:env=prod", "mesh:cluster=c1")},
-	"api":     {258, identity.MustLabels("vm:app=api", "vm:tier=back", "mesh:cluster=c2")},
-	"cache":   {259, identity.MustLabels("k8s:app=cache", "k8s:env=dev", "mesh:cluster=c2")},
+	// Allocated numbers carry their cluster (c1 is cluster 1, c2 cluster 2).
+	"web":     {1<<16 | 256, identity.MustLabels("vm:app=web", "mesh:cluster=c1")},
+	"db":      {1<<16 | 257, identity.MustLabels("k8s:app=db", "k8s:env=prod", "mesh:cluster=c1")},
+	"api":     {2<<16 | 256, identity.MustLabels("vm:app=api", "vm:tier=back", "mesh:cluster=c2")},
+	"cache":   {2<<16 | 257, identity.MustLabels("k8s:app=cache", "k8s:env=dev", "mesh:cluster=c2")},
 	"host":    {identity.IdentityHost, identity.MustLabels("reserved:host")},
 	"world":   {identity.IdentityWorld, identity.MustLabels("reserved:world")},
 	"remote":  {identity.IdentityRemoteNode, identity.MustLabels("reserved:remote-node")},
 	"health":  {identity.IdentityHealth, identity.MustLabels("reserved:health")},
-	"lab16":   {16777216, identity.MustLabels("cidr:198.18.0.0/16", "reserved:world")},
-	"lab24":   {16777217, identity.MustLabels("cidr:198.18.5.0/24", "reserved:world")},
-	"docnet":  {16777218, identity.MustLabels("cidr:203.0.113.0/24", "reserved:world")},
-	"v6doc":   {16777219, identity.MustLabels("cidr:2001:db8::/32", "reserved:world")},
-	"nolabel": {260, identity.Labels{}},
+	"lab16":   {identity.CIDRIdentityBase, identity.MustLabels("cidr:198.18.0.0/16", "reserved:world")},
+	"lab24":   {identity.CIDRIdentityBase + 1, identity.MustLabels("cidr:198.18.5.0/24", "reserved:world")},
+	"docnet":  {identity.CIDRIdentityBase + 2, identity.MustLabels("cidr:203.0.113.0/24", "reserved:world")},
+	"v6doc":   {identity.CIDRIdentityBase + 3, identity.MustLabels("cidr:2001:db8::/32", "reserved:world")},
+	"nolabel": {1<<16 | 258, identity.Labels{}},
 }
 
 func testIdentities() map[identity.NumericIdentity]identity.Labels {

@@ -110,7 +110,7 @@ func newMesh(t *testing.T, ps []*policy.Policy, upsertLast bool) *mesh {
 		}
 	}
 	for i, p := range policy.ReferencedCIDRs(ps) {
-		n := identity.NumericIdentity(1<<24 + i)
+		n := identity.CIDRIdentityBase + identity.NumericIdentity(i)
 		ids[n] = identity.MustLabels("cidr:"+p.String(), "reserved:world")
 		if _, taken := m.ipcache[p]; !taken {
 			m.ipcache[p] = n
