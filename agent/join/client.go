@@ -75,7 +75,7 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 		// skipped: VerifyConnection checks the chain against the pinned CA.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			ca, err := verifyPinned(cs.PeerCertificates, tok.CAHash, host)
+			ca, err := verifyPinned(cs.PeerCertificates, tok.CAHash, host, "make a new token with `meshctl token create` on the mesh's first node")
 			pinned = ca
 			return err
 		},
@@ -126,8 +126,9 @@ func Join(ctx context.Context, tok Token, req Request) (*Credentials, error) {
 }
 
 // verifyPinned finds the pinned CA among the certificates the server
-// presented and verifies the server's certificate against it alone.
-func verifyPinned(chain []*x509.Certificate, pin, host string) (*x509.Certificate, error) {
+// presented and verifies the server's certificate against it alone;
+// remake says where a right token comes from.
+func verifyPinned(chain []*x509.Certificate, pin, host, remake string) (*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, Errorf(CodeWrongCA, "it presented no certificate")
 	}
@@ -146,7 +147,7 @@ func verifyPinned(chain []*x509.Certificate, pin, host string) (*x509.Certificat
 		if len(seen) > 0 {
 			presented = "CA " + strings.Join(seen, ", ")
 		}
-		return nil, Errorf(CodeWrongCA, "the token pins CA %s, the service presented %s. The token is for another mesh, or something between here and the service is intercepting the connection; make a new token with `meshctl token create` on the mesh's first node", pin, presented)
+		return nil, Errorf(CodeWrongCA, "the token pins CA %s, the service presented %s. The token is for another mesh, or something between here and the service is intercepting the connection; %s", pin, presented, remake)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)

@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"time"
 
@@ -70,7 +72,9 @@ type ClusterOffer struct {
 }
 
 // Validate checks the offer's shape; the receiver checks it against its
-// own clusters.
+// own clusters. It refuses whatever the receiver's connection record
+// (kvstore.RemoteCluster) would, so that a bad offer is refused before the
+// single-use token is consumed rather than after.
 func (o ClusterOffer) Validate() error {
 	if err := config.ValidateName("cluster", o.Name); err != nil {
 		return Errorf(CodeInvalid, "offer: %v", err)
@@ -81,32 +85,86 @@ func (o ClusterOffer) Validate() error {
 	if err := checkServer(o.JoinServer); err != nil {
 		return Errorf(CodeInvalid, "offer: cluster %s: join service: %v", o.Name, err)
 	}
-	if _, err := parseCanonicalPrefix(o.MeshPool); err != nil {
+	pool, err := parseCanonicalPrefix(o.MeshPool)
+	if err != nil {
 		return Errorf(CodeInvalid, "offer: cluster %s: meshPool: %v", o.Name, err)
 	}
-	if len(o.PodCIDRs) > 64 {
-		return Errorf(CodeInvalid, "offer: cluster %s: %d pod CIDRs, at most 64", o.Name, len(o.PodCIDRs))
+	if rng := meshRange(pool); !rng.Contains(pool.Addr()) || pool.Bits() < rng.Bits() {
+		return Errorf(CodeInvalid, "offer: cluster %s: meshPool %s is outside the mesh range %s", o.Name, pool, rng)
 	}
-	for _, p := range o.PodCIDRs {
-		if _, err := parseCanonicalPrefix(p); err != nil {
+	if len(o.PodCIDRs) > maxOfferPodCIDRs {
+		return Errorf(CodeInvalid, "offer: cluster %s: %d pod CIDRs, at most %d", o.Name, len(o.PodCIDRs), maxOfferPodCIDRs)
+	}
+	ranges := []netip.Prefix{pool}
+	for _, s := range o.PodCIDRs {
+		p, err := parseCanonicalPrefix(s)
+		if err != nil {
 			return Errorf(CodeInvalid, "offer: cluster %s: podCIDRs: %v", o.Name, err)
 		}
+		for _, q := range ranges {
+			if p.Overlaps(q) {
+				return Errorf(CodeInvalid, "offer: cluster %s: podCIDRs: %s overlaps %s", o.Name, p, q)
+			}
+		}
+		ranges = append(ranges, p)
 	}
-	if len(o.EtcdEndpoints) == 0 || len(o.EtcdEndpoints) > 16 {
-		return Errorf(CodeInvalid, "offer: cluster %s: %d etcd endpoints, want 1..16", o.Name, len(o.EtcdEndpoints))
+	if len(o.EtcdEndpoints) == 0 || len(o.EtcdEndpoints) > maxOfferEtcdEndpoints {
+		return Errorf(CodeInvalid, "offer: cluster %s: %d etcd endpoints, want 1..%d", o.Name, len(o.EtcdEndpoints), maxOfferEtcdEndpoints)
 	}
-	if _, err := pki.ParseCertPEM([]byte(o.CACert)); err != nil {
+	for _, e := range o.EtcdEndpoints {
+		u, err := url.Parse(e)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+			return Errorf(CodeInvalid, "offer: cluster %s: etcdEndpoints: %q is not https://host:port", o.Name, e)
+		}
+	}
+	ca, err := pki.ParseCertPEM([]byte(o.CACert))
+	if err != nil {
 		return Errorf(CodeInvalid, "offer: cluster %s: CA: %v", o.Name, err)
 	}
-	if _, err := tls.X509KeyPair([]byte(o.Cert), []byte(o.Key)); err != nil {
+	pair, err := tls.X509KeyPair([]byte(o.Cert), []byte(o.Key))
+	if err != nil {
 		return Errorf(CodeInvalid, "offer: cluster %s: credential: %v", o.Name, err)
+	}
+	// A credential the offering cluster's etcd would refuse is caught
+	// here, not by the mirror failing to connect later.
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err == nil {
+		roots := x509.NewCertPool()
+		roots.AddCert(ca)
+		_, err = cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	}
+	if err != nil {
+		return Errorf(CodeInvalid, "offer: cluster %s: credential: not a client certificate of the offer's CA: %v", o.Name, err)
 	}
 	return nil
 }
 
+// Bounds of an offer, as kvstore bounds the connection record.
+const (
+	maxOfferPodCIDRs      = 64
+	maxOfferEtcdEndpoints = 16
+)
+
+// meshRange is where a mesh pool of p's family must lie: kvstore's
+// MeshRangeV4 and MeshRangeV6, which this package cannot import (meshctl
+// links it and links no etcd); a test checks they agree.
+func meshRange(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is6() {
+		return meshRangeV6
+	}
+	return meshRangeV4
+}
+
+var (
+	meshRangeV4 = netip.MustParsePrefix("100.64.0.0/10")
+	meshRangeV6 = netip.MustParsePrefix("fc00::/7")
+)
+
+// parseCanonicalPrefix parses a CIDR in the one form kvstore stores:
+// masked, plain IPv4 or IPv6 (no IPv4-mapped addresses).
 func parseCanonicalPrefix(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
-	if err != nil || p != p.Masked() {
+	if err != nil || p != p.Masked() || p.Addr().Is4In6() || p.String() != s {
 		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR in canonical form", s)
 	}
 	return p, nil
@@ -218,11 +276,28 @@ func (s *Server) answer(w http.ResponseWriter, log interface {
 			msg = "the " + what + " failed; the agent's log on the cluster's first node says why"
 		} else {
 			log.Info(what+" refused", "code", e.Code, "err", err)
+			if msg == "" {
+				// A store refuses an unknown token with no detail; an empty
+				// message would reach the client as no error body at all.
+				msg = clusterHint(e.Code)
+			}
 		}
 		writeJSON(w, st, errorBody{Error: msg, Code: e.Code})
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// clusterHint is what a bare refusal of a cluster route says: the node
+// join hints would send the user to `meshctl token create`.
+func clusterHint(c Code) string {
+	switch c {
+	case CodeTokenUnknown:
+		return "the other cluster does not know the token: check it was copied whole, or make a new one with `meshctl cluster token` on the other cluster's first node"
+	case CodeTokenExpired, CodeTokenRevoked, CodeTokenUsedUp:
+		return "make a new one with `meshctl cluster token` on the other cluster's first node"
+	}
+	return codes[c.entry()].hint
 }
 
 // ConnectCluster presents a cluster token to the other cluster's join
@@ -248,7 +323,7 @@ func ConnectCluster(ctx context.Context, tok Token, offer ClusterOffer) (Cluster
 				// Verified below against the CA the token pins, as Join does.
 				InsecureSkipVerify: true,
 				VerifyConnection: func(cs tls.ConnectionState) error {
-					ca, err := verifyPinned(cs.PeerCertificates, tok.CAHash, host)
+					ca, err := verifyPinned(cs.PeerCertificates, tok.CAHash, host, "make a new cluster token with `meshctl cluster token` on the other cluster's first node")
 					if ca != nil {
 						pinnedFP = pki.Fingerprint(ca)
 					}
@@ -322,6 +397,11 @@ func postJSON(ctx context.Context, hc *http.Client, server, path string, in, out
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
+		// A service the token's pin refuses is told as that, not as an
+		// unreachable one: nothing was sent to it.
+		if errors.Is(err, ErrWrongCA) {
+			return unwrapURLError(err)
+		}
 		return Errorf(CodeService, "cannot reach the join service at %s: %v (is the other cluster's first node running, and is the address reachable from here?)", server, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
