@@ -79,9 +79,14 @@ type Agent struct {
 	tun     Device
 	dp      Datapath
 
-	nodes     *kvstore.Cache[kvstore.Node]
-	endpoints *kvstore.Cache[kvstore.Endpoint]
+	// nodes and endpoints are multi-source: the local etcd and each
+	// connected cluster (remoteclusters.go); remoteIDs holds the connected
+	// clusters' identities (the allocator holds the local ones).
+	nodes     *view[kvstore.Node]
+	endpoints *view[kvstore.Endpoint]
+	remoteIDs *view[allocator.Identity]
 	policies  *kvstore.Cache[kvstore.Policy]
+	remotes   *remoteClusters
 
 	self      kvstore.Node
 	cidr      netip.Prefix

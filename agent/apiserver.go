@@ -29,6 +29,9 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	if a.pods != nil {
 		b.CNI = a.pods
 	}
+	if a.cp.files.CAKeyFile != "" {
+		b.Clusters = a // the seed: it holds the admin credential and the CA
+	}
 	a.apiSrv = api.NewServer(b, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
 	run("api", func(context.Context) error { return a.apiSrv.Serve(l) })

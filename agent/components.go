@@ -134,21 +134,17 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.nodes, err = kvstore.NewCache(a.cp.kv.Source(), kvstore.CacheConfig[kvstore.Node]{
-		Name: "nodes", Prefix: kvstore.NodesPrefix, Decode: kvstore.NodeDecoder,
-		OnEvent: func(ev kvstore.Event[kvstore.Node]) {
-			a.peers.nodeEvent(ev)
-			a.peers.trigger()
-			if r := a.ipcache.Load(); r != nil {
-				n := ev.Value
-				if ev.Kind == kvstore.EventDelete {
-					n = ev.Old
-				}
-				r.resyncNode(n.Cluster, n.Name)
+	a.nodes, err = newView("nodes", kvstore.NodeDecoder, func(ev kvstore.Event[kvstore.Node]) {
+		a.peers.nodeEvent(ev)
+		a.peers.trigger()
+		if r := a.ipcache.Load(); r != nil {
+			n := ev.Value
+			if ev.Kind == kvstore.EventDelete {
+				n = ev.Old
 			}
-		},
-		Logger: a.log,
-	})
+			r.resyncNode(n.Cluster, n.Name)
+		}
+	}, a.log)
 	if err != nil {
 		return err
 	}
@@ -164,8 +160,12 @@ func (a *Agent) startNodeCache(ctx context.Context) error {
 		}
 	}
 	a.goRun("revocation cache", revs.cache.Run)
-	a.goRun("node cache", a.nodes.Run)
-	if err := waitSynced(ctx, a.nodes.Synced()); err != nil {
+	// The local etcd is the first member: its records take precedence
+	// over any connected cluster's (remoteclusters.go).
+	if err := a.nodes.Add(ctx, kvstore.MemberConfig[kvstore.Node]{Name: localMember, Source: a.cp.kv.Source(), Prefix: kvstore.NodesPrefix, ProbeInterval: -1}); err != nil {
+		return err
+	}
+	if err := waitSynced(ctx, a.nodes.Synced(localMember)); err != nil {
 		return err
 	}
 	// Bounded: a node whose etcd role predates revoked/ cannot read it
@@ -310,14 +310,10 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		dp: a.dp, records: a.session, log: a.log}
 	a.workloads = newNetnsSource(a.cfg.StateDir, func() (netip.Prefix, netip.Addr) { return a.cidr, a.meshIP },
 		a.tun.MTU, a.workloadLabels, a.opts.veths, a.dp, a.eps, a.log)
-	a.endpoints, err = kvstore.NewCache(ec, kvstore.CacheConfig[kvstore.Endpoint]{
-		Name: "endpoints", Prefix: kvstore.EndpointsPrefix, Decode: kvstore.EndpointDecoder,
-		OnEvent: func(ev kvstore.Event[kvstore.Endpoint]) {
-			a.ipcache.Load().event(ev)
-			a.policy.endpointPorts(ev)
-		},
-		Logger: a.log,
-	})
+	a.endpoints, err = newView("endpoints", kvstore.EndpointDecoder, func(ev kvstore.Event[kvstore.Endpoint]) {
+		a.ipcache.Load().event(ev)
+		a.policy.endpointPorts(ev)
+	}, a.log)
 	if err != nil {
 		return err
 	}
@@ -325,7 +321,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	ipc := newIPCacheReconciler(a.dp, ownershipOf(a.nodes), a.endpoints, a.log)
 	ipc.held, ipc.settle = a.endpointHeld, 3*time.Second
 	ipc.identityLabels = func(id uint32) ([]string, bool) {
-		l, ok := a.alloc.LookupByID(identity.NumericIdentity(id))
+		l, ok := a.identityLabels(identity.NumericIdentity(id))
 		return l.Strings(), ok
 	}
 	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
@@ -357,11 +353,27 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		return err
 	}
 	a.goRun("identity cache", a.alloc.Run)
-	a.goRun("endpoint cache", a.endpoints.Run)
+	if err := a.endpoints.Add(ctx, kvstore.MemberConfig[kvstore.Endpoint]{Name: localMember, Source: ec, Prefix: kvstore.EndpointsPrefix, ProbeInterval: -1}); err != nil {
+		return err
+	}
 	a.goRun("policy cache", a.policies.Run)
 	a.goRun("grant cache", a.cp.grants.Run)
 	a.goRun("policy reconciler", a.policy.run)
-	return waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(), a.policies.Synced(), a.cp.grants.Synced())
+	// Connected clusters' identities: the policy reconciler and the
+	// ipcache see them as they see the local ones.
+	a.remoteIDs, err = newView("remote identities", decodeRemoteIdentity, func(ev kvstore.Event[allocator.Identity]) {
+		a.policy.identityEvent(ev)
+		if r := a.ipcache.Load(); r != nil && ev.Kind != kvstore.EventDelete {
+			r.resyncIdentity(uint32(ev.Value.ID))
+		}
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	if err := waitSynced(ctx, a.alloc.Synced(), a.endpoints.Synced(localMember), a.policies.Synced(), a.cp.grants.Synced()); err != nil {
+		return err
+	}
+	return a.startRemoteClusters(ctx)
 }
 
 // endpointHeld says whether a deleted endpoint's address keeps its

@@ -25,6 +25,7 @@ type tokenStore struct{ kv *kvstore.Client }
 var kvTokenCodes = map[error]join.Code{
 	kvstore.ErrTokenUnknown: join.CodeTokenUnknown, kvstore.ErrTokenExpired: join.CodeTokenExpired,
 	kvstore.ErrTokenRevoked: join.CodeTokenRevoked, kvstore.ErrTokenUsedUp: join.CodeTokenUsedUp,
+	kvstore.ErrTokenWrongPurpose: join.CodeForbidden,
 }
 
 func (s tokenStore) ConsumeToken(ctx context.Context, id, secret string, now time.Time) (join.Grant, error) {
@@ -272,7 +273,7 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 	srv, err := join.NewServer(join.ServerConfig{
 		CA: ca, Tokens: tokenStore{a.cp.kv}, EtcdEndpoints: a.cp.endpoints,
 		Cluster: a.cfg.Cluster, Hosts: hosts, Log: a.log.With("component", "join"),
-		Admitter: admitter{a.cp.kv}, Services: nodeServices{a},
+		Admitter: admitter{a.cp.kv}, Services: nodeServices{a}, Clusters: clusterMesh{a},
 		CheckCertificate: a.peers.revocations.checkCert,
 	})
 	if err != nil {

@@ -228,6 +228,28 @@ func (r *peerReconciler) dropRevoked(cluster, node string) {
 	r.trigger()
 }
 
+// dropCluster removes the retained nodes of a disconnected cluster (their
+// records went as deletes; a disconnect is not an outage to ride out) and
+// what the ipcache holds for them, then reconciles.
+func (r *peerReconciler) dropCluster(cluster string) {
+	prefix := kvstore.NodesPrefix + cluster + "/"
+	var dropped []retainedNode
+	r.mu.Lock()
+	for k, rn := range r.retained {
+		if strings.HasPrefix(k, prefix) {
+			dropped = append(dropped, *rn)
+			delete(r.retained, k)
+		}
+	}
+	r.mu.Unlock()
+	for _, rn := range dropped {
+		if r.onDrop != nil {
+			r.onDrop(rn.node.Cluster, rn.node.Name)
+		}
+	}
+	r.trigger()
+}
+
 // isRetained reports whether the node's record is gone but its peer kept.
 func (r *peerReconciler) isRetained(cluster, node string) bool {
 	r.mu.Lock()

@@ -191,7 +191,17 @@ func (rc *remoteClusters) connect(v kvstore.RemoteClusterView) {
 		}),
 		a.remoteIDs.Add(rc.ctx, kvstore.MemberConfig[allocator.Identity]{
 			Name: name, Source: src, Prefix: prefix(kvstore.IdentityIDPrefix), KeyMap: keyMap, ProbeInterval: probe,
-			Accept: kvstore.AcceptRemote[allocator.Identity](v.Name, v.ID),
+			Accept: func(key string, id allocator.Identity) error {
+				if err := kvstore.CheckRemote(v.Name, v.ID, key, id); err != nil {
+					return err
+				}
+				// Its labels must name it too: a cluster's number for another
+				// cluster's label set would let it speak for that cluster.
+				if c, ok := id.Labels.Get(identity.SourceMesh + ":cluster"); !ok || c != v.Name {
+					return fmt.Errorf("%w: identity %d of cluster %s has labels %s, not mesh:cluster=%s", kvstore.ErrRefused, id.ID, v.Name, id.Labels, v.Name)
+				}
+				return nil
+			},
 		}),
 	}
 	for _, err := range errs {

@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/identity"
+	"github.com/weftmesh/weft/internal/lab"
+	"github.com/weftmesh/weft/internal/testutil"
+)
+
+type remoteClusterJSON struct {
+	Name       string `json:"name"`
+	ID         int    `json:"id"`
+	MeshPool   string `json:"meshPool"`
+	Mode       string `json:"mode"`
+	Connected  bool   `json:"connected"`
+	Synced     bool   `json:"synced"`
+	Nodes      int    `json:"nodes"`
+	Endpoints  int    `json:"endpoints"`
+	Identities int    `json:"identities"`
+	LastError  string `json:"lastError"`
+}
+
+type endpointJSON struct {
+	Cluster  string   `json:"cluster"`
+	Node     string   `json:"node"`
+	IP       string   `json:"ip"`
+	Identity uint32   `json:"identity"`
+	Labels   []string `json:"labels"`
+}
+
+var clusterTokenRE = regexp.MustCompile(`weft1\.[A-Za-z0-9_-]+`)
+
+// TestClusterMesh: two clusters, each with its own embedded etcd and seed,
+// connected with `meshctl cluster token` and
+// `meshctl cluster connect` (mirror mode). Workloads reach each other
+// across clusters over the tunnels, identities carry their cluster's id, a
+// policy of cluster a admits only mesh:cluster=b,app=web, and a disconnect
+// removes the other cluster everywhere.
+func TestClusterMesh(t *testing.T) {
+	m := NewMesh(t, &lab.Spec{Sites: []lab.SiteSpec{
+		{Name: "sa", Nodes: []lab.NodeSpec{{Name: "a1"}, {Name: "a2", Workloads: []lab.WorkloadSpec{{Name: "wa"}}}}},
+		{Name: "sb", Nodes: []lab.NodeSpec{{Name: "b1", Workloads: []lab.WorkloadSpec{{Name: "wdb"}}}, {Name: "b2", Workloads: []lab.WorkloadSpec{{Name: "wb"}}}}},
+	}})
+	m.Up("a1", "--cluster", "a")
+	m.Join("a2", "")
+	m.Up("b1", "--cluster", "b", "--", "--cluster-id", "2", "--mesh-pool", "100.65.0.0/16")
+	m.Join("b2", "")
+	ips := map[string]string{
+		"wa":  m.AddWorkload("wa", "app=api"),
+		"wb":  m.AddWorkload("wb", "app=web"),
+		"wdb": m.AddWorkload("wdb", "app=db"),
+	}
+	for w, ip := range ips {
+		m.Echo(w, ip, 8080)
+	}
+	if !strings.HasPrefix(ips["wb"], "100.65.") || !strings.HasPrefix(ips["wa"], "100.64.") {
+		t.Fatalf("workload addresses %v: want a in 100.64.0.0/16, b in 100.65.0.0/16", ips)
+	}
+
+	t.Run("a node token does not connect a cluster, and a cluster token does not join a node", func(t *testing.T) {
+		m := m.For(t)
+		out, err := m.Meshctl("a1", "cluster", "connect", m.Token)
+		if err == nil || !strings.Contains(out, "join token for nodes") {
+			t.Fatalf("connect with b's node token: %v\n%s", err, out)
+		}
+	})
+
+	tok := clusterTokenRE.FindString(m.MustMeshctl("b1", "cluster", "token"))
+	if tok == "" {
+		t.Fatal("meshctl cluster token printed no token")
+	}
+	start := time.Now()
+	out := m.MustMeshctl("a1", "cluster", "connect", tok)
+	if !strings.Contains(out, "connected to cluster b (id 2") {
+		t.Fatalf("connect said:\n%s", out)
+	}
+	t.Run("the token works once", func(t *testing.T) {
+		m := m.For(t)
+		out, err := m.Meshctl("a1", "cluster", "connect", tok)
+		if err == nil {
+			t.Fatalf("a second connect with the same token succeeded:\n%s", out)
+		}
+	})
+
+	t.Run("both sides list the other, synced, with its nodes", func(t *testing.T) {
+		m := m.For(t)
+		for _, side := range []struct{ seed, other string }{{"a1", "b"}, {"b1", "a"}} {
+			testutil.Eventually(t, 60*time.Second, side.seed+" sees cluster "+side.other+" synced", func() error {
+				var rs []remoteClusterJSON
+				m.JSON(side.seed, &rs, "cluster", "status")
+				if len(rs) != 1 || rs[0].Name != side.other {
+					return fmt.Errorf("clusters %+v", rs)
+				}
+				r := rs[0]
+				if !r.Connected || !r.Synced || r.Nodes != 2 || r.Endpoints < 1 || r.Mode != "mirror" {
+					return fmt.Errorf("status %+v", r)
+				}
+				return nil
+			})
+		}
+	})
+
+	t.Run("every workload reaches every other across the clusters", func(t *testing.T) {
+		m := m.For(t)
+		for _, from := range []string{"wa", "wb", "wdb"} {
+			for _, to := range []string{"wa", "wb", "wdb"} {
+				if from == to {
+					continue
+				}
+				testutil.Eventually(t, 60*time.Second, from+" -> "+to, func() error { return m.Talk(from, "tcp", ips[to], 8080, "hello-"+from) })
+			}
+		}
+		t.Logf("cluster connect to all pairs reachable: %s", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("identity numbers carry their cluster's id", func(t *testing.T) {
+		m := m.For(t)
+		var eps []endpointJSON
+		m.JSON("a2", &eps, "endpoints")
+		seen := map[string]bool{}
+		for _, e := range eps {
+			id := identity.NumericIdentity(e.Identity)
+			want := map[string]int{"a": 1, "b": 2}[e.Cluster]
+			if id.IsReserved() {
+				continue
+			}
+			if id.ClusterID() != want {
+				t.Errorf("endpoint %s of cluster %s has identity %d (cluster id %d), want cluster id %d", e.IP, e.Cluster, e.Identity, id.ClusterID(), want)
+			}
+			seen[e.Cluster] = true
+		}
+		if !seen["a"] || !seen["b"] {
+			t.Fatalf("a2 lists endpoints of clusters %v, want a and b: %+v", seen, eps)
+		}
+	})
+
+	t.Run("a policy of cluster a admits only mesh:cluster=b,app=web", func(t *testing.T) {
+		m := m.For(t)
+		pol := writeFile(t, "api.yaml", `apiVersion: weft.dev/v1
+kind: Policy
+metadata: {name: api}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+    - from: [{matchLabels: {"mesh:cluster": b, app: web}}]
+      ports: [{port: 8080, protocol: TCP}]
+`)
+		m.MustMeshctl("a1", "policy", "apply", "-f", pol, "--timeout", "60s")
+		testutil.Eventually(t, 30*time.Second, "wb (b, app=web) reaches wa", func() error { return m.Talk("wb", "tcp", ips["wa"], 8080, "allowed") })
+		testutil.Eventually(t, 30*time.Second, "wdb (b, app=db) is denied", func() error {
+			if err := m.Talk("wdb", "tcp", ips["wa"], 8080, "denied"); err == nil {
+				return fmt.Errorf("wdb reached wa")
+			}
+			return nil
+		})
+		m.MustMeshctl("a1", "policy", "delete", "api")
+	})
+
+	t.Run("disconnect removes the other cluster on both sides", func(t *testing.T) {
+		m := m.For(t)
+		m.MustMeshctl("a1", "cluster", "disconnect", "b")
+		for _, seed := range []string{"a1", "b1"} {
+			testutil.Eventually(t, 30*time.Second, seed+" lists no cluster", func() error {
+				var rs []remoteClusterJSON
+				m.JSON(seed, &rs, "cluster", "list")
+				if len(rs) != 0 {
+					return fmt.Errorf("clusters %+v", rs)
+				}
+				return nil
+			})
+		}
+		testutil.Eventually(t, 30*time.Second, "a2 has no endpoint and no peer of b", func() error {
+			var eps []endpointJSON
+			m.JSON("a2", &eps, "endpoints")
+			for _, e := range eps {
+				if e.Cluster == "b" {
+					return fmt.Errorf("endpoint %+v", e)
+				}
+			}
+			var st statusJSON
+			m.JSON("a2", &st, "status")
+			for _, p := range st.Peers {
+				if strings.HasPrefix(p.Node, "b/") {
+					return fmt.Errorf("peer %+v", p)
+				}
+			}
+			return nil
+		})
+		if err := m.Talk("wa", "tcp", ips["wb"], 8080, "gone"); err == nil {
+			t.Fatal("wa still reaches wb after the disconnect")
+		}
+	})
+}
