@@ -126,7 +126,6 @@ func RevokedKey(cluster, node string) string {
 // weft/v1/ (MirrorKey), so that agents watch only their own etcd.
 func MirrorPrefix(cluster string) string { return MirrorsPrefix + mustName("cluster", cluster) + "/" }
 
-
 // MirrorStatusKey is mirror/<cluster>/status (MirrorStatus), which the
 // mirror of cluster rewrites as it goes.
 func MirrorStatusKey(cluster string) string { return MirrorPrefix(cluster) + mirrorStatusName }
