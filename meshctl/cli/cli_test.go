@@ -26,7 +26,7 @@ func TestHelpListsEveryCommandInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"up", "join", "status", "ping", "token", "leave", "down", "nodes", "node", "endpoint, endpoints", "identities",
+	want := []string{"up", "join", "status", "ping", "token", "cluster", "leave", "down", "nodes", "node", "endpoint, endpoints", "identities",
 		"policy", "observe", "rotate-key", "connectivity", "version", "completion", "lab", "help, h"}
 	var got []string
 	inCommands := false

@@ -160,11 +160,18 @@ func clusterListAction(c *cli.Context) error {
 }
 
 func clusterStatusAction(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return fmt.Errorf("at most one cluster name, got %d arguments", c.NArg())
+	// Flags may follow the name, as with every command.
+	pos, rest, err := splitArgs(c)
+	if err != nil {
+		return err
 	}
-	name := c.Args().First()
-	if name != "" {
+	pos = append(pos, rest...)
+	if len(pos) > 1 {
+		return fmt.Errorf("at most one cluster name, got %d arguments: %q", len(pos), strings.Join(pos, " "))
+	}
+	var name string
+	if len(pos) == 1 {
+		name = pos[0]
 		if err := config.ValidateName("cluster", name); err != nil {
 			return err
 		}
