@@ -118,7 +118,7 @@ func (a *Agent) startObservability(ctx context.Context) error {
 	o, err := startObservability(ctx, obsDeps{
 		node: a.cfg.NodeName, cluster: a.cfg.Cluster, meshIP: a.meshIP,
 		flowBuffer: a.cfg.Flows.Buffer, metricsAddr: a.cfg.Metrics.Address, metricsAllow: metricsAllow(a.cfg.Metrics.Allow), tls: a.cp.files,
-		nodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: a.alloc,
+		nodes: a.nodes.Local(), endpoints: a.endpoints, policies: a.policies, identities: identityLookup{a},
 		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
 		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a, PolicyStatus: a},

@@ -160,7 +160,7 @@ type policyNode struct {
 	self          bool
 }
 
-// policyNodes lists every node of the mesh: the node records and the
+// policyNodes lists every node of this etcd: the node records and the
 // nodes whose record went while their tunnel is alive (their datapath
 // still enforces whatever it last compiled), sorted by cluster/name.
 func (a *Agent) policyNodes() []policyNode {
@@ -169,11 +169,15 @@ func (a *Agent) policyNodes() []policyNode {
 		byKey[n.Key()] = policyNode{cluster: n.Cluster, name: n.Name, meshIP: n.MeshIP,
 			self: n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName}
 	}
-	a.nodes.Range(func(_ string, n kvstore.Node) bool { add(n); return true })
+	// The nodes of this etcd only: a connected cluster's nodes enforce
+	// their own cluster's policies.
+	a.nodes.Local().Range(func(_ string, n kvstore.Node) bool { add(n); return true })
 	if a.peers != nil {
 		a.peers.mu.Lock()
 		for _, rn := range a.peers.retained {
-			add(rn.node)
+			if !a.remotes.isRemote(rn.node.Cluster) {
+				add(rn.node)
+			}
 		}
 		a.peers.mu.Unlock()
 	}

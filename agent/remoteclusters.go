@@ -391,3 +391,48 @@ func (a *Agent) identityLabels(id identity.NumericIdentity) (identity.Labels, bo
 	v, ok := a.remoteIDs.Get(kvstore.IdentityIDKey(uint32(id)))
 	return v.Labels, ok
 }
+
+// localView is a view restricted to what the local etcd provides: the
+// nodes that share this etcd's policies, CA and gossip key (probes,
+// gossip, agent-to-agent calls and policy apply --wait stay inside it).
+type localView[T any] struct{ v *view[T] }
+
+// Local is v restricted to the local member.
+func (v *view[T]) Local() localView[T] { return localView[T]{v} }
+
+func (l localView[T]) Get(key string) (T, bool) {
+	if owner, ok := l.v.Owner(key); !ok || owner != localMember {
+		var zero T
+		return zero, false
+	}
+	return l.v.Get(key)
+}
+
+func (l localView[T]) Range(f func(key string, v T) bool) { l.v.RangeMember(localMember, f) }
+
+func (l localView[T]) Revision() int64 { return l.v.Revision() }
+
+func (l localView[T]) Len() int {
+	n := 0
+	l.v.RangeMember(localMember, func(string, T) bool { n++; return true })
+	return n
+}
+
+// identityLookup answers LookupByID from the local and the connected
+// clusters' identities (flows name both).
+type identityLookup struct{ a *Agent }
+
+func (l identityLookup) LookupByID(id identity.NumericIdentity) (identity.Labels, bool) {
+	return l.a.identityLabels(id)
+}
+
+// isRemote reports whether cluster is a connected (remote) cluster.
+func (rc *remoteClusters) isRemote(cluster string) bool {
+	if rc == nil {
+		return false
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	_, ok := rc.active[cluster]
+	return ok
+}

@@ -469,3 +469,15 @@ func (m *MultiCache[T]) Range(f func(key string, v T) bool) {
 		}
 	}
 }
+
+// RangeMember is Range over the entries member name provides, holding a
+// read lock: f must not call Add, Remove or Close.
+func (m *MultiCache[T]) RangeMember(name string, f func(key string, v T) bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for k, mb := range m.owner {
+		if mb.cfg.Name == name && !f(k, mb.entries[k]) {
+			return
+		}
+	}
+}
