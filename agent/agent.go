@@ -85,8 +85,10 @@ type Agent struct {
 	nodes     *view[kvstore.Node]
 	endpoints *view[kvstore.Endpoint]
 	remoteIDs *view[allocator.Identity]
-	policies  *kvstore.Cache[kvstore.Policy]
-	remotes   *remoteClusters
+	// remoteGrants are the connected clusters' nodes' label grants.
+	remoteGrants *view[kvstore.Grant]
+	policies     *kvstore.Cache[kvstore.Policy]
+	remotes      *remoteClusters
 
 	self      kvstore.Node
 	cidr      netip.Prefix

@@ -324,7 +324,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		l, ok := a.identityLabels(identity.NumericIdentity(id))
 		return l.Strings(), ok
 	}
-	ipc.allows = func(cluster, node string, labels []string) error { return a.cp.grants.Allows(cluster, node, labels) }
+	ipc.allows = a.allowsEndpoint
 	ipc.clusterID = clusters.ID
 	ipc.revoked = a.peers.revoked
 	ipc.nodeAddr = nodeAddrOf(a.nodes)
@@ -365,6 +365,19 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		a.policy.identityEvent(ev)
 		if r := a.ipcache.Load(); r != nil && ev.Kind != kvstore.EventDelete {
 			r.resyncIdentity(uint32(ev.Value.ID))
+		}
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	// Connected clusters' label grants, to judge their endpoints.
+	a.remoteGrants, err = newView("remote grants", kvstore.GrantDecoder, func(ev kvstore.Event[kvstore.Grant]) {
+		if r := a.ipcache.Load(); r != nil {
+			g := ev.Value
+			if ev.Kind == kvstore.EventDelete {
+				g = ev.Old
+			}
+			r.resyncNode(g.Cluster, g.Node)
 		}
 	}, a.log)
 	if err != nil {

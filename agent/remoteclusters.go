@@ -189,6 +189,10 @@ func (rc *remoteClusters) connect(v kvstore.RemoteClusterView) {
 				return nil
 			},
 		}),
+		a.remoteGrants.Add(rc.ctx, kvstore.MemberConfig[kvstore.Grant]{
+			Name: name, Source: src, Prefix: prefix(kvstore.GrantsPrefix + v.Name + "/"), KeyMap: keyMap, ProbeInterval: probe,
+			Accept: kvstore.AcceptRemote[kvstore.Grant](v.Name, v.ID),
+		}),
 		a.remoteIDs.Add(rc.ctx, kvstore.MemberConfig[allocator.Identity]{
 			Name: name, Source: src, Prefix: prefix(kvstore.IdentityIDPrefix), KeyMap: keyMap, ProbeInterval: probe,
 			Accept: func(key string, id allocator.Identity) error {
@@ -229,6 +233,7 @@ func (rc *remoteClusters) disconnect(name string) {
 	// and routes, none of them retained (a disconnect is not an outage).
 	a.endpoints.Remove(m)
 	a.remoteIDs.Remove(m)
+	a.remoteGrants.Remove(m)
 	if a.peers != nil {
 		a.peers.dropCluster(name)
 	}
@@ -435,4 +440,21 @@ func (rc *remoteClusters) isRemote(cluster string) bool {
 	defer rc.mu.Unlock()
 	_, ok := rc.active[cluster]
 	return ok
+}
+
+// allowsEndpoint judges an endpoint record by its node's label grant: the
+// local etcd's for this etcd's nodes, the mirrored (or remote) one for a
+// connected cluster's. A node without a grant (a seed) may publish any.
+func (a *Agent) allowsEndpoint(cluster, node string, labels []string) error {
+	if !a.remotes.isRemote(cluster) {
+		return a.cp.grants.Allows(cluster, node, labels)
+	}
+	if kvstore.ValidateName("cluster", cluster) != nil || kvstore.ValidateName("node", node) != nil {
+		return fmt.Errorf("%q/%q is not a node name", cluster, node)
+	}
+	g, ok := a.remoteGrants.Get(kvstore.GrantKey(cluster, node))
+	if !ok {
+		return nil
+	}
+	return g.AllowsEndpoint(labels)
 }

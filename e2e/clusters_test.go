@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,6 +163,76 @@ spec:
 		m.MustMeshctl("a1", "policy", "delete", "api")
 	})
 
+	t.Run("cluster b's etcd unreachable for 60 s: cross-cluster flows lose no ping, a shows b disconnected, then resynced", func(t *testing.T) {
+		m := m.For(t)
+		b1 := m.node("b1").Lab.Netns
+		nft := func(args ...string) {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if out, err := m.Lab.Exec(ctx, b1, append([]string{"nft"}, args...)...); err != nil {
+				t.Fatalf("nft %v in b1's namespace: %v: %s", args, err, out)
+			}
+		}
+		const outageFor = 60 * time.Second
+		count := int((outageFor + 15*time.Second) / (50 * time.Millisecond))
+		ping, err := m.Lab.Start(m.Lab.Workload("wa").Netns, "ping-outage", "ping", "-n", "-q", "-i", "0.05", "-c", strconv.Itoa(count), "-W", "2", ips["wb"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ping.Stop() })
+		time.Sleep(3 * time.Second)
+		nft("add", "table", "inet", "weft_e2e_cm_outage")
+		nft("add", "chain", "inet", "weft_e2e_cm_outage", "in", "{ type filter hook input priority -10 ; }")
+		// Cluster a's seed (its mirror) no longer reaches b's etcd; b itself
+		// goes on (its own nodes keep their leases).
+		nft("add", "rule", "inet", "weft_e2e_cm_outage", "in", "ip", "saddr", m.node("a1").Lab.Underlay.String(), "tcp", "dport", "2379", "drop")
+		outageStart := time.Now()
+		removed := false
+		t.Cleanup(func() {
+			if !removed {
+				nft("delete", "table", "inet", "weft_e2e_cm_outage")
+			}
+		})
+		testutil.Eventually(t, 40*time.Second, "a1 shows b disconnected", func() error {
+			var rs []remoteClusterJSON
+			m.JSON("a1", &rs, "cluster", "status")
+			if len(rs) != 1 || rs[0].Connected || rs[0].LastError == "" {
+				return fmt.Errorf("status %+v", rs)
+			}
+			if rs[0].Nodes != 2 || rs[0].Endpoints < 2 {
+				return fmt.Errorf("the last known state is not kept: %+v", rs[0])
+			}
+			return nil
+		})
+		time.Sleep(time.Until(outageStart.Add(outageFor)))
+		nft("delete", "table", "inet", "weft_e2e_cm_outage")
+		removed = true
+		select {
+		case <-ping.Done():
+		case <-time.After(2 * time.Minute):
+			t.Fatal("ping did not finish")
+		}
+		mm := pingStatsRE.FindStringSubmatch(ping.Output())
+		if mm == nil {
+			t.Fatalf("no ping statistics in:\n%s", ping.Output())
+		}
+		sent, _ := strconv.Atoi(mm[1])
+		recv, _ := strconv.Atoi(mm[2])
+		t.Logf("b's etcd outage: %d pings sent wa -> wb, %d received", sent, recv)
+		if sent != count || recv != sent {
+			t.Fatalf("the outage lost %d of %d pings", sent-recv, sent)
+		}
+		testutil.Eventually(t, 60*time.Second, "a1 shows b connected and synced again", func() error {
+			var rs []remoteClusterJSON
+			m.JSON("a1", &rs, "cluster", "status")
+			if len(rs) != 1 || !rs[0].Connected || !rs[0].Synced || rs[0].Nodes != 2 {
+				return fmt.Errorf("status %+v", rs)
+			}
+			return nil
+		})
+	})
+
 	t.Run("disconnect removes the other cluster on both sides", func(t *testing.T) {
 		m := m.For(t)
 		m.MustMeshctl("a1", "cluster", "disconnect", "b")
@@ -194,5 +266,27 @@ spec:
 		if err := m.Talk("wa", "tcp", ips["wb"], 8080, "gone"); err == nil {
 			t.Fatal("wa still reaches wb after the disconnect")
 		}
+	})
+
+	t.Run("direct mode: agents watch the other etcd themselves", func(t *testing.T) {
+		m := m.For(t)
+		tok := clusterTokenRE.FindString(m.MustMeshctl("a1", "cluster", "token"))
+		out := m.MustMeshctl("b1", "cluster", "connect", tok, "--mode", "direct")
+		if !strings.Contains(out, "mode direct") {
+			t.Fatalf("connect said:\n%s", out)
+		}
+		testutil.Eventually(t, 60*time.Second, "wb -> wa in direct mode", func() error { return m.Talk("wb", "tcp", ips["wa"], 8080, "direct") })
+		var rs []remoteClusterJSON
+		m.JSON("b1", &rs, "cluster", "status")
+		if len(rs) != 1 || rs[0].Mode != "direct" || rs[0].Nodes != 2 {
+			t.Fatalf("b1's status in direct mode: %+v", rs)
+		}
+		m.MustMeshctl("b1", "cluster", "disconnect", "a")
+		testutil.Eventually(t, 30*time.Second, "wb no longer reaches wa", func() error {
+			if err := m.Talk("wb", "tcp", ips["wa"], 8080, "gone"); err == nil {
+				return fmt.Errorf("wb reaches wa")
+			}
+			return nil
+		})
 	})
 }

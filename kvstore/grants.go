@@ -148,17 +148,23 @@ func (g *GrantCache) Allows(cluster, node string, labels []string) error {
 	if !ok {
 		return nil
 	}
+	return gr.AllowsEndpoint(labels)
+}
+
+// AllowsEndpoint reports whether the grant's node may publish an endpoint
+// with labels, as GrantCache.Allows judges it once the grant is found.
+func (g Grant) AllowsEndpoint(labels []string) error {
 	// Namespace labels come only from Kubernetes nodes (their token had
 	// --pod-cidrs): a VM publishing one would pass namespace selectors.
-	if len(gr.PodCIDRs) == 0 {
+	if len(g.PodCIDRs) == 0 {
 		for _, s := range labels {
 			if l, err := identity.ParseLabel(s, ""); err == nil && identity.IsK8sNamespaceLabel(l) {
-				return fmt.Errorf("%w: label %s is a Kubernetes namespace label and %s/%s is no Kubernetes node (its token had no --pod-cidrs)", grant.ErrNotAllowed, s, cluster, node)
+				return fmt.Errorf("%w: label %s is a Kubernetes namespace label and %s/%s is no Kubernetes node (its token had no --pod-cidrs)", grant.ErrNotAllowed, s, g.Cluster, g.Node)
 			}
 		}
 	}
-	if err := gr.Allows(labels); err != nil {
-		return fmt.Errorf("node %s/%s: %w", cluster, node, err)
+	if err := g.Allows(labels); err != nil {
+		return fmt.Errorf("node %s/%s: %w", g.Cluster, g.Node, err)
 	}
 	return nil
 }
