@@ -169,9 +169,12 @@ func (a *Agent) peersFrom(ts tunnel.Status) []api.Peer {
 // Nodes implements api.MeshView.
 func (a *Agent) Nodes(ctx context.Context) ([]api.Node, error) {
 	var out []api.Node
-	a.nodes.Range(func(_ string, n kvstore.Node) bool {
+	a.nodes.Range(func(key string, n kvstore.Node) bool {
 		an := api.Node{Name: n.Name, Cluster: n.Cluster, PublicKey: n.WGPublicKey, Labels: identity.LabelMap(n.Labels), AgentVersion: n.AgentVersion,
 			Self: n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName}
+		if owner, ok := a.nodes.Owner(key); ok && owner != localMember {
+			an.Remote = true // from a connected cluster's etcd (or its mirror)
+		}
 		if n.MeshIP.IsValid() {
 			an.MeshIP = n.MeshIP.String()
 		}

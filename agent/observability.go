@@ -47,9 +47,17 @@ type obsDeps struct {
 	metricsAllow []netip.Prefix
 	// tls are the node's certificate files (the agent-to-agent API).
 	tls   pki.Files
+	// nodes are the nodes of this cluster's etcd, which share its CA and
+	// gossip key: those probed and reached over the mesh.
 	nodes interface {
 		nodeSet
 		Len() int
+	}
+	// meshNodes are every node known, the connected clusters' included
+	// (flows name them; `status --all` lists them); nil: nodes.
+	meshNodes interface {
+		Range(func(key string, n kvstore.Node) bool)
+		Revision() int64
 	}
 	endpoints  endpointCache
 	policies   interface{ Len() int }
@@ -106,6 +114,7 @@ type observability struct {
 	meshSrv  *api.Server
 	etcdOK   atomic.Bool
 	endpoint endpointIndex
+	node     nodeIndex
 
 	usageMu   sync.Mutex
 	usageAt   time.Time
@@ -118,7 +127,7 @@ func (a *Agent) startObservability(ctx context.Context) error {
 	o, err := startObservability(ctx, obsDeps{
 		node: a.cfg.NodeName, cluster: a.cfg.Cluster, meshIP: a.meshIP,
 		flowBuffer: a.cfg.Flows.Buffer, metricsAddr: a.cfg.Metrics.Address, metricsAllow: metricsAllow(a.cfg.Metrics.Allow), tls: a.cp.files,
-		nodes: a.nodes.Local(), endpoints: a.endpoints, policies: a.policies, identities: identityLookup{a},
+		nodes: a.nodes.Local(), meshNodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: identityLookup{a},
 		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
 		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a, PolicyStatus: a},
@@ -136,6 +145,7 @@ func startObservability(ctx context.Context, d obsDeps) (*observability, error) 
 	run := d.run
 	o := &observability{deps: d, ring: flows.NewRing(d.flowBuffer)}
 	o.endpoint.cache = d.endpoints
+	o.node.cache = d.meshNodes
 	o.metrics = metrics.New(o, d.log.With("component", "metrics"))
 	if d.logs != nil {
 		d.logs.Attach(o.metrics)
@@ -190,6 +200,22 @@ func (o *observability) targets() []health.Target {
 	var out []health.Target
 	o.deps.nodes.Range(func(_ string, n kvstore.Node) bool {
 		out = append(out, health.Target{Node: n.Name, Cluster: n.Cluster, MeshIP: n.MeshIP})
+		return true
+	})
+	return out
+}
+
+// connectedNodes lists the nodes of connected clusters: those of the mesh
+// not in this cluster's etcd.
+func (o *observability) connectedNodes() []kvstore.Node {
+	if o.deps.meshNodes == nil {
+		return nil
+	}
+	var out []kvstore.Node
+	o.deps.meshNodes.Range(func(key string, n kvstore.Node) bool {
+		if _, local := o.deps.nodes.Get(key); !local {
+			out = append(out, n)
+		}
 		return true
 	})
 	return out
@@ -335,6 +361,61 @@ func (x *endpointIndex) get(ip netip.Addr) (kvstore.Endpoint, bool) {
 	e, ok := x.byIP[ip.Unmap()]
 	return e, ok
 }
+
+// nodeIndex looks nodes up by an address they hold (mesh address or CIDR),
+// rebuilt from the cache when its revision moves.
+type nodeIndex struct {
+	cache interface {
+		Range(func(key string, n kvstore.Node) bool)
+		Revision() int64
+	}
+	mu     sync.Mutex
+	rev    int64
+	built  bool
+	byIP   map[netip.Addr]flowcollect.NodeInfo
+	ranges []nodeRange // longest prefix first
+}
+
+type nodeRange struct {
+	p netip.Prefix
+	n flowcollect.NodeInfo
+}
+
+func (x *nodeIndex) get(ip netip.Addr) (flowcollect.NodeInfo, bool) {
+	if x.cache == nil {
+		return flowcollect.NodeInfo{}, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if rev := x.cache.Revision(); !x.built || rev != x.rev {
+		x.byIP, x.ranges = map[netip.Addr]flowcollect.NodeInfo{}, nil
+		x.cache.Range(func(_ string, n kvstore.Node) bool {
+			info := flowcollect.NodeInfo{Name: n.Name, Cluster: n.Cluster}
+			if n.MeshIP.IsValid() {
+				x.byIP[n.MeshIP.Unmap()] = info
+			}
+			for _, p := range n.CIDRs {
+				x.ranges = append(x.ranges, nodeRange{p: p.Masked(), n: info})
+			}
+			return true
+		})
+		sort.SliceStable(x.ranges, func(i, j int) bool { return x.ranges[i].p.Bits() > x.ranges[j].p.Bits() })
+		x.rev, x.built = rev, true
+	}
+	ip = ip.Unmap()
+	if n, ok := x.byIP[ip]; ok {
+		return n, true
+	}
+	for _, r := range x.ranges {
+		if r.p.Contains(ip) {
+			return r.n, true
+		}
+	}
+	return flowcollect.NodeInfo{}, false
+}
+
+// NodeByIP implements flowcollect.Directory.
+func (o *observability) NodeByIP(ip netip.Addr) (flowcollect.NodeInfo, bool) { return o.node.get(ip) }
 
 // EndpointByIP implements flowcollect.Directory.
 func (o *observability) EndpointByIP(ip netip.Addr) (flowcollect.EndpointInfo, bool) {
@@ -498,7 +579,20 @@ func (o *observability) healthMatrix(ctx context.Context) api.HealthMatrix {
 		}()
 	}
 	wg.Wait()
+	// The connected clusters' nodes are listed, not queried: their agents
+	// accept only their own cluster's certificates, and this node does not
+	// probe them (their gossip key differs). Not queried is not down.
+	for _, n := range o.connectedNodes() {
+		row := api.NodeHealth{Node: n.Name, Cluster: n.Cluster, Probes: []api.Probe{}, Remote: true}
+		if n.MeshIP.IsValid() {
+			row.MeshIP = n.MeshIP.String()
+		}
+		rows = append(rows, row)
+	}
 	for _, r := range rows {
+		if r.Remote {
+			continue
+		}
 		name := r.Cluster + "/" + r.Node
 		st, probed := selfState[name]
 		if name == m.From {
@@ -584,6 +678,17 @@ func (o *observability) relay(cluster, node string) (http.Handler, error) {
 		}
 		return true
 	})
+	if !found {
+		for _, n := range o.connectedNodes() {
+			if n.Cluster == cluster && n.Name == node {
+				// Its mesh listener trusts only its own cluster's CA: the
+				// request could only fail at the handshake, after a wait.
+				return nil, api.Errorf(api.CodeNotSupported,
+					"node %s/%s is in the connected cluster %s, whose agents answer only their own cluster's nodes: run meshctl on a node of cluster %s to query it",
+					cluster, node, cluster, cluster)
+			}
+		}
+	}
 	if !found || !target.MeshIP.IsValid() {
 		return nil, api.Errorf(api.CodeNotFound, "no node %s/%s in the mesh (see `meshctl nodes`)", cluster, node)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/agent/api"
+	"github.com/weftmesh/weft/agent/flows"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/bpf/bpftest"
 	"github.com/weftmesh/weft/identity"
@@ -25,6 +26,12 @@ import (
 )
 
 func (f fakeNodes) Len() int { return len(f) }
+
+// fakeMeshNodes is the whole node view: this etcd's nodes and the
+// connected clusters'.
+type fakeMeshNodes struct{ fakeNodes }
+
+func (f fakeMeshNodes) Revision() int64 { return int64(len(f.fakeNodes)) }
 
 // fakeEndpointCache is an endpoint cache.
 type fakeEndpointCache []kvstore.Endpoint
@@ -65,6 +72,8 @@ type obsHarness struct {
 	dp    *bpftest.Datapath
 	dev   *tunneltest.Device
 	nodes fakeNodes
+	// mesh holds nodes and b1 of the connected cluster b.
+	mesh fakeNodes
 }
 
 func newObsHarness(t *testing.T) *obsHarness {
@@ -74,9 +83,15 @@ func newObsHarness(t *testing.T) *obsHarness {
 	h := &obsHarness{dp: bpftest.New(), dev: tunneltest.New("wt0", 51833), nodes: fakeNodes{}}
 	h.nodes.put(kvstore.Node{Name: "n1", Cluster: "c", MeshIP: netip.MustParseAddr("127.88.0.1"), WGPublicKey: h.dev.PublicKey().String()})
 	h.nodes.put(kvstore.Node{Name: "n2", Cluster: "c", MeshIP: netip.MustParseAddr("127.88.0.2"), WGPublicKey: testKey(t)})
+	h.mesh = fakeNodes{}
+	for k, n := range h.nodes {
+		h.mesh[k] = n
+	}
+	h.mesh.put(kvstore.Node{Name: "b1", Cluster: "b", MeshIP: netip.MustParseAddr("100.65.0.1"), CIDRs: []netip.Prefix{netip.MustParsePrefix("100.65.1.0/24")}, WGPublicKey: testKey(t)})
 	eps := fakeEndpointCache{
 		{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Name: "db", Node: "n1", Cluster: "c", Labels: []string{"vm:app=db"}},
 		{IP: netip.MustParseAddr("100.64.2.2"), Identity: 301, Name: "web", Node: "n2", Cluster: "c", Labels: []string{"vm:app=web"}},
+		{IP: netip.MustParseAddr("100.65.1.2"), Identity: 2<<16 | 300, Name: "api", Node: "b1", Cluster: "b", Labels: []string{"vm:app=api", "mesh:cluster=b"}},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -88,7 +103,7 @@ func newObsHarness(t *testing.T) *obsHarness {
 	o, err := startObservability(ctx, obsDeps{
 		node: "n1", cluster: "c", meshIP: netip.MustParseAddr("127.88.0.1"), flowBuffer: 64,
 		metricsAddr: "127.0.0.1:0", tls: srv.Files,
-		nodes: h.nodes, endpoints: eps, policies: fakeLen(3),
+		nodes: h.nodes, meshNodes: fakeMeshNodes{h.mesh}, endpoints: eps, policies: fakeLen(3),
 		identities: fakeIdentities{300: labels(t, "app=db"), 301: labels(t, "app=web")},
 		locals:     func() []localEndpoint { return []localEndpoint{{IP: netip.MustParseAddr("100.64.1.2")}} },
 		device:     h.dev, dp: fakeDatapath{h.dp}, store: kv, workloads: noWorkloads{},
@@ -127,10 +142,46 @@ func TestObservabilityEnrichesDatapathEvents(t *testing.T) {
 	}
 }
 
+// Both ends of a flow between this cluster and a connected one name their
+// cluster and node: the remote workload from the endpoint cache, a remote
+// node's own address or an unpublished address in its CIDR from the node
+// view, which holds the connected clusters' nodes too.
+func TestObservabilityNamesConnectedClusterEnds(t *testing.T) {
+	h := newObsHarness(t)
+	h.dp.Emit(bpf.Event{Type: bpf.EventNewConn, Direction: bpf.Ingress, EndpointID: 2, Time: time.Now(), Protocol: 6,
+		Src: netip.MustParseAddr("100.65.1.2"), Dst: netip.MustParseAddr("100.64.1.2"), SrcIdentity: 2<<16 | 300, DstIdentity: 300, SrcPort: 40000, DstPort: 5432})
+	h.dp.Emit(bpf.Event{Type: bpf.EventNewConn, Direction: bpf.Egress, EndpointID: 2, Time: time.Now(), Protocol: 17,
+		Src: netip.MustParseAddr("100.64.1.2"), Dst: netip.MustParseAddr("100.65.0.1"), SrcIdentity: 300, DstIdentity: 6, DstPort: 53})
+	h.dp.Emit(bpf.Event{Type: bpf.EventDrop, Reason: bpf.ReasonPolicyDefault, Direction: bpf.Egress, EndpointID: 2, Time: time.Now(), Protocol: 17,
+		Src: netip.MustParseAddr("100.64.1.2"), Dst: netip.MustParseAddr("100.65.1.77"), SrcIdentity: 300, DstIdentity: 2, DstPort: 53})
+	var fs []api.Flow
+	testutil.Eventually(t, 5*time.Second, "three flows in the ring", func() error {
+		if fs = h.o.ring.Snapshot(); len(fs) != 3 {
+			return fmt.Errorf("ring holds %d flows", len(fs))
+		}
+		return nil
+	})
+	end := func(e api.FlowEndpoint) string { return e.Cluster + "/" + e.Node + "/" + e.Name }
+	for i, want := range [][2]string{{"b/b1/api", "c/n1/db"}, {"c/n1/db", "b/b1/"}, {"c/n1/db", "b/b1/"}} {
+		if got := [2]string{end(fs[i].Source), end(fs[i].Destination)}; got != want {
+			t.Errorf("flow %d: ends %v, want %v", i, got, want)
+		}
+	}
+	m, err := flows.NewMatcher(api.FlowFilter{Cluster: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range fs {
+		if !m.Match(&fs[i]) {
+			t.Errorf("flow %d to or from cluster b does not match --cluster b: %+v", i, fs[i])
+		}
+	}
+}
+
 func TestObservabilityInventoryAndMetrics(t *testing.T) {
 	h := newObsHarness(t)
 	inv := h.o.Inventory()
-	if inv.Nodes != 2 || inv.Policies != 3 || inv.LocalEndpoints != 1 || inv.RemoteEndpoints != 1 || inv.Identities != 2 {
+	if inv.Nodes != 2 || inv.Policies != 3 || inv.LocalEndpoints != 1 || inv.RemoteEndpoints != 2 || inv.Identities != 3 {
 		t.Fatalf("inventory = %+v", inv)
 	}
 	_ = h.dp.UpsertIPCache(netip.MustParsePrefix("100.64.2.2/32"), 301, 0)
@@ -162,16 +213,32 @@ func TestObservabilityInventoryAndMetrics(t *testing.T) {
 func TestObservabilityHealthMatrixAndRelay(t *testing.T) {
 	h := newObsHarness(t)
 	m := h.o.healthMatrix(context.Background())
-	if m.From != "c/n1" || len(m.Nodes) != 2 {
+	if m.From != "c/n1" || len(m.Nodes) != 3 {
 		t.Fatalf("matrix = %+v", m)
+	}
+	// b1 of the connected cluster b is listed, not queried, and not down
+	// for that.
+	if b := m.Nodes[0]; b.Cluster != "b" || b.Node != "b1" || !b.Remote || b.MeshIP != "100.65.0.1" || b.Error != "" || len(b.Probes) != 0 {
+		t.Fatalf("connected cluster's row = %+v", b)
 	}
 	// n2 has no agent behind its mesh address: it is reported down, with
 	// what went wrong; this node is not.
-	if len(m.Down) != 1 || m.Down[0] != "c/n2" || m.Nodes[1].Error == "" {
+	if len(m.Down) != 1 || m.Down[0] != "c/n2" || m.Nodes[2].Error == "" {
 		t.Fatalf("down = %v, rows %+v", m.Down, m.Nodes)
 	}
 	if _, err := h.o.relay("c", "nobody"); !errors.Is(err, api.ErrNotFound) && !errors.Is(err, api.ErrUnavailable) {
 		t.Fatalf("relay to an unknown node = %v", err)
+	}
+	if h.o.meshSrv == nil {
+		t.Skip("the agent-to-agent API did not start here; the relay refuses everything")
+	}
+	// A connected cluster's agent would refuse this node's certificate:
+	// the relay says so, and where to run meshctl instead.
+	if _, err := h.o.relay("b", "b1"); !errors.Is(err, api.ErrNotSupported) || !strings.Contains(err.Error(), "run meshctl on a node of cluster b") {
+		t.Fatalf("relay to a connected cluster's node = %v", err)
+	}
+	if _, err := h.o.relay("c", "n2"); err != nil {
+		t.Fatalf("relay to a node of this cluster = %v", err)
 	}
 }
 

@@ -77,7 +77,12 @@ type FlowEndpoint struct {
 	Port     uint16   `json:"port,omitempty"`
 	Identity uint32   `json:"identity"`
 	Labels   []string `json:"labels,omitempty"`
-	// Name, Node and Cluster are set when the address is a mesh endpoint.
+	// Name is set when the address is a mesh endpoint (the workload).
+	// Node and Cluster name the node holding the address: the endpoint's
+	// node, or the node whose mesh address or CIDRs hold it, in this
+	// cluster or a connected one (node names are unique only within a
+	// cluster, so the pair names the node). Cluster alone is set when only
+	// the identity's mesh:cluster label names it.
 	Name    string `json:"name,omitempty"`
 	Node    string `json:"node,omitempty"`
 	Cluster string `json:"cluster,omitempty"`
@@ -95,6 +100,11 @@ type FlowFilter struct {
 	Port     uint16 `json:"port,omitempty"`
 	Protocol string `json:"protocol,omitempty"` // tcp, udp, icmp
 	Verdict  string `json:"verdict,omitempty"`  // forwarded, dropped
+	// Cluster matches a flow either end of which belongs to the cluster:
+	// an endpoint or node of it, or an identity whose labels carry
+	// mesh:cluster=Cluster (a remote workload the agent knows only by its
+	// identity).
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // FlowRequest asks for flows (GET /v1/flows, as query parameters).
@@ -130,6 +140,11 @@ type NodeHealth struct {
 	Probes []Probe `json:"probes"`
 	// Error says why this row could not be read (HealthMatrix only).
 	Error string `json:"error,omitempty"`
+	// Remote marks a node of a connected cluster (HealthMatrix only): its
+	// agent is not queried, since the agent-to-agent API accepts only its
+	// own cluster's certificates, so the row holds no probes; whether it is
+	// down is judged by the gathering node's probes to it.
+	Remote bool `json:"remote,omitempty"`
 }
 
 // Probe is what one node knows of another: gossip membership and the

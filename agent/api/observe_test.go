@@ -11,7 +11,7 @@ import (
 func TestFlowQueryRoundTrip(t *testing.T) {
 	req := FlowRequest{
 		Filter: FlowFilter{FromLabels: []string{"app=web", "k8s:tier=front"}, ToLabels: []string{"app=db"}, FromIP: "100.64.1.2", ToIP: "fd00::1",
-			Port: 5432, Protocol: "tcp", Verdict: "dropped"},
+			Port: 5432, Protocol: "tcp", Verdict: "dropped", Cluster: "west.eu"},
 		Last: 7, Since: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), Follow: true,
 	}
 	got, err := ParseFlowQuery(req.Query())
@@ -31,6 +31,7 @@ func TestFlowQueryRefusesBadInput(t *testing.T) {
 	for _, q := range []string{
 		"port=0", "port=70000", "port=x", "last=-2", "last=x", "since=yesterday", "follow=maybe",
 		"verdict=denied", "protocol=http", "from-label=app", "to-label=:x=y", "from-ip=1.2.3", "colour=red", "port=1&port=2",
+		"cluster=West", "cluster=a/b", "cluster=a&cluster=b",
 	} {
 		v, _ := url.ParseQuery(q)
 		if _, err := ParseFlowQuery(v); !errors.Is(err, ErrInvalid) {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/weftmesh/weft/internal/names"
 )
 
 // Relayer reaches other nodes' agents.
@@ -153,6 +155,7 @@ func (req FlowRequest) Query() url.Values {
 	}
 	set("protocol", f.Protocol)
 	set("verdict", f.Verdict)
+	set("cluster", f.Cluster)
 	q.Set("last", strconv.Itoa(req.Last))
 	if !req.Since.IsZero() {
 		q.Set("since", req.Since.UTC().Format(time.RFC3339Nano))
@@ -170,7 +173,7 @@ func ParseFlowQuery(q url.Values) (FlowRequest, error) {
 		return FlowRequest{}, Errorf(CodeInvalid, format, args...)
 	}
 	known := map[string]bool{"from-label": true, "to-label": true, "from-ip": true, "to-ip": true, "port": true,
-		"protocol": true, "verdict": true, "last": true, "since": true, "follow": true}
+		"protocol": true, "verdict": true, "cluster": true, "last": true, "since": true, "follow": true}
 	for k, vs := range q {
 		if !known[k] {
 			return bad("unknown flow query parameter %q", k)
@@ -183,6 +186,7 @@ func ParseFlowQuery(q url.Values) (FlowRequest, error) {
 		FromLabels: q["from-label"], ToLabels: q["to-label"],
 		FromIP: q.Get("from-ip"), ToIP: q.Get("to-ip"),
 		Protocol: q.Get("protocol"), Verdict: q.Get("verdict"),
+		Cluster: q.Get("cluster"),
 	}
 	if v := q.Get("port"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 16)
@@ -249,6 +253,11 @@ func (f FlowFilter) Validate() error {
 	case "", "forwarded", "dropped":
 	default:
 		return fmt.Errorf("--verdict %q: use forwarded or dropped", f.Verdict)
+	}
+	if f.Cluster != "" {
+		if err := names.Validate("cluster", f.Cluster); err != nil {
+			return fmt.Errorf("--cluster: %v (see `meshctl cluster list`)", err)
+		}
 	}
 	return nil
 }

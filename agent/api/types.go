@@ -75,6 +75,11 @@ type Node struct {
 	AgentVersion string            `json:"agentVersion,omitempty"`
 	// Self marks the node this agent runs on.
 	Self bool `json:"self,omitempty"`
+	// Remote marks a node of a connected cluster (its own etcd and CA,
+	// docs/clusters.md): this agent reaches it through the tunnel, but
+	// cannot relay requests to its agent, which accepts only its own
+	// cluster's certificates.
+	Remote bool `json:"remote,omitempty"`
 }
 
 // Endpoint is a workload known to the mesh (GET /v1/endpoints): the local

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/weftmesh/weft/agent/api"
 	"github.com/weftmesh/weft/agent/flows"
 	"github.com/weftmesh/weft/bpf"
+	"github.com/weftmesh/weft/identity"
 )
 
 // EndpointInfo names a mesh endpoint.
@@ -19,10 +21,19 @@ type EndpointInfo struct {
 	Labels              []string
 }
 
+// NodeInfo names a node of the mesh (this cluster's or a connected one's).
+type NodeInfo struct {
+	Name, Cluster string
+}
+
 // Directory is what enrichment needs from the agent's caches.
 type Directory interface {
 	// EndpointByIP returns the mesh endpoint holding ip.
 	EndpointByIP(ip netip.Addr) (EndpointInfo, bool)
+	// NodeByIP returns the node whose mesh address is ip or whose CIDRs
+	// hold it: an address that is no endpoint (a node's own address, a
+	// workload its agent has not published) still has a node.
+	NodeByIP(ip netip.Addr) (NodeInfo, bool)
 	// IdentityLabels returns the labels of a numeric identity (reserved
 	// ones included).
 	IdentityLabels(id uint32) ([]string, bool)
@@ -68,12 +79,32 @@ func (e *Enricher) end(ip netip.Addr, port uint16, id uint32) api.FlowEndpoint {
 			}
 		}
 	}
+	if fe.Node == "" && ip.IsValid() {
+		if n, ok := e.Dir.NodeByIP(ip); ok {
+			fe.Node, fe.Cluster = n.Name, n.Cluster
+		}
+	}
 	if len(fe.Labels) == 0 && fe.Identity != 0 {
 		if l, ok := e.Dir.IdentityLabels(fe.Identity); ok {
 			fe.Labels = l
 		}
 	}
+	if fe.Cluster == "" {
+		fe.Cluster = clusterOf(fe.Labels)
+	}
 	return fe
+}
+
+// clusterOf is the cluster an identity's labels name (every endpoint
+// carries mesh:cluster=<name>), or "".
+func clusterOf(labels []string) string {
+	const prefix = identity.SourceMesh + ":cluster="
+	for _, l := range labels {
+		if c, ok := strings.CutPrefix(l, prefix); ok {
+			return c
+		}
+	}
+	return ""
 }
 
 // EventSource is the datapath's event reader.

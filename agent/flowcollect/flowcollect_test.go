@@ -26,9 +26,21 @@ func (fakeDir) EndpointByIP(ip netip.Addr) (EndpointInfo, bool) {
 	return EndpointInfo{}, false
 }
 
+// NodeByIP knows b1 of the connected cluster west: its mesh address and
+// its CIDR.
+func (fakeDir) NodeByIP(ip netip.Addr) (NodeInfo, bool) {
+	if ip == netip.MustParseAddr("100.65.0.1") || netip.MustParsePrefix("100.65.1.0/24").Contains(ip) {
+		return NodeInfo{Name: "b1", Cluster: "west"}, true
+	}
+	return NodeInfo{}, false
+}
+
 func (fakeDir) IdentityLabels(id uint32) ([]string, bool) {
-	if id == 2 {
+	switch id {
+	case 2:
 		return []string{"reserved:world"}, true
+	case 3<<16 | 300:
+		return []string{"vm:app=db", "mesh:cluster=south"}, true
 	}
 	return nil, false
 }
@@ -103,5 +115,33 @@ func TestEnricherMarksNodeControl(t *testing.T) {
 	ev.NodeControl = false
 	if f := e.Flow(ev); f.NodeControl {
 		t.Fatalf("ordinary connection marked node-control: %+v", f)
+	}
+}
+
+// Both ends name their cluster and node: an endpoint by its record, a
+// node's own address or an unpublished address in a node's CIDR by that
+// node (of a connected cluster here), an address known only by its
+// identity by the identity's mesh:cluster label; the world by nothing.
+func TestEnricherNamesClusterAndNodeOfBothEnds(t *testing.T) {
+	e := &Enricher{Dir: fakeDir{}, Node: "n2", Cluster: "east"}
+	for _, c := range []struct {
+		ip            string
+		id            uint32
+		node, cluster string
+	}{
+		{"100.64.1.2", 300, "n1", "east"},
+		{"100.65.0.1", 6, "b1", "west"},
+		{"100.65.1.9", 0, "b1", "west"},
+		{"100.66.1.2", 3<<16 | 300, "", "south"},
+		{"198.51.100.7", 2, "", ""},
+	} {
+		f := e.Flow(bpf.Event{Type: bpf.EventNewConn, Direction: bpf.Egress, Protocol: 17, Time: t0,
+			Src: netip.MustParseAddr("100.64.1.2"), Dst: netip.MustParseAddr(c.ip), SrcIdentity: 300, DstIdentity: c.id})
+		if d := f.Destination; d.Node != c.node || d.Cluster != c.cluster {
+			t.Errorf("%s: destination node %q cluster %q, want %q %q", c.ip, d.Node, d.Cluster, c.node, c.cluster)
+		}
+		if s := f.Source; s.Node != "n1" || s.Cluster != "east" || s.Name != "web-1" {
+			t.Errorf("%s: source %+v, want web-1 on east/n1", c.ip, s)
+		}
 	}
 }

@@ -14,6 +14,7 @@ type Matcher struct {
 	port         uint16
 	protocol     string
 	verdict      string
+	cluster      string
 }
 
 // labelMatch is key=value with an optional source; without one it matches
@@ -27,7 +28,7 @@ func NewMatcher(f api.FlowFilter) (*Matcher, error) {
 	if err := f.Validate(); err != nil {
 		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
-	m := &Matcher{port: f.Port, protocol: strings.ToLower(f.Protocol), verdict: f.Verdict}
+	m := &Matcher{port: f.Port, protocol: strings.ToLower(f.Protocol), verdict: f.Verdict, cluster: f.Cluster}
 	for _, l := range f.FromLabels {
 		m.from = append(m.from, parseLabelMatch(l))
 	}
@@ -97,7 +98,29 @@ func (m *Matcher) Match(f *api.Flow) bool {
 	if m.verdict != "" && f.Verdict != m.verdict {
 		return false
 	}
+	if m.cluster != "" && !inCluster(f.Source, m.cluster) && !inCluster(f.Destination, m.cluster) {
+		return false
+	}
 	return true
+}
+
+// clusterLabel is the label every endpoint (and so its identity) carries.
+const clusterLabel = "mesh:cluster="
+
+// inCluster reports whether an end belongs to cluster: its endpoint or
+// node is of it, or, for an address the enrichment could only name by its
+// identity (a remote workload not in the endpoint cache yet), the
+// identity's labels say so.
+func inCluster(e api.FlowEndpoint, cluster string) bool {
+	if e.Cluster == cluster {
+		return true
+	}
+	for _, l := range e.Labels {
+		if strings.HasPrefix(l, clusterLabel) && l[len(clusterLabel):] == cluster {
+			return true
+		}
+	}
+	return false
 }
 
 func sameIP(want netip.Addr, got string) bool {

@@ -103,6 +103,9 @@ func TestMatcher(t *testing.T) {
 		{"protocol other", api.FlowFilter{Protocol: "udp"}, false},
 		{"verdict", api.FlowFilter{Verdict: Dropped}, true},
 		{"verdict other", api.FlowFilter{Verdict: Forwarded}, false},
+		{"cluster by label", api.FlowFilter{Cluster: "east"}, true},
+		{"cluster other", api.FlowFilter{Cluster: "west"}, false},
+		{"cluster is not a label prefix", api.FlowFilter{Cluster: "eas"}, false},
 	}
 	for _, c := range cases {
 		m, err := NewMatcher(c.filter)
@@ -122,6 +125,8 @@ func TestMatcherRefusesBadFilters(t *testing.T) {
 		{FromIP: "10.0.0"},
 		{Protocol: "http"},
 		{Verdict: "denied"},
+		{Cluster: "West"},
+		{Cluster: "a/b"},
 	} {
 		if _, err := NewMatcher(f); !errors.Is(err, api.ErrInvalid) {
 			t.Errorf("%+v: err = %v, want ErrInvalid", f, err)
@@ -226,5 +231,37 @@ func TestMergerReleasesInTimeOrderOnlyWhenEveryStreamHasCaughtUp(t *testing.T) {
 	m.Push(0, api.FlowLine{Lost: 3})
 	if m.Lost() != 3 {
 		t.Fatal("lost flows not counted")
+	}
+}
+
+// --cluster matches a flow either end of which is of the cluster, named by
+// the end's node or endpoint, or only by its identity's labels; the
+// observing node's own cluster does not count.
+func TestMatcherClusterMatchesEitherEnd(t *testing.T) {
+	local := api.FlowEndpoint{IP: "100.64.1.2", Cluster: "a", Node: "a1", Labels: []string{"vm:app=web", "mesh:cluster=a"}}
+	remote := api.FlowEndpoint{IP: "100.65.1.2", Cluster: "b", Node: "b1", Name: "db"}
+	byLabel := api.FlowEndpoint{IP: "100.66.1.2", Identity: 3<<16 | 300, Labels: []string{"vm:app=db", "mesh:cluster=c"}}
+	m, err := NewMatcher(api.FlowFilter{Cluster: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		src, dst api.FlowEndpoint
+		cluster  string
+		want     bool
+	}{
+		{"destination of cluster b", local, remote, "a", true},
+		{"source of cluster b", remote, local, "a", true},
+		{"neither end, seen by a node of b", local, byLabel, "b", false},
+	} {
+		f := api.Flow{Cluster: c.cluster, Source: c.src, Destination: c.dst}
+		if got := m.Match(&f); got != c.want {
+			t.Errorf("%s: match = %v, want %v", c.name, got, c.want)
+		}
+	}
+	mc, _ := NewMatcher(api.FlowFilter{Cluster: "c", FromLabels: []string{"app=web"}})
+	if f := (api.Flow{Source: local, Destination: byLabel}); !mc.Match(&f) {
+		t.Error("an end known only by its identity's mesh:cluster label does not match --cluster c")
 	}
 }
