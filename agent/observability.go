@@ -46,7 +46,7 @@ type obsDeps struct {
 	// metricsAllow are further sources /metrics answers (metrics.allow).
 	metricsAllow []netip.Prefix
 	// tls are the node's certificate files (the agent-to-agent API).
-	tls   pki.Files
+	tls pki.Files
 	// nodes are the nodes of this cluster's etcd, which share its CA and
 	// gossip key: those probed and reached over the mesh.
 	nodes interface {
