@@ -8,6 +8,7 @@ import (
 
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 
@@ -24,20 +25,25 @@ func observeCommand() *cli.Command {
 		Usage: "show flows: connections the policy admitted and packets it dropped, with both ends named",
 		UsageText: `meshctl observe [--follow] [--last N] [--since DURATION] [--from-label k=v] [--to-label k=v]
     [--from-ip IP] [--to-ip IP] [--port P] [--protocol tcp|udp|icmp] [--verdict forwarded|dropped]
-    [--node NAME | --all-nodes] [-o table|json]`,
+    [--cluster NAME] [--node NAME | --all-nodes] [-o table|json]`,
 		Description: `Every agent keeps the most recent flows its datapath saw (8192 by default,
 flows.buffer): the first packet of every connection the policy admitted, and
 dropped packets with the reason. Each flow names both ends: address, port,
-identity, labels, and the endpoint's name and node when it is a mesh endpoint.
+identity, labels, the node holding the address as CLUSTER/NODE (of this
+cluster or a connected one) and the workload's name when it is a mesh endpoint.
 
 Without --node, flows come from the local agent; --node NAME (or CLUSTER/NAME)
 asks another node's agent and --all-nodes asks every node's, merged in time
 order. Other agents are reached by the local one over the mesh (mutual TLS with
-the mesh CA, see docs/observability.md).
+the mesh CA, see docs/observability.md). The agents of a connected cluster
+(docs/clusters.md) answer only their own cluster's nodes: --all-nodes leaves
+them out and says so; run meshctl on one of their nodes for their flows.
 
 Filters combine with AND; --from-label/--to-label may repeat and take key=value
 or source:key=value (app=web matches vm:app=web and k8s:app=web). --port matches
-either end. With --follow, new flows are printed as they come until Ctrl-C.
+either end; --cluster NAME matches flows either end of which is in cluster NAME
+(its endpoint or node, or its identity's mesh:cluster label), e.g. the traffic
+between this cluster and a connected one. With --follow, new flows are printed as they come until Ctrl-C.
 -o json prints one JSON flow per line.`,
 		Flags: agentFlags(
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new flows"},
@@ -50,6 +56,7 @@ either end. With --follow, new flows are printed as they come until Ctrl-C.
 			&cli.UintFlag{Name: "port", Usage: "either end's `PORT`"},
 			&cli.StringFlag{Name: "protocol", Usage: "tcp, udp, icmp, icmpv6 or sctp"},
 			&cli.StringFlag{Name: "verdict", Usage: "forwarded or dropped"},
+			&cli.StringFlag{Name: "cluster", Usage: "either end is in cluster `NAME`"},
 			&cli.StringFlag{Name: "node", Usage: "ask the agent of node `NAME` (or CLUSTER/NAME)"},
 			&cli.BoolFlag{Name: "all-nodes", Usage: "ask every node's agent and merge by time"},
 		),
@@ -81,6 +88,7 @@ func flowRequestFromFlags(c *cli.Context) (api.FlowRequest, error) {
 	req.Filter.ToIP = c.String("to-ip")
 	req.Filter.Protocol = strings.ToLower(c.String("protocol"))
 	req.Filter.Verdict = c.String("verdict")
+	req.Filter.Cluster = c.String("cluster")
 	if err := req.Filter.Validate(); err != nil {
 		return req, err
 	}
@@ -94,6 +102,24 @@ func flowRequestFromFlags(c *cli.Context) (api.FlowRequest, error) {
 type flowStream struct {
 	name   string
 	client api.FlowSource
+}
+
+// notQueried says which nodes of connected clusters were left out.
+func notQueried(nodes []api.Node) string {
+	byCluster := map[string]int{}
+	var clusters []string
+	for _, n := range nodes {
+		if byCluster[n.Cluster] == 0 {
+			clusters = append(clusters, n.Cluster)
+		}
+		byCluster[n.Cluster]++
+	}
+	sort.Strings(clusters)
+	parts := make([]string, len(clusters))
+	for i, c := range clusters {
+		parts[i] = fmt.Sprintf("%s (%d nodes)", c, byCluster[c])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func observeAction(c *cli.Context) error {
@@ -142,11 +168,19 @@ func flowStreams(ctx context.Context, c *cli.Context) ([]flowStream, error) {
 	}
 	if c.Bool("all-nodes") {
 		var out []flowStream
+		var remote []api.Node
 		for _, n := range nodes {
+			if n.Remote {
+				remote = append(remote, n)
+				continue
+			}
 			out = append(out, target(n))
 		}
 		if len(out) == 0 {
 			return nil, errors.New("the agent knows no nodes yet")
+		}
+		if len(remote) > 0 {
+			fmt.Fprintf(stderrOf(c), "meshctl: connected clusters not queried (their agents answer only their own cluster's nodes; run meshctl observe on one of them): %s\n", notQueried(remote))
 		}
 		return out, nil
 	}
@@ -157,6 +191,9 @@ func flowStreams(ctx context.Context, c *cli.Context) ([]flowStream, error) {
 	}
 	for _, n := range nodes {
 		if n.Cluster == cluster && n.Name == name {
+			if n.Remote {
+				return nil, fmt.Errorf("--node %s is in the connected cluster %s, whose agents answer only their own cluster's nodes: run meshctl observe on a node of %s (here, --cluster %s shows this cluster's flows to and from it)", want, cluster, cluster, cluster)
+			}
 			return []flowStream{target(n)}, nil
 		}
 	}
@@ -255,7 +292,7 @@ func (p *flowPrinter) print(f api.Flow) {
 	}
 	if !p.header {
 		p.header = true
-		fmt.Fprintf(p.w, "%-15s  %-12s  %-9s  %-7s  %-5s  %-44s  %-44s  %s\n", "TIME", "NODE", "VERDICT", "DIR", "PROTO", "SOURCE", "DESTINATION", "REASON")
+		fmt.Fprintf(p.w, "%-15s  %-16s  %-9s  %-7s  %-5s  %-56s  %-56s  %s\n", "TIME", "NODE", "VERDICT", "DIR", "PROTO", "SOURCE", "DESTINATION", "REASON")
 	}
 	fmt.Fprintln(p.w, formatFlow(f))
 }
@@ -273,13 +310,27 @@ func formatFlow(f api.Flow) string {
 	if f.TCPFlags != "" {
 		reason += " [" + f.TCPFlags + "]"
 	}
-	return fmt.Sprintf("%-15s  %-12s  %-9s  %-7s  %-5s  %-44s  %-44s  %s",
-		f.Time.Local().Format("15:04:05.000000"), f.Node, strings.ToUpper(f.Verdict), f.Direction, f.Protocol,
+	return fmt.Sprintf("%-15s  %-16s  %-9s  %-7s  %-5s  %-56s  %-56s  %s",
+		f.Time.Local().Format("15:04:05.000000"), clusterNode(f.Cluster, f.Node), strings.ToUpper(f.Verdict), f.Direction, f.Protocol,
 		flowEnd(f.Source), flowEnd(f.Destination), reason)
 }
 
-// flowEnd renders one end: name, address:port and the labels people set
-// (the mesh:cluster label every endpoint carries is left out).
+// clusterNode names a node as CLUSTER/NODE: node names are unique only
+// within a cluster, and flows cross clusters.
+func clusterNode(cluster, node string) string {
+	switch {
+	case cluster == "":
+		return node
+	case node == "":
+		return cluster + "/?" // known by its identity's labels only
+	}
+	return cluster + "/" + node
+}
+
+// flowEnd renders one end: CLUSTER/NODE holding the address, the
+// workload's name, address:port and the labels people set (the
+// mesh:cluster label every endpoint carries is left out: the cluster is
+// named first).
 func flowEnd(e api.FlowEndpoint) string {
 	addr := e.IP
 	if e.Port != 0 {
@@ -294,6 +345,9 @@ func flowEnd(e api.FlowEndpoint) string {
 	s := addr
 	if e.Name != "" {
 		s = e.Name + " " + addr
+	}
+	if where := clusterNode(e.Cluster, e.Node); where != "" {
+		s = where + " " + s
 	}
 	if len(labels) > 0 {
 		s += " (" + strings.Join(labels, ",") + ")"

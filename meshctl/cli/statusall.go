@@ -24,9 +24,21 @@ func statusAll(ctx context.Context, c *cli.Context, cl *api.Client) error {
 		return err
 	}
 	if len(m.Down) > 0 {
-		return fmt.Errorf("%d of %d nodes down: %s", len(m.Down), len(m.Nodes), strings.Join(m.Down, ", "))
+		return fmt.Errorf("%d of %d nodes down: %s", len(m.Down), len(m.Nodes)-remoteCount(m), strings.Join(m.Down, ", "))
 	}
 	return nil
+}
+
+// remoteCount counts the rows of connected clusters' nodes, which are
+// listed but not queried.
+func remoteCount(m api.HealthMatrix) int {
+	n := 0
+	for _, r := range m.Nodes {
+		if r.Remote {
+			n++
+		}
+	}
+	return n
 }
 
 // printMatrix prints one line per node (state, address, how its probes
@@ -40,7 +52,12 @@ func printMatrix(w io.Writer, m api.HealthMatrix) error {
 	for i, n := range m.Nodes {
 		names[i] = n.Cluster + "/" + n.Node
 	}
-	fmt.Fprintf(w, "Mesh health as seen from %s (%d nodes, %d down)\n\n", m.From, len(m.Nodes), len(m.Down))
+	remote := remoteCount(m)
+	fmt.Fprintf(w, "Mesh health as seen from %s (%d nodes, %d down", m.From, len(m.Nodes)-remote, len(m.Down))
+	if remote > 0 {
+		fmt.Fprintf(w, "; %d of connected clusters, not queried", remote)
+	}
+	fmt.Fprint(w, ")\n\n")
 	var rows [][]string
 	for i, n := range m.Nodes {
 		state := "up"
@@ -51,12 +68,22 @@ func printMatrix(w io.Writer, m api.HealthMatrix) error {
 		if n.Error != "" {
 			note = n.Error
 		}
+		if n.Remote {
+			// A connected cluster's agents answer only their own
+			// cluster's nodes; its own status --all shows its health.
+			state = "not queried"
+			note = fmt.Sprintf("remote cluster: not queried (run `meshctl status --all` on a node of %s)", n.Cluster)
+		}
 		rows = append(rows, []string{names[i], state, n.MeshIP, note})
 	}
 	if err := cliout.Table(w, []string{"node", "state", "mesh ip", "note"}, rows); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nReachability (row probes column through the tunnel; round trip, DOWN, ? not probed yet):")
+	legend := "round trip, DOWN, ? not probed yet"
+	if remote > 0 {
+		legend += ", - not probed: remote cluster"
+	}
+	fmt.Fprintf(w, "\nReachability (row probes column through the tunnel; %s):\n", legend)
 	header := append([]string{"from \\ to"}, shortNames(names)...)
 	var matrix [][]string
 	for i, n := range m.Nodes {
@@ -69,8 +96,12 @@ func printMatrix(w io.Writer, m api.HealthMatrix) error {
 			switch {
 			case i == j:
 				row = append(row, "·")
+			case n.Remote:
+				row = append(row, "-")
 			case n.Error != "":
 				row = append(row, "n/a")
+			case m.Nodes[j].Remote && byName[names[j]].State == "":
+				row = append(row, "-") // this cluster's nodes do not probe it
 			default:
 				row = append(row, probeCell(byName[names[j]]))
 			}
