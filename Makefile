@@ -76,7 +76,7 @@ fuzz: ## run every fuzz target briefly (count budgets in .ci/fuzz-targets; FUZZT
 	done
 
 .PHONY: bench
-bench: bench-go bench-tunnel bench-datapath bench-join bench-k8s ## every benchmark (Go, tunnel, datapath, join, Kubernetes)
+bench: bench-go bench-tunnel bench-datapath bench-join bench-clusters bench-k8s ## every benchmark (Go, tunnel, datapath, join, connected clusters, Kubernetes)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the control plane (kvstore, identity, policy)
@@ -97,6 +97,12 @@ bench-k8s: kube helm build image ## Kubernetes: pod create -> Ready with policy 
 .PHONY: bench-join
 bench-join: build ## join-to-reachable and policy propagation in the lab (needs root)
 	./bench/join/run.sh
+
+# BENCH_CLUSTERS_FLAGS go to the program, e.g. -quick (a smoke run of
+# seconds) or -clusters 2,8 -agents 20; `go run ./bench/clusters -h` lists them.
+.PHONY: bench-clusters
+bench-clusters: ## connected clusters: remote etcd watchers, CPU and propagation, mirror vs direct, 2/8/32 clusters (~5 min, no root)
+	$(GO) run ./bench/clusters $(BENCH_CLUSTERS_FLAGS)
 
 .PHONY: demo
 demo: ## install what is needed, build, and bring up the demo lab
