@@ -11,6 +11,19 @@ import (
 // is how one agent reaches another: /v1/relay/{cluster}/{node}/... on the
 // local socket forwards the rest of the path to that node's agent.
 
+// The health probe every agent answers on its mesh address: a UDP
+// datagram of HealthProbeLen bytes that starts with HealthProbeMagic comes
+// back unchanged from HealthProbePort. The port is one of the agents'
+// control ports, which the datapath passes between nodes' own addresses
+// whatever the policy (docs/datapath.md), so anything on a node can check
+// through the tunnel that another node, even one of a connected cluster
+// whose agent it cannot call, is reachable (`meshctl connectivity test`).
+const (
+	HealthProbePort  = 51837
+	HealthProbeMagic = "WFTP"
+	HealthProbeLen   = len(HealthProbeMagic) + 8
+)
+
 // FlowSource streams the node's flow records.
 type FlowSource interface {
 	// Flows sends the buffered flows that match req, oldest first, then,

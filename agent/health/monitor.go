@@ -22,8 +22,8 @@ import (
 
 // Default ports, bound on the node's mesh address only.
 const (
-	DefaultGossipPort = 51836 // memberlist, TCP and UDP
-	DefaultProbePort  = 51837 // probe echo, UDP
+	DefaultGossipPort = 51836               // memberlist, TCP and UDP
+	DefaultProbePort  = api.HealthProbePort // probe echo, UDP
 )
 
 // Timing defaults: a node that stops answering is down after DownAfter

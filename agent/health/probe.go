@@ -9,12 +9,16 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/weftmesh/weft/agent/api"
 )
 
 // probeMagic starts every probe packet; the responder echoes only those.
-var probeMagic = [4]byte{'W', 'F', 'T', 'P'}
+// The format is the agents' contract (api.HealthProbeMagic): meshctl
+// sends such probes too.
+var probeMagic = [4]byte([]byte(api.HealthProbeMagic))
 
-const probeLen = 4 + 8
+const probeLen = api.HealthProbeLen
 
 // serveProbes echoes probe packets on pc until it is closed.
 func serveProbes(pc net.PacketConn) error {

@@ -33,12 +33,18 @@ the mesh), then runs these scenarios:
   across sites         client -> echo on nodes of other sites
   behind NAT           client -> echo on nodes behind NAT (seen by their peers
                        from another address than the one they announce)
+  across clusters      client -> echo on nodes of other clusters sharing this
+                       etcd; this node -> every node of a connected cluster, by
+                       the health probe its agent answers through the tunnel
+                       (a connected cluster's agents answer only their own
+                       cluster, so they place no workload); skipped when the
+                       mesh has one cluster
   host to workload     this node itself -> every echo workload
   ingress allow/deny   a policy lets the client reach the echoes on 7946 only
   egress allow/deny    a policy lets the client send to the echoes on 7946 only
   deny beats allow     allow everything from the client, deny 7947: 7947 fails
-  encryption on wire   a marker sent across nodes never appears in the clear on
-                       this node's underlay, and WireGuard packets do
+  encryption on wire   a marker sent across nodes (and clusters) never appears in
+                       the clear on this node's underlay, and WireGuard packets do
   no unexpected drops  no probe traffic was dropped while no policy applied
   no errors in logs    no agent logged an error during the test
 

@@ -1,9 +1,16 @@
 // Package connectivity is meshctl's end-to-end check of a running mesh
 // (`meshctl connectivity test`): through the local agent's API it places a
 // probe client on this node and an echo workload on every node, probes
-// them in named scenarios (same node, across nodes and sites, behind NAT,
-// from the host, under scenario policies, encryption on the wire), checks
-// the flows and logs for surprises, and removes everything it made.
+// them in named scenarios (same node, across nodes, sites and clusters,
+// behind NAT, from the host, under scenario policies, encryption on the
+// wire), checks the flows and logs for surprises, and removes everything it
+// made.
+//
+// The agents of a connected cluster (its own etcd and CA) accept only their
+// own cluster's certificates, so this node's agent cannot ask them to place
+// an echo workload: their nodes are checked with the health probe each
+// agent answers (api.HealthProbePort), sent from this node through the
+// tunnel between the clusters.
 //
 // The scenario policies are real policy documents (policies/*.yaml,
 // embedded); see scenarios.go for how a run makes them its own.
@@ -18,6 +25,7 @@ import (
 	"io"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -68,9 +76,11 @@ type probeNode struct {
 func (n *probeNode) name() string { return n.Cluster + "/" + n.Name }
 
 type connTest struct {
-	local   *api.Client
-	self    *probeNode
-	nodes   []*probeNode // every node, self included
+	local *api.Client
+	self  *probeNode
+	nodes []*probeNode // every node, self included
+	// remote are the nodes of connected clusters: probed, never asked.
+	remote  []api.Node
 	clientW api.Endpoint
 	run     string
 	timeout time.Duration
@@ -157,6 +167,10 @@ func (ct *connTest) setup(ctx context.Context, only []string) error {
 			continue
 		}
 		delete(want, pn.name())
+		if n.Remote {
+			ct.remote = append(ct.remote, n)
+			continue
+		}
 		if n.Self {
 			pn.client, pn.flows = ct.local, ct.local
 			ct.self = pn
@@ -175,7 +189,11 @@ func (ct *connTest) setup(ctx context.Context, only []string) error {
 		return fmt.Errorf("--nodes: no such node in the mesh: %s (see `meshctl nodes`)", strings.Join(missing, ", "))
 	}
 	ct.classify(ctx)
-	ct.progress("Connectivity test %s: %d nodes; placing probe workloads...", ct.run, len(ct.nodes))
+	if len(ct.remote) > 0 {
+		ct.progress("Connectivity test %s: %d nodes, and %d of connected clusters (probed from here); placing probe workloads...", ct.run, len(ct.nodes), len(ct.remote))
+	} else {
+		ct.progress("Connectivity test %s: %d nodes; placing probe workloads...", ct.run, len(ct.nodes))
+	}
 
 	cw, err := ct.local.AddProbeWorkload(ctx, api.ProbeWorkloadRequest{Name: ct.workloadName("c"), Labels: ct.labels("client"), Ports: []uint16{PortA}})
 	if err != nil {
@@ -381,7 +399,7 @@ func (ct *connTest) runScenarios(ctx context.Context) {
 	// Nodes whose probe workload could not be placed fail the scenario of
 	// their kind (same node, across sites...) with the reason; the other
 	// scenarios run on the nodes that could, so each failure shows once.
-	var sameNode, acrossNodes, acrossSites, nat, placed []*probeNode
+	var sameNode, acrossNodes, acrossSites, nat, otherClusters, placed []*probeNode
 	for _, n := range ct.nodes {
 		if n.setupErr == nil {
 			placed = append(placed, n)
@@ -389,6 +407,10 @@ func (ct *connTest) runScenarios(ctx context.Context) {
 		switch {
 		case n.Self:
 			sameNode = append(sameNode, n)
+		case n.Cluster != ct.self.Cluster:
+			// Another cluster sharing this etcd (shared mode): its
+			// agents answer this one, so it has an echo workload.
+			otherClusters = append(otherClusters, n)
 		case n.nat:
 			nat = append(nat, n)
 		case n.sameSite:
@@ -410,10 +432,11 @@ func (ct *connTest) runScenarios(ctx context.Context) {
 	baseline("across nodes", acrossNodes, "no other node on this node's site")
 	baseline("across sites", acrossSites, "no node on another site (outside NAT)")
 	baseline("behind NAT", nat, "no node is behind NAT (every node is seen at the address it announces)")
+	ct.acrossClusters(ctx, otherClusters)
 	hostChecks := ct.pairs(placed, "", "host "+ct.self.Name, PortA, true)
 	n, err := ct.expect(ctx, hostChecks)
 	ct.record("host to workload", n, err)
-	ct.encryption(ctx, append(append(acrossNodes, acrossSites...), nat...))
+	ct.encryption(ctx, append(append(append(acrossNodes, acrossSites...), nat...), otherClusters...))
 	baselineEnd := time.Now()
 
 	for _, ps := range policyScenarios {
@@ -454,8 +477,70 @@ func (ct *connTest) policyScenario(ctx context.Context, ps policyScenario, check
 	time.Sleep(500 * time.Millisecond)
 }
 
-// encryption sends a marker to remote echoes while this node watches its
-// underlay: WireGuard packets must go by, the marker never in the clear.
+// nodeProbePayload is a health probe (api.HealthProbeMagic, then 8 bytes)
+// carrying the run id: a connected cluster's agent echoes it, and it is the
+// marker the encryption scenario looks for on the wire.
+func nodeProbePayload(run string) string {
+	p := api.HealthProbeMagic + "c" + run + strings.Repeat("k", api.HealthProbeLen)
+	return p[:api.HealthProbeLen]
+}
+
+// probeNodeFromHere sends one health probe from this node (the host) to
+// a node's mesh address.
+func (ct *connTest) probeNodeFromHere(ctx context.Context, n api.Node, timeout time.Duration) (api.ProbeResult, error) {
+	return ct.local.RunProbe(ctx, api.ProbeRequest{To: net.JoinHostPort(n.MeshIP, strconv.Itoa(api.HealthProbePort)),
+		Protocol: "udp", Timeout: api.Duration(timeout), Payload: nodeProbePayload(ct.run)})
+}
+
+// acrossClusters checks the nodes of other clusters: the echo workloads of
+// those sharing this etcd, as for any node, then each node of a connected
+// cluster, whose agent answers a health probe from this node through the
+// tunnel between the clusters (its agent cannot be asked for a workload).
+func (ct *connTest) acrossClusters(ctx context.Context, shared []*probeNode) {
+	const name = "across clusters"
+	if len(shared) == 0 && len(ct.remote) == 0 {
+		ct.skip(name, "no node of another cluster (`meshctl cluster connect` connects one)")
+		return
+	}
+	client := ct.clientW.Name
+	n, err := ct.expect(ctx, ct.pairs(shared, client, client, PortA, true))
+	if err == nil {
+		var m int
+		m, err = ct.expectNodes(ctx, ct.remote)
+		n += m
+	}
+	ct.record(name, n, err)
+}
+
+// expectNodes probes each node from here until it answers or the timeout
+// passes; it returns the first node that never did, and why.
+func (ct *connTest) expectNodes(ctx context.Context, nodes []api.Node) (int, error) {
+	for _, n := range nodes {
+		what := fmt.Sprintf("host %s -> node %s/%s (connected cluster) at %s udp/%d", ct.self.Name, n.Cluster, n.Name, n.MeshIP, api.HealthProbePort)
+		if n.MeshIP == "" {
+			return len(nodes), fmt.Errorf("node %s/%s of the connected cluster %s announces no mesh address (see `meshctl nodes`)", n.Cluster, n.Name, n.Cluster)
+		}
+		deadline := time.Now().Add(ct.timeout)
+		for {
+			res, err := ct.probeNodeFromHere(ctx, n, 1500*time.Millisecond)
+			if err != nil {
+				return len(nodes), fmt.Errorf("%s: %w", what, err)
+			}
+			if res.OK {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return len(nodes), fmt.Errorf("%s: want its agent's health probe echo, got %s (see `meshctl status` for the peer's handshake and `meshctl cluster status` for the connection)", what, res.Error)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	return len(nodes), nil
+}
+
+// encryption sends a marker to remote echoes, and as a health probe to the
+// nodes of connected clusters, while this node watches its underlay:
+// WireGuard packets must go by, the marker never in the clear.
 func (ct *connTest) encryption(ctx context.Context, remote []*probeNode) {
 	const name = "encryption on wire"
 	var targets []*probeNode
@@ -464,7 +549,13 @@ func (ct *connTest) encryption(ctx context.Context, remote []*probeNode) {
 			targets = append(targets, n)
 		}
 	}
-	if len(targets) == 0 {
+	var nodes []api.Node
+	for _, n := range ct.remote {
+		if n.MeshIP != "" {
+			nodes = append(nodes, n)
+		}
+	}
+	if len(targets) == 0 && len(nodes) == 0 {
 		if len(remote) == 0 {
 			ct.skip(name, "no other node to send to")
 		} else {
@@ -472,7 +563,9 @@ func (ct *connTest) encryption(ctx context.Context, remote []*probeNode) {
 		}
 		return
 	}
-	marker := "WEFT-CLEAR-" + ct.run + "-MARK"
+	// One marker for both kinds of probe: the echo workloads send back
+	// anything, a node's agent only a health probe.
+	marker := nodeProbePayload(ct.run)
 	type wres struct {
 		r   api.WireCheckResult
 		err error
@@ -492,6 +585,11 @@ func (ct *connTest) encryption(ctx context.Context, remote []*probeNode) {
 				if err == nil && res.OK {
 					sent++
 				}
+			}
+		}
+		for _, n := range nodes {
+			if res, err := ct.probeNodeFromHere(ctx, n, 500*time.Millisecond); err == nil && res.OK {
+				sent++
 			}
 		}
 	}
