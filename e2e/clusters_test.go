@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -231,6 +232,94 @@ spec:
 			}
 			return nil
 		})
+	})
+
+	t.Run("observe --cluster b, status --all and the connectivity test on a1 span cluster b", func(t *testing.T) {
+		m := m.For(t)
+		// Cross-cluster traffic, seen by a2's datapath (wa's node).
+		testutil.Eventually(t, 30*time.Second, "wb -> wa", func() error { return m.Talk("wb", "tcp", ips["wa"], 8080, "observe-b") })
+		type flowEnd struct {
+			IP      string `json:"ip"`
+			Name    string `json:"name"`
+			Node    string `json:"node"`
+			Cluster string `json:"cluster"`
+		}
+		type flowJSON struct {
+			Node        string  `json:"node"`
+			Cluster     string  `json:"cluster"`
+			Source      flowEnd `json:"source"`
+			Destination flowEnd `json:"destination"`
+		}
+		testutil.Eventually(t, 30*time.Second, "a flow from b/b2 to a/a2 among observe --cluster b", func() error {
+			out, err := m.Meshctl("a1", "observe", "--all-nodes", "--cluster", "b", "--last", "-1", "-o", "json")
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if !strings.Contains(out, "connected clusters not queried") || !strings.Contains(out, "b (2 nodes)") {
+				return fmt.Errorf("no note that cluster b's nodes were left out:\n%s", out)
+			}
+			found := false
+			for _, line := range strings.Split(out, "\n") {
+				if !strings.HasPrefix(line, "{") {
+					continue // the note on stderr
+				}
+				var f flowJSON
+				if err := json.Unmarshal([]byte(line), &f); err != nil {
+					return fmt.Errorf("line %q: %v", line, err)
+				}
+				if f.Cluster != "a" {
+					return fmt.Errorf("a flow seen by %s/%s: only cluster a's nodes are asked", f.Cluster, f.Node)
+				}
+				if f.Source.Cluster != "b" && f.Destination.Cluster != "b" {
+					return fmt.Errorf("a flow with no end in b passed --cluster b: %s", line)
+				}
+				s, d := f.Source, f.Destination
+				if s.IP == ips["wb"] && s.Cluster == "b" && s.Node == "b2" && d.IP == ips["wa"] && d.Cluster == "a" && d.Node == "a2" && d.Name != "" {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("no flow %s (b/b2) -> %s (a/a2) with both ends named:\n%s", ips["wb"], ips["wa"], out)
+			}
+			return nil
+		})
+		out := m.MustMeshctl("a1", "observe", "--node", "a2", "--cluster", "b", "--last", "-1")
+		if !strings.Contains(out, "b/b2 ") || !strings.Contains(out, "a/a2 ") {
+			t.Errorf("the table does not name both ends as cluster/node:\n%s", out)
+		}
+
+		out = m.MustMeshctl("a1", "status", "--all")
+		for _, want := range []string{"a/a1", "a/a2", "b/b1", "b/b2", "remote cluster: not queried"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("status --all lacks %q:\n%s", want, out)
+			}
+		}
+		var hm struct {
+			Nodes []struct {
+				Node    string `json:"node"`
+				Cluster string `json:"cluster"`
+				Remote  bool   `json:"remote"`
+			} `json:"nodes"`
+			Down []string `json:"down"`
+		}
+		m.JSON("a1", &hm, "status", "--all")
+		remote := 0
+		for _, n := range hm.Nodes {
+			if n.Remote != (n.Cluster != "a") {
+				t.Errorf("status --all row %s/%s: remote=%v", n.Cluster, n.Node, n.Remote)
+			}
+			if n.Remote && n.Cluster == "b" {
+				remote++
+			}
+		}
+		if remote != 2 || len(hm.Down) != 0 {
+			t.Errorf("status --all: %d rows of b (want 2), down %v", remote, hm.Down)
+		}
+
+		rep := connectivity(t, m, "a1", "--timeout", "15s")
+		if s := scenario(rep, "across clusters"); s.Result != "pass" {
+			t.Errorf("across clusters: %+v, want b1 and b2 reached from a1 through the tunnel", s)
+		}
 	})
 
 	t.Run("disconnect removes the other cluster on both sides", func(t *testing.T) {
