@@ -32,8 +32,9 @@ type clusterMesh struct{ a *Agent }
 
 // ownOffer is this cluster's side of a connection with a fresh read-only
 // credential for reader's use of this etcd (its etcd user is created
-// first, so the credential works once it is handed over).
-func (a *Agent) ownOffer(ctx context.Context, reader string) (join.ClusterOffer, error) {
+// first, so the credential works once it is handed over); with
+// readerPushes the credential may also write reader's mirror here.
+func (a *Agent) ownOffer(ctx context.Context, reader string, readerPushes bool) (join.ClusterOffer, error) {
 	if reader == a.cfg.Cluster {
 		return join.ClusterOffer{}, join.Errorf(join.CodeInvalid, "cluster %q cannot connect to itself (both sides are named %q; cluster names must be unique in a mesh)", reader, reader)
 	}
@@ -45,7 +46,7 @@ func (a *Agent) ownOffer(ctx context.Context, reader string) (join.ClusterOffer,
 	if err != nil {
 		return join.ClusterOffer{}, fmt.Errorf("reading this cluster's record: %w", err)
 	}
-	if err := a.cp.kv.EnsureClusterUser(ctx, reader, a.cfg.Cluster); err != nil {
+	if err := a.cp.kv.EnsureClusterUser(ctx, reader, a.cfg.Cluster, readerPushes); err != nil {
 		return join.ClusterOffer{}, fmt.Errorf("creating the etcd user of cluster %s: %w", reader, err)
 	}
 	cert, key, err := ca.IssueClient(join.ClusterCommonName(reader), []string{join.ClusterOrganization})
@@ -98,14 +99,18 @@ func (m clusterMesh) AcceptCluster(ctx context.Context, tokenCluster string, off
 	if tokenCluster != a.cfg.Cluster {
 		return join.ClusterOffer{}, join.Errorf(join.CodeForbidden, "the token was made for cluster %s, this is cluster %s", tokenCluster, a.cfg.Cluster)
 	}
-	r, err := remoteFromOffer(offer, kvstore.ModeMirror, time.Now())
+	mode := kvstore.ModeMirror
+	if offer.Push {
+		mode = kvstore.ModePushed // it cannot be reached: it pushes its records here
+	}
+	r, err := remoteFromOffer(offer, mode, time.Now())
 	if err != nil {
 		return join.ClusterOffer{}, join.Errorf(join.CodeInvalid, "offer of cluster %s: %v", offer.Name, err)
 	}
 	if _, err := a.cp.kv.GetRemoteCluster(ctx, r.Name); err == nil {
 		return join.ClusterOffer{}, join.Errorf(join.CodeInvalid, "cluster %s is connected already: disconnect it first (`meshctl cluster disconnect %s` on either side)", r.Name, r.Name)
 	}
-	mine, err := a.ownOffer(ctx, r.Name)
+	mine, err := a.ownOffer(ctx, r.Name, offer.Push)
 	if err != nil {
 		return join.ClusterOffer{}, err
 	}
@@ -122,13 +127,14 @@ func (m clusterMesh) DropCluster(ctx context.Context, name string) error {
 	return m.a.dropCluster(ctx, name)
 }
 
-// dropCluster removes the connection to name on this side: its record,
-// its mirror and its etcd user.
+// dropCluster removes the connection to name on this side: its etcd user
+// first (a cluster that pushes its records here can write no more), then
+// its record and its mirror.
 func (a *Agent) dropCluster(ctx context.Context, name string) error {
+	a.dropClusterUser(ctx, name)
 	if err := a.cp.kv.DeleteRemoteCluster(ctx, name); err != nil {
 		return err
 	}
-	a.dropClusterUser(ctx, name)
 	a.log.Info("cluster disconnected", "cluster", name)
 	return nil
 }
@@ -196,10 +202,11 @@ func (a *Agent) ConnectCluster(ctx context.Context, req api.ClusterConnectReques
 	if _, err := a.cp.kv.GetRemoteCluster(ctx, tok.Cluster); err == nil {
 		return api.RemoteCluster{}, api.Errorf(api.CodeInvalid, "cluster %s is connected already (see `meshctl cluster list`); disconnect it first to connect again", tok.Cluster)
 	}
-	mine, err := a.ownOffer(ctx, tok.Cluster)
+	mine, err := a.ownOffer(ctx, tok.Cluster, false)
 	if err != nil {
 		return api.RemoteCluster{}, clusterAPIError(err)
 	}
+	mine.Push = req.Push
 	theirs, err := join.ConnectCluster(ctx, tok, mine)
 	if err != nil {
 		a.dropClusterUser(ctx, tok.Cluster)
@@ -207,6 +214,7 @@ func (a *Agent) ConnectCluster(ctx context.Context, req api.ClusterConnectReques
 	}
 	r, err := remoteFromOffer(theirs, mode, time.Now())
 	if err == nil {
+		r.Push = req.Push
 		err = a.cp.kv.PutRemoteCluster(ctx, r)
 	}
 	if err != nil {
@@ -261,7 +269,7 @@ func (a *Agent) Clusters(ctx context.Context) ([]api.RemoteCluster, error) {
 func (a *Agent) remoteStatus(_ context.Context, r kvstore.RemoteCluster) api.RemoteCluster {
 	out := api.RemoteCluster{
 		Name: r.Name, ID: r.ID, MeshPool: r.MeshPool.String(), PodCIDRs: prefixStrings(r.PodCIDRs),
-		EtcdEndpoints: r.EtcdEndpoints, Mode: r.Mode, ConnectedAt: r.Connected,
+		EtcdEndpoints: r.EtcdEndpoints, Mode: r.Mode, Push: r.Push, ConnectedAt: r.Connected,
 	}
 	if st, ok := a.remoteClusterState(r.Name); ok {
 		out.Connected, out.Synced = st.Connected, st.Synced

@@ -277,7 +277,7 @@ func (rc *remoteClusters) state(name string) (remoteState, bool) {
 	take(a.nodes.Status(), &st.Nodes)
 	take(a.endpoints.Status(), &st.Endpoints)
 	take(a.remoteIDs.Status(), &st.Identities)
-	if r.view.Mode == kvstore.ModeMirror {
+	if r.view.Mode != kvstore.ModeDirect { // a mirror's status: ours, or the pushing cluster's
 		ctx, cancel := context.WithTimeout(rc.ctx, 2*time.Second)
 		defer cancel()
 		ms, err := a.cp.kv.GetMirrorStatus(ctx, name)
@@ -332,10 +332,73 @@ type runningMirror struct {
 func (ms *mirrors) event(ev kvstore.Event[kvstore.RemoteCluster]) {
 	if ev.Kind != kvstore.EventAdd {
 		ms.stop(ev.Old.Name)
+		ms.stopPush(ev.Old.Name)
 	}
-	if ev.Kind != kvstore.EventDelete && ev.Value.Mode == kvstore.ModeMirror {
+	if ev.Kind == kvstore.EventDelete {
+		return
+	}
+	if ev.Value.Mode == kvstore.ModeMirror {
 		ms.start(ev.Value)
 	}
+	if ev.Value.Push {
+		ms.startPush(ev.Value)
+	}
+}
+
+// pushKey names the pushing mirror of a connection in running.
+func pushKey(cluster string) string { return cluster + "/push" }
+
+// startPush runs, for a connection whose other side cannot reach this
+// cluster's etcd, a mirror of this cluster's own records into the other
+// cluster's etcd (under mirror/<this cluster>/, all its credential may
+// write there).
+func (ms *mirrors) startPush(r kvstore.RemoteCluster) {
+	a := ms.a
+	log := ms.log.With("cluster", r.Name, "push", true)
+	self, err := a.cp.kv.GetCluster(ms.ctx, a.cfg.Cluster)
+	if err != nil {
+		log.Error("reading this cluster's record; not pushing", "err", err)
+		return
+	}
+	client, err := kvstore.NewRemoteClient(ms.ctx, kvstore.RemoteAccess{
+		Endpoints: r.EtcdEndpoints, CAPEM: []byte(r.CACert), CertPEM: []byte(r.Cert), KeyPEM: []byte(r.Key), Logger: log,
+	})
+	if err != nil {
+		log.Error("cannot make a client of the remote etcd; not pushing", "err", err)
+		return
+	}
+	m, err := mirror.New(mirror.Config{Cluster: self.Name, ClusterID: self.ID, Remote: a.cp.kv.Source(), Local: client.KV(), Logger: log})
+	if err != nil {
+		_ = client.Close()
+		log.Error("cannot start the pushing mirror", "err", err)
+		return
+	}
+	ms.run(pushKey(r.Name), m, client, log)
+	log.Info("pushing this cluster's records", "etcd", r.EtcdEndpoints)
+}
+
+// stopPush ends the pushing mirror of a connection; what it wrote goes
+// with the other side's record of the connection.
+func (ms *mirrors) stopPush(cluster string) {
+	if rm, ok := ms.running[pushKey(cluster)]; ok {
+		delete(ms.running, pushKey(cluster))
+		rm.cancel()
+		<-rm.done
+	}
+}
+
+// run starts m under key until stopped.
+func (ms *mirrors) run(key string, m *mirror.Mirror, client *kvstore.Client, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(ms.ctx)
+	rm := &runningMirror{cancel: cancel, done: make(chan struct{})}
+	ms.running[key] = rm
+	go func() {
+		defer close(rm.done)
+		defer client.Close()
+		if err := m.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("mirror stopped", "err", err)
+		}
+	}()
 }
 
 func (ms *mirrors) start(r kvstore.RemoteCluster) {
@@ -353,16 +416,7 @@ func (ms *mirrors) start(r kvstore.RemoteCluster) {
 		log.Error("cannot start the mirror", "err", err)
 		return
 	}
-	ctx, cancel := context.WithCancel(ms.ctx)
-	rm := &runningMirror{cancel: cancel, done: make(chan struct{})}
-	ms.running[r.Name] = rm
-	go func() {
-		defer close(rm.done)
-		defer client.Close()
-		if err := m.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("mirror stopped", "err", err)
-		}
-	}()
+	ms.run(r.Name, m, client, log)
 	log.Info("mirror started", "etcd", r.EtcdEndpoints)
 }
 

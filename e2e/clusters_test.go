@@ -48,18 +48,24 @@ func TestClusterMesh(t *testing.T) {
 	m := NewMesh(t, &lab.Spec{Sites: []lab.SiteSpec{
 		{Name: "sa", Nodes: []lab.NodeSpec{{Name: "a1"}, {Name: "a2", Workloads: []lab.WorkloadSpec{{Name: "wa"}}}}},
 		{Name: "sb", Nodes: []lab.NodeSpec{{Name: "b1", Workloads: []lab.WorkloadSpec{{Name: "wdb"}}}, {Name: "b2", Workloads: []lab.WorkloadSpec{{Name: "wb"}}}}},
+		{Name: "sc", NAT: true, Nodes: []lab.NodeSpec{{Name: "c1", Workloads: []lab.WorkloadSpec{{Name: "wc"}}}}},
 	}})
 	m.Up("a1", "--cluster", "a")
 	m.Join("a2", "")
 	m.Up("b1", "--cluster", "b", "--", "--cluster-id", "2", "--mesh-pool", "100.65.0.0/16")
 	m.Join("b2", "")
+	m.Up("c1", "--cluster", "c", "--", "--cluster-id", "3", "--mesh-pool", "100.66.0.0/16")
 	ips := map[string]string{
+		"wc":  m.AddWorkload("wc", "app=edge"),
 		"wa":  m.AddWorkload("wa", "app=api"),
 		"wb":  m.AddWorkload("wb", "app=web"),
 		"wdb": m.AddWorkload("wdb", "app=db"),
 	}
 	for w, ip := range ips {
 		m.Echo(w, ip, 8080)
+	}
+	if !strings.HasPrefix(ips["wc"], "100.66.") {
+		t.Fatalf("wc got %s, outside cluster c's pool 100.66.0.0/16", ips["wc"])
 	}
 	if !strings.HasPrefix(ips["wb"], "100.65.") || !strings.HasPrefix(ips["wa"], "100.64.") {
 		t.Fatalf("workload addresses %v: want a in 100.64.0.0/16, b in 100.65.0.0/16", ips)
@@ -140,6 +146,41 @@ func TestClusterMesh(t *testing.T) {
 		if !seen["a"] || !seen["b"] {
 			t.Fatalf("a2 lists endpoints of clusters %v, want a and b: %+v", seen, eps)
 		}
+	})
+
+	t.Run("cluster c behind NAT connects to a by pushing its records", func(t *testing.T) {
+		m := m.For(t)
+		tok := clusterTokenRE.FindString(m.MustMeshctl("a1", "cluster", "token"))
+		out := m.MustMeshctl("c1", "cluster", "connect", tok, "--push")
+		if !strings.Contains(out, "connected to cluster a (id 1") {
+			t.Fatalf("connect said:\n%s", out)
+		}
+		testutil.Eventually(t, 60*time.Second, "a1 sees c pushed and synced", func() error {
+			var rs []remoteClusterJSON
+			m.JSON("a1", &rs, "cluster", "status", "c")
+			if len(rs) != 1 || rs[0].Mode != "pushed" || !rs[0].Connected || !rs[0].Synced || rs[0].Nodes != 1 || rs[0].Endpoints < 1 {
+				return fmt.Errorf("status %+v", rs)
+			}
+			return nil
+		})
+		for _, p := range [][2]string{{"wa", "wc"}, {"wc", "wa"}} {
+			testutil.Eventually(t, 60*time.Second, p[0]+" -> "+p[1], func() error { return m.Talk(p[0], "tcp", ips[p[1]], 8080, "nat-"+p[0]) })
+		}
+		// b and c are not connected to each other.
+		if err := m.Talk("wb", "tcp", ips["wc"], 8080, "no"); err == nil {
+			t.Error("wb reaches wc: b and c are not connected")
+		}
+		m.MustMeshctl("c1", "cluster", "disconnect", "a")
+		testutil.Eventually(t, 30*time.Second, "a1 no longer lists c", func() error {
+			var rs []remoteClusterJSON
+			m.JSON("a1", &rs, "cluster", "list")
+			for _, r := range rs {
+				if r.Name == "c" {
+					return fmt.Errorf("clusters %+v", rs)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("a policy of cluster a admits only mesh:cluster=b,app=web", func(t *testing.T) {

@@ -78,6 +78,10 @@ const (
 	ModeMirror = "mirror"
 	// ModeDirect: every agent watches the remote etcd itself (small meshes).
 	ModeDirect = "direct"
+	// ModePushed: the remote cluster cannot be reached (its etcd is behind
+	// NAT) and its own seed pushes its records into this etcd's mirror
+	// prefix; agents read them there as in mirror mode.
+	ModePushed = "pushed"
 )
 
 // MaxEtcdEndpoints bounds a remote cluster's endpoint list.
@@ -102,8 +106,11 @@ type RemoteCluster struct {
 	// issued for this one: etcd user ClusterUser(<this cluster>).
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
-	// Mode is ModeMirror or ModeDirect.
-	Mode      string    `json:"mode"`
+	// Mode is ModeMirror, ModeDirect or ModePushed.
+	Mode string `json:"mode"`
+	// Push: this side pushes its own records into the remote's etcd
+	// (this side is the one behind NAT), besides reading the remote's.
+	Push      bool      `json:"push,omitempty"`
 	Connected time.Time `json:"connected"`
 }
 
@@ -151,7 +158,7 @@ func (v RemoteClusterView) Validate() error {
 		return err
 	}
 	switch {
-	case v.Mode == ModeMirror && v.Direct == nil:
+	case (v.Mode == ModeMirror || v.Mode == ModePushed) && v.Direct == nil:
 	case v.Mode == ModeDirect && v.Direct != nil:
 		d := v.Direct
 		r := RemoteCluster{Name: v.Name, ID: v.ID, MeshPool: v.MeshPool, PodCIDRs: v.PodCIDRs, EtcdEndpoints: d.EtcdEndpoints,
@@ -201,8 +208,11 @@ func (r RemoteCluster) Validate() error {
 	if _, err := tls.X509KeyPair([]byte(r.Cert), []byte(r.Key)); err != nil {
 		return invalid("remote cluster", "%s: cert and key: %v", r.Name, err)
 	}
-	if r.Mode != ModeMirror && r.Mode != ModeDirect {
-		return invalid("remote cluster", "%s: mode %q, must be %s or %s", r.Name, r.Mode, ModeMirror, ModeDirect)
+	if r.Mode != ModeMirror && r.Mode != ModeDirect && r.Mode != ModePushed {
+		return invalid("remote cluster", "%s: mode %q, must be %s, %s or %s", r.Name, r.Mode, ModeMirror, ModeDirect, ModePushed)
+	}
+	if r.Push && r.Mode == ModePushed {
+		return invalid("remote cluster", "%s: both sides cannot push", r.Name)
 	}
 	return nil
 }
@@ -270,6 +280,18 @@ func RemoteClusterRole(reader, local string) (Role, error) {
 	return Role{Name: ClusterUser(reader), Perms: perms}, nil
 }
 
+// PushingClusterRole is RemoteClusterRole for a remote cluster that
+// cannot be reached and pushes its own records here: it may also write
+// mirror/<reader>/, and nothing else.
+func PushingClusterRole(reader, local string) (Role, error) {
+	r, err := RemoteClusterRole(reader, local)
+	if err != nil {
+		return r, err
+	}
+	r.Perms = append(r.Perms, prefixPerm(MirrorPrefix(reader), true))
+	return r, nil
+}
+
 // ensureRole creates (or completes) role and the certificate user of the
 // same name. Idempotent; admin only.
 func (c *Client) ensureRole(ctx context.Context, role Role) error {
@@ -310,9 +332,13 @@ func (c *Client) removeRole(ctx context.Context, name string) error {
 }
 
 // EnsureClusterUser creates the read-only etcd user of remote cluster
-// reader (RemoteClusterRole). Idempotent; admin only.
-func (c *Client) EnsureClusterUser(ctx context.Context, reader, local string) error {
+// reader (RemoteClusterRole; with push, PushingClusterRole). Idempotent;
+// admin only.
+func (c *Client) EnsureClusterUser(ctx context.Context, reader, local string, push bool) error {
 	role, err := RemoteClusterRole(reader, local)
+	if push {
+		role, err = PushingClusterRole(reader, local)
+	}
 	if err != nil {
 		return err
 	}

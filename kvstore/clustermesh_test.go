@@ -169,10 +169,10 @@ func TestClusterCredentialsAgainstEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := admin.EnsureClusterUser(ctx, "west", "east"); err != nil {
+	if err := admin.EnsureClusterUser(ctx, "west", "east", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := admin.EnsureClusterUser(ctx, "west", "east"); err != nil {
+	if err := admin.EnsureClusterUser(ctx, "west", "east", false); err != nil {
 		t.Fatalf("twice: %v", err)
 	}
 	r := remoteFor(t, srv, "east", 1, "100.64.0.0/16", "west")
@@ -253,5 +253,40 @@ func TestTokenPurpose(t *testing.T) {
 	bad := kvstore.Token{ID: "t1", SecretSHA256: strings.Repeat("ab", 32), Cluster: "east", Expires: now, MaxUses: 1, Purpose: "admin"}
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "purpose") {
 		t.Fatalf("a token of unknown purpose: %v", err)
+	}
+}
+
+// A cluster that pushes its records may write its own mirror prefix and
+// nothing else.
+func TestPushingClusterRole(t *testing.T) {
+	r, err := kvstore.PushingClusterRole("c", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	P := kvstore.Prefix
+	for _, c := range []struct {
+		key  string
+		op   kvstore.Operation
+		want bool
+	}{
+		{P + "mirror/c/nodes/c/c1", kvstore.OpWrite, true},
+		{P + "mirror/c/status", kvstore.OpWrite, true},
+		{P + "mirror/b/nodes/b/b1", kvstore.OpWrite, false},
+		{P + "mirror/b/nodes/b/b1", kvstore.OpRead, false},
+		{P + "mirror/cc/nodes/cc/x", kvstore.OpWrite, false},
+		{P + "nodes/a/a1", kvstore.OpRead, true},
+		{P + "nodes/a/a1", kvstore.OpWrite, false},
+		{P + "nodes/c/c1", kvstore.OpWrite, false},
+		{P + "tokens/t1", kvstore.OpRead, false},
+		{P + "policies/p", kvstore.OpRead, false},
+		{P + "clustermesh/c", kvstore.OpRead, false},
+	} {
+		if got := kvstore.Authorize(r, c.key, "", c.op); got != c.want {
+			t.Errorf("%s %s: allowed=%v, want %v", c.op, c.key, got, c.want)
+		}
+	}
+	plain, _ := kvstore.RemoteClusterRole("c", "a")
+	if kvstore.Authorize(plain, P+"mirror/c/status", "", kvstore.OpWrite) {
+		t.Error("a cluster that does not push may write its mirror")
 	}
 }

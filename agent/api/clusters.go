@@ -21,17 +21,22 @@ type ClusterConnectRequest struct {
 	// records into the local etcd) or "direct" (agents watch the remote
 	// etcd themselves).
 	Mode string `json:"mode,omitempty"`
+	// Push: this cluster cannot be reached from the other one (behind
+	// NAT); it pushes its own records into the other cluster's etcd.
+	Push bool `json:"push,omitempty"`
 }
 
 // RemoteCluster is a connected cluster and how its records reach this one.
 type RemoteCluster struct {
-	Name          string    `json:"name"`
-	ID            int       `json:"id"`
-	MeshPool      string    `json:"meshPool"`
-	PodCIDRs      []string  `json:"podCIDRs,omitempty"`
-	EtcdEndpoints []string  `json:"etcdEndpoints"`
-	Mode          string    `json:"mode"`
-	ConnectedAt   time.Time `json:"connectedAt"`
+	Name          string   `json:"name"`
+	ID            int      `json:"id"`
+	MeshPool      string   `json:"meshPool"`
+	PodCIDRs      []string `json:"podCIDRs,omitempty"`
+	EtcdEndpoints []string `json:"etcdEndpoints"`
+	Mode          string   `json:"mode"`
+	// Push: this side pushes its own records into that cluster's etcd.
+	Push        bool      `json:"push,omitempty"`
+	ConnectedAt time.Time `json:"connectedAt"`
 	// Connected is whether the remote etcd answers now (the mirror's view,
 	// or this agent's in direct mode).
 	Connected bool `json:"connected"`

@@ -69,6 +69,11 @@ type ClusterOffer struct {
 	// cluster's etcd, issued for the other cluster.
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
+	// Push says the offering cluster cannot be reached from the other one
+	// (its etcd is behind NAT): instead of being read, it pushes its own
+	// records into the other cluster's etcd, under mirror/<its name>/ only,
+	// with the credential the other side issues it.
+	Push bool `json:"push,omitempty"`
 }
 
 // Validate checks the offer's shape; the receiver checks it against its

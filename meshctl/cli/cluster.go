@@ -19,7 +19,7 @@ func clusterCommand() *cli.Command {
 		Name:  "cluster",
 		Usage: "connect this cluster to other clusters, each with its own etcd",
 		UsageText: `meshctl cluster token [--ttl 1h]
-meshctl cluster connect TOKEN [--mode mirror|direct]
+meshctl cluster connect TOKEN [--mode mirror|direct] [--push]
 meshctl cluster list
 meshctl cluster status [NAME]
 meshctl cluster disconnect NAME`,
@@ -49,13 +49,20 @@ the collision named. See docs/clusters.md.`,
 			{
 				Name:      "connect",
 				Usage:     "connect this cluster to the cluster that made TOKEN (both directions)",
-				UsageText: "meshctl cluster connect TOKEN [--mode mirror|direct] [-o table|json]",
+				UsageText: "meshctl cluster connect TOKEN [--mode mirror|direct] [--push] [-o table|json]",
 				Description: `--mode mirror (the default): this cluster's first node copies the other
 cluster's records into this cluster's etcd, and agents watch only their own
 etcd, so the other etcd sees one watcher per connected cluster. --mode direct:
-every agent of this cluster watches the other etcd itself (small meshes).`,
+every agent of this cluster watches the other etcd itself (small meshes).
+
+--push: for a cluster whose etcd and join service the other cluster cannot
+reach (behind NAT). The other cluster gives this one a credential that may
+also write the other etcd's mirror/<this cluster>/ (nothing else), and this
+cluster's first node pushes its own records there; the other cluster's
+agents check them as they check any remote cluster's records.`,
 				Flags: agentFlags(
 					&cli.StringFlag{Name: "mode", Value: "mirror", Usage: "how agents get the other cluster's records: `mirror` or direct"},
+					&cli.BoolFlag{Name: "push", Usage: "this cluster cannot be reached from the other (behind NAT): push its records into the other cluster's etcd"},
 				),
 				Action: clusterConnectAction,
 			},
@@ -128,7 +135,7 @@ func clusterConnectAction(c *cli.Context) error {
 	ctx, cancel := cmdContext(c)
 	defer cancel()
 	fmt.Fprintln(c.App.ErrWriter, "connecting: exchanging credentials with the other cluster's join service...")
-	r, err := agentClient(c).ConnectCluster(ctx, api.ClusterConnectRequest{Token: strings.TrimSpace(token), Mode: mode})
+	r, err := agentClient(c).ConnectCluster(ctx, api.ClusterConnectRequest{Token: strings.TrimSpace(token), Mode: mode, Push: c.Bool("push")})
 	if err != nil {
 		return fmt.Errorf("connecting the cluster: %w", err)
 	}
