@@ -216,6 +216,9 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add([]byte(`{"version":1,"ip":"100.64.1.2","identity":300,"cluster":"a","node":"b"}`))
 	f.Add([]byte(`{"version":1,"name":"p","format":"yaml","document":"kind: Policy"}`))
 	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`{"version":1,"name":"west","id":2,"meshPool":"100.65.0.0/16","mode":"mirror"}`))
+	f.Add([]byte(`{"version":1,"name":"west","id":2,"meshPool":"100.65.0.0/16","mode":"direct","direct":{"etcdEndpoints":["https://198.18.0.1:2379"],"caCert":"x","cert":"y","key":"z"}}`))
+	f.Add([]byte(`{"version":1,"cluster":"west","clusterID":2,"synced":true,"updated":"2030-01-01T00:00:00Z","counts":{"nodes":1}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		check := func(rec Record, err error) {
 			if err != nil {
@@ -249,6 +252,12 @@ func FuzzDecodeRecords(f *testing.F) {
 		check(&p, err)
 		tk, err := DecodeToken(data)
 		check(&tk, err)
+		rc, err := DecodeRemoteCluster(data)
+		check(&rc, err)
+		rv, err := decode[RemoteClusterView](data)
+		check(&rv, err)
+		ms, err := DecodeMirrorStatus(data)
+		check(&ms, err)
 	})
 }
 
