@@ -77,7 +77,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 			return nil
 		}},
 		{name: "start observability", when: func() bool { return !a.opts.noObservability }, start: a.startObservability},
-		{name: "serve join", when: func() bool { return a.cp.embedded != nil }, start: a.serveJoin},
+		{name: "serve join", when: a.cp.seed, start: a.serveJoin},
 	}
 }
 
@@ -333,15 +333,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 	// The nodes' label grants, for the ipcache reconciler to refuse
 	// endpoints outside their node's grant (a.cp.grants.Allows;
 	// docs/security.md); a changed grant re-judges the node's endpoints.
-	a.cp.grants, err = kvstore.NewGrantCache(ec, func(ev kvstore.Event[kvstore.Grant]) {
-		if r := a.ipcache.Load(); r != nil {
-			g := ev.Value
-			if ev.Kind == kvstore.EventDelete {
-				g = ev.Old
-			}
-			r.resyncNode(g.Cluster, g.Node)
-		}
-	}, a.log)
+	a.cp.grants, err = kvstore.NewGrantCache(ec, a.grantEvent, a.log)
 	if err != nil {
 		return err
 	}
@@ -371,15 +363,7 @@ func (a *Agent) startCaches(ctx context.Context) error {
 		return err
 	}
 	// Connected clusters' label grants, to judge their endpoints.
-	a.remoteGrants, err = newView("remote grants", kvstore.GrantDecoder, func(ev kvstore.Event[kvstore.Grant]) {
-		if r := a.ipcache.Load(); r != nil {
-			g := ev.Value
-			if ev.Kind == kvstore.EventDelete {
-				g = ev.Old
-			}
-			r.resyncNode(g.Cluster, g.Node)
-		}
-	}, a.log)
+	a.remoteGrants, err = newView("remote grants", kvstore.GrantDecoder, a.grantEvent, a.log)
 	if err != nil {
 		return err
 	}
@@ -400,4 +384,16 @@ func (a *Agent) endpointHeld(cluster, node string) bool {
 		return !present
 	}
 	return a.peers.isRetained(cluster, node)
+}
+
+// grantEvent re-judges the endpoints of the node whose label grant (local
+// or a connected cluster's) changed.
+func (a *Agent) grantEvent(ev kvstore.Event[kvstore.Grant]) {
+	if r := a.ipcache.Load(); r != nil {
+		g := ev.Value
+		if ev.Kind == kvstore.EventDelete {
+			g = ev.Old
+		}
+		r.resyncNode(g.Cluster, g.Node)
+	}
 }

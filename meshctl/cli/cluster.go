@@ -100,9 +100,9 @@ func clusterTokenAction(c *cli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	ttl := c.Duration("ttl")
-	if ttl < minTokenTTL || ttl > maxTokenTTL {
-		return fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
+	ttl, err := tokenTTL(c)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := cmdContext(c)
 	defer cancel()

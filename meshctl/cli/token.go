@@ -153,9 +153,9 @@ func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
 			req.PodCIDRs = append(req.PodCIDRs, p.String())
 		}
 	}
-	ttl := c.Duration("ttl")
-	if ttl < minTokenTTL || ttl > maxTokenTTL {
-		return req, fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
+	ttl, err := tokenTTL(c)
+	if err != nil {
+		return req, err
 	}
 	req.TTL = api.Duration(ttl)
 	switch reusable, max := c.Bool("reusable"), c.Int("max-uses"); {
@@ -282,4 +282,13 @@ func tokenRevokeAction(c *cli.Context) error {
 	}
 	_, err = fmt.Fprintf(c.App.Writer, "token %s revoked: no machine can join with it any more\n", id)
 	return err
+}
+
+// tokenTTL is the --ttl of a token (join or cluster), checked.
+func tokenTTL(c *cli.Context) (time.Duration, error) {
+	ttl := c.Duration("ttl")
+	if ttl < minTokenTTL || ttl > maxTokenTTL {
+		return 0, fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
+	}
+	return ttl, nil
 }
