@@ -223,6 +223,16 @@ func (p *etcdProc) metrics(ctx context.Context, names ...string) (map[string]flo
 	return parseMetrics(bufio.NewScanner(resp.Body), names)
 }
 
+// watches returns the server's watchers and watch streams.
+func (p *etcdProc) watches(ctx context.Context) (watchers, streams int, err error) {
+	const w, s = "etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total"
+	m, err := p.metrics(ctx, w, s)
+	if err != nil {
+		return 0, 0, err
+	}
+	return int(m[w]), int(m[s]), nil
+}
+
 // parseMetrics reads the Prometheus text format for the unlabelled
 // samples of names.
 func parseMetrics(sc *bufio.Scanner, names []string) (map[string]float64, error) {

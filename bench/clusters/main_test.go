@@ -169,7 +169,7 @@ etcd_debugging_mvcc_watcher_total_other{x="y"} 1
 
 func TestFlags(t *testing.T) {
 	cfg, err := parseFlags(nil, io.Discard)
-	if err != nil || len(cfg.Clusters) != 3 || cfg.Clusters[2] != 32 || cfg.Agents != 10 || cfg.updates() != 2000 {
+	if err != nil || len(cfg.Clusters) != 3 || cfg.Clusters[2] != 32 || cfg.Agents != 10 || cfg.updates() != 400 {
 		t.Fatalf("defaults: %+v, %v", cfg, err)
 	}
 	cfg, err = parseFlags([]string{"-quick", "-agents", "5"}, io.Discard)

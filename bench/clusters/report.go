@@ -24,15 +24,15 @@ func report(w io.Writer, cfg config, machine string, rs []result) {
 	}
 	p("Remote etcd (the one cluster's):")
 	p("")
-	p("| N | mode | agents | watchers | watch streams | CPU s, churn | vs baseline | CPU s, connect+sync | RSS MiB |")
-	p("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	p("| N | mode | agents | watchers | watch streams | CPU s, churn | ms per update | vs baseline | CPU s, connect+sync | RSS MiB |")
+	p("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
 		vs := "1.00"
 		if base != nil && r.Mode != modeNone {
 			vs = ratio(r.RemoteCPU, base.RemoteCPU)
 		}
-		p("| %d | %s | %d | %d | %d | %.2f | %s | %.2f | %.0f |", r.Clusters, r.Mode, (r.Clusters-1)*r.Agents,
-			r.RemoteWatchers, r.RemoteStreams, r.RemoteCPU, vs, r.RemoteSyncCPU, r.RemoteRSS)
+		p("| %d | %s | %d | %d | %d | %.2f | %.1f | %s | %.2f | %.0f |", r.Clusters, r.Mode, (r.Clusters-1)*r.Agents,
+			r.RemoteWatchers, r.RemoteStreams, r.RemoteCPU, 1000*r.RemoteCPU/float64(max(r.Updates, 1)), vs, r.RemoteSyncCPU, r.RemoteRSS)
 	}
 	p("")
 	p("Propagation (a put answered is the baseline's figure):")

@@ -381,18 +381,29 @@ func (e *env) runOne(ctx context.Context, m mode, n int) (res result, err error)
 		return res, err
 	}
 
-	names := []string{"etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_watch_stream_total"}
-	rm, err := remote.metrics(ctx, names...)
-	if err != nil {
-		return res, err
+	// A cache is synced once it has listed; its watch is created just
+	// after, and a mirror's watches of prefixes no agent reads need not be
+	// in yet: give them until the counts the topology implies, or 10 s.
+	wantRemote, wantLocal := consumers*res.Agents*agentWatches, 0
+	if m == modeMirror {
+		wantRemote, wantLocal = consumers*mirrorWatches, consumers*res.Agents*agentWatches
 	}
-	res.RemoteWatchers, res.RemoteStreams = int(rm[names[0]]), int(rm[names[1]])
-	if local != nil {
-		lm, err := local.metrics(ctx, names...)
-		if err != nil {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if res.RemoteWatchers, res.RemoteStreams, err = remote.watches(ctx); err != nil {
 			return res, err
 		}
-		res.LocalWatchers, res.LocalStreams = int(lm[names[0]]), int(lm[names[1]])
+		if local != nil {
+			if res.LocalWatchers, res.LocalStreams, err = local.watches(ctx); err != nil {
+				return res, err
+			}
+		}
+		if (res.RemoteWatchers == wantRemote && res.LocalWatchers == wantLocal) || time.Now().After(deadline) {
+			break
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return res, err
+		}
 	}
 
 	// The churn window: from the first update to the last one being in
