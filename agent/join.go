@@ -244,16 +244,18 @@ func (s nodeServices) ReleaseCIDR(ctx context.Context, c join.Caller, cidr netip
 	return err
 }
 
-// meshCA is the CA the embedded etcd trusts for clients: the join service
-// signs node certificates with it, so joined nodes can reach etcd.
+// meshCA is the CA the cluster's etcd (embedded or existing) trusts for
+// clients: the join service signs node certificates with it, so joined
+// nodes can reach etcd.
 func (a *Agent) meshCA() (*pki.CA, error) {
 	if a.cp.files.CAKeyFile == "" {
-		return nil, api.Errorf(api.CodeNotSupported, "tokens need admin rights and the mesh CA, which this node does not hold: create tokens on the mesh's first node (where `meshctl up` ran)")
+		return nil, api.Errorf(api.CodeNotSupported, "tokens need admin rights and the mesh CA, which this node does not hold: create tokens on the cluster's seed (where `meshctl up` ran, or the agent given --etcd-ca-key on an existing etcd)")
 	}
 	return pki.LoadCAFiles(a.cp.files.CAFile, a.cp.files.CAKeyFile)
 }
 
-// serveJoin runs the join service next to the embedded etcd.
+// serveJoin runs the join service on the seed (next to the embedded etcd,
+// or on the agent given etcd.caKeyFile).
 func (a *Agent) serveJoin(ctx context.Context) error {
 	run := a.goRun
 	ca, err := a.meshCA()

@@ -129,6 +129,13 @@ type Etcd struct {
 	CAFile    string   `json:"caFile,omitempty"`
 	CertFile  string   `json:"certFile,omitempty"`
 	KeyFile   string   `json:"keyFile,omitempty"`
+	// CAKeyFile is the private key of CAFile's CA, which the existing etcd
+	// trusts for client certificates. With it (and an admin CertFile) the
+	// agent is its cluster's seed, as the embedded node is: it runs the
+	// join service, signs the joining nodes' certificates and holds the
+	// cluster API (tokens, cluster connect). docs/clusters.md, "Existing
+	// etcd clusters".
+	CAKeyFile string `json:"caKeyFile,omitempty"`
 	// LeaseTTL is how long the node's records outlive a crashed agent.
 	LeaseTTL Duration     `json:"leaseTTL,omitempty"`
 	Embedded EmbeddedEtcd `json:"embedded,omitempty"`
@@ -155,7 +162,8 @@ type EmbeddedEtcd struct {
 }
 
 // JoinServer configures the join service, which runs next to the mesh CA
-// (on the node that runs the embedded etcd).
+// (on the node that runs the embedded etcd, or the one given
+// etcd.caKeyFile).
 type JoinServer struct {
 	// Listen is the address the join service binds (host:port).
 	Listen string `json:"listen,omitempty"`
@@ -363,6 +371,27 @@ func (c *Config) JoinAdvertise() string {
 	return c.Join.Listen
 }
 
+// validateJoinService checks the settings of a seed's join service.
+func (c *Config) validateJoinService(bad func(field, format string, args ...any)) {
+	if err := checkHostPort(c.Join.Listen); err != nil {
+		bad("join.listen", "%v", err)
+	}
+	if v := c.Join.NodeCertValidity.D(); v != 0 && (v < 30*time.Second || v > 365*24*time.Hour) {
+		bad("join.nodeCertValidity", "%v: use 30s to 8760h (0: 30 days)", v)
+	}
+	if c.Join.Advertise != "" {
+		if err := checkHostPort(c.Join.Advertise); err != nil {
+			bad("join.advertise", "%v", err)
+		}
+	}
+}
+
+// Seed reports whether this agent is its cluster's seed: the one holding
+// the CA key, running the join service and the cluster API.
+func (c *Config) Seed() bool {
+	return c.Etcd.Embedded.Enabled && len(c.Etcd.Endpoints) == 0 || c.Etcd.CAKeyFile != ""
+}
+
 var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
 // ValidateName checks a node, cluster or workload name against the mesh's
@@ -414,17 +443,10 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(c.embeddedAdvertiseURL()); err == nil && isWildcardHost(u.Hostname()) {
 			bad("etcd.embedded.advertiseClientURL", "the client URL %q listens on a wildcard address: set an address other nodes can reach", c.embeddedAdvertiseURL())
 		}
-		if err := checkHostPort(c.Join.Listen); err != nil {
-			bad("join.listen", "%v", err)
+		if e.CAKeyFile != "" {
+			bad("etcd.caKeyFile", "the embedded etcd keeps its own CA in stateDir: leave etcd.caKeyFile out, or give etcd.endpoints of the existing etcd whose CA key it is instead of the embedded etcd")
 		}
-		if v := c.Join.NodeCertValidity.D(); v != 0 && (v < 30*time.Second || v > 365*24*time.Hour) {
-			bad("join.nodeCertValidity", "%v: use 30s to 8760h (0: 30 days)", v)
-		}
-		if c.Join.Advertise != "" {
-			if err := checkHostPort(c.Join.Advertise); err != nil {
-				bad("join.advertise", "%v", err)
-			}
-		}
+		c.validateJoinService(bad)
 	case len(e.Endpoints) == 0:
 		bad("etcd.endpoints", "no etcd endpoints: give --etcd-endpoints (with --etcd-ca, --etcd-cert, --etcd-key), run `meshctl join TOKEN`, or start the first node with --embedded-etcd (meshctl up)")
 	default:
@@ -443,6 +465,22 @@ func (c *Config) Validate() error {
 		if c.Join.Server != "" {
 			if err := checkHostPort(c.Join.Server); err != nil {
 				bad("join.server", "%v", err)
+			}
+		}
+		if e.CAKeyFile != "" {
+			// A seed on an existing etcd: the same join service as the
+			// embedded seed's. Whether the key matches etcd.caFile and the
+			// certificate is an admin's is checked when the agent starts
+			// (the files are read there).
+			if !filepath.IsAbs(e.CAKeyFile) {
+				bad("etcd.caKeyFile", "%q must be an absolute path", e.CAKeyFile)
+			}
+			if c.Kubernetes.Enabled {
+				bad("etcd.caKeyFile", "a Kubernetes node's agent is not a seed: run the seed (etcd.caKeyFile, the join service) on a VM or a control-plane machine, outside the DaemonSet")
+			}
+			c.validateJoinService(bad)
+			if h, _, err := net.SplitHostPort(c.JoinAdvertise()); err == nil && isWildcardHost(h) {
+				bad("join.advertise", "the join service listens on the wildcard address %q: set join.advertise (--join-advertise) to the host:port joining nodes reach, it goes into every token", c.Join.Listen)
 			}
 		}
 	}

@@ -22,6 +22,7 @@ const (
 	FlagEtcdCA             = "etcd-ca"
 	FlagEtcdCert           = "etcd-cert"
 	FlagEtcdKey            = "etcd-key"
+	FlagEtcdCAKey          = "etcd-ca-key"
 	FlagLeaseTTL           = "lease-ttl"
 	FlagEmbeddedEtcd       = "embedded-etcd"
 	FlagEtcdDataDir        = "embedded-etcd-data-dir"
@@ -79,6 +80,7 @@ func Flags() []cli.Flag {
 		&cli.PathFlag{Name: FlagEtcdCA, EnvVars: env(FlagEtcdCA), Usage: "CA certificate `FILE` that signed the etcd servers' certificates", Category: categoryControlPlane},
 		&cli.PathFlag{Name: FlagEtcdCert, EnvVars: env(FlagEtcdCert), Usage: "client certificate `FILE` for etcd", Category: categoryControlPlane},
 		&cli.PathFlag{Name: FlagEtcdKey, EnvVars: env(FlagEtcdKey), Usage: "client key `FILE` for etcd", Category: categoryControlPlane},
+		&cli.PathFlag{Name: FlagEtcdCAKey, EnvVars: env(FlagEtcdCAKey), Usage: "key `FILE` of the --etcd-ca CA, which the etcd trusts for client certificates: with an admin --etcd-cert, makes this agent the cluster's seed (join service, tokens, cluster connect)", Category: categoryControlPlane},
 		&cli.DurationFlag{Name: FlagLeaseTTL, EnvVars: env(FlagLeaseTTL), Value: d.Etcd.LeaseTTL.D(), Usage: "how long a crashed node's records stay in etcd", Category: categoryControlPlane},
 
 		&cli.BoolFlag{Name: FlagEmbeddedEtcd, EnvVars: env(FlagEmbeddedEtcd), Usage: "run a single-member etcd, the mesh CA and the join service in this agent (what meshctl up does)", Category: categoryEmbedded},
@@ -172,6 +174,7 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagEtcdCA, &cfg.Etcd.CAFile)
 	setS(FlagEtcdCert, &cfg.Etcd.CertFile)
 	setS(FlagEtcdKey, &cfg.Etcd.KeyFile)
+	setS(FlagEtcdCAKey, &cfg.Etcd.CAKeyFile)
 	setD(FlagLeaseTTL, &cfg.Etcd.LeaseTTL)
 	if c.IsSet(FlagEmbeddedEtcd) {
 		cfg.Etcd.Embedded.Enabled = c.Bool(FlagEmbeddedEtcd)
