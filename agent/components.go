@@ -77,7 +77,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 			return nil
 		}},
 		{name: "start observability", when: func() bool { return !a.opts.noObservability }, start: a.startObservability},
-		{name: "serve join", when: a.cp.seed, start: a.serveJoin},
+		{name: "serve join", when: func() bool { return a.cp.seed() }, start: a.serveJoin},
 	}
 }
 
