@@ -178,11 +178,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 }
 
 func (c config) validate() error {
-	_, hi, err := identity.ClusterRange(remoteID)
+	lo, hi, err := identity.ClusterRange(remoteID)
 	if err != nil {
 		return err
 	}
-	lo, _, _ := identity.ClusterRange(remoteID)
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
