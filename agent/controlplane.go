@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/weftmesh/weft/agent/config"
@@ -198,7 +199,10 @@ func checkExternalSeed(e config.Etcd) error {
 // user needs the root role to give nodes their users.
 func (cp *controlPlane) secureExternalEtcd(ctx context.Context, certFile string, log *slog.Logger) error {
 	on, err := cp.kv.AuthEnabled(ctx)
-	if err != nil {
+	// etcd before 3.5 cannot say (no AuthStatus): EnableAuth is then
+	// idempotent by itself, and another admin is trusted with a warning.
+	unknown := err != nil && strings.Contains(err.Error(), "Unimplemented")
+	if err != nil && !unknown {
 		return fmt.Errorf("seed on an existing etcd: %w", err)
 	}
 	if on {
@@ -211,6 +215,10 @@ func (cp *controlPlane) secureExternalEtcd(ctx context.Context, certFile string,
 	cert, err := pki.ParseCertPEM(data)
 	if err != nil {
 		return fmt.Errorf("etcd.certFile %s: %w", certFile, err)
+	}
+	if cert.Subject.CommonName != kvstore.AdminUser && unknown {
+		log.Warn("this etcd (before 3.5) does not tell whether its authentication is on: with it off, every certificate this seed signs is etcd root; turn it on (etcdctl auth enable) with the root role for this certificate's user", "user", cert.Subject.CommonName)
+		return nil
 	}
 	if cert.Subject.CommonName != kvstore.AdminUser {
 		return fmt.Errorf("etcd's authentication is off, so every certificate this seed signs would be etcd root: use an admin certificate with CN=%s (the seed then turns authentication on), or turn it on yourself (etcdctl user add %s --no-password; etcdctl user grant-role %s root; etcdctl auth enable) with the root role for this certificate's user %q", kvstore.AdminUser, kvstore.AdminUser, kvstore.AdminUser, cert.Subject.CommonName)

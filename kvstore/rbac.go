@@ -214,7 +214,8 @@ func mapAuthError(err error) error {
 	if strings.Contains(err.Error(), "etcdserver: permission denied") {
 		return &permissionError{err: err}
 	}
-	return err
+	// Every KV call goes through here: etcd not answering is named too.
+	return mapUnavailable(err)
 }
 
 // authKV maps the refusals of every KV call the helpers make.

@@ -52,6 +52,7 @@ const (
 	envPrefix              = "WEFT_"
 	categoryControlPlane   = "control plane"
 	categoryEmbedded       = "embedded control plane (first node)"
+	categorySeed           = "join service (the seed: the embedded etcd's node, or --etcd-ca-key)"
 	categoryDataplane      = "tunnel and datapath"
 	categoryObservability  = "logs and metrics"
 	categoryNodeAndCluster = "node"
@@ -88,9 +89,9 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: FlagEtcdClientURL, EnvVars: env(FlagEtcdClientURL), Value: d.Etcd.Embedded.ClientURL, Usage: "`URL` the embedded etcd serves clients on", Category: categoryEmbedded},
 		&cli.StringFlag{Name: FlagEtcdAdvertiseURL, EnvVars: env(FlagEtcdAdvertiseURL), Usage: "client `URL` given to joining nodes (default: the client URL)", Category: categoryEmbedded},
 		&cli.StringFlag{Name: FlagEtcdPeerURL, EnvVars: env(FlagEtcdPeerURL), Value: d.Etcd.Embedded.PeerURL, Usage: "peer `URL` of the embedded etcd", Category: categoryEmbedded},
-		&cli.StringFlag{Name: FlagJoinListen, EnvVars: env(FlagJoinListen), Value: d.Join.Listen, Usage: "`HOST:PORT` the join service listens on", Category: categoryEmbedded},
-		&cli.DurationFlag{Name: FlagNodeCertValidity, EnvVars: env(FlagNodeCertValidity), Usage: "lifetime of the node certificates the join service signs; agents renew theirs when a third is left (0: 30 days)", Category: categoryEmbedded},
-		&cli.StringFlag{Name: FlagJoinAdvertise, EnvVars: env(FlagJoinAdvertise), Usage: "`HOST:PORT` of the join service written into tokens (default: --join-listen)", Category: categoryEmbedded},
+		&cli.StringFlag{Name: FlagJoinListen, EnvVars: env(FlagJoinListen), Value: d.Join.Listen, Usage: "`HOST:PORT` the join service listens on", Category: categorySeed},
+		&cli.DurationFlag{Name: FlagNodeCertValidity, EnvVars: env(FlagNodeCertValidity), Usage: "lifetime of the node certificates the join service signs; agents renew theirs when a third is left (0: 30 days)", Category: categorySeed},
+		&cli.StringFlag{Name: FlagJoinAdvertise, EnvVars: env(FlagJoinAdvertise), Usage: "`HOST:PORT` of the join service written into tokens (default: --join-listen)", Category: categorySeed},
 
 		&cli.StringFlag{Name: FlagWGInterface, EnvVars: env(FlagWGInterface), Value: d.WireGuard.Interface, Usage: "WireGuard interface `NAME`", Category: categoryDataplane},
 		&cli.IntFlag{Name: FlagWGPort, EnvVars: env(FlagWGPort), Value: d.WireGuard.ListenPort, Usage: "WireGuard UDP `PORT`", Category: categoryDataplane},
