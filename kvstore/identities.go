@@ -83,11 +83,7 @@ func (c *Client) CreateIdentity(ctx context.Context, h IdentityHolder, id uint32
 		return false, err
 	}
 	labelsKey, idKey := IdentityLabelsKey(labelsHash), IdentityIDKey(id)
-	idRec, err := Encode(&Identity{ID: id, Labels: labels})
-	if err != nil {
-		return false, err
-	}
-	numRec, err := Encode(&IdentityNumber{ID: id})
+	idRec, numRec, err := identityRecords(id, labels)
 	if err != nil {
 		return false, err
 	}
@@ -116,11 +112,7 @@ func (c *Client) RenumberIdentity(ctx context.Context, h IdentityHolder, id uint
 		return false, err
 	}
 	labelsKey, idKey := IdentityLabelsKey(labelsHash), IdentityIDKey(id)
-	idRec, err := Encode(&Identity{ID: id, Labels: labels})
-	if err != nil {
-		return false, err
-	}
-	numRec, err := Encode(&IdentityNumber{ID: id})
+	idRec, numRec, err := identityRecords(id, labels)
 	if err != nil {
 		return false, err
 	}
@@ -280,4 +272,15 @@ func (c *Client) DeleteSupersededIdentity(ctx context.Context, id uint32, labels
 	}
 	refsChanged = len(resp.Responses) == 1 && len(resp.Responses[0].GetResponseRange().GetKvs()) > 0
 	return false, refsChanged, nil
+}
+
+// identityRecords encodes identities/id/<id> and the labels key's value.
+func identityRecords(id uint32, labels []string) (idRec, numRec []byte, err error) {
+	if idRec, err = Encode(&Identity{ID: id, Labels: labels}); err != nil {
+		return nil, nil, err
+	}
+	if numRec, err = Encode(&IdentityNumber{ID: id}); err != nil {
+		return nil, nil, err
+	}
+	return idRec, numRec, nil
 }
