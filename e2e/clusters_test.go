@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -148,39 +151,69 @@ func TestClusterMesh(t *testing.T) {
 		}
 	})
 
-	t.Run("cluster c behind NAT connects to a by pushing its records", func(t *testing.T) {
+	t.Run("cluster c behind NAT connects to a and b by pushing its records: every workload reaches every other, encrypted", func(t *testing.T) {
 		m := m.For(t)
-		tok := clusterTokenRE.FindString(m.MustMeshctl("a1", "cluster", "token"))
-		out := m.MustMeshctl("c1", "cluster", "connect", tok, "--push")
-		if !strings.Contains(out, "connected to cluster a (id 1") {
-			t.Fatalf("connect said:\n%s", out)
-		}
-		testutil.Eventually(t, 60*time.Second, "a1 sees c pushed and synced", func() error {
-			var rs []remoteClusterJSON
-			m.JSON("a1", &rs, "cluster", "status", "c")
-			if len(rs) != 1 || rs[0].Mode != "pushed" || !rs[0].Connected || !rs[0].Synced || rs[0].Nodes != 1 || rs[0].Endpoints < 1 {
-				return fmt.Errorf("status %+v", rs)
-			}
-			return nil
-		})
-		for _, p := range [][2]string{{"wa", "wc"}, {"wc", "wa"}} {
-			testutil.Eventually(t, 60*time.Second, p[0]+" -> "+p[1], func() error { return m.Talk(p[0], "tcp", ips[p[1]], 8080, "nat-"+p[0]) })
-		}
-		// b and c are not connected to each other.
+		// Before c is connected to b, b and c do not reach each other.
 		if err := m.Talk("wb", "tcp", ips["wc"], 8080, "no"); err == nil {
-			t.Error("wb reaches wc: b and c are not connected")
+			t.Fatal("wb reaches wc before b and c are connected")
 		}
-		m.MustMeshctl("c1", "cluster", "disconnect", "a")
-		testutil.Eventually(t, 30*time.Second, "a1 no longer lists c", func() error {
-			var rs []remoteClusterJSON
-			m.JSON("a1", &rs, "cluster", "list")
-			for _, r := range rs {
-				if r.Name == "c" {
-					return fmt.Errorf("clusters %+v", rs)
+		for _, seed := range []struct{ node, name string }{{"a1", "a"}, {"b1", "b"}} {
+			tok := clusterTokenRE.FindString(m.MustMeshctl(seed.node, "cluster", "token"))
+			out := m.MustMeshctl("c1", "cluster", "connect", tok, "--push")
+			if !strings.Contains(out, "connected to cluster "+seed.name) {
+				t.Fatalf("connect to %s said:\n%s", seed.name, out)
+			}
+			testutil.Eventually(t, 60*time.Second, seed.node+" sees c pushed and synced", func() error {
+				var rs []remoteClusterJSON
+				m.JSON(seed.node, &rs, "cluster", "status", "c")
+				if len(rs) != 1 || rs[0].Mode != "pushed" || !rs[0].Connected || !rs[0].Synced || rs[0].Nodes != 1 || rs[0].Endpoints < 1 {
+					return fmt.Errorf("status %+v", rs)
+				}
+				return nil
+			})
+		}
+		capFile := filepath.Join(t.TempDir(), "underlay.pcap")
+		tcpdump, err := m.Lab.Start(m.Lab.Internet(), "tcpdump", "tcpdump", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", capFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.waitOutput(tcpdump, regexp.MustCompile(`listening on`), 30*time.Second, "tcpdump to attach")
+		marker := "WEFT-CLUSTERS-PLAINTEXT-7c2e"
+		all := []string{"wa", "wb", "wdb", "wc"}
+		for _, from := range all {
+			for _, to := range all {
+				if from != to {
+					testutil.Eventually(t, 60*time.Second, from+" -> "+to, func() error { return m.Talk(from, "tcp", ips[to], 8080, marker) })
 				}
 			}
-			return nil
-		})
+		}
+		time.Sleep(500 * time.Millisecond) // the last packets reach the file (-U)
+		_ = tcpdump.Stop()
+		data, err := os.ReadFile(capFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) < 2000 {
+			t.Fatalf("the capture holds only %d bytes: it missed the transfers; tcpdump said:\n%s", len(data), tcpdump.Output())
+		}
+		if bytes.Contains(data, []byte(marker)) {
+			t.Fatal("the underlay capture holds the plaintext marker: traffic between clusters is not encrypted")
+		}
+		for _, other := range []string{"a", "b"} {
+			m.MustMeshctl("c1", "cluster", "disconnect", other)
+		}
+		for _, seed := range []string{"a1", "b1"} {
+			testutil.Eventually(t, 30*time.Second, seed+" no longer lists c", func() error {
+				var rs []remoteClusterJSON
+				m.JSON(seed, &rs, "cluster", "list")
+				for _, r := range rs {
+					if r.Name == "c" {
+						return fmt.Errorf("clusters %+v", rs)
+					}
+				}
+				return nil
+			})
+		}
 	})
 
 	t.Run("a policy of cluster a admits only mesh:cluster=b,app=web", func(t *testing.T) {
