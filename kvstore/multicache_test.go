@@ -66,6 +66,18 @@ func (l *eventLog) since(n int) []string {
 	return out
 }
 
+// expect waits until at least len(want) events arrived after the first n and
+// fails unless they are exactly want. The view changes before OnEvent runs
+// (OnEvent may read the view), so a test that saw a change in the view must
+// still wait for its event.
+func (l *eventLog) expect(t *testing.T, n int, what string, want ...string) {
+	t.Helper()
+	testutil.Eventually(t, time.Minute, what, func() bool { return l.len() >= n+len(want) })
+	if got := l.since(n); !slices.Equal(got, want) {
+		t.Fatalf("%s: events %q, want %q", what, got, want)
+	}
+}
+
 func (l *eventLog) keys() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -233,22 +245,25 @@ func TestMultiCacheConflictingKey(t *testing.T) {
 	// arrival order is a race between etcds, Add order is not.
 	inA := node("east", 1)
 	inA.AgentVersion = "from-a"
+	n := l.len()
 	putNode(t, a, inA)
-	testutil.Eventually(t, time.Minute, "the first member takes the key", func() bool { o, _ := mc.Owner(key); return o == "local" })
+	l.expect(t, n, "the first member takes the key", "update "+key)
+	if o, _ := mc.Owner(key); o != "local" {
+		t.Fatalf("key owned by %q after the first member's put", o)
+	}
 	if v, _ := mc.Get(key); v.AgentVersion != "from-a" {
 		t.Fatalf("view holds %+v", v)
 	}
 
 	// The other member's changes of the key are refused while the first
 	// one holds it; its other keys still come through.
-	n := l.len()
+	// b's watch delivers its two changes in order, so a refused update
+	// that came through would be logged before node-2's add.
+	n = l.len()
 	inB.AgentVersion = "from-b-2"
 	putNode(t, b, inB)
 	putNode(t, b, node("east", 2))
-	testutil.Eventually(t, time.Minute, "the other member's next key", func() bool { _, ok := mc.Get(kvstore.NodeKey("east", "node-2")); return ok })
-	if got := l.since(n); !slices.Equal(got, []string{"add " + kvstore.NodeKey("east", "node-2")}) {
-		t.Fatalf("events %q: the refused update came through", got)
-	}
+	l.expect(t, n, "only the other member's next key (the refused update must not come through)", "add "+kvstore.NodeKey("east", "node-2"))
 	if v, _ := mc.Get(key); v.AgentVersion != "from-a" {
 		t.Fatalf("the second member overwrote the first one's key: %+v", v)
 	}
@@ -268,9 +283,9 @@ func TestMultiCacheConflictingKey(t *testing.T) {
 		t.Fatalf("view holds %+v after the hand-over", v)
 	}
 	deleteNode(t, b, "east", "node-1")
-	testutil.Eventually(t, time.Minute, "gone", func() bool { _, ok := mc.Get(key); return !ok })
-	if got := l.since(n); !slices.Equal(got, []string{"update " + key, "delete " + key}) {
-		t.Fatalf("events %q, want an update then a delete", got)
+	l.expect(t, n, "an update then a delete", "update "+key, "delete "+key)
+	if _, ok := mc.Get(key); ok {
+		t.Fatal("the key is still in the view after both members deleted it")
 	}
 }
 
@@ -323,9 +338,9 @@ func TestMultiCacheRemoteOutageAndReplacement(t *testing.T) {
 	upd := node("west", 3)
 	upd.AgentVersion = "after-outage"
 	putNode(t, west, upd)
-	testutil.Eventually(t, time.Minute, "the change after the outage", func() bool { v, _ := mc.Get(upd.Key()); return v.AgentVersion == "after-outage" })
-	if got := l.since(n); !slices.Equal(got, []string{"update " + upd.Key()}) {
-		t.Fatalf("events after the outage %q, want the one update", got)
+	l.expect(t, n, "the one change after the outage", "update "+upd.Key())
+	if v, _ := mc.Get(upd.Key()); v.AgentVersion != "after-outage" {
+		t.Fatalf("view holds %+v after the outage's update", v)
 	}
 	if st := memberStatus(t, mc, "cluster:west"); st.Entries != 20 || st.LastErrorAt.Before(before.LastErrorAt) {
 		t.Fatalf("west status after the outage %+v", st)
