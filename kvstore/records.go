@@ -213,7 +213,23 @@ type Node struct {
 	// by someone else) is not the node's death: peers keep it while its
 	// tunnel shows life (docs/architecture.md, "Outages").
 	Leaving bool `json:"leaving,omitempty"`
+	// Reflexive are the addresses the node's peers see its WireGuard
+	// socket at (behind NAT: the NAT's external address and port), learned
+	// by asking them. Peers try these beside Endpoints, both sides at once,
+	// which opens endpoint-independent NATs (docs/nat.md).
+	Reflexive []netip.AddrPort `json:"reflexive,omitempty"`
+	// SymmetricNAT says two peers saw the node at different ports: its NAT
+	// maps each destination to a new port, so nobody can reach it at a
+	// published address, and a peer behind NAT too goes through a relay
+	// at once instead of trying first.
+	SymmetricNAT bool `json:"symmetricNAT,omitempty"`
+	// Relay is where the node serves as a relay for WireGuard packets of
+	// mesh nodes that cannot reach each other; invalid when it is none.
+	Relay netip.AddrPort `json:"relay,omitzero"`
 }
+
+// MaxReflexive bounds Node.Reflexive.
+const MaxReflexive = 4
 
 func (*Node) recordKind() string   { return "node" }
 func (n *Node) versionField() *int { return &n.Version }
@@ -233,6 +249,19 @@ func (n Node) Validate() error {
 	for i, e := range n.Endpoints {
 		if err := validateAddr(e.Addr()); err != nil || e.Port() == 0 {
 			return invalid("node", "%s: endpoints[%d] %q: want ip:port with a non-zero port", id, i, e)
+		}
+	}
+	if len(n.Reflexive) > MaxReflexive {
+		return invalid("node", "%s: reflexive: %d addresses, at most %d", id, len(n.Reflexive), MaxReflexive)
+	}
+	for i, e := range n.Reflexive {
+		if err := validateAddr(e.Addr()); err != nil || e.Port() == 0 || e.Addr().IsLoopback() {
+			return invalid("node", "%s: reflexive[%d] %q: want a non-loopback ip:port with a non-zero port", id, i, e)
+		}
+	}
+	if n.Relay.IsValid() {
+		if err := validateAddr(n.Relay.Addr()); err != nil || n.Relay.Port() == 0 || n.Relay.Addr().IsLoopback() {
+			return invalid("node", "%s: relay %q: want a non-loopback ip:port with a non-zero port", id, n.Relay)
 		}
 	}
 	if err := ValidateWGKey(n.WGPublicKey); err != nil {
