@@ -163,6 +163,11 @@ var spoofCases = []progCase{
 		steps: []step{
 			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, wgPort, wgPort), want: retPass},
 			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 40000, wgPort), want: retPass},
+			// Relayed WireGuard (to the relay, to a relay client) and the
+			// direct-path check (docs/nat.md).
+			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 51839, 51838), want: retPass},
+			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 51838, 51839), want: retPass},
+			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 51840, 51840), want: retPass},
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 51834, tcpSYN), want: retPass},
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 2379, tcpSYN), want: retPass},
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2380, 40000, tcpSYN|tcpACK), want: retPass}, // a reply
@@ -170,6 +175,7 @@ var spoofCases = []progCase{
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 40000, 22, tcpSYN), want: retDrop, reason: ReasonUnencrypted,
 				event: &Event{Type: EventDrop, Reason: ReasonUnencrypted, Direction: Ingress, SrcIdentity: IdentityWorld, DstIdentity: IdentityWorld, SrcPort: 40000, DstPort: 22, Protocol: 6}},
 			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 40000, 53), want: retDrop, reason: ReasonUnencrypted},
+			{hook: fromUL, pkt: udp(addrUnderA, addrUnderB, 51838, 53), want: retDrop, reason: ReasonUnencrypted},
 			// A control port as source opens nothing.
 			{hook: fromUL, pkt: tcp(addrUnderA, addrUnderB, 2379, 22, tcpSYN), want: retDrop, reason: ReasonUnencrypted},
 			{hook: fromUL, pkt: echo(addrUnderA, addrUnderB, 8, 3), want: retDrop, reason: ReasonUnencrypted},

@@ -67,7 +67,8 @@ static __always_inline bool control_port(__u16 port)
 }
 
 /* strict_allowed: what strict mode lets through in plaintext between mesh
- * nodes: WireGuard to this node's listen port, TCP to or from the join
+ * nodes: WireGuard to this node's listen port, relayed WireGuard and
+ * direct-path checks to their fixed ports, TCP to or from the join
  * service and etcd (TLS of their own), and the ICMP errors path MTU
  * discovery of the tunnel's datagrams needs. "From" those ports only for
  * what is no connection request: a node choosing 2379 as its source port
@@ -76,6 +77,8 @@ static __always_inline bool strict_allowed(const struct flow *f, __u16 wg_port)
 {
 	switch (f->proto) {
 	case PROTO_UDP:
+		if (f->dport == PORT_RELAY || f->dport == PORT_RELAY_CLIENT || f->dport == PORT_PATH_CHECK)
+			return true;
 		return wg_port != 0 && f->dport == wg_port;
 	case PROTO_TCP:
 		if (control_port(f->dport))

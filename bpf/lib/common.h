@@ -69,6 +69,14 @@
 #define PORT_ETCD_CLIENT 2379
 #define PORT_ETCD_PEER 2380
 
+/* UDP ports strict mode lets through between mesh nodes (docs/nat.md):
+ * the relay, a node's relay client and the direct-path check. Relays
+ * forward only WireGuard messages (ciphertext); checks are 32 bytes of
+ * HMAC'd nonce. No workload data is ever plaintext on them. */
+#define PORT_RELAY 51838
+#define PORT_RELAY_CLIENT 51839
+#define PORT_PATH_CHECK 51840
+
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
