@@ -30,7 +30,9 @@ func (l *Lab) Down() error {
 		}
 	}
 	if l.state != nil {
-		// Records of processes another handle started.
+		// Records of processes another handle started, also after this
+		// handle was made.
+		l.state.refresh()
 		for _, r := range l.state.snapshot().Processes {
 			if err := stopProcess(r.procRef, nil); err != nil {
 				errs = append(errs, fmt.Errorf("stopping %s (pid %d): %w", r.Name, r.Pid, err))

@@ -46,7 +46,8 @@ type Router struct {
 	LAN     netip.Prefix `json:"lan"`     // the site's LAN, e.g. 198.18.1.0/24
 	LANAddr netip.Addr   `json:"lanAddr"` // the router on the LAN (.1), the nodes' gateway
 	WANAddr netip.Addr   `json:"wanAddr"` // the router on the internet, e.g. 198.19.0.2; NAT'd traffic leaves from here
-	NAT     bool         `json:"nat"`
+	NAT     bool         `json:"nat"`     // NATKind is not NATNone
+	NATKind NATKind      `json:"natKind"` // none, eim or symmetric
 }
 
 // Node is a node namespace on a site's LAN.
@@ -58,6 +59,7 @@ type Node struct {
 	Gateway  netip.Addr `json:"gateway"`  // the site router, the node's default route
 	Iface    string     `json:"iface"`    // the underlay link inside Netns
 	NAT      bool       `json:"nat"`      // behind its site router's masquerade
+	NATKind  NATKind    `json:"natKind"`  // its site's NAT kind: none, eim or symmetric
 
 	routerPort string // the LAN bridge port of this node in the router namespace
 }
@@ -100,6 +102,7 @@ func layout(spec *Spec, log *slog.Logger) *Lab {
 	l.internet = ns(internetName)
 	l.netns = append(l.netns, l.internet)
 	for i, site := range spec.Sites {
+		kind := site.Kind()
 		lan := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i + 1), 0}), 24)
 		r := &Router{
 			Name:    RouterName(site.Name),
@@ -108,7 +111,8 @@ func layout(spec *Spec, log *slog.Logger) *Lab {
 			LAN:     lan,
 			LANAddr: netip.AddrFrom4([4]byte{198, 18, byte(i + 1), 1}),
 			WANAddr: netip.AddrFrom4([4]byte{198, 19, 0, byte(i + 2)}),
-			NAT:     site.NAT,
+			NAT:     kind != NATNone,
+			NATKind: kind,
 		}
 		l.routers = append(l.routers, r)
 		l.netns = append(l.netns, r.Netns)
@@ -120,7 +124,8 @@ func layout(spec *Spec, log *slog.Logger) *Lab {
 				Underlay:   netip.AddrFrom4([4]byte{198, 18, byte(i + 1), byte(10 + j)}),
 				Gateway:    r.LANAddr,
 				Iface:      nodeIface,
-				NAT:        site.NAT,
+				NAT:        kind != NATNone,
+				NATKind:    kind,
 				routerPort: fmt.Sprintf("lan%d", j),
 			}
 			l.nodes = append(l.nodes, node)

@@ -23,10 +23,127 @@ type Spec struct {
 // SiteSpec is one site: a LAN (a bridge in the site router's namespace) and
 // the nodes on it. A NAT site masquerades its LAN behind the router's
 // internet address, so its nodes reach out but nobody reaches them.
+//
+// In YAML and JSON the kind is one field, nat: eim, symmetric, true (eim),
+// or false, none or nothing (public). MarshalJSON writes the kind's name.
 type SiteSpec struct {
-	Name  string     `json:"name"`
-	NAT   bool       `json:"nat,omitempty"`
-	Nodes []NodeSpec `json:"nodes"`
+	Name string
+	// NATKind is how the router translates the LAN: NATNone (a public
+	// site), NATEIM or NATSymmetric. Empty means: as NAT says.
+	NATKind NATKind
+	// NAT is the field from before NAT kinds: true with an empty NATKind
+	// is NATEIM. Specs written in Go still set it (SiteSpec{NAT: true});
+	// ParseSpec and Up set both fields, so either can be read.
+	NAT   bool
+	Nodes []NodeSpec
+}
+
+// NATKind is how a NAT site's router maps its LAN's sockets to ports of its
+// internet address: the property that decides whether two nodes behind NAT
+// can reach each other directly (UDP hole punching) or need a relay.
+type NATKind string
+
+const (
+	// NATNone is a public site: the internet routes its LAN to its router
+	// and nothing is translated.
+	NATNone NATKind = "none"
+	// NATEIM is endpoint-independent mapping (RFC 4787): one inner socket
+	// keeps one external port whatever it sends to, so the address a third
+	// party saw is the one every peer can use: hole punching works. This
+	// is nft's plain masquerade (it keeps the inner port when it is free).
+	NATEIM NATKind = "eim"
+	// NATSymmetric gives every destination of an inner socket a new
+	// random external port (address-and-port-dependent mapping, nft
+	// masquerade random), so the port a third party saw is of no use to
+	// anybody else: hole punching fails and only a relay connects two
+	// nodes behind such NATs.
+	NATSymmetric NATKind = "symmetric"
+)
+
+// NATKinds are the kinds, in the order the help lists them.
+var NATKinds = []NATKind{NATNone, NATEIM, NATSymmetric}
+
+// natKindValues is what the nat field accepts, for error messages.
+const natKindValues = "eim, symmetric, true (the same as eim), or false or none (a public site)"
+
+// ParseNATKind reads a NAT kind's name: none, eim or symmetric.
+func ParseNATKind(s string) (NATKind, error) {
+	for _, k := range NATKinds {
+		if s == string(k) {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("%q is not a NAT kind: use %s", s, natKindValues)
+}
+
+// natKindOf reads the nat field of a site: a bool (the form from before
+// NAT kinds) or a kind's name.
+func natKindOf(v any) (NATKind, error) {
+	switch v := v.(type) {
+	case bool:
+		if v {
+			return NATEIM, nil
+		}
+		return NATNone, nil
+	case string:
+		return ParseNATKind(v)
+	case nil:
+		return NATNone, nil
+	}
+	return "", fmt.Errorf("must be %s, got %s", natKindValues, describe(v))
+}
+
+// Kind is the site's NAT kind: NATKind, or when that is empty NATEIM if NAT
+// is set and NATNone if not.
+func (s SiteSpec) Kind() NATKind {
+	switch {
+	case s.NATKind != "":
+		return s.NATKind
+	case s.NAT:
+		return NATEIM
+	}
+	return NATNone
+}
+
+// siteJSON is a site as YAML and JSON spell it: the NAT kind in one field.
+type siteJSON struct {
+	Name  string          `json:"name"`
+	NAT   json.RawMessage `json:"nat,omitempty"`
+	Nodes []NodeSpec      `json:"nodes"`
+}
+
+// MarshalJSON writes the NAT kind as nat: eim or nat: symmetric (nothing
+// for a public site), which ParseSpec and UnmarshalJSON read back.
+func (s SiteSpec) MarshalJSON() ([]byte, error) {
+	j := siteJSON{Name: s.Name, Nodes: s.Nodes}
+	if k := s.Kind(); k != NATNone {
+		j.NAT, _ = json.Marshal(string(k))
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads a site (a lab's state file holds its spec as JSON),
+// nat as a kind's name or as the bool of state files written before NAT
+// kinds. Both NATKind and NAT are set.
+func (s *SiteSpec) UnmarshalJSON(data []byte) error {
+	var j siteJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	kind := NATNone
+	if len(j.NAT) > 0 {
+		var v any
+		if err := json.Unmarshal(j.NAT, &v); err != nil {
+			return err
+		}
+		k, err := natKindOf(v)
+		if err != nil {
+			return fmt.Errorf("site %q: nat: %w", j.Name, err)
+		}
+		kind = k
+	}
+	*s = SiteSpec{Name: j.Name, NATKind: kind, NAT: kind != NATNone, Nodes: j.Nodes}
+	return nil
 }
 
 // NodeSpec is one node (a Kubernetes node or a VM): a namespace on its
@@ -233,13 +350,15 @@ func (d *decoder) site(path string, v any) SiteSpec {
 	if n, ok := m["name"]; ok {
 		s.Name = d.str(join(path, "name"), n)
 	}
+	s.NATKind = NATNone
 	if n, ok := m["nat"]; ok {
-		b, isBool := n.(bool)
-		if !isBool {
-			d.fail(join(path, "nat"), "must be true or false, got %s", describe(n))
+		k, err := natKindOf(n)
+		if err != nil {
+			d.fail(join(path, "nat"), "%s", err)
 		}
-		s.NAT = b
+		s.NATKind = k
 	}
+	s.NAT = s.NATKind == NATEIM || s.NATKind == NATSymmetric
 	for i, nv := range d.list(join(path, "nodes"), m["nodes"]) {
 		s.Nodes = append(s.Nodes, d.node(fmt.Sprintf("%s.nodes[%d]", path, i), nv))
 	}
@@ -315,6 +434,9 @@ func (s *Spec) validate(file string) error {
 			return fail(p+".name", "the router of site %q would be named %q, which is already used by %s", site.Name, RouterName(site.Name), prev)
 		}
 		owner[RouterName(site.Name)] = "the router of " + p
+		if err := site.validateNAT(); err != nil {
+			return fail(p+".nat", "%s", err)
+		}
 		if len(site.Nodes) == 0 {
 			return fail(p+".nodes", "site %q has no nodes: a site needs at least one", site.Name)
 		}
@@ -344,14 +466,30 @@ func (s *Spec) validate(file string) error {
 	return nil
 }
 
+func (s SiteSpec) validateNAT() error {
+	if s.NATKind == "" {
+		return nil
+	}
+	if _, err := ParseNATKind(string(s.NATKind)); err != nil {
+		return err
+	}
+	if s.NAT && s.NATKind == NATNone {
+		return fmt.Errorf("NAT is true but NATKind is %q: set NATKind alone (%s, %s or %s)", NATNone, NATNone, NATEIM, NATSymmetric)
+	}
+	return nil
+}
+
 // Generate builds the spec of a regular lab: sites site1..siteN with
 // nodesPerSite nodes each (site1-n1, site1-n2, ...). With natSite the last
-// site is behind NAT. The result is not validated: Up (or Validate) reports
+// site is behind NAT (NATEIM; set its NATKind for another kind). The result is not validated: Up (or Validate) reports
 // out-of-range counts.
 func Generate(name string, sites, nodesPerSite int, natSite bool) *Spec {
 	s := &Spec{Name: name}
 	for i := 1; i <= sites; i++ {
-		site := SiteSpec{Name: fmt.Sprintf("site%d", i), NAT: natSite && i == sites}
+		site := SiteSpec{Name: fmt.Sprintf("site%d", i), NATKind: NATNone}
+		if natSite && i == sites {
+			site.NATKind, site.NAT = NATEIM, true
+		}
 		for j := 1; j <= nodesPerSite; j++ {
 			site.Nodes = append(site.Nodes, NodeSpec{Name: fmt.Sprintf("%s-n%d", site.Name, j)})
 		}

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -21,15 +22,33 @@ func TestParseSpecFile(t *testing.T) {
 		t.Fatalf("parsing the example topology: %v", err)
 	}
 	want := &Spec{Name: "demo", Sites: []SiteSpec{
-		{Name: "east", Nodes: []NodeSpec{
+		{Name: "east", NATKind: NATNone, Nodes: []NodeSpec{
 			{Name: "east-1", Workloads: []WorkloadSpec{{Name: "east-1-web"}}},
 			{Name: "east-2", Workloads: []WorkloadSpec{{Name: "east-2-db"}}},
 		}},
-		{Name: "west", Nodes: []NodeSpec{{Name: "west-1", Workloads: []WorkloadSpec{{Name: "west-1-web"}}}}},
-		{Name: "home", NAT: true, Nodes: []NodeSpec{{Name: "laptop", Workloads: []WorkloadSpec{{Name: "laptop-app"}}}}},
+		{Name: "west", NATKind: NATNone, Nodes: []NodeSpec{{Name: "west-1", Workloads: []WorkloadSpec{{Name: "west-1-web"}}}}},
+		{Name: "home", NATKind: NATEIM, NAT: true, Nodes: []NodeSpec{{Name: "laptop", Workloads: []WorkloadSpec{{Name: "laptop-app"}}}}},
 	}}
 	if !reflect.DeepEqual(spec, want) {
 		t.Fatalf("parsed %+v, want %+v", spec, want)
+	}
+}
+
+func TestParseSpecNATKindsFile(t *testing.T) {
+	data, err := os.ReadFile("testdata/nat-kinds.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ParseSpec(data, "nat-kinds.yaml")
+	if err != nil {
+		t.Fatalf("parsing the example topology: %v", err)
+	}
+	var got []string
+	for _, s := range spec.Sites {
+		got = append(got, s.Name+"="+string(s.Kind()))
+	}
+	if want := "cloud=none home1=eim home2=eim hotel1=symmetric hotel2=symmetric"; strings.Join(got, " ") != want {
+		t.Errorf("NAT kinds %s, want %s", strings.Join(got, " "), want)
 	}
 }
 
@@ -38,8 +57,118 @@ func TestParseSpecJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !spec.Sites[0].NAT || spec.Sites[0].Nodes[0].Name != "a1" {
+	if !spec.Sites[0].NAT || spec.Sites[0].NATKind != NATEIM || spec.Sites[0].Nodes[0].Name != "a1" {
 		t.Fatalf("parsed %+v", spec)
+	}
+}
+
+// Every spelling of the nat field gives its kind, and both fields agree.
+func TestParseSpecNATKinds(t *testing.T) {
+	for _, tt := range []struct {
+		nat  string // the field's YAML, "" for none
+		kind NATKind
+	}{
+		{"", NATNone},
+		{"nat: false", NATNone},
+		{"nat: none", NATNone},
+		{"nat: true", NATEIM},
+		{"nat: eim", NATEIM},
+		{`nat: "eim"`, NATEIM},
+		{"nat: symmetric", NATSymmetric},
+		{"nat: null", NATNone},
+	} {
+		doc := "name: x\nsites:\n  - name: a\n    " + tt.nat + "\n    nodes: [{name: a1}]\n"
+		spec, err := ParseSpec([]byte(doc), "k.yaml")
+		if err != nil {
+			t.Errorf("%q: %v", tt.nat, err)
+			continue
+		}
+		site := spec.Sites[0]
+		if site.NATKind != tt.kind || site.Kind() != tt.kind || site.NAT != (tt.kind != NATNone) {
+			t.Errorf("%q: NATKind %q NAT %t, want %q", tt.nat, site.NATKind, site.NAT, tt.kind)
+		}
+		if r := layout(spec, nil).Router("a"); r.NATKind != tt.kind || r.NAT != (tt.kind != NATNone) {
+			t.Errorf("%q: router %+v, want kind %q", tt.nat, r, tt.kind)
+		}
+	}
+}
+
+// A spec written in Go: NAT alone is EIM, NATKind alone is the kind; a
+// kind that does not exist or contradicts NAT is refused, naming the site.
+func TestSpecNATKindInCode(t *testing.T) {
+	site := func(s SiteSpec) *Spec {
+		s.Name, s.Nodes = "a", []NodeSpec{{Name: "a1"}}
+		return &Spec{Name: "x", Sites: []SiteSpec{{Name: "pub", Nodes: []NodeSpec{{Name: "p1"}}}, s}}
+	}
+	for _, tt := range []struct {
+		site SiteSpec
+		kind NATKind
+	}{
+		{SiteSpec{}, NATNone},
+		{SiteSpec{NAT: true}, NATEIM},
+		{SiteSpec{NATKind: NATSymmetric}, NATSymmetric},
+		{SiteSpec{NAT: true, NATKind: NATSymmetric}, NATSymmetric},
+		{SiteSpec{NATKind: NATNone}, NATNone},
+	} {
+		spec := site(tt.site)
+		if err := spec.Validate(); err != nil {
+			t.Errorf("%+v: %v", tt.site, err)
+			continue
+		}
+		l := layout(spec, nil)
+		if r, n := l.Router("a"), l.Node("a1"); r.NATKind != tt.kind || n.NATKind != tt.kind || r.NAT != (tt.kind != NATNone) || n.NAT != r.NAT {
+			t.Errorf("%+v: router %+v node %+v, want kind %s", tt.site, r, n, tt.kind)
+		}
+		if c := spec.clone().Sites[1]; c.NATKind != tt.kind || c.NAT != (tt.kind != NATNone) {
+			t.Errorf("%+v: the copy Up keeps is %+v", tt.site, c)
+		}
+	}
+	for _, tt := range []struct {
+		site SiteSpec
+		want string
+	}{
+		{SiteSpec{NATKind: "cone"}, `sites[1].nat: "cone" is not a NAT kind: use eim, symmetric, true (the same as eim), or false or none (a public site)`},
+		{SiteSpec{NATKind: "EIM"}, `"EIM" is not a NAT kind`},
+		{SiteSpec{NAT: true, NATKind: NATNone}, `sites[1].nat: NAT is true but NATKind is "none"`},
+	} {
+		err := site(tt.site).Validate()
+		if !errors.Is(err, ErrInvalidSpec) || err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: got %v, want %q", tt.site, err, tt.want)
+		}
+	}
+}
+
+// The state file holds the spec as JSON: the kind is written by name and
+// read back, and a state file from before NAT kinds (nat: true) still
+// loads.
+func TestSpecJSON(t *testing.T) {
+	spec := Generate("j", 3, 1, true)
+	spec.Sites[1].NATKind, spec.Sites[1].NAT = NATSymmetric, true
+	data, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`{"name":"site1","nodes":`, `{"name":"site2","nat":"symmetric","nodes":`, `{"name":"site3","nat":"eim","nodes":`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("JSON %s lacks %s", data, want)
+		}
+	}
+	var back Spec
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(&back, spec) {
+		t.Errorf("JSON round trip:\n%+v\n%+v", &back, spec)
+	}
+	var old Spec
+	if err := json.Unmarshal([]byte(`{"name":"o","sites":[{"name":"a","nat":true,"nodes":[{"name":"a1"}]},{"name":"b","nodes":[{"name":"b1"}]}]}`), &old); err != nil {
+		t.Fatal(err)
+	}
+	if old.Sites[0].Kind() != NATEIM || !old.Sites[0].NAT || old.Sites[1].Kind() != NATNone || old.Sites[1].NAT {
+		t.Errorf("an old state file's spec: %+v", old)
+	}
+	if err := json.Unmarshal([]byte(`{"name":"o","sites":[{"name":"a","nat":"cone","nodes":[]}]}`), &old); err == nil || !strings.Contains(err.Error(), `site "a": nat: "cone" is not a NAT kind`) {
+		t.Errorf("a bad kind in JSON: %v", err)
 	}
 }
 
@@ -63,7 +192,10 @@ func TestParseSpecErrors(t *testing.T) {
 		{"sites not list", "name: x\nsites: {a: 1}\n", "sites", "must be a list, got a mapping"},
 		{"site not mapping", "name: x\nsites: [a]\n", "sites[0]", `must be a mapping with the fields name, nat, nodes, got the string "a"`},
 		{"unknown site field", "name: x\nsites:\n  - name: a\n    natt: true\n    nodes: [{name: a1}]\n", "sites[0].natt", "unknown field"},
-		{"nat not bool", "name: x\nsites:\n  - name: a\n    nat: maybe\n    nodes: [{name: a1}]\n", "sites[0].nat", `must be true or false, got the string "maybe"`},
+		{"nat not a kind", "name: x\nsites:\n  - name: a\n    nat: maybe\n    nodes: [{name: a1}]\n", "sites[0].nat", `"maybe" is not a NAT kind: use eim, symmetric, true (the same as eim), or false or none (a public site)`},
+		{"nat kind in capitals", "name: x\nsites:\n  - name: a\n    nat: Symmetric\n    nodes: [{name: a1}]\n", "sites[0].nat", `"Symmetric" is not a NAT kind`},
+		{"nat a number", "name: x\nsites:\n  - name: a\n    nat: 1\n    nodes: [{name: a1}]\n", "sites[0].nat", "must be eim, symmetric, true (the same as eim), or false or none (a public site), got the number 1"},
+		{"nat a list", "name: x\nsites:\n  - name: b\n    nodes: [{name: b1}]\n  - name: a\n    nat: [eim]\n    nodes: [{name: a1}]\n", "sites[1].nat", "got a list"},
 		{"site without name", "name: x\nsites:\n  - nodes: [{name: a1}]\n", "sites[0].name", "missing"},
 		{"site name bad", "name: x\nsites:\n  - name: A_1\n    nodes: [{name: a1}]\n", "sites[0].name", `"A_1" is not a valid name`},
 		{"site name too long for router", "name: x\nsites:\n  - name: abcdefghijklmnopqrstuvwxyz\n    nodes: [{name: a1}]\n", "sites[0].name", "1 to 25"},
@@ -149,8 +281,8 @@ func TestGenerate(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Errorf("names %s\nwant %s", strings.Join(got, " "), want)
 	}
-	if s.Sites[0].NAT || s.Sites[1].NAT || !s.Sites[2].NAT {
-		t.Errorf("only the last site should be NAT'd: %+v", s.Sites)
+	if s.Sites[0].NAT || s.Sites[1].NAT || !s.Sites[2].NAT || s.Sites[0].Kind() != NATNone || s.Sites[2].Kind() != NATEIM {
+		t.Errorf("only the last site should be NAT'd, EIM: %+v", s.Sites)
 	}
 }
 
@@ -163,7 +295,7 @@ func TestLayout(t *testing.T) {
 		t.Errorf("internet namespace %s", l.Internet())
 	}
 	r := l.Router("site3")
-	if r == nil || r.Name != "site3-router" || r.Netns != "wl-g-site3-router" || !r.NAT ||
+	if r == nil || r.Name != "site3-router" || r.Netns != "wl-g-site3-router" || !r.NAT || r.NATKind != NATEIM ||
 		r.LAN != netip.MustParsePrefix("198.18.3.0/24") || r.LANAddr != netip.MustParseAddr("198.18.3.1") ||
 		r.WANAddr != netip.MustParseAddr("198.19.0.4") {
 		t.Errorf("router of site3: %+v", r)
@@ -201,10 +333,13 @@ func TestLayout(t *testing.T) {
 // FuzzParseSpec: any input either fails with a SpecError or yields a valid
 // spec that survives a YAML round trip unchanged.
 func FuzzParseSpec(f *testing.F) {
-	if data, err := os.ReadFile("testdata/three-sites.yaml"); err == nil {
-		f.Add(data)
+	for _, file := range []string{"testdata/three-sites.yaml", "testdata/nat-kinds.yaml"} {
+		if data, err := os.ReadFile(file); err == nil {
+			f.Add(data)
+		}
 	}
 	f.Add([]byte("name: x\nsites: [{name: a, nat: true, nodes: [{name: a1, workloads: [{name: w}]}]}]\n"))
+	f.Add([]byte("name: x\nsites: [{name: a, nat: symmetric, nodes: [{name: a1}]}, {name: b, nat: none, nodes: [{name: b1}]}]\n"))
 	f.Add([]byte("{}"))
 	f.Add([]byte("name: x\nsites:\n  - name: a\n    nodes: [{name: a}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stateDir holds one <lab>.json per lab and a <lab>/ directory with the
@@ -67,6 +69,9 @@ type stateFile struct {
 	// Owns are host paths (state directories, bpffs pins) of what ran in
 	// the lab; Down removes them with the namespaces.
 	Owns []string `json:"owns,omitempty"`
+	// Cuts are the site pairs whose UDP the routers drop (Lab.Cut), so
+	// status shows them and heal works from another process.
+	Cuts []Cut `json:"cuts,omitempty"`
 }
 
 // stateStore is a lab's state file; every change is written at once
@@ -150,9 +155,29 @@ func readState(name string) (*stateStore, error) {
 
 // update applies fn to the state and writes it.
 func (s *stateStore) update(fn func(*stateFile)) error {
+	return s.change(func(st *stateFile) (bool, error) { fn(st); return true, nil })
+}
+
+// change applies fn to the lab's current state and writes the result, or
+// nothing when fn reports no change or fails. Several processes may hold
+// the same lab (a test that started agents, `meshctl lab cut` from a
+// shell): change holds the lab's lock and starts from the file, not from
+// this handle's copy, so no process overwrites what another recorded.
+func (s *stateStore) change(fn func(*stateFile) (bool, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fn(&s.st)
+	unlock, err := lockLab(s.st.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := s.reload(); err != nil {
+		return err
+	}
+	changed, err := fn(&s.st)
+	if err != nil || !changed {
+		return err
+	}
 	data, err := json.MarshalIndent(&s.st, "", "  ")
 	if err != nil {
 		return err
@@ -167,12 +192,62 @@ func (s *stateStore) update(fn func(*stateFile)) error {
 	return nil
 }
 
+// lockLab takes the lab's lock: an exclusive flock on its output
+// directory, which lives exactly as long as the state file (the file
+// itself is replaced by rename on every write, so it cannot carry a lock).
+func lockLab(name string) (func(), error) {
+	f, err := os.Open(logDir(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s was removed (no directory %s)", ErrNotFound, name, logDir(name))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("locking the state of lab %s: %w", name, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking the state of lab %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// reload replaces the copy in memory with the file, which another process
+// may have changed. s.mu is held. A file that is gone or belongs to
+// another lab of the same name is an error; one that does not parse is
+// overwritten by the copy in memory, as before changes were merged.
+func (s *stateStore) reload() error {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %s was removed (no state file %s)", ErrNotFound, s.st.Name, s.path)
+	}
+	if err != nil {
+		return fmt.Errorf("reading lab state: %w", err)
+	}
+	var disk stateFile
+	if json.Unmarshal(data, &disk) != nil || disk.Spec == nil {
+		return nil
+	}
+	if disk.ID != s.st.ID {
+		return fmt.Errorf("%w: %s was removed and made again (id %s, this handle's is %s): load it again", ErrNotFound, s.st.Name, disk.ID, s.st.ID)
+	}
+	s.st = disk
+	return nil
+}
+
+// refresh is reload for readers: a state that cannot be reloaded (the lab
+// is being removed) leaves the copy in memory as it was.
+func (s *stateStore) refresh() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.reload()
+}
+
 func (s *stateStore) snapshot() stateFile {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.st
 	st.Processes = append([]procRecord(nil), s.st.Processes...)
 	st.Namespaces = append([]string(nil), s.st.Namespaces...)
+	st.Cuts = append([]Cut(nil), s.st.Cuts...)
 	return st
 }
 
@@ -319,6 +394,7 @@ type Status struct {
 	Nodes     []*Node       `json:"nodes"`               //
 	Workloads []*Workload   `json:"workloads,omitempty"` //
 	Processes []ProcessInfo `json:"processes,omitempty"`
+	Cuts      []Cut         `json:"cuts,omitempty"` // site pairs whose UDP is dropped (lab cut)
 }
 
 // ProcessInfo describes a process started in the lab.
@@ -333,6 +409,7 @@ type ProcessInfo struct {
 
 // Status reports the lab as recorded and as found on the machine.
 func (l *Lab) Status() Status {
+	l.state.refresh()
 	st := l.state.snapshot()
 	s := Status{
 		Name:      l.Name(),
@@ -345,6 +422,7 @@ func (l *Lab) Status() Status {
 		Routers:   l.Routers(),
 		Nodes:     l.Nodes(),
 		Workloads: l.Workloads(),
+		Cuts:      st.Cuts,
 	}
 	if st.Owner != nil {
 		s.OwnerPid = st.Owner.Pid

@@ -67,7 +67,8 @@ func (l *Lab) prefix() string { return nsPrefix + l.Name() + "-" }
 func (s *Spec) clone() *Spec {
 	c := &Spec{Name: s.Name}
 	for _, site := range s.Sites {
-		cs := SiteSpec{Name: site.Name, NAT: site.NAT}
+		kind := site.Kind()
+		cs := SiteSpec{Name: site.Name, NATKind: kind, NAT: kind != NATNone}
 		for _, n := range site.Nodes {
 			cn := NodeSpec{Name: n.Name, Workloads: append([]WorkloadSpec(nil), n.Workloads...)}
 			cs.Nodes = append(cs.Nodes, cn)
@@ -202,7 +203,7 @@ func (l *Lab) build(ctx context.Context) error {
 				return err
 			}
 		}
-		l.log.Info("site ready", "site", r.Site, "lan", r.LAN, "router", r.WANAddr, "nodes", nodes, "nat", r.NAT)
+		l.log.Info("site ready", "site", r.Site, "lan", r.LAN, "router", r.WANAddr, "nodes", nodes, "nat", r.NATKind)
 	}
 	return nil
 }
@@ -215,28 +216,74 @@ func (l *Lab) routerNetns() []string {
 	return names
 }
 
-// natRules masquerades the LAN behind the router's internet address and
-// drops anything from the internet that is not a reply, so a NAT'd node is
-// unreachable even for a peer that routes the LAN prefix to the router.
+// natRules make a site router a NAT as a home or cloud router is one: it
+// masquerades the LAN behind the router's internet address (%[3]s is
+// "masquerade" for NATEIM, "masquerade random" for NATSymmetric) and drops
+// anything from the internet that is not a reply, both what would be
+// forwarded into the LAN (so a NAT'd node is unreachable even for a peer
+// that routes the LAN prefix to the router) and what is addressed to the
+// router itself.
+//
+// The input chain is what lets two NATs meet when they punch holes. A
+// hole-punching packet that reaches this router before the node behind it
+// has sent its own would, if accepted, be answered by the router's own
+// stack (an ICMP port unreachable) and leave a confirmed conntrack entry
+// for routerIP:port <- peer. When the node then sends to that peer, the
+// masquerade finds its usual external port taken by that entry and picks
+// another one, so the peer keeps aiming at a port nobody listens on and
+// the two NATs never meet. A packet dropped in the input chain is dropped
+// before its conntrack entry is confirmed, so it leaves nothing behind.
+// ICMP errors about a flow the router knows are "related" and pass.
 const natRules = `table ip weft-lab {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		oifname "%[1]s" ip saddr %[2]s masquerade
+		oifname "%[1]s" ip saddr %[2]s %[3]s
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		iifname "%[1]s" ct state established,related accept
 		iifname "%[1]s" drop
 	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "%[1]s" ct state established,related accept
+		iifname "%[1]s" drop
+	}
 }
 `
 
+// masqueradeStatement is the nft statement of a NAT kind.
+func masqueradeStatement(kind NATKind) (string, error) {
+	switch kind {
+	case NATEIM:
+		return "masquerade", nil
+	case NATSymmetric:
+		// A random port for every new connection (conntrack entry), even
+		// from a socket that already has a mapping: per destination.
+		return "masquerade random", nil
+	}
+	return "", fmt.Errorf("lab: no NAT rules for NAT kind %q", kind)
+}
+
 func (l *Lab) masquerade(ctx context.Context, r *Router) error {
-	cmd := exec.CommandContext(ctx, "nsenter", nsenterArgs(r.Netns, []string{"nft", "-f", "-"})...)
-	cmd.Stdin = strings.NewReader(fmt.Sprintf(natRules, wanIface, r.LAN))
+	stmt, err := masqueradeStatement(r.NATKind)
+	if err != nil {
+		return err
+	}
+	if err := nft(ctx, r.Netns, fmt.Sprintf(natRules, wanIface, r.LAN, stmt)); err != nil {
+		return fmt.Errorf("installing the NAT rules: %w", err)
+	}
+	return nil
+}
+
+// nft runs an nft script (one transaction: all of it or nothing) inside a
+// namespace.
+func nft(ctx context.Context, ns, script string) error {
+	cmd := exec.CommandContext(ctx, "nsenter", nsenterArgs(ns, []string{"nft", "-f", "-"})...)
+	cmd.Stdin = strings.NewReader(script)
 	cmd.SysProcAttr = diesWithUs()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("installing the NAT rules in %s: %w: %s", r.Netns, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("nft in %s: %w: %s", ns, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -78,10 +78,12 @@ func command() *cli.Command {
 		Usage: "build and drive a network-namespace lab of sites, NAT and nodes (Linux, needs root)",
 		Description: `The lab is a set of network namespaces on this machine: per site a router
 with a LAN bridge, one namespace per node and per workload, and an "internet"
-namespace between the routers; a NAT site masquerades its nodes. Underlay
+namespace between the routers; a NAT site masquerades its nodes, as an
+endpoint-independent (eim) or a symmetric NAT. 'lab cut' makes two sites'
+routers drop the UDP between them, 'lab heal' undoes it. Underlay
 addresses come from 198.18.0.0/15. The lab never touches the machine's own
 interfaces, addresses, routes or firewall. See docs/lab.md.`,
-		Subcommands: []*cli.Command{labUpCommand(), labStatusCommand(), labExecCommand(), labDownCommand()},
+		Subcommands: []*cli.Command{labUpCommand(), labStatusCommand(), labExecCommand(), labCutCommand(), labHealCommand(), labDownCommand()},
 	}
 }
 
@@ -90,11 +92,18 @@ func labUpCommand() *cli.Command {
 		Name:  "up",
 		Usage: "bring up a lab from a topology file or from counts; it stays up after meshctl exits (or, with --hold, while it runs)",
 		UsageText: `meshctl lab up -f topo.yaml [--name NAME] [--hold] [--owns PATH]... [--record FILE]
-meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--workloads-per-node K] [--hold]`,
+meshctl lab up [--name NAME] [--sites N] [--nodes-per-site M] [--nat-site] [--nat-kind eim|symmetric] [--workloads-per-node K] [--hold]`,
 		Description: `Generated labs have sites site1..siteN and nodes site<i>-n<j>; with --nat-site
 the last site is behind NAT. Site i's LAN is 198.18.<i>.0/24 (router .1, nodes
 from .10); the routers meet on 198.19.0.0/24. Remove the lab with
 'meshctl lab down NAME'.
+
+--nat-kind chooses that NAT (and implies --nat-site): eim is
+endpoint-independent mapping, one external port per inner socket whatever
+it sends to (a home router; hole punching works); symmetric is a new random
+port for every destination (a carrier or hotel NAT; only a relay connects
+two nodes behind such NATs). In a topology file each site says it with
+'nat: eim', 'nat: symmetric' or 'nat: true' (eim).
 
 With --hold the lab lives only while the command runs: it prints the lab and
 waits; Ctrl-C or SIGTERM removes the lab, and a lab whose command was killed
@@ -111,7 +120,8 @@ the labs recorded there and no other.`,
 			&cli.StringFlag{Name: "name", Usage: "lab name: lowercase letters and digits; prefixes its namespaces (wl-NAME-...); overrides the file's name", Value: "demo", DefaultText: "the file's name, or demo"},
 			&cli.IntFlag{Name: "sites", Usage: "number of sites", Value: 3},
 			&cli.IntFlag{Name: "nodes-per-site", Usage: "nodes on each site's LAN", Value: 2},
-			&cli.BoolFlag{Name: "nat-site", Usage: "put the last site behind NAT"},
+			&cli.BoolFlag{Name: "nat-site", Usage: "put the last site behind NAT (an eim NAT unless --nat-kind says otherwise)"},
+			&cli.StringFlag{Name: "nat-kind", Usage: "the last site's NAT: `KIND` eim (endpoint-independent mapping) or symmetric (a port per destination); implies --nat-site", DefaultText: "eim"},
 			&cli.IntFlag{Name: "workloads-per-node", Usage: "workload namespaces joined to each node by a veth pair", Value: 0},
 			&cli.BoolFlag{Name: "hold", Usage: "keep the lab only while this command runs: Ctrl-C or SIGTERM removes it"},
 			&cli.StringSliceFlag{Name: "owns", Usage: "host `PATH` (below /run, /tmp, /var/tmp or /sys/fs/bpf) that 'lab down' removes with the lab; repeatable"},
@@ -124,7 +134,7 @@ the labs recorded there and no other.`,
 func labStatusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
-		Usage:     "show labs: their routers, nodes, workloads, namespaces and addresses",
+		Usage:     "show labs: their routers, nodes, workloads, namespaces, addresses, NAT kinds and cuts",
 		ArgsUsage: "[NAME]",
 		Description: `Without NAME every lab is shown. A lab is "in use" while the process that
 created it runs (a test); 'meshctl lab up' hands its lab over ("detached").
@@ -147,6 +157,51 @@ is meshctl's. Example: meshctl lab exec site3-n1 -- ping -c 2 198.18.1.10`,
 			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
 		},
 		Action: labExec,
+	}
+}
+
+func labCutCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "cut",
+		Usage:     "silently drop all UDP between two sites (TCP and ping still pass): the data path breaks, the control plane stays",
+		ArgsUsage: "SITE_A SITE_B",
+		UsageText: "meshctl lab cut [--lab NAME] [-o table|json] SITE_A SITE_B",
+		Description: `Both sites' routers drop every UDP packet from the other site and to it:
+its LAN and its router's internet address (what a NAT site's nodes appear as),
+also on flows that were already there. Nothing answers, as when a path across
+the internet fails. TCP and ICMP pass, so etcd and the agents' control plane
+stay up while WireGuard between the two sites stops: what a relay or another
+path has to take over.
+
+The cut is recorded in the lab's state: 'meshctl lab status' shows it and
+'meshctl lab heal SITE_A SITE_B' (from any shell) undoes it. Cutting a pair
+that is cut already changes nothing. SITE_A and SITE_B are site names (see
+'meshctl lab status'), in either order; --lab can be left out while only one
+lab is up. With -o json it prints the lab's cuts afterwards.
+Example: meshctl lab cut site1 site3`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
+			cliout.Flag(),
+		},
+		Action: labCut,
+	}
+}
+
+func labHealCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "heal",
+		Usage:     "undo 'lab cut': UDP between two sites (or, with --all, between every pair cut) passes again",
+		ArgsUsage: "SITE_A SITE_B | --all",
+		UsageText: "meshctl lab heal [--lab NAME] [-o table|json] SITE_A SITE_B | --all",
+		Description: `Removes the routers' drop rules for the pair, from the state of the lab
+whoever cut it. Healing a pair that is not cut changes nothing. With -o json
+it prints the lab's cuts afterwards. Example: meshctl lab heal --all`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "lab", Usage: "the lab (needed when more than one is up)"},
+			&cli.BoolFlag{Name: "all", Usage: "heal every cut of the lab"},
+			cliout.Flag(),
+		},
+		Action: labHeal,
 	}
 }
 

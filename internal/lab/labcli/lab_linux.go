@@ -26,7 +26,7 @@ func labSpecFromFlags(c *cli.Context) (*lab.Spec, error) {
 		return nil, fmt.Errorf("lab up takes no arguments, got %q: use --name NAME or -f FILE", c.Args().First())
 	}
 	if file := c.String("file"); file != "" {
-		for _, f := range []string{"sites", "nodes-per-site", "nat-site", "workloads-per-node"} {
+		for _, f := range []string{"sites", "nodes-per-site", "nat-site", "nat-kind", "workloads-per-node"} {
 			if c.IsSet(f) {
 				return nil, fmt.Errorf("--%s cannot be used with -f: the file describes the topology", f)
 			}
@@ -56,7 +56,18 @@ func labSpecFromFlags(c *cli.Context) (*lab.Spec, error) {
 	case workloads < 0 || workloads > lab.MaxWorkloadsPerNode:
 		return nil, fmt.Errorf("--workloads-per-node must be between 0 and %d, got %d", lab.MaxWorkloadsPerNode, workloads)
 	}
-	spec := lab.Generate(c.String("name"), sites, nodes, c.Bool("nat-site"))
+	natSite, kind := c.Bool("nat-site"), lab.NATEIM
+	if c.IsSet("nat-kind") {
+		k, err := lab.ParseNATKind(c.String("nat-kind"))
+		if err != nil || k == lab.NATNone {
+			return nil, fmt.Errorf("--nat-kind: %q is not a kind of NAT for the NAT site: use eim (endpoint-independent mapping) or symmetric (a port per destination)", c.String("nat-kind"))
+		}
+		natSite, kind = true, k
+	}
+	spec := lab.Generate(c.String("name"), sites, nodes, natSite)
+	if natSite {
+		spec.Sites[len(spec.Sites)-1].NATKind = kind
+	}
 	spec.AddWorkloads(workloads)
 	if err := spec.Validate(); err != nil {
 		var se *lab.SpecError
@@ -71,9 +82,10 @@ func labSpecFromFlags(c *cli.Context) (*lab.Spec, error) {
 // trailingFlags lets flags follow the lab name (`lab status demo -o json`):
 // urfave/cli stops parsing flags at the first argument, so the remaining
 // arguments are scanned for the command's own flags. bools are flags
-// without a value, values the names of one flag with a value, canonical
-// name first (aliases are separate entries in urfave/cli's flag set).
-func trailingFlags(c *cli.Context, bools, values []string) ([]string, error) {
+// without a value; each of values holds the names of one flag with a
+// value, canonical name first (aliases are separate entries in urfave/cli's
+// flag set).
+func trailingFlags(c *cli.Context, bools []string, values ...[]string) ([]string, error) {
 	var pos []string
 	args := c.Args().Slice()
 	for i := 0; i < len(args); i++ {
@@ -83,6 +95,7 @@ func trailingFlags(c *cli.Context, bools, values []string) ([]string, error) {
 			pos = append(pos, a)
 			continue
 		}
+		group := slices.IndexFunc(values, func(names []string) bool { return slices.Contains(names, name) })
 		switch {
 		case slices.Contains(bools, name):
 			if hasVal {
@@ -91,7 +104,7 @@ func trailingFlags(c *cli.Context, bools, values []string) ([]string, error) {
 			if err := c.Set(name, "true"); err != nil {
 				return nil, err
 			}
-		case slices.Contains(values, name):
+		case group >= 0:
 			if !hasVal {
 				if i+1 >= len(args) {
 					return nil, fmt.Errorf("%s needs a value", a)
@@ -99,7 +112,7 @@ func trailingFlags(c *cli.Context, bools, values []string) ([]string, error) {
 				i++
 				val = args[i]
 			}
-			if err := c.Set(values[0], val); err != nil {
+			if err := c.Set(values[group][0], val); err != nil {
 				return nil, err
 			}
 		default:
@@ -171,6 +184,9 @@ func labUp(c *cli.Context) error {
 	fmt.Fprintf(w, "\nLab %s is up and stays up. Try:\n", l.Name())
 	fmt.Fprintf(w, "  meshctl lab exec --lab %s %s -- ping -c 2 %s\n", l.Name(), from.Name, to.Underlay)
 	fmt.Fprintf(w, "  meshctl lab exec --lab %s %s -- ip route\n", l.Name(), from.Name)
+	if r := l.Routers(); len(r) > 1 {
+		fmt.Fprintf(w, "  meshctl lab cut --lab %s %s %s   (drop their UDP; lab heal undoes it)\n", l.Name(), r[0].Site, r[len(r)-1].Site)
+	}
 	fmt.Fprintf(w, "  meshctl lab status %s\n", l.Name())
 	fmt.Fprintf(w, "  meshctl lab down %s\n", l.Name())
 	return nil
@@ -259,20 +275,14 @@ func printLabStatus(w io.Writer, s lab.Status) error {
 	fmt.Fprintf(w, "Lab %s: %s, %s, created %s\n", s.Name, state, holder, s.Created.Local().Format(time.DateTime))
 	rows := [][]string{{"internet", "internet", "", s.Internet, "198.19.0.1/24", "", ""}}
 	for _, r := range s.Routers {
-		nat := "no"
-		if r.NAT {
-			nat = "masquerade"
-		}
+		nat := natColumn(r.NATKind)
 		rows = append(rows, []string{r.Name, "router", r.Site, r.Netns,
 			fmt.Sprintf("%s/%d %s/24", r.LANAddr, r.LAN.Bits(), r.WANAddr), "", nat})
 		for _, n := range s.Nodes {
 			if n.Site != r.Site {
 				continue
 			}
-			nat := "no"
-			if n.NAT {
-				nat = "yes"
-			}
+			nat := natColumn(n.NATKind)
 			rows = append(rows, []string{n.Name, "node", n.Site, n.Netns, fmt.Sprintf("%s/%d", n.Underlay, r.LAN.Bits()), "via " + n.Gateway.String(), nat})
 			for _, wl := range s.Workloads {
 				if wl.Node == n.Name {
@@ -283,6 +293,12 @@ func printLabStatus(w io.Writer, s lab.Status) error {
 	}
 	if err := cliout.Table(w, []string{"name", "kind", "site", "netns", "address", "route", "nat"}, rows); err != nil {
 		return err
+	}
+	if len(s.Cuts) > 0 {
+		fmt.Fprintf(w, "\nCut (the routers drop all UDP between them; 'meshctl lab heal --lab %s SITE_A SITE_B' undoes it):\n", s.Name)
+		for _, cut := range s.Cuts {
+			fmt.Fprintf(w, "  %s\n", cut)
+		}
 	}
 	if len(s.Processes) > 0 {
 		fmt.Fprintln(w)
@@ -297,6 +313,15 @@ func printLabStatus(w io.Writer, s lab.Status) error {
 		return cliout.Table(w, []string{"process", "pid", "state", "netns", "output"}, prows)
 	}
 	return nil
+}
+
+// natColumn is the nat column of a router or node: the site's NAT kind,
+// named as in topology files, or "no".
+func natColumn(kind lab.NATKind) string {
+	if kind == lab.NATNone || kind == "" {
+		return "no"
+	}
+	return string(kind)
 }
 
 func labExec(c *cli.Context) error {
@@ -314,22 +339,7 @@ func labExec(c *cli.Context) error {
 	if err := needRoot("exec"); err != nil {
 		return err
 	}
-	name := c.String("lab")
-	if name == "" {
-		names, err := lab.Names()
-		if err != nil {
-			return err
-		}
-		switch len(names) {
-		case 0:
-			return errors.New("no lab is up: start one with meshctl lab up")
-		case 1:
-			name = names[0]
-		default:
-			return fmt.Errorf("%d labs are up (%s): choose one with --lab NAME", len(names), strings.Join(names, ", "))
-		}
-	}
-	l, err := lab.Load(name)
+	l, err := chooseLab(c)
 	if err != nil {
 		return err
 	}
@@ -350,6 +360,128 @@ func labExec(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("meshctl: %s in %s: %v", cmdArgs[0], target, err), 1)
 	}
 	return err
+}
+
+// chooseLab loads the lab --lab names, or the only lab that is up.
+func chooseLab(c *cli.Context) (*lab.Lab, error) {
+	name := c.String("lab")
+	if name == "" {
+		names, err := lab.Names()
+		if err != nil {
+			return nil, err
+		}
+		switch len(names) {
+		case 0:
+			return nil, errors.New("no lab is up: start one with meshctl lab up")
+		case 1:
+			name = names[0]
+		default:
+			return nil, fmt.Errorf("%d labs are up (%s): choose one with --lab NAME", len(names), strings.Join(names, ", "))
+		}
+	}
+	return lab.Load(name)
+}
+
+// cutsJSON is what cut and heal print with -o json: the lab's cuts after
+// the command.
+type cutsJSON struct {
+	Lab  string    `json:"lab"`
+	Cuts []lab.Cut `json:"cuts"`
+}
+
+func printCuts(c *cli.Context, format string, l *lab.Lab, cuts []lab.Cut, message string) error {
+	if format == "json" {
+		if cuts == nil {
+			cuts = []lab.Cut{}
+		}
+		return cliout.JSON(c.App.Writer, cutsJSON{Lab: l.Name(), Cuts: cuts})
+	}
+	_, err := fmt.Fprintln(c.App.Writer, message)
+	return err
+}
+
+func labCut(c *cli.Context) error {
+	args, err := trailingFlags(c, nil, []string{"lab"}, []string{"output", "o"})
+	if err != nil {
+		return err
+	}
+	format, err := cliout.Format(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 2 {
+		return fmt.Errorf("lab cut needs two site names, got %d%s: meshctl lab cut [--lab NAME] SITE_A SITE_B (the sites are in 'meshctl lab status')", len(args), listArgs(args))
+	}
+	if err := needRoot("cut"); err != nil {
+		return err
+	}
+	l, err := chooseLab(c)
+	if err != nil {
+		return err
+	}
+	before := len(l.Cuts())
+	if err := l.Cut(c.Context, args[0], args[1]); err != nil {
+		return err
+	}
+	cuts := l.Cuts()
+	msg := fmt.Sprintf("Cut %s <-> %s in lab %s: their routers drop all UDP between them; TCP and ping pass.\nUndo it with: meshctl lab heal --lab %s %s %s", args[0], args[1], l.Name(), l.Name(), args[0], args[1])
+	if len(cuts) == before {
+		msg = fmt.Sprintf("%s <-> %s in lab %s was cut already: nothing changed.", args[0], args[1], l.Name())
+	}
+	return printCuts(c, format, l, cuts, msg)
+}
+
+func labHeal(c *cli.Context) error {
+	args, err := trailingFlags(c, []string{"all"}, []string{"lab"}, []string{"output", "o"})
+	if err != nil {
+		return err
+	}
+	format, err := cliout.Format(c)
+	if err != nil {
+		return err
+	}
+	all := c.Bool("all")
+	switch {
+	case all && len(args) > 0:
+		return fmt.Errorf("give two site names or --all, not both (got %s and --all)", strings.Join(args, " "))
+	case !all && len(args) != 2:
+		return fmt.Errorf("lab heal needs two site names or --all, got %d%s: meshctl lab heal [--lab NAME] SITE_A SITE_B | --all", len(args), listArgs(args))
+	}
+	if err := needRoot("heal"); err != nil {
+		return err
+	}
+	l, err := chooseLab(c)
+	if err != nil {
+		return err
+	}
+	before := len(l.Cuts())
+	var msg string
+	if all {
+		if err := l.HealAll(c.Context); err != nil {
+			return err
+		}
+		msg = fmt.Sprintf("Healed every cut of lab %s (%d).", l.Name(), before)
+		if before == 0 {
+			msg = fmt.Sprintf("Lab %s has no cuts: nothing changed.", l.Name())
+		}
+	} else {
+		if err := l.Heal(c.Context, args[0], args[1]); err != nil {
+			return err
+		}
+		msg = fmt.Sprintf("Healed %s <-> %s in lab %s: UDP between them passes again.", args[0], args[1], l.Name())
+		if len(l.Cuts()) == before {
+			msg = fmt.Sprintf("%s <-> %s in lab %s was not cut: nothing changed.", args[0], args[1], l.Name())
+		}
+	}
+	return printCuts(c, format, l, l.Cuts(), msg)
+}
+
+// listArgs is " (a b)" for error messages, or nothing.
+func listArgs(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(args, " ") + ")"
 }
 
 // holdLab keeps the lab while the command runs and removes it when ctx

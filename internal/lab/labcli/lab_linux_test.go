@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -56,6 +58,19 @@ func TestLabInputErrors(t *testing.T) {
 		{[]string{"up", "--owns", "/sys/fs/bpf/weft"}, `--owns: "/sys/fs/bpf/weft": a lab owns only a weft-* entry`},
 		{[]string{"up", "--owns", "/tmp/weft-x/sub"}, `--owns: "/tmp/weft-x/sub": a lab owns only a weft-* entry`},
 		{[]string{"up", "--hold", "--record", "f"}, "--hold and --record do not go together"},
+		{[]string{"up", "--nat-kind", "full-cone"}, `--nat-kind: "full-cone" is not a kind of NAT for the NAT site: use eim (endpoint-independent mapping) or symmetric`},
+		{[]string{"up", "--nat-kind", "none"}, `--nat-kind: "none" is not a kind of NAT`},
+		{[]string{"up", "-f", bad, "--nat-kind", "symmetric"}, "--nat-kind cannot be used with -f"},
+		{[]string{"cut"}, "lab cut needs two site names, got 0: meshctl lab cut [--lab NAME] SITE_A SITE_B"},
+		{[]string{"cut", "site1"}, "lab cut needs two site names, got 1 (site1)"},
+		{[]string{"cut", "a", "b", "c"}, "got 3 (a b c)"},
+		{[]string{"cut", "a", "b", "-o", "xml"}, `--output "xml" is not a format`},
+		{[]string{"cut", "a", "b", "--bogus"}, "unknown flag --bogus"},
+		{[]string{"cut", "a", "b", "--lab"}, "--lab needs a value"},
+		{[]string{"heal", "a"}, "lab heal needs two site names or --all, got 1 (a)"},
+		{[]string{"heal", "a", "b", "--all"}, "give two site names or --all, not both (got a b and --all)"},
+		{[]string{"heal", "--all", "a"}, "give two site names or --all, not both"},
+		{[]string{"heal", "a", "b", "--all=x"}, "--all takes no value"},
 	}
 	for _, tt := range tests {
 		_, _, err := runApp(t, tt.args...)
@@ -118,7 +133,7 @@ func TestLabCommands(t *testing.T) {
 			t.Errorf("progress line %q missing:\n%s", want, errOut)
 		}
 	}
-	if !strings.Contains(out, "site3-n1      node      site3  wl-"+name+"-site3-n1") || !strings.Contains(out, "masquerade") {
+	if !strings.Contains(out, "site3-n1      node      site3  wl-"+name+"-site3-n1") || !regexp.MustCompile(`site3-router .* eim\n`).MatchString(out) {
 		t.Errorf("lab up output:\n%s", out)
 	}
 
@@ -225,6 +240,91 @@ func TestLabDownDamagedState(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("the damaged state file is still there: %v", err)
+	}
+	labtest.CheckRemoved(t, name)
+}
+
+// `lab up --nat-kind symmetric` makes the last site a symmetric NAT; `lab
+// cut` in one process is seen by `lab status` and undone by `lab heal` in
+// others, the routers' rules following the state.
+func TestLabCutHealCommands(t *testing.T) {
+	testutil.Privileged(t)
+	name := labtest.UniqueName()
+	removeLab(t, name)
+	out, errOut, code := run(t, "up", "--name", name, "--sites", "3", "--nodes-per-site", "1", "--nat-kind", "symmetric")
+	if code != 0 {
+		t.Fatalf("lab up: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !regexp.MustCompile(`site3-router .* symmetric\n`).MatchString(out) || !regexp.MustCompile(`site3-n1 .* symmetric\n`).MatchString(out) ||
+		!regexp.MustCompile(`site1-router .* no\n`).MatchString(out) {
+		t.Errorf("lab up --nat-kind symmetric: the table does not show the NAT kinds:\n%s", out)
+	}
+	if !strings.Contains(out, "meshctl lab cut --lab "+name+" site1 site3") {
+		t.Errorf("lab up does not suggest a cut:\n%s", out)
+	}
+	if out, _, code := run(t, "exec", "--lab", name, "site3-router", "--", "nft", "list", "table", "ip", "weft-lab"); code != 0 || !strings.Contains(out, "masquerade random") {
+		t.Errorf("the symmetric NAT router's rules (exit %d):\n%s", code, out)
+	}
+	cutTable := func(router string) bool {
+		_, _, code := run(t, "exec", "--lab", name, router, "--", "nft", "list", "table", "ip", "weft-lab-cut")
+		return code == 0
+	}
+	status := func() lab.Status {
+		t.Helper()
+		out, errOut, code := run(t, "status", name, "-o", "json")
+		var st lab.Status
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+			t.Fatalf("lab status -o json: exit %d\n%s%s", code, out, errOut)
+		}
+		return st
+	}
+
+	if out, errOut, code = run(t, "cut", "--lab", name, "site3", "site1"); code != 0 || !strings.Contains(out, "Cut site3 <-> site1 in lab "+name) || !strings.Contains(out, "meshctl lab heal --lab "+name+" site3 site1") {
+		t.Fatalf("lab cut: exit %d\n%s%s", code, out, errOut)
+	}
+	if !cutTable("site1-router") || !cutTable("site3-router") || cutTable("site2-router") {
+		t.Errorf("cut tables: site1 %t site3 %t site2 %t, want true true false", cutTable("site1-router"), cutTable("site3-router"), cutTable("site2-router"))
+	}
+	if out, _, code = run(t, "status", name); code != 0 || !strings.Contains(out, "\nCut (the routers drop all UDP between them; 'meshctl lab heal --lab "+name+" SITE_A SITE_B' undoes it):\n  site1 <-> site3\n") {
+		t.Errorf("lab status does not show the cut (exit %d):\n%s", code, out)
+	}
+	if st := status(); !reflect.DeepEqual(st.Cuts, []lab.Cut{{A: "site1", B: "site3"}}) || st.Routers[2].NATKind != lab.NATSymmetric {
+		t.Errorf("status json: cuts %v, routers %+v", st.Cuts, st.Routers)
+	}
+	if out, _, code = run(t, "cut", "site1", "site3", "--lab", name); code != 0 || !strings.Contains(out, "was cut already: nothing changed") {
+		t.Errorf("lab cut twice: exit %d %s", code, out)
+	}
+	if out, _, code = run(t, "cut", "--lab", name, "site1", "site2", "-o", "json"); code != 0 ||
+		!strings.Contains(out, `"cuts": [`) || !strings.Contains(out, `"a": "site1",`) || !strings.Contains(out, `"b": "site2"`) {
+		t.Errorf("lab cut -o json: exit %d %s", code, out)
+	}
+	if _, errOut, code = run(t, "cut", "--lab", name, "site1", "site9"); code == 0 || !strings.Contains(errOut, `no site "site9" (sites: site1, site2, site3)`) {
+		t.Errorf("lab cut to an unknown site: exit %d %s", code, errOut)
+	}
+	if _, errOut, code = run(t, "cut", "--lab", name, "site2", "site2"); code == 0 || !strings.Contains(errOut, "never cut from itself") {
+		t.Errorf("lab cut of a site from itself: exit %d %s", code, errOut)
+	}
+
+	if out, errOut, code = run(t, "heal", "--lab", name, "site1", "site3"); code != 0 || !strings.Contains(out, "Healed site1 <-> site3 in lab "+name) {
+		t.Fatalf("lab heal: exit %d\n%s%s", code, out, errOut)
+	}
+	if cutTable("site3-router") || !cutTable("site1-router") || !cutTable("site2-router") {
+		t.Errorf("cut tables after heal: site3 %t, site1 %t, site2 %t, want false true true", cutTable("site3-router"), cutTable("site1-router"), cutTable("site2-router"))
+	}
+	if out, _, code = run(t, "heal", "--lab", name, "site1", "site3"); code != 0 || !strings.Contains(out, "was not cut: nothing changed") {
+		t.Errorf("lab heal twice: exit %d %s", code, out)
+	}
+	if out, _, code = run(t, "heal", "--lab", name, "--all", "-o", "json"); code != 0 || !strings.Contains(out, `"cuts": []`) {
+		t.Errorf("lab heal --all -o json: exit %d %s", code, out)
+	}
+	if st := status(); len(st.Cuts) != 0 || cutTable("site1-router") || cutTable("site2-router") {
+		t.Errorf("after heal --all: cuts %v, cut tables site1 %t site2 %t", st.Cuts, cutTable("site1-router"), cutTable("site2-router"))
+	}
+	if out, _, code = run(t, "heal", "--all", "--lab", name); code != 0 || !strings.Contains(out, "has no cuts: nothing changed") {
+		t.Errorf("lab heal --all with no cuts: exit %d %s", code, out)
+	}
+	if out, errOut, code = run(t, "down", name); code != 0 {
+		t.Fatalf("lab down: exit %d %s %s", code, out, errOut)
 	}
 	labtest.CheckRemoved(t, name)
 }

@@ -19,3 +19,5 @@ func labUp(*cli.Context) error     { return errLab("up") }
 func labStatus(*cli.Context) error { return errLab("status") }
 func labExec(*cli.Context) error   { return errLab("exec") }
 func labDown(*cli.Context) error   { return errLab("down") }
+func labCut(*cli.Context) error    { return errLab("cut") }
+func labHeal(*cli.Context) error   { return errLab("heal") }

@@ -29,15 +29,25 @@ func TestHelpIsMeshctlLabs(t *testing.T) {
 		if !strings.HasPrefix(out, "NAME:\n   meshctl lab - build and drive a network-namespace lab") {
 			t.Errorf("%q: help does not start with meshctl lab's name:\n%s", args, out)
 		}
-		for _, cmd := range []string{"up", "status", "exec", "down"} {
+		for _, cmd := range []string{"up", "status", "exec", "cut", "heal", "down"} {
 			if !strings.Contains(out, "\n   "+cmd+" ") {
 				t.Errorf("%q: help lacks %s:\n%s", args, cmd, out)
 			}
 		}
 	}
 	out, _, err := runApp(t, "up", "--help")
-	if err != nil || !strings.Contains(out, "USAGE:\n   meshctl lab up -f topo.yaml [--name NAME] [--hold] [--owns PATH]... [--record FILE]\n") {
+	if err != nil || !strings.Contains(out, "USAGE:\n   meshctl lab up -f topo.yaml [--name NAME] [--hold] [--owns PATH]... [--record FILE]\n") ||
+		!strings.Contains(out, "--nat-kind KIND") || !strings.Contains(out, "[--nat-kind eim|symmetric]") {
 		t.Errorf("up --help: %v\n%s", err, out)
+	}
+	for cmd, usage := range map[string]string{
+		"cut":  "meshctl lab cut [--lab NAME] [-o table|json] SITE_A SITE_B",
+		"heal": "meshctl lab heal [--lab NAME] [-o table|json] SITE_A SITE_B | --all",
+	} {
+		out, _, err := runApp(t, cmd, "--help")
+		if err != nil || !strings.Contains(out, "USAGE:\n   "+usage+"\n") || !strings.Contains(out, "--lab value") || !strings.Contains(out, "--output value, -o value") {
+			t.Errorf("%s --help: %v\n%s", cmd, err, out)
+		}
 	}
 }
 
