@@ -76,7 +76,7 @@ fuzz: ## run every fuzz target briefly (count budgets in .ci/fuzz-targets; FUZZT
 	done
 
 .PHONY: bench
-bench: bench-go bench-tunnel bench-datapath bench-join bench-clusters bench-k8s ## every benchmark (Go, tunnel, datapath, join, connected clusters, Kubernetes)
+bench: bench-go bench-tunnel bench-datapath bench-join bench-clusters bench-k8s bench-relay ## every benchmark (Go, tunnel, datapath, join, connected clusters, Kubernetes, relays)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the control plane (kvstore, identity, policy)
@@ -93,6 +93,10 @@ bench-datapath: ## eBPF policy cost, connection rate and throughput vs nftables 
 .PHONY: bench-k8s
 bench-k8s: kube helm build image ## Kubernetes: pod create -> Ready with policy vs the bridge plugin, NetworkPolicy -> enforced (needs root)
 	WEFT_BENCH_K8S=$${N:-20} $(GO) test -count=1 -timeout 20m -run '^TestBenchKubernetes$$' -v ./e2e/ | grep -v '^ *time=\|level='
+
+.PHONY: bench-relay
+bench-relay: build ## relays: relayed vs direct TCP throughput, failover/recovery p50/p99 over N=10 cuts, join -> reachable behind symmetric NAT (needs root)
+	WEFT_BENCH_RELAY=$${N:-10} $(GO) test -count=1 -timeout 20m -run '^TestBenchRelay$$' -v ./e2e/ | grep -v '^ *time=\|level='
 
 .PHONY: bench-join
 bench-join: build ## join-to-reachable and policy propagation in the lab (needs root)

@@ -113,7 +113,9 @@ type Agent struct {
 
 	// obs is flows, metrics, health and probes (observability.go); logs
 	// counts what the agent logs (metrics, connectivity test).
-	obs  atomic.Pointer[observability]
+	obs atomic.Pointer[observability]
+	// nat is NAT traversal and path selection (nat.go), once started.
+	nat  atomic.Pointer[natTraversal]
 	logs *metrics.LogCounter
 
 	// group runs the agent's long-lived loops (go).
@@ -353,13 +355,18 @@ func (a *Agent) registerNode(ctx context.Context) error {
 		MeshIP:       a.meshIP,
 		Labels:       labels.Strings(),
 		AgentVersion: version.Version,
+		Relay:        a.relayAdvertised(eps),
 	}
 	return a.session.Put(ctx, a.self.Key(), &a.self)
 }
 
 // peerSelf is what the peer reconciler needs of this node.
 func (a *Agent) peerSelf() peerSelf {
-	return peerSelf{Cluster: a.cfg.Cluster, Node: a.cfg.NodeName, CIDRs: a.cidrsOwned(), Keepalive: a.cfg.WireGuard.PersistentKeepalive.D()}
+	ps := peerSelf{Cluster: a.cfg.Cluster, Node: a.cfg.NodeName, CIDRs: a.cidrsOwned(), Keepalive: a.cfg.WireGuard.PersistentKeepalive.D()}
+	if n := a.nat.Load(); n != nil {
+		ps.Endpoint = n.endpointFor
+	}
+	return ps
 }
 
 // reallocate re-registers the endpoints whose identity was collected while

@@ -77,6 +77,7 @@ func (a *Agent) components(dp *pendingDatapath) []component {
 			return nil
 		}},
 		{name: "start observability", when: func() bool { return !a.opts.noObservability }, start: a.startObservability},
+		{name: "start NAT traversal", when: func() bool { return !a.opts.noObservability }, start: a.startNAT},
 		{name: "serve join", when: func() bool { return a.cp.seed() }, start: a.serveJoin},
 	}
 }

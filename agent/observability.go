@@ -23,6 +23,7 @@ import (
 	"github.com/weftmesh/weft/agent/health"
 	"github.com/weftmesh/weft/agent/meshtls"
 	"github.com/weftmesh/weft/agent/metrics"
+	"github.com/weftmesh/weft/agent/paths"
 	"github.com/weftmesh/weft/agent/probe"
 	"github.com/weftmesh/weft/bpf"
 	"github.com/weftmesh/weft/identity"
@@ -45,6 +46,8 @@ type obsDeps struct {
 	metricsAddr   string
 	// metricsAllow are further sources /metrics answers (metrics.allow).
 	metricsAllow []netip.Prefix
+	// paths reports a peer's path by node key (nil: none known).
+	paths func(nodeKey string) (paths.State, bool)
 	// tls are the node's certificate files (the agent-to-agent API).
 	tls pki.Files
 	// nodes are the nodes of this cluster's etcd, which share its CA and
@@ -130,9 +133,10 @@ func (a *Agent) startObservability(ctx context.Context) error {
 		nodes: a.nodes.Local(), meshNodes: a.nodes, endpoints: a.endpoints, policies: a.policies, identities: identityLookup{a},
 		locals: func() []localEndpoint { l, _ := a.policy.localSnapshot(); return l },
 		device: a.tun, dp: a.dp, store: a.cp.kv, workloads: a, underlayIfaces: a.underlayIfaces,
-		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a, PolicyStatus: a},
+		mesh: api.Backend{Status: a, Mesh: a, Flows: a, Health: meshOnlyHealth{a}, Prober: a, PolicyStatus: a, NAT: natAPI{a}},
 		log:  a.log, logs: a.logs, run: a.goRun,
 		peerCheck: a.peers.revocations.checkCert,
+		paths:     a.peerPath,
 	})
 	if err != nil {
 		return err
@@ -456,7 +460,13 @@ func (o *observability) Peers() ([]metrics.Peer, error) {
 		if name == "" {
 			name = p.PublicKey
 		}
-		out = append(out, metrics.Peer{Node: name, LastHandshake: p.LastHandshake})
+		mp := metrics.Peer{Node: name, LastHandshake: p.LastHandshake}
+		if o.deps.paths != nil {
+			if st, ok := o.deps.paths(name); ok {
+				mp.Path, mp.PathChanges = string(st.Path.Kind), st.Changes
+			}
+		}
+		out = append(out, mp)
 	}
 	return out, nil
 }

@@ -31,6 +31,9 @@ type peerSelf struct {
 	// CIDRs are this node's own prefixes, which no peer may claim.
 	CIDRs     []netip.Prefix
 	Keepalive time.Duration
+	// Endpoint, when set, gives a node's endpoint as the path selection
+	// chose it (nat.go); ok false keeps the record's first endpoint.
+	Endpoint func(n kvstore.Node) (ep string, ok bool)
 }
 
 // peerRejection is a part of a node record desiredPeers left out, with why.
@@ -86,6 +89,11 @@ func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRej
 		}
 		if len(n.Endpoints) > 0 {
 			p.Endpoint = n.Endpoints[0].String()
+		}
+		if self.Endpoint != nil {
+			if ep, ok := self.Endpoint(n); ok {
+				p.Endpoint = ep
+			}
 		}
 		for _, pf := range nodePrefixes(n) {
 			if owner, dup := seenPrefix[pf]; dup {

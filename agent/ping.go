@@ -31,6 +31,9 @@ func (a *Agent) Ping(ctx context.Context, req api.PingRequest) (api.PingResult, 
 		return api.PingResult{}, err
 	}
 	res := api.PingResult{Node: n.Name, Cluster: n.Cluster, MeshIP: n.MeshIP.String(), Path: "direct"}
+	if st, ok := a.peerPath(n.Key()); ok {
+		res.Path, res.PathSince = st.Path.String(), st.Since
+	}
 	if n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName {
 		return api.PingResult{}, api.Errorf(api.CodeInvalid, "%s is this node: ping another node of the mesh (see `meshctl nodes`)", req.Target)
 	}

@@ -137,6 +137,9 @@ type Backend struct {
 	CNI CNIHandler
 	// Clusters serves /v1/clusters (connected clusters; the seed only).
 	Clusters ClusterManager
+	// NAT serves /v1/nat/* (reflexive addresses, relay tickets) on the
+	// agent-to-agent API.
+	NAT NATService
 }
 
 // Pinger sends one probe of `meshctl ping` through the tunnel and, when it

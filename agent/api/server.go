@@ -136,6 +136,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/status", b.Status != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return b.Status.Status(r.Context())
 	})
+	natRoutes(route, b.NAT)
 	route("GET /v1/health", b.Status != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return b.Status.Health(r.Context())
 	})

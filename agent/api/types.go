@@ -61,6 +61,12 @@ type Peer struct {
 	LastHandshake time.Time `json:"lastHandshake,omitzero"`
 	RxBytes       int64     `json:"rxBytes"`
 	TxBytes       int64     `json:"txBytes"`
+	// Path is how the tunnel reaches the peer (PingResult.Path), PathSince
+	// when it last changed and PathChanges how often it did since the
+	// agent started; empty before path selection runs.
+	Path        string    `json:"path,omitempty"`
+	PathSince   time.Time `json:"pathSince,omitzero"`
+	PathChanges int       `json:"pathChanges,omitempty"`
 }
 
 // Node is a node record of the mesh (GET /v1/nodes).
@@ -459,9 +465,11 @@ type PingResult struct {
 	Node    string `json:"node"`
 	Cluster string `json:"cluster"`
 	MeshIP  string `json:"meshIP"`
-	// Path is "direct" (through the WireGuard peer, over Endpoint); the
-	// mesh has no relays.
-	Path string `json:"path"`
+	// Path is how the tunnel reaches the node: "direct IP:PORT", "direct
+	// (learned)" (the endpoint came from the peer's handshakes) or "relay
+	// via NODE" (docs/nat.md); PathSince is when it last changed.
+	Path      string    `json:"path"`
+	PathSince time.Time `json:"pathSince,omitzero"`
 	// Endpoint is the peer's underlay ip:port the tunnel sends to.
 	Endpoint      string    `json:"endpoint,omitempty"`
 	LastHandshake time.Time `json:"lastHandshake,omitzero"`

@@ -85,15 +85,18 @@ type Config struct {
 	// (docs/datapath.md, "Strict mode").
 	Strict bool `json:"strict,omitempty"`
 
-	Etcd      Etcd       `json:"etcd,omitempty"`
-	WireGuard WireGuard  `json:"wireguard,omitempty"`
-	Underlay  Underlay   `json:"underlay,omitempty"`
-	IPAM      IPAM       `json:"ipam,omitempty"`
-	BPF       BPF        `json:"bpf,omitempty"`
-	Log       Log        `json:"log,omitempty"`
-	Metrics   Metrics    `json:"metrics,omitempty"`
-	Flows     Flows      `json:"flows,omitempty"`
-	Join      JoinServer `json:"join,omitempty"`
+	Etcd      Etcd      `json:"etcd,omitempty"`
+	WireGuard WireGuard `json:"wireguard,omitempty"`
+	Underlay  Underlay  `json:"underlay,omitempty"`
+	// Relay makes this node a relay for mesh nodes that cannot reach
+	// each other directly (docs/nat.md).
+	Relay   Relay      `json:"relay,omitempty"`
+	IPAM    IPAM       `json:"ipam,omitempty"`
+	BPF     BPF        `json:"bpf,omitempty"`
+	Log     Log        `json:"log,omitempty"`
+	Metrics Metrics    `json:"metrics,omitempty"`
+	Flows   Flows      `json:"flows,omitempty"`
+	Join    JoinServer `json:"join,omitempty"`
 	// Kubernetes makes the agent a Kubernetes node's (docs/kubernetes.md).
 	Kubernetes Kubernetes `json:"kubernetes,omitempty"`
 	// Workloads are network namespaces this node runs as mesh endpoints
@@ -203,6 +206,33 @@ type Underlay struct {
 	// agent announces the address of its default route and ListenPort.
 	Endpoints []string `json:"endpoints,omitempty"`
 }
+
+// Relay configures this node's relay (docs/nat.md). Any node with an
+// address the others reach can be one; it forwards their WireGuard
+// packets, which it cannot read, and only for mesh nodes.
+type Relay struct {
+	// Enabled serves the relay and advertises it in the node record.
+	Enabled bool `json:"enabled,omitempty"`
+	// Port is the relay's UDP port (default 51838).
+	Port int `json:"port,omitempty"`
+	// Advertise is the ip:port announced to the mesh; default: the
+	// address of the first underlay endpoint with Port.
+	Advertise string `json:"advertise,omitempty"`
+	// RateBytesPerSecond bounds what each node may send through the relay
+	// (default 256 MiB/s); the excess is dropped.
+	RateBytesPerSecond int64 `json:"rateBytesPerSecond,omitempty"`
+}
+
+// Relay defaults.
+const (
+	DefaultRelayPort = 51838
+	// DefaultRelayClientPort is where a node's relay client listens (relays
+	// answer to it); DefaultPathProbePort answers and sends the direct-path
+	// checks of relayed pairs. Fixed, so strict mode can let them through.
+	DefaultRelayClientPort = 51839
+	DefaultPathProbePort   = 51840
+	DefaultRelayRate       = 256 << 20
+)
 
 // IPAM configures where a VM's CIDR comes from.
 type IPAM struct {
@@ -505,6 +535,17 @@ func (c *Config) Validate() error {
 	}
 	if r := w.RotateEvery.D(); r != 0 && r < MinRotateEvery {
 		bad("wireguard.rotateEvery", "%s is too short: use 0 (off) or at least %s (a rotation waits for every peer)", r, MinRotateEvery)
+	}
+	if c.Relay.Port < 0 || c.Relay.Port > 65535 {
+		bad("relay.port", "%d is outside 1..65535 (0: the default %d)", c.Relay.Port, DefaultRelayPort)
+	}
+	if c.Relay.Advertise != "" {
+		if ap, err := netip.ParseAddrPort(c.Relay.Advertise); err != nil || ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().IsLoopback() {
+			bad("relay.advertise", "%q is not a reachable ip:port (example 198.18.1.10:%d)", c.Relay.Advertise, DefaultRelayPort)
+		}
+	}
+	if c.Relay.RateBytesPerSecond < 0 {
+		bad("relay.rateBytesPerSecond", "%d is negative (0: the default %d)", c.Relay.RateBytesPerSecond, DefaultRelayRate)
 	}
 	for i, ep := range c.Underlay.Endpoints {
 		if _, err := netip.ParseAddrPort(ep); err != nil {

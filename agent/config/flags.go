@@ -37,6 +37,8 @@ const (
 	FlagWGMode             = "wg-mode"
 	FlagWGKeepalive        = "wg-keepalive"
 	FlagUnderlayEndpoints  = "underlay-endpoints"
+	FlagRelay              = "relay"
+	FlagRelayAdvertise     = "relay-advertise"
 	FlagMeshPool           = "mesh-pool"
 	FlagNodePrefixLength   = "node-prefix-length"
 	FlagBPFPinPath         = "bpf-pin-path"
@@ -98,6 +100,8 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: FlagWGMode, EnvVars: env(FlagWGMode), Value: d.WireGuard.Mode, Usage: "WireGuard implementation: auto, kernel or userspace", Category: categoryDataplane},
 		&cli.DurationFlag{Name: FlagWGKeepalive, EnvVars: env(FlagWGKeepalive), Value: d.WireGuard.PersistentKeepalive.D(), Usage: "persistent keepalive towards peers (0 = off); keeps NAT mappings open", Category: categoryDataplane},
 		&cli.StringSliceFlag{Name: FlagUnderlayEndpoints, EnvVars: env(FlagUnderlayEndpoints), Usage: "`IP:PORT` addresses peers use to reach this node (default: the default route's address)", Category: categoryDataplane},
+		&cli.BoolFlag{Name: FlagRelay, EnvVars: env(FlagRelay), Usage: "serve as a relay for mesh nodes that cannot reach each other directly (it forwards their WireGuard packets, which it cannot read; docs/nat.md)", Category: categoryDataplane},
+		&cli.StringFlag{Name: FlagRelayAdvertise, EnvVars: env(FlagRelayAdvertise), Usage: "`IP:PORT` the relay is announced at (default: the first underlay endpoint's address, port 51838)", Category: categoryDataplane},
 		&cli.StringFlag{Name: FlagMeshPool, EnvVars: env(FlagMeshPool), Value: d.IPAM.MeshPool, Usage: "`CIDR` a new cluster's node CIDRs come from; default: the cluster record's, or the first free /16 of 100.64.0.0/10", Category: categoryDataplane},
 		&cli.IntFlag{Name: FlagNodePrefixLength, EnvVars: env(FlagNodePrefixLength), Value: d.IPAM.NodePrefixLength, Usage: "prefix `LENGTH` of each node's CIDR", Category: categoryDataplane},
 		&cli.PathFlag{Name: FlagBPFPinPath, EnvVars: env(FlagBPFPinPath), Value: d.BPF.PinPath, Usage: "bpffs `DIR` for this agent's pinned maps", Category: categoryDataplane},
@@ -192,6 +196,10 @@ func (cfg *Config) applyFlags(c *cli.Context) error {
 	setS(FlagWGMode, &cfg.WireGuard.Mode)
 	setD(FlagWGKeepalive, &cfg.WireGuard.PersistentKeepalive)
 	setL(FlagUnderlayEndpoints, &cfg.Underlay.Endpoints)
+	if c.IsSet(FlagRelay) {
+		cfg.Relay.Enabled = c.Bool(FlagRelay)
+	}
+	setS(FlagRelayAdvertise, &cfg.Relay.Advertise)
 	setS(FlagMeshPool, &cfg.IPAM.MeshPool)
 	setI(FlagNodePrefixLength, &cfg.IPAM.NodePrefixLength)
 	setS(FlagBPFPinPath, &cfg.BPF.PinPath)

@@ -27,6 +27,10 @@ const Namespace = "weft"
 type Peer struct {
 	Node          string // cluster/node
 	LastHandshake time.Time
+	// Path is "direct" or "relay" (empty before path selection runs);
+	// PathChanges counts its changes since the agent started.
+	Path        string
+	PathChanges int
 }
 
 // Inventory counts what the agent knows.
@@ -139,6 +143,8 @@ var (
 	descDropSupressed = desc("datapath_drop_events_suppressed_total", "Drops not reported as flow events because of the per-CPU rate limit (they are counted in weft_datapath_packets_total).")
 	descPeers         = desc("tunnel_peers", "WireGuard peers, by state: up (handshake within 3 minutes) or down.", "state")
 	descHandshakeAge  = desc("tunnel_peer_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer (absent before the first one).", "peer")
+	descPeerPath      = desc("tunnel_peer_path", "1 for the path the tunnel takes to a peer: direct, or relay (through another node, docs/nat.md).", "peer", "path")
+	descPathChanges   = desc("tunnel_peer_path_changes_total", "Times the path to a peer changed (direct to relay and back) since the agent started.", "peer")
 	descEtcd          = desc("etcd_connected", "1 when the agent reached etcd in its last check, else 0 (the datapath keeps working from the cache).")
 	descNodes         = desc("nodes", "Nodes of the mesh in the agent's cache.")
 	descIdentities    = desc("identities", "Security identities in use by the mesh's endpoints.")
@@ -158,7 +164,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descEventsLost, descDropSupressed, descPeers, descHandshakeAge, descEtcd,
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descEventsLost, descDropSupressed, descPeers, descHandshakeAge, descPeerPath, descPathChanges, descEtcd,
 		descNodes, descIdentities, descEndpoints, descPolicies, descPolicyEntries, descMapEntries, descMapCapacity, descReachable, descProbeRTT} {
 		ch <- d
 	}
@@ -194,6 +200,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		up := 0
 		for _, p := range peers {
+			if p.Path != "" {
+				gauge(descPeerPath, 1, p.Node, p.Path)
+				counter(descPathChanges, float64(p.PathChanges), p.Node)
+			}
 			if p.LastHandshake.IsZero() {
 				continue
 			}

@@ -61,6 +61,7 @@ Example:
 			&cli.StringFlag{Name: "name", Usage: "node `NAME` (default: the host name)"},
 			&cli.StringFlag{Name: "labels", Usage: "labels `k=v,...` of this machine (the token's win on the same key)"},
 			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
+			&cli.BoolFlag{Name: "relay", Usage: "serve as a relay for mesh nodes that cannot reach each other directly (needs an address the others reach; it forwards their WireGuard packets, which it cannot read: docs/nat.md)"},
 			&cli.PathFlag{Name: "token-file", Usage: "read the join token from `FILE` (- for stdin) instead of the command line, where ps shows it"},
 			// For `make bench-join`: where the join's time goes.
 			&cli.BoolFlag{Name: "timings", Usage: "print the duration of each step of the join to stderr"},
@@ -276,6 +277,9 @@ func warnIgnoredJoinFlags(c *cli.Context, cfg *config.Config, cfgPath string, la
 	if c.IsSet("strict") && c.Bool("strict") != cfg.Strict {
 		ignored = append(ignored, fmt.Sprintf("--strict=%v (the configuration says %v)", c.Bool("strict"), cfg.Strict))
 	}
+	if c.IsSet("relay") && c.Bool("relay") != cfg.Relay.Enabled {
+		ignored = append(ignored, fmt.Sprintf("--relay=%v (the configuration says %v)", c.Bool("relay"), cfg.Relay.Enabled))
+	}
 	if c.IsSet("labels") {
 		// The join service writes a VM's labels as vm:key.
 		have := map[string]string{}
@@ -394,6 +398,7 @@ func configFromCredentials(c *cli.Context, creds *join.Credentials, agentArgs []
 	// The node's etcd role writes only its own keys: new identities and
 	// its CIDR come from the join service it joined through.
 	cfg.Join.Server = creds.Server
+	cfg.Relay.Enabled = c.Bool("relay")
 	cfg.Strict = c.Bool("strict")
 	if err := cfg.ApplyArgs(agentArgs); err != nil {
 		return nil, err

@@ -124,9 +124,14 @@ func pingAction(c *cli.Context) error {
 }
 
 func printProbe(w io.Writer, r api.PingResult, timeout time.Duration) {
+	// "direct 198.18.1.10:51833" and "relay via NODE" say it all; a bare
+	// "direct" (an older agent, or a learned endpoint) gets the endpoint.
 	via := r.Path
-	if r.Endpoint != "" {
-		via += " via " + r.Endpoint
+	if (via == "direct" || via == "direct (learned)") && r.Endpoint != "" {
+		via = "direct via " + r.Endpoint
+	}
+	if !r.PathSince.IsZero() {
+		via += " (since " + r.PathSince.Format(time.TimeOnly) + ")"
 	}
 	if r.OK {
 		fmt.Fprintf(w, "pong from %s (%s) %s in %s\n", r.Node, r.MeshIP, via, roundTrip(time.Duration(r.RTT)))

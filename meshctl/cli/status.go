@@ -307,7 +307,7 @@ func printStatus(c *cli.Context, v statusView) error {
 		fmt.Fprintln(w, "  none yet: other nodes appear here once they join")
 		return nil
 	}
-	if err := cliout.Table(w, []string{"node", "cluster", "endpoint", "allowed ips", "handshake", "state", "rx", "tx"}, peerRows(st.Peers, v.Health.Peers)); err != nil {
+	if err := cliout.Table(w, []string{"node", "cluster", "path", "path since", "endpoint", "allowed ips", "handshake", "state", "rx", "tx"}, peerRows(st.Peers, v.Health.Peers)); err != nil {
 		return err
 	}
 	var bad []api.PeerHealth
@@ -333,7 +333,7 @@ func peerRows(peers []api.Peer, verdicts []api.PeerHealth) [][]string {
 	}
 	rows := make([][]string, 0, len(peers))
 	for _, p := range peers {
-		rows = append(rows, []string{p.Node, p.Cluster, p.Endpoint, strings.Join(p.AllowedIPs, ","), age(p.LastHandshake), state[p.Cluster+"/"+p.Node], bytesSize(p.RxBytes), bytesSize(p.TxBytes)})
+		rows = append(rows, []string{p.Node, p.Cluster, orDash(p.Path), age(p.PathSince), p.Endpoint, strings.Join(p.AllowedIPs, ","), age(p.LastHandshake), state[p.Cluster+"/"+p.Node], bytesSize(p.RxBytes), bytesSize(p.TxBytes)})
 	}
 	return rows
 }

@@ -61,6 +61,7 @@ Example:
 			// Off by default until every caller applies policies on the
 			// seed (docs/security.md, "Turning it on").
 			&cli.BoolFlag{Name: "strict", Usage: "strict mode: drop unencrypted traffic between mesh nodes' underlay addresses except WireGuard, the join service and etcd"},
+			&cli.BoolFlag{Name: "relay", Usage: "serve as a relay for mesh nodes that cannot reach each other directly (needs an address the others reach; it forwards their WireGuard packets, which it cannot read: docs/nat.md)"},
 			&cli.BoolFlag{Name: "rbac", Value: true, Usage: "etcd authentication with per-node roles: a joined node's certificate writes only its own keys; policies and tokens only from this node (--rbac=false: every node's certificate is etcd root, as before)"},
 		),
 		Action: upAction,
@@ -108,6 +109,7 @@ func seedConfig(c *cli.Context, agentArgs []string) (*config.Config, error) {
 	cfg.StateDir = c.Path("state-dir")
 	cfg.SocketPath = c.Path("socket")
 	cfg.Etcd.Embedded.Enabled = true
+	cfg.Relay.Enabled = c.Bool("relay")
 	cfg.Strict = c.Bool("strict")
 	cfg.Etcd.Embedded.RBAC = c.Bool("rbac")
 	cfg.Etcd.Embedded.ClientURL = "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(etcdClientPort))
@@ -239,7 +241,7 @@ func upAction(c *cli.Context) error {
 // configuration (or agent) that exists already overrides.
 func ignoredUpFlags(c *cli.Context, agentArgs []string) []string {
 	var ignored []string
-	for _, f := range []string{"name", "cluster", "labels", "advertise-address", "rbac", "strict"} {
+	for _, f := range []string{"name", "cluster", "labels", "advertise-address", "rbac", "strict", "relay"} {
 		if c.IsSet(f) {
 			ignored = append(ignored, "--"+f)
 		}
