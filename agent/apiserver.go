@@ -157,7 +157,7 @@ func (a *Agent) peersFrom(ts tunnel.Status) []api.Peer {
 		n := byKey[p.PublicKey]
 		ap := api.Peer{Node: n.Name, Cluster: n.Cluster, PublicKey: p.PublicKey, Endpoint: p.Endpoint,
 			LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes}
-		if st, ok := a.peerPath(n.Key()); ok {
+		if st, ok := a.peerPath(n.Cluster + "/" + n.Name); ok {
 			ap.Path, ap.PathSince, ap.PathChanges = st.Path.String(), st.Since, st.Changes
 		}
 		for _, pf := range p.AllowedIPs {

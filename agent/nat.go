@@ -44,8 +44,9 @@ type natTraversal struct {
 	sel       *paths.Selector
 	chosen    map[string]string // node key → the WireGuard endpoint to configure
 	relays    map[string]netip.AddrPort
-	ids       map[relay.ID]bool // node IDs seen, for the relay's revocations
-	checking  map[string]bool   // relayed peers whose direct path is being checked
+	ids       map[relay.ID]bool       // node IDs seen, for the relay's revocations
+	checking  map[string]bool         // relayed peers whose direct path is being checked
+	byName    map[string]kvstore.Node // the peers' records by cluster/name, as of the last step
 	reflexive []netip.AddrPort
 	symmetric bool
 }
@@ -157,7 +158,7 @@ func (a *Agent) relayAdvertised(eps []netip.AddrPort) netip.AddrPort {
 func (n *natTraversal) endpointFor(node kvstore.Node) (string, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	ep, ok := n.chosen[node.Key()]
+	ep, ok := n.chosen[node.Cluster+"/"+node.Name]
 	return ep, ok
 }
 
@@ -247,7 +248,7 @@ func (n *natTraversal) step(ctx context.Context, now time.Time) {
 		if nd.Leaving || (n.a.peers != nil && n.a.peers.isRevoked(nd.Cluster, nd.Name)) {
 			return true
 		}
-		k := nd.Key()
+		k := nd.Cluster + "/" + nd.Name
 		byKey[k] = nd
 		byWG[nd.WGPublicKey] = k
 		if nd.WGNextPublicKey != "" {
@@ -289,13 +290,20 @@ func (n *natTraversal) step(ctx context.Context, now time.Time) {
 		}
 		o := obs[k]
 		o.RxBytes += p.RxBytes
-		if p.LastHandshake.After(o.Handshake) {
-			o.Handshake = p.LastHandshake
+		if p.LastHandshake.After(o.Handshake) || !o.Endpoint.IsValid() {
+			if p.LastHandshake.After(o.Handshake) {
+				o.Handshake = p.LastHandshake
+			}
+			if ep, err := netip.ParseAddrPort(p.Endpoint); err == nil {
+				o.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+				o.Relay = n.relayOf(o.Endpoint, byKey[k], relays)
+			}
 		}
 		obs[k] = o
 	}
 
 	n.mu.Lock()
+	n.byName = byKey
 	var ready []string
 	for name := range relays {
 		if n.client.Registered(name) {
@@ -330,6 +338,21 @@ func (n *natTraversal) step(ctx context.Context, now time.Time) {
 	for _, rc := range recover {
 		go n.recover(ctx, rc)
 	}
+}
+
+// relayOf names the relay whose local socket for peer ep is ("" for an
+// address that is none: a direct path).
+func (n *natTraversal) relayOf(ep netip.AddrPort, peer kvstore.Node, relays map[string]netip.AddrPort) string {
+	if !ep.Addr().IsLoopback() {
+		return ""
+	}
+	id := relay.NodeID(peer.Cluster, peer.Name)
+	for name := range relays {
+		if local, err := n.client.Endpoint(name, id); err == nil && local == ep {
+			return name
+		}
+	}
+	return ""
 }
 
 type recoverCheck struct {
@@ -407,7 +430,7 @@ func (n *natTraversal) apply(changes []paths.Change) bool {
 func (n *natTraversal) endpointOf(peer string, p paths.Path) (string, bool) {
 	switch p.Kind {
 	case paths.Relay:
-		nd, ok := n.a.nodes.Get(peer)
+		nd, ok := n.byName[peer]
 		if !ok {
 			return "", false
 		}
@@ -479,8 +502,12 @@ func (n *natTraversal) ask(ctx context.Context, method string, meshIP netip.Addr
 		return fmt.Errorf("asking %s: %v", meshIP, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %s", meshIP, resp.Status)
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 64<<10)).Decode(&e)
+		return fmt.Errorf("%s answered %s: %s", meshIP, resp.Status, e.Error)
 	}
 	return json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 64<<10)).Decode(into)
 }
@@ -510,8 +537,8 @@ func (n *natTraversal) discoverOnce(ctx context.Context) error {
 	states := n.sel.States(time.Now())
 	n.mu.Unlock()
 	var ask []kvstore.Node
-	n.a.nodes.Range(func(key string, nd kvstore.Node) bool {
-		st, ok := states[key]
+	n.a.nodes.Range(func(_ string, nd kvstore.Node) bool {
+		st, ok := states[nd.Cluster+"/"+nd.Name]
 		if ok && st.Alive && st.Path.Kind == paths.Direct && !behindNAT(nd) && nd.MeshIP.IsValid() && len(nd.Endpoints) > 0 {
 			ask = append(ask, nd)
 		}
@@ -521,6 +548,11 @@ func (n *natTraversal) discoverOnce(ctx context.Context) error {
 		return errors.New("no peer reached directly outside NAT to ask yet")
 	}
 	sort.Slice(ask, func(i, j int) bool { return ask[i].Key() < ask[j].Key() })
+	// Spread the questions: each round starts at another peer.
+	if len(ask) > 3 {
+		off := int(time.Now().Unix()/15) % len(ask)
+		ask = append(ask[off:], ask[:off]...)
+	}
 	if len(ask) > 3 {
 		ask = ask[:3]
 	}
@@ -584,18 +616,29 @@ func (a *Agent) publishReflexive(ctx context.Context, reflexive []netip.AddrPort
 // natAPI serves /v1/nat/* on the agent-to-agent API.
 type natAPI struct{ a *Agent }
 
-// callerRecord finds the record of the node a request came from and
-// checks the request came from that node's mesh address.
+// callerRecord finds the record of the node a request came from: the node
+// whose mesh address it came from (the tunnel binds that address to the
+// node's key), which must be the certificate's node when the certificate
+// names one (the seed's admin certificate names none).
 func (s natAPI) callerRecord(c api.MeshCaller) (kvstore.Node, error) {
-	nd, ok := s.a.nodes.Get(kvstore.NodeKey(c.Cluster, c.Node))
-	if !ok || nd.Leaving {
-		return kvstore.Node{}, api.Errorf(api.CodePermission, "node %s/%s is not in the mesh", c.Cluster, c.Node)
+	var (
+		nd    kvstore.Node
+		found bool
+	)
+	s.a.nodes.Range(func(_ string, n kvstore.Node) bool {
+		if n.MeshIP == c.Addr && !n.Leaving {
+			nd, found = n, true
+		}
+		return !found
+	})
+	if !found {
+		return kvstore.Node{}, api.Errorf(api.CodePermission, "no node of the mesh has the address %s this request came from", c.Addr)
 	}
-	if s.a.peers != nil && s.a.peers.isRevoked(c.Cluster, c.Node) {
-		return kvstore.Node{}, api.Errorf(api.CodePermission, "node %s/%s is revoked", c.Cluster, c.Node)
+	if c.Node != "" && (nd.Cluster != c.Cluster || nd.Name != c.Node) {
+		return kvstore.Node{}, api.Errorf(api.CodePermission, "the request came from node %s/%s's address with node %s/%s's certificate", nd.Cluster, nd.Name, c.Cluster, c.Node)
 	}
-	if nd.MeshIP != c.Addr {
-		return kvstore.Node{}, api.Errorf(api.CodePermission, "the request came from %s, not from node %s/%s's mesh address", c.Addr, c.Cluster, c.Node)
+	if s.a.peers != nil && s.a.peers.isRevoked(nd.Cluster, nd.Name) {
+		return kvstore.Node{}, api.Errorf(api.CodePermission, "node %s/%s is revoked", nd.Cluster, nd.Name)
 	}
 	return nd, nil
 }
@@ -627,17 +670,18 @@ func (s natAPI) RelayTicket(_ context.Context, c api.MeshCaller) (api.RelayTicke
 	if n == nil || n.server == nil {
 		return api.RelayTicket{}, api.Errorf(api.CodeNotSupported, "this node is no relay (weft-agent --relay makes it one)")
 	}
-	if _, err := s.callerRecord(c); err != nil {
+	nd, err := s.callerRecord(c)
+	if err != nil {
 		return api.RelayTicket{}, err
 	}
-	t, err := n.server.Ticket(relay.NodeID(c.Cluster, c.Node))
+	t, err := n.server.Ticket(relay.NodeID(nd.Cluster, nd.Name))
 	if err != nil {
 		return api.RelayTicket{}, api.Errorf(api.CodeUnavailable, "issuing a relay ticket: %v", err)
 	}
 	return api.RelayTicket{Ticket: t[:], Relay: n.relayAddr.String(), ExpiresInSeconds: 30}, nil
 }
 
-// peerPath is what status and ping show of a peer's path.
+// peerPath is what status and ping show of a peer's path, by cluster/name.
 func (a *Agent) peerPath(nodeKey string) (paths.State, bool) {
 	n := a.nat.Load()
 	if n == nil {

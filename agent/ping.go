@@ -31,7 +31,7 @@ func (a *Agent) Ping(ctx context.Context, req api.PingRequest) (api.PingResult, 
 		return api.PingResult{}, err
 	}
 	res := api.PingResult{Node: n.Name, Cluster: n.Cluster, MeshIP: n.MeshIP.String(), Path: "direct"}
-	if st, ok := a.peerPath(n.Key()); ok {
+	if st, ok := a.peerPath(n.Cluster + "/" + n.Name); ok {
 		res.Path, res.PathSince = st.Path.String(), st.Since
 	}
 	if n.Cluster == a.cfg.Cluster && n.Name == a.cfg.NodeName {

@@ -304,3 +304,36 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+// TestNodeNATFields: reflexive addresses, the symmetric-NAT flag and the
+// relay address round-trip; loopback, port 0 and too many are refused.
+func TestNodeNATFields(t *testing.T) {
+	n := validNode()
+	n.Reflexive = []netip.AddrPort{netip.MustParseAddrPort("198.19.0.4:40001")}
+	n.SymmetricNAT = true
+	n.Relay = netip.MustParseAddrPort("198.18.1.10:51838")
+	data, err := Encode(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeNode(data)
+	if err != nil || len(got.Reflexive) != 1 || got.Reflexive[0] != n.Reflexive[0] || !got.SymmetricNAT || got.Relay != n.Relay {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for name, bad := range map[string]func(*Node){
+		"loopback reflexive": func(n *Node) { n.Reflexive = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:51833")} },
+		"port 0 reflexive":   func(n *Node) { n.Reflexive = []netip.AddrPort{netip.MustParseAddrPort("198.19.0.4:0")} },
+		"five reflexive": func(n *Node) {
+			for i := range 5 {
+				n.Reflexive = append(n.Reflexive, netip.AddrPortFrom(netip.MustParseAddr("198.19.0.4"), uint16(1000+i)))
+			}
+		},
+		"loopback relay": func(n *Node) { n.Relay = netip.MustParseAddrPort("127.0.0.1:51838") },
+	} {
+		b := validNode()
+		bad(&b)
+		if err := b.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -8,34 +8,37 @@ import (
 )
 
 // MeshCaller is the node that sent a request over the agent-to-agent API:
-// its certificate's node (cluster and name, from CN node:<cluster>/<name>)
-// and the mesh address it came from, which WireGuard's cryptokey routing
-// binds to that node's key. Requests on the local socket have no caller.
+// the mesh address it came from, which WireGuard's cryptokey routing binds
+// to one node's key, and its certificate's node (cluster and name, from
+// CN node:<cluster>/<name>; empty for the seed's admin certificate, whose
+// node only its address names). Requests on the local socket have none.
 type MeshCaller struct {
 	Cluster, Node string
 	Addr          netip.Addr
+	// CommonName is the client certificate's.
+	CommonName string
 }
 
-// callerOf reads the caller of a mesh API request; ok is false on the
-// local socket or without a node certificate.
-func callerOf(r *http.Request) (MeshCaller, bool) {
+// callerOf reads the caller of a mesh API request; it refuses requests on
+// the local socket and certificates that are no node's.
+func callerOf(r *http.Request) (MeshCaller, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return MeshCaller{}, false
+		return MeshCaller{}, Errorf(CodePermission, "this question is for mesh nodes over the agent-to-agent API (mTLS with a node certificate)")
 	}
 	cn := r.TLS.PeerCertificates[0].Subject.CommonName
-	rest, ok := strings.CutPrefix(cn, "node:")
-	if !ok {
-		return MeshCaller{}, false
-	}
-	cluster, node, ok := strings.Cut(rest, "/")
-	if !ok || cluster == "" || node == "" {
-		return MeshCaller{}, false
-	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return MeshCaller{}, false
+		return MeshCaller{}, Errorf(CodePermission, "the request's address %q is no ip:port", r.RemoteAddr)
 	}
-	return MeshCaller{Cluster: cluster, Node: node, Addr: ap.Addr().Unmap()}, true
+	c := MeshCaller{Addr: ap.Addr().Unmap(), CommonName: cn}
+	if rest, ok := strings.CutPrefix(cn, "node:"); ok {
+		cluster, node, ok := strings.Cut(rest, "/")
+		if !ok || cluster == "" || node == "" {
+			return MeshCaller{}, Errorf(CodePermission, "the certificate %q names no node (node:CLUSTER/NODE)", cn)
+		}
+		c.Cluster, c.Node = cluster, node
+	}
+	return c, nil
 }
 
 // NATService answers the questions NAT traversal asks another node
@@ -70,13 +73,7 @@ type RelayTicket struct {
 }
 
 func natRoutes(route func(string, bool, func(http.ResponseWriter, *http.Request) (any, error)), b NATService) {
-	caller := func(r *http.Request) (MeshCaller, error) {
-		c, ok := callerOf(r)
-		if !ok {
-			return MeshCaller{}, Errorf(CodePermission, "this question is for mesh nodes over the agent-to-agent API (mTLS with a node certificate)")
-		}
-		return c, nil
-	}
+	caller := callerOf
 	route("GET /v1/nat/reflexive", b != nil, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		c, err := caller(r)
 		if err != nil {

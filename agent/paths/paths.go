@@ -75,6 +75,12 @@ type Peer struct {
 type Observation struct {
 	RxBytes   int64
 	Handshake time.Time
+	// Endpoint is where the device sends to now; Relay names the relay
+	// when that is a relay's local socket. The device follows the peer
+	// (endpoint learning): a peer that moved to a relay, or back, takes
+	// this side with it, and the path says so.
+	Endpoint netip.AddrPort
+	Relay    string
 }
 
 // Config holds the timings; zero values take the defaults.
@@ -294,6 +300,14 @@ func (s *Selector) Tick(now time.Time, obs map[string]Observation) Actions {
 		}
 		st.rx, st.handshake = o.RxBytes, o.Handshake
 		alive := s.alive(now, st)
+		if alive && o.Endpoint.IsValid() && now.Sub(st.since) >= 2*time.Second {
+			switch {
+			case o.Relay != "" && (st.path.Kind != Relay || st.path.Relay != o.Relay):
+				s.follow(now, st, Path{Kind: Relay, Relay: o.Relay}, "the peer moved to relay "+o.Relay, &out)
+			case o.Relay == "" && st.path.Kind == Relay:
+				s.follow(now, st, Path{Kind: Direct, Endpoint: o.Endpoint}, "the peer came back direct", &out)
+			}
+		}
 		if alive {
 			st.trial = false
 			if st.path.Kind == Relay && st.recoverWait == 0 {
@@ -410,6 +424,20 @@ func (s *Selector) tickRelay(now time.Time, st *peerState, alive bool, out *Acti
 		// recoverWait, which only failed returns make longer.
 		out.Recover = append(out.Recover, st.peer.Key)
 		st.recoverAt = now.Add(max(st.recoverWait, s.cfg.RecoverAfter))
+	}
+}
+
+// follow adopts the path the device took after the peer (it is alive on
+// it): no new life is waited for.
+func (s *Selector) follow(now time.Time, st *peerState, to Path, reason string, out *Actions) {
+	last := st.lastRx
+	s.move(now, st, to, reason, out)
+	st.lastRx, st.everAlive, st.trial = last, true, false
+	if to.Kind == Relay {
+		st.recoverWait = s.cfg.RecoverAfter
+		st.recoverAt = now.Add(st.recoverWait)
+	} else if i := slices.Index(st.peer.Candidates, to.Endpoint); i >= 0 {
+		st.cand = i
 	}
 }
 
