@@ -22,9 +22,9 @@ type sim struct {
 	// flowing peers send something every tick; answering ones echo probes.
 	flowing   map[string]bool
 	answering map[string]bool
-	changes []Change
-	probes  map[string]int
-	recover map[string]int
+	changes   []Change
+	probes    map[string]int
+	recover   map[string]int
 }
 
 func newSim(t *testing.T, peers ...Peer) *sim {
