@@ -223,3 +223,29 @@ func TestPathStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestFollowsAPeerThatMovedToTheRelayAndBack(t *testing.T) {
+	m := newSim(t, Peer{Key: "lab/b", Candidates: []netip.AddrPort{epA}})
+	m.flowing["lab/b"] = true
+	m.run(3 * time.Second)
+	relayed := netip.MustParseAddrPort("127.0.0.1:40001")
+	// The device's endpoint moved to the relay's local socket: the peer
+	// switched, and its packets keep arriving.
+	for range 4 {
+		m.now = m.now.Add(250 * time.Millisecond)
+		m.rx["lab/b"] += 100
+		m.s.Tick(m.now, map[string]Observation{"lab/b": {RxBytes: m.rx["lab/b"], Endpoint: relayed, Relay: "lab/relay"}})
+	}
+	if p := m.path("lab/b"); p != (Path{Kind: Relay, Relay: "lab/relay"}) {
+		t.Fatalf("after the peer moved to the relay: %v", p)
+	}
+	m.now = m.now.Add(3 * time.Second)
+	m.rx["lab/b"] += 100
+	m.s.Tick(m.now, map[string]Observation{"lab/b": {RxBytes: m.rx["lab/b"], Endpoint: epA}})
+	m.now = m.now.Add(250 * time.Millisecond)
+	m.rx["lab/b"] += 100
+	m.s.Tick(m.now, map[string]Observation{"lab/b": {RxBytes: m.rx["lab/b"], Endpoint: epA}})
+	if p := m.path("lab/b"); p != (Path{Kind: Direct, Endpoint: epA}) {
+		t.Fatalf("after the peer came back direct: %v", p)
+	}
+}
