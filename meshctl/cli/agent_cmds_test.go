@@ -43,7 +43,7 @@ func (f *fakeAgent) Status(context.Context) (api.Status, error) {
 		Etcd:      api.EtcdStatus{Endpoints: []string{"https://198.18.1.10:2379"}, Reachable: true},
 		Peers: []api.Peer{
 			{Node: "seed", Cluster: "east", Endpoint: "198.18.1.10:51833", AllowedIPs: []string{"100.64.0.0/24"}, LastHandshake: t0.Add(-12 * time.Second), RxBytes: 2048, TxBytes: 100},
-			{Node: "vm-2", Cluster: "east", AllowedIPs: []string{"100.64.2.0/24"}},
+			{Node: "vm-2", Cluster: "east", AllowedIPs: []string{"100.64.2.0/24"}, Endpoint: "127.0.0.1:40001", Path: "relay via east/r1", PathSince: t0.Add(-5 * time.Second)},
 		},
 	}, nil
 }
@@ -192,9 +192,9 @@ func TestStatus(t *testing.T) {
 		"Etcd:         reachable (https://198.18.1.10:2379)",
 		"Health:       ok",
 		"Peers (2):",
-		"NODE  CLUSTER  ENDPOINT           ALLOWED IPS    HANDSHAKE  STATE  RX      TX",
-		"seed  east     198.18.1.10:51833  100.64.0.0/24  12s ago    -      2.0KiB  100B",
-		"vm-2  east     -                  100.64.2.0/24  never      -      0B      0B",
+		"NODE  CLUSTER  PATH               CHANGED  ALLOWED IPS    HANDSHAKE  STATE  RX      TX",
+		"seed  east     198.18.1.10:51833  -        100.64.0.0/24  12s ago    -      2.0KiB  100B",
+		"vm-2  east     relay via east/r1  5s ago   100.64.2.0/24  never      -      0B      0B",
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("status output lacks %q:\n%s", want, out)

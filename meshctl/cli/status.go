@@ -16,7 +16,7 @@ import (
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
-		Usage:     "show the local node: tunnel, datapath, etcd, health and peers with handshake ages",
+		Usage:     "show the local node: tunnel, datapath, etcd, health and peers with their paths (direct or relay) and handshake ages",
 		UsageText: `meshctl status [--all] [--wait[=DURATION]] [--socket PATH] [-o table|json]`,
 		Description: `Asks the local agent (over its root-only socket) for the node's state:
 its name, cluster and mesh address; the WireGuard device (kernel or userspace
@@ -307,7 +307,7 @@ func printStatus(c *cli.Context, v statusView) error {
 		fmt.Fprintln(w, "  none yet: other nodes appear here once they join")
 		return nil
 	}
-	if err := cliout.Table(w, []string{"node", "cluster", "path", "path since", "endpoint", "allowed ips", "handshake", "state", "rx", "tx"}, peerRows(st.Peers, v.Health.Peers)); err != nil {
+	if err := cliout.Table(w, []string{"node", "cluster", "path", "changed", "allowed ips", "handshake", "state", "rx", "tx"}, peerRows(st.Peers, v.Health.Peers)); err != nil {
 		return err
 	}
 	var bad []api.PeerHealth
@@ -333,7 +333,16 @@ func peerRows(peers []api.Peer, verdicts []api.PeerHealth) [][]string {
 	}
 	rows := make([][]string, 0, len(peers))
 	for _, p := range peers {
-		rows = append(rows, []string{p.Node, p.Cluster, orDash(p.Path), age(p.PathSince), p.Endpoint, strings.Join(p.AllowedIPs, ","), age(p.LastHandshake), state[p.Cluster+"/"+p.Node], bytesSize(p.RxBytes), bytesSize(p.TxBytes)})
+		// The path says the endpoint when direct; an agent without path
+		// selection reports only the endpoint.
+		path, changed := p.Path, "-"
+		if path == "" || path == "direct (learned)" {
+			path = orDash(p.Endpoint)
+		}
+		if !p.PathSince.IsZero() {
+			changed = age(p.PathSince)
+		}
+		rows = append(rows, []string{p.Node, p.Cluster, path, changed, strings.Join(p.AllowedIPs, ","), age(p.LastHandshake), state[p.Cluster+"/"+p.Node], bytesSize(p.RxBytes), bytesSize(p.TxBytes)})
 	}
 	return rows
 }

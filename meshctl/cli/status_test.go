@@ -92,8 +92,8 @@ func TestStatusNamesUnreachablePeersAndFails(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Health:       FAILING: peers: 2 of 2 peers unreachable: a: no handshake since it was added 40s ago; b: no handshake since it was added 40s ago",
-		"NODE  CLUSTER  ENDPOINT          ALLOWED IPS    HANDSHAKE  STATE  RX  TX",
-		"a     lab      198.18.0.2:51833  100.64.1.0/24  never      never  0B  0B",
+		"NODE  CLUSTER  PATH              CHANGED  ALLOWED IPS    HANDSHAKE  STATE  RX  TX",
+		"a     lab      198.18.0.2:51833  -        100.64.1.0/24  never      never  0B  0B",
 		"Unreachable peers (2 of 2):",
 		"  a: no handshake since it was added 40s ago, endpoint 198.18.0.2:51833",
 		"  b: no handshake since it was added 40s ago, endpoint 198.18.0.3:51833",
