@@ -40,15 +40,13 @@ type natTraversal struct {
 	probes    net.PacketConn // tunnel probes to peers' health echo
 	prober    *paths.Prober  // direct-path checks on the underlay
 
-	mu        sync.Mutex
-	sel       *paths.Selector
-	chosen    map[string]string // node key → the WireGuard endpoint to configure
-	relays    map[string]netip.AddrPort
-	ids       map[relay.ID]bool       // node IDs seen, for the relay's revocations
-	checking  map[string]bool         // relayed peers whose direct path is being checked
-	byName    map[string]kvstore.Node // the peers' records by cluster/name, as of the last step
-	reflexive []netip.AddrPort
-	symmetric bool
+	mu       sync.Mutex
+	sel      *paths.Selector
+	chosen   map[string]string // node key → the WireGuard endpoint to configure
+	relays   map[string]netip.AddrPort
+	ids      map[relay.ID]bool       // node IDs seen, for the relay's revocations
+	checking map[string]bool         // relayed peers whose direct path is being checked
+	byName   map[string]kvstore.Node // the peers' records by cluster/name, as of the last step
 }
 
 // pathChanges counts the path changes of this process (weft_peer_path_changes_total).
