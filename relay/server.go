@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -13,136 +14,256 @@ import (
 	"time"
 )
 
+// Server defaults.
+const (
+	DefaultRate        = 256 << 20 // bytes/s per node
+	DefaultBindingTTL  = 30 * time.Second
+	DefaultTicketTTL   = 30 * time.Second
+	DefaultMaxBindings = 65536
+	DefaultMaxTickets  = 65536
+
+	// minDefaultBurst is the default bucket at low rates (at high rates it
+	// is an eighth of a second's worth).
+	minDefaultBurst = 4 << 20
+	// maxTicketsPerNode bounds one node's unused tickets, so that a node
+	// asking for many cannot push the others' out of MaxTickets.
+	maxTicketsPerNode = 16
+	// unknownPerSecond bounds UNKNOWN answers, all addresses together.
+	unknownPerSecond = 100
+	serverBatch      = 64
+)
+
 // ServerConfig configures a relay.
 type ServerConfig struct {
 	// Conn is the relay's UDP socket (the agent listens on relay.port).
+	// The relay never closes it. A *net.UDPConn is served in batches
+	// (recvmmsg/sendmmsg on Linux); its buffers are raised to 4 MiB.
 	Conn net.PacketConn
 	// Logger receives what the relay does; nil discards.
 	Logger *slog.Logger
-	// Rate is how many bytes per second each registered node may send
-	// through the relay (default 256 MiB/s); Burst the bucket (default
-	// 4 MiB). The excess is dropped.
-	Rate, Burst int64
-	// BindingTTL drops a registration silent this long (default 30s).
+	// Rate is how many bytes per second (DATA datagrams, headers included)
+	// each registered node may send through the relay; 0 is DefaultRate.
+	// The excess is dropped.
+	Rate int64
+	// Burst is the token bucket's size in bytes; 0 is an eighth of Rate,
+	// at least 4 MiB. It must hold the largest datagram (65535 bytes).
+	Burst int64
+	// BindingTTL drops a registration without KEEPALIVE or DATA for this
+	// long; 0 is DefaultBindingTTL.
 	BindingTTL time.Duration
-	// TicketTTL expires an unused ticket (default 30s).
+	// TicketTTL expires an unused ticket; 0 is DefaultTicketTTL.
 	TicketTTL time.Duration
-	// MaxBindings and MaxTickets bound the memory strangers or a
-	// misbehaving node can make the relay hold (default 65536 each).
+	// MaxBindings and MaxTickets bound the memory the relay holds (0 is
+	// the default, 65536 each). A registration beyond MaxBindings drops
+	// the binding silent for longest; a ticket beyond MaxTickets drops the
+	// oldest ticket.
 	MaxBindings, MaxTickets int
 }
 
-// ServerStats counts what the relay did.
+// ServerStats counts what the relay did since it was made.
 type ServerStats struct {
-	Bindings            int
+	Bindings            int // registered nodes
+	Tickets             int // issued, not yet used or expired
+	Registrations       uint64
 	ForwardedPackets    uint64
 	ForwardedBytes      uint64
 	DroppedUnregistered uint64 // DATA or KEEPALIVE from an address with no registration
-	DroppedRateLimited  uint64
-	DroppedNotWireGuard uint64 // malformed, or a payload that is no WireGuard message
-	DroppedUnknownPeer  uint64 // DATA for a node not registered here
+	DroppedRateLimited  uint64 // DATA over its sender's rate
+	DroppedNotWireGuard uint64 // DATA from a registered node whose payload is no WireGuard message
+	DroppedUnknownPeer  uint64 // DATA for a node not registered here (or for its sender)
 	DroppedBadTicket    uint64 // REGISTER with an unknown, used or expired ticket
+	DroppedMalformed    uint64 // not a relay message, or one only relays send
+	UnknownSent         uint64 // UNKNOWN answers
+	UnknownSuppressed   uint64 // UNKNOWN answers not sent: over the global limit
 }
 
 type binding struct {
 	id   ID
 	addr netip.AddrPort
-	seen atomic.Int64 // unix nanoseconds of the last message
+	seen atomic.Int64 // unix nanoseconds of its last KEEPALIVE or DATA
 	// The token bucket; only the serving goroutine touches it.
 	tokens float64
-	last   time.Time
+	last   int64
+}
+
+func (b *binding) expired(now, ttl int64) bool { return now-b.seen.Load() > ttl }
+
+// take spends n bytes from the bucket, if it holds them.
+func (b *binding) take(n int, now int64, rate, burst float64) bool {
+	if el := now - b.last; el > 0 {
+		b.tokens = min(burst, b.tokens+float64(el)*rate/1e9)
+		b.last = now
+	}
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
 }
 
 type ticketEntry struct {
+	t       Ticket
 	id      ID
-	expires time.Time
+	expires int64 // unix nanoseconds
 }
 
 // Server is a relay. Its methods are safe for concurrent use.
 type Server struct {
-	cfg  ServerConfig
-	conn *net.UDPConn // nil when Conn is another PacketConn
-	log  *slog.Logger
+	cfg         ServerConfig
+	log         *slog.Logger
+	sock        *sock
+	rate, burst float64
+	ttl         int64 // BindingTTL in nanoseconds
+	serving     atomic.Bool
+	rs          *readState // Serve's buffers
 
-	mu       sync.RWMutex
-	byID     map[ID]*binding
-	byAddr   map[netip.AddrPort]*binding
-	tickets  map[Ticket]ticketEntry
-	issued   []Ticket // in issue order, for eviction
-	unknowns float64  // UNKNOWN answers' bucket (serving goroutine only)
-	unkLast  time.Time
+	mu     sync.RWMutex // bindings; the serving goroutine only reads them per packet
+	byID   map[ID]*binding
+	byAddr map[netip.AddrPort]*binding
 
-	forwardedPackets, forwardedBytes                  atomic.Uint64
-	dropUnregistered, dropRate, dropNotWG, dropUnkown atomic.Uint64
-	dropTicket                                        atomic.Uint64
+	tmu     sync.Mutex
+	tickets map[Ticket]*list.Element // of *ticketEntry in order
+	order   *list.List               // oldest first: expiry order, as every ticket has one TTL
+	perNode map[ID]int
+
+	// The UNKNOWN answers' bucket (serving goroutine only).
+	unkTokens float64
+	unkLast   int64
+
+	registrations, forwardedPackets, forwardedBytes atomic.Uint64
+	dropUnregistered, dropRate, dropNotWG           atomic.Uint64
+	dropUnknownPeer, dropTicket, dropMalformed      atomic.Uint64
+	unknownSent, unknownSuppressed                  atomic.Uint64
 }
 
 // NewServer checks cfg and returns a relay; Serve runs it.
 func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Conn == nil {
-		return nil, errors.New("relay: no socket to serve on")
+		return nil, errors.New("relay: ServerConfig.Conn is nil: the relay needs its UDP socket")
 	}
-	if cfg.Rate < 0 || cfg.Burst < 0 || cfg.BindingTTL < 0 || cfg.TicketTTL < 0 || cfg.MaxBindings < 0 || cfg.MaxTickets < 0 {
-		return nil, errors.New("relay: negative limits in the configuration")
+	for _, f := range []struct {
+		name string
+		v    int64
+		def  string
+	}{
+		{"Rate", cfg.Rate, "256 MiB/s"}, {"Burst", cfg.Burst, "Rate/8, at least 4 MiB"},
+		{"BindingTTL", int64(cfg.BindingTTL), "30s"}, {"TicketTTL", int64(cfg.TicketTTL), "30s"},
+		{"MaxBindings", int64(cfg.MaxBindings), "65536"}, {"MaxTickets", int64(cfg.MaxTickets), "65536"},
+	} {
+		if f.v < 0 {
+			return nil, fmt.Errorf("relay: ServerConfig.%s is %d; it must be positive (0 for the default, %s)", f.name, f.v, f.def)
+		}
 	}
 	if cfg.Rate == 0 {
-		cfg.Rate = 256 << 20
+		cfg.Rate = DefaultRate
 	}
 	if cfg.Burst == 0 {
-		cfg.Burst = 4 << 20
+		cfg.Burst = max(minDefaultBurst, cfg.Rate/8)
+	}
+	if cfg.Burst < MaxDatagram {
+		return nil, fmt.Errorf("relay: ServerConfig.Burst is %d bytes, less than the largest datagram (%d): such datagrams could never pass; use at least %d (0 for the default)", cfg.Burst, MaxDatagram, MaxDatagram)
 	}
 	if cfg.BindingTTL == 0 {
-		cfg.BindingTTL = 30 * time.Second
+		cfg.BindingTTL = DefaultBindingTTL
 	}
 	if cfg.TicketTTL == 0 {
-		cfg.TicketTTL = 30 * time.Second
+		cfg.TicketTTL = DefaultTicketTTL
 	}
 	if cfg.MaxBindings == 0 {
-		cfg.MaxBindings = 65536
+		cfg.MaxBindings = DefaultMaxBindings
 	}
 	if cfg.MaxTickets == 0 {
-		cfg.MaxTickets = 65536
+		cfg.MaxTickets = DefaultMaxTickets
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, byID: map[ID]*binding{}, byAddr: map[netip.AddrPort]*binding{}, tickets: map[Ticket]ticketEntry{}}
-	s.conn, _ = cfg.Conn.(*net.UDPConn)
+	s := &Server{cfg: cfg, log: cfg.Logger, sock: newSock(cfg.Conn, false),
+		rate: float64(cfg.Rate), burst: float64(cfg.Burst), ttl: int64(cfg.BindingTTL),
+		byID: map[ID]*binding{}, byAddr: map[netip.AddrPort]*binding{},
+		tickets: map[Ticket]*list.Element{}, order: list.New(), perNode: map[ID]int{},
+		unkTokens: unknownPerSecond, unkLast: time.Now().UnixNano(), rs: newReadState(serverBatch, 0)}
+	if s.sock.uc != nil {
+		tuneBuffers(s.sock.uc)
+	}
 	return s, nil
 }
 
-// Ticket issues a one-use ticket for id; the caller has authenticated the
-// node id stands for.
+// Ticket issues a one-use ticket for id, valid for TicketTTL; the caller
+// has authenticated the node id stands for. A node holds at most 16 unused
+// tickets: a 17th drops its oldest.
 func (s *Server) Ticket(id ID) (Ticket, error) {
 	var t Ticket
 	if _, err := rand.Read(t[:]); err != nil {
-		return Ticket{}, fmt.Errorf("relay: drawing a ticket: %w", err)
+		return Ticket{}, fmt.Errorf("relay: drawing a ticket for node %s: %w", id, err)
 	}
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for len(s.tickets) >= s.cfg.MaxTickets && len(s.issued) > 0 {
-		delete(s.tickets, s.issued[0])
-		s.issued = s.issued[1:]
+	now := time.Now().UnixNano()
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	s.expireTicketsLocked(now)
+	if s.perNode[id] >= maxTicketsPerNode {
+		for el := s.order.Front(); el != nil; el = el.Next() {
+			if el.Value.(*ticketEntry).id == id {
+				s.removeTicketLocked(el)
+				break
+			}
+		}
 	}
-	s.tickets[t] = ticketEntry{id: id, expires: now.Add(s.cfg.TicketTTL)}
-	s.issued = append(s.issued, t)
+	for len(s.tickets) >= s.cfg.MaxTickets {
+		s.removeTicketLocked(s.order.Front())
+	}
+	s.tickets[t] = s.order.PushBack(&ticketEntry{t: t, id: id, expires: now + int64(s.cfg.TicketTTL)})
+	s.perNode[id]++
 	return t, nil
+}
+
+func (s *Server) removeTicketLocked(el *list.Element) {
+	e := s.order.Remove(el).(*ticketEntry)
+	delete(s.tickets, e.t)
+	if s.perNode[e.id]--; s.perNode[e.id] <= 0 {
+		delete(s.perNode, e.id)
+	}
+}
+
+func (s *Server) expireTicketsLocked(now int64) {
+	for el := s.order.Front(); el != nil && el.Value.(*ticketEntry).expires < now; el = s.order.Front() {
+		s.removeTicketLocked(el)
+	}
+}
+
+// redeem uses up a ticket: the node it was issued for, if it is valid.
+func (s *Server) redeem(t Ticket, now int64) (ID, bool) {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	el, found := s.tickets[t]
+	if !found {
+		return ID{}, false
+	}
+	e := el.Value.(*ticketEntry)
+	s.removeTicketLocked(el) // one use, valid or not
+	return e.id, now <= e.expires
 }
 
 // Revoke drops id's registration and tickets (the node left or was revoked).
 func (s *Server) Revoke(id ID) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if b, ok := s.byID[id]; ok {
+	b, found := s.byID[id]
+	if found {
 		delete(s.byID, id)
 		delete(s.byAddr, b.addr)
-		s.log.Info("relay registration revoked", "node", id)
 	}
-	for t, e := range s.tickets {
-		if e.id == id {
-			delete(s.tickets, t)
+	s.mu.Unlock()
+	s.tmu.Lock()
+	for el := s.order.Front(); el != nil && s.perNode[id] > 0; {
+		next := el.Next()
+		if el.Value.(*ticketEntry).id == id {
+			s.removeTicketLocked(el)
 		}
+		el = next
+	}
+	s.tmu.Unlock()
+	if found {
+		s.log.Info("relay registration revoked", "node", id, "addr", b.addr)
 	}
 }
 
@@ -151,198 +272,286 @@ func (s *Server) Stats() ServerStats {
 	s.mu.RLock()
 	n := len(s.byID)
 	s.mu.RUnlock()
-	return ServerStats{Bindings: n,
+	s.tmu.Lock()
+	t := len(s.tickets)
+	s.tmu.Unlock()
+	return ServerStats{Bindings: n, Tickets: t, Registrations: s.registrations.Load(),
 		ForwardedPackets: s.forwardedPackets.Load(), ForwardedBytes: s.forwardedBytes.Load(),
 		DroppedUnregistered: s.dropUnregistered.Load(), DroppedRateLimited: s.dropRate.Load(),
-		DroppedNotWireGuard: s.dropNotWG.Load(), DroppedUnknownPeer: s.dropUnkown.Load(), DroppedBadTicket: s.dropTicket.Load()}
+		DroppedNotWireGuard: s.dropNotWG.Load(), DroppedUnknownPeer: s.dropUnknownPeer.Load(),
+		DroppedBadTicket: s.dropTicket.Load(), DroppedMalformed: s.dropMalformed.Load(),
+		UnknownSent: s.unknownSent.Load(), UnknownSuppressed: s.unknownSuppressed.Load()}
 }
 
-func (s *Server) read(buf []byte) (int, netip.AddrPort, error) {
-	if s.conn != nil {
-		return s.conn.ReadFromUDPAddrPort(buf)
-	}
-	n, from, err := s.cfg.Conn.ReadFrom(buf)
-	if err != nil {
-		return 0, netip.AddrPort{}, err
-	}
-	ap, _ := netip.ParseAddrPort(from.String())
-	return n, ap, nil
-}
-
-func (s *Server) write(b []byte, to netip.AddrPort) {
-	if s.conn != nil {
-		_, _ = s.conn.WriteToUDPAddrPort(b, to)
-		return
-	}
-	_, _ = s.cfg.Conn.WriteTo(b, net.UDPAddrFromAddrPort(to))
-}
-
-// Serve relays until ctx ends (or the socket is closed by its owner).
+// Serve relays until ctx ends; then it returns nil and leaves the socket
+// open (it is its owner's). It fails when the socket is closed under it.
+// One Serve at a time.
 func (s *Server) Serve(ctx context.Context) error {
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ctx.Done():
-				// Wake the read loop; the socket stays its owner's.
-				_ = s.cfg.Conn.SetReadDeadline(time.Now())
-				return
-			case now := <-t.C:
-				s.expire(now)
-			}
+	if !s.serving.CompareAndSwap(false, true) {
+		return errors.New("relay: Serve is already running for this server")
+	}
+	defer s.serving.Store(false)
+	if ctx.Err() != nil {
+		return nil
+	}
+	// Wake the blocked read when ctx ends, and lift the deadline after.
+	woke := make(chan struct{})
+	stopWake := context.AfterFunc(ctx, func() {
+		_ = s.cfg.Conn.SetReadDeadline(time.Unix(1, 0))
+		close(woke)
+	})
+	defer func() {
+		if !stopWake() {
+			<-woke
+			_ = s.cfg.Conn.SetReadDeadline(time.Time{})
 		}
 	}()
-	buf := make([]byte, 65536)
+	jctx, jcancel := context.WithCancel(ctx)
+	jdone := make(chan struct{})
+	go func() {
+		defer close(jdone)
+		s.janitor(jctx)
+	}()
+	defer func() {
+		jcancel()
+		<-jdone
+	}()
+	s.log.Info("relay serving", "addr", s.sock.localAddr(), "batched", s.sock.rc != nil)
+
+	rs := s.rs
+	bufs, ds, out := rs.bufs, rs.ds, rs.out
+	var st batchStats
+	var failing time.Duration
 	for {
-		n, from, err := s.read(buf)
+		for i := range ds {
+			ds[i].buf = bufs[i]
+		}
+		n, err := rs.rb.read(s.sock, ds)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("relay: the socket %s was closed while serving: %w", s.sock.localAddr(), err)
+			}
+			if transient(err) {
 				continue
 			}
-			return fmt.Errorf("relay: reading: %w", err)
+			// Unexpected: say so, and do not spin on it.
+			failing = min(max(2*failing, 10*time.Millisecond), time.Second)
+			s.log.Warn("relay: reading the socket failed; retrying", "err", err, "in", failing)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(failing):
+			}
+			continue
 		}
-		s.handle(buf[:n], from.Addr().Unmap(), from)
+		failing = 0
+		now := time.Now().UnixNano()
+		out = out[:0]
+		for i := range n {
+			out = s.handle(&ds[i], now, out, &st)
+		}
+		st.flush(s)
+		if len(out) > 0 {
+			if err := rs.wb.write(s.sock, out); err != nil && ctx.Err() == nil && errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("relay: the socket %s was closed while serving: %w", s.sock.localAddr(), err)
+			}
+		}
 	}
 }
 
-func (s *Server) handle(b []byte, _ netip.Addr, from netip.AddrPort) {
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-	m, err := Parse(b)
-	if err != nil {
-		s.dropNotWG.Add(1)
-		return
-	}
-	now := time.Now()
-	switch m.Type {
-	case TypeRegister:
-		s.register(m.Ticket, from, now)
-	case TypeKeepalive:
-		s.mu.RLock()
-		bd := s.byAddr[from]
-		s.mu.RUnlock()
-		if bd == nil || bd.id != m.ID {
-			s.dropUnregistered.Add(1)
-			s.unknown(from, now)
-			return
+// batchStats counts one batch, added to the server's counters at once.
+type batchStats struct {
+	packets, bytes, unregistered, rate, notWG, unknownPeer, ticket, malformed uint64
+}
+
+func (st *batchStats) flush(s *Server) {
+	add := func(c *atomic.Uint64, v *uint64) {
+		if *v != 0 {
+			c.Add(*v)
+			*v = 0
 		}
-		bd.seen.Store(now.UnixNano())
-		s.write(b, from) // the ack
+	}
+	add(&s.forwardedPackets, &st.packets)
+	add(&s.forwardedBytes, &st.bytes)
+	add(&s.dropUnregistered, &st.unregistered)
+	add(&s.dropRate, &st.rate)
+	add(&s.dropNotWG, &st.notWG)
+	add(&s.dropUnknownPeer, &st.unknownPeer)
+	add(&s.dropTicket, &st.ticket)
+	add(&s.dropMalformed, &st.malformed)
+}
+
+var unknownMsg = [UnknownLen]byte{TypeUnknown, Version, 0, 0}
+
+// handle decides about one datagram and appends what to send in answer
+// (rewritten in place: the hot path copies and allocates nothing).
+func (s *Server) handle(d *datagram, now int64, out []datagram, st *batchStats) []datagram {
+	b := d.buf
+	typ, p := parse(b)
+	if p != wellFormed && p != notWireGuard {
+		st.malformed++
+		return out
+	}
+	switch typ {
 	case TypeData:
+		id := ID(b[MsgHeaderLen:HeaderLen])
 		s.mu.RLock()
-		src := s.byAddr[from]
+		src := s.byAddr[d.addr]
 		var dst *binding
 		if src != nil {
-			dst = s.byID[m.ID]
+			dst = s.byID[id]
 		}
 		s.mu.RUnlock()
-		if src == nil {
-			s.dropUnregistered.Add(1)
-			s.unknown(from, now)
-			return
+		if src == nil || src.expired(now, s.ttl) {
+			st.unregistered++
+			return s.unknown(d.addr, now, out)
 		}
-		src.seen.Store(now.UnixNano())
-		if dst == nil || dst == src {
-			s.dropUnkown.Add(1)
-			return
+		src.seen.Store(now)
+		switch {
+		case p == notWireGuard:
+			st.notWG++
+		case dst == nil || dst == src || dst.expired(now, s.ttl):
+			st.unknownPeer++
+		case !src.take(len(b), now, s.rate, s.burst):
+			st.rate++
+		default:
+			copy(b[MsgHeaderLen:HeaderLen], src.id[:])
+			st.packets++
+			st.bytes += uint64(len(b))
+			out = append(out, datagram{buf: b, addr: dst.addr})
 		}
-		if !src.take(float64(len(b)), now, s.cfg.Rate, s.cfg.Burst) {
-			s.dropRate.Add(1)
-			return
+		return out
+	case TypeKeepalive:
+		id := ID(b[MsgHeaderLen:KeepaliveLen])
+		s.mu.RLock()
+		src := s.byAddr[d.addr]
+		s.mu.RUnlock()
+		if src == nil || src.id != id || src.expired(now, s.ttl) {
+			st.unregistered++
+			return s.unknown(d.addr, now, out)
 		}
-		copy(b[4:12], src.id[:])
-		s.write(b, dst.addr)
-		s.forwardedPackets.Add(1)
-		s.forwardedBytes.Add(uint64(len(b)))
-	default:
-		s.dropNotWG.Add(1) // REGISTERED and UNKNOWN go to clients only
+		src.seen.Store(now)
+		return append(out, datagram{buf: b, addr: d.addr}) // the ack: the same message
+	case TypeRegister:
+		id, good := s.register(Ticket(b[MsgHeaderLen:RegisterLen]), d.addr, now)
+		if !good {
+			st.ticket++
+			return out
+		}
+		b = b[:RegisteredLen]
+		putHeader(b, TypeRegistered)
+		copy(b[MsgHeaderLen:], id[:])
+		return append(out, datagram{buf: b, addr: d.addr})
+	default: // REGISTERED and UNKNOWN go to clients only
+		st.malformed++
+		return out
 	}
 }
 
-func (s *Server) register(t Ticket, from netip.AddrPort, now time.Time) {
+// register redeems a ticket and binds its node to the address it came
+// from, replacing the node's earlier binding (its NAT rebound) and any other
+// node's binding of that address.
+func (s *Server) register(t Ticket, from netip.AddrPort, now int64) (ID, bool) {
+	id, good := s.redeem(t, now)
+	if !good {
+		return ID{}, false
+	}
+	nb := &binding{id: id, addr: from, tokens: s.burst, last: now}
+	nb.seen.Store(now)
+	var evicted *binding
 	s.mu.Lock()
-	e, ok := s.tickets[t]
-	if ok {
-		delete(s.tickets, t) // one use
+	old := s.byID[id]
+	if old != nil {
+		delete(s.byAddr, old.addr)
+		// The bucket carries over: registering again does not refill it.
+		nb.tokens, nb.last = old.tokens, old.last
 	}
-	if !ok || now.After(e.expires) {
-		s.mu.Unlock()
-		s.dropTicket.Add(1)
-		return
+	if other := s.byAddr[from]; other != nil && other.id != id {
+		delete(s.byID, other.id) // that node's address is this one's now
 	}
-	if old, ok := s.byID[e.id]; ok {
-		delete(s.byAddr, old.addr) // the node moved (NAT rebinding)
-	}
-	if other, ok := s.byAddr[from]; ok && other.id != e.id {
-		delete(s.byID, other.id)
-	}
-	if _, ok := s.byID[e.id]; !ok && len(s.byID) >= s.cfg.MaxBindings {
-		s.mu.Unlock()
-		s.log.Warn("relay full: refusing a registration", "node", e.id, "max", s.cfg.MaxBindings)
-		return
-	}
-	bd := &binding{id: e.id, addr: from, tokens: float64(s.cfg.Burst), last: now}
-	bd.seen.Store(now.UnixNano())
-	s.byID[e.id], s.byAddr[from] = bd, bd
-	s.mu.Unlock()
-	s.log.Info("relay registration", "node", e.id, "addr", from)
-	var out [4 + 8]byte
-	putHeader(out[:], TypeRegistered)
-	copy(out[4:], e.id[:])
-	s.write(out[:], from)
-}
-
-// unknown answers UNKNOWN (4 bytes, never more than the request), at most
-// 100 a second in all, so that strangers cannot use the relay to flood.
-func (s *Server) unknown(to netip.AddrPort, now time.Time) {
-	s.unknowns = min(100, s.unknowns+now.Sub(s.unkLast).Seconds()*100)
-	s.unkLast = now
-	if s.unknowns < 1 {
-		return
-	}
-	s.unknowns--
-	var out [4]byte
-	putHeader(out[:], TypeUnknown)
-	s.write(out[:], to)
-}
-
-func (b *binding) take(n float64, now time.Time, rate, burst int64) bool {
-	b.tokens = min(float64(burst), b.tokens+now.Sub(b.last).Seconds()*float64(rate))
-	b.last = now
-	if b.tokens < n {
-		return false
-	}
-	b.tokens -= n
-	return true
-}
-
-func (s *Server) expire(now time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, b := range s.byID {
-		if now.Sub(time.Unix(0, b.seen.Load())) > s.cfg.BindingTTL {
-			delete(s.byID, id)
-			delete(s.byAddr, b.addr)
-			s.log.Info("relay registration expired", "node", id)
-		}
-	}
-	kept := s.issued[:0]
-	for _, t := range s.issued {
-		if e, ok := s.tickets[t]; ok {
-			if now.After(e.expires) {
-				delete(s.tickets, t)
-				continue
+	if old == nil && len(s.byID) >= s.cfg.MaxBindings {
+		for _, b := range s.byID {
+			if evicted == nil || b.seen.Load() < evicted.seen.Load() {
+				evicted = b
 			}
-			kept = append(kept, t)
+		}
+		delete(s.byID, evicted.id)
+		delete(s.byAddr, evicted.addr)
+	}
+	s.byID[id], s.byAddr[from] = nb, nb
+	s.mu.Unlock()
+	s.registrations.Add(1)
+	switch {
+	case old != nil && old.addr != from:
+		s.log.Info("relay registration moved", "node", id, "addr", from, "was", old.addr)
+	case old == nil:
+		s.log.Info("relay registration", "node", id, "addr", from)
+	}
+	if evicted != nil {
+		s.log.Warn("relay full: dropped the registration silent for longest", "node", evicted.id, "max", s.cfg.MaxBindings)
+	}
+	return id, true
+}
+
+// unknown answers UNKNOWN (4 bytes, less than any message that causes it),
+// at most 100 a second in all, so that the relay cannot be made to flood
+// anyone.
+func (s *Server) unknown(to netip.AddrPort, now int64, out []datagram) []datagram {
+	if el := now - s.unkLast; el > 0 {
+		s.unkTokens = min(unknownPerSecond, s.unkTokens+float64(el)*unknownPerSecond/1e9)
+		s.unkLast = now
+	}
+	if s.unkTokens < 1 {
+		s.unknownSuppressed.Add(1)
+		return out
+	}
+	s.unkTokens--
+	s.unknownSent.Add(1)
+	return append(out, datagram{buf: unknownMsg[:], addr: to})
+}
+
+// janitor drops silent bindings and expired tickets while Serve runs
+// (lookups ignore expired bindings anyway; this frees them).
+func (s *Server) janitor(ctx context.Context) {
+	every := min(max(min(s.cfg.BindingTTL, s.cfg.TicketTTL)/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.sweep(now.UnixNano())
 		}
 	}
-	s.issued = kept
+}
+
+func (s *Server) sweep(now int64) {
+	var gone []*binding
+	s.mu.RLock()
+	for _, b := range s.byID {
+		if b.expired(now, s.ttl) {
+			gone = append(gone, b)
+		}
+	}
+	s.mu.RUnlock()
+	if len(gone) > 0 {
+		s.mu.Lock()
+		for _, b := range gone {
+			// Still the node's binding and still silent (it may have
+			// registered again or sent since the scan).
+			if s.byID[b.id] == b && b.expired(now, s.ttl) {
+				delete(s.byID, b.id)
+				delete(s.byAddr, b.addr)
+				s.log.Info("relay registration expired", "node", b.id, "addr", b.addr, "silent", time.Duration(now-b.seen.Load()).Round(time.Millisecond))
+			}
+		}
+		s.mu.Unlock()
+	}
+	s.tmu.Lock()
+	s.expireTicketsLocked(now)
+	s.tmu.Unlock()
 }
