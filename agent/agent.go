@@ -39,6 +39,7 @@ import (
 	"github.com/weftmesh/weft/identity/allocator"
 	"github.com/weftmesh/weft/internal/version"
 	"github.com/weftmesh/weft/kvstore"
+	"github.com/weftmesh/weft/relay"
 	"github.com/weftmesh/weft/tunnel"
 )
 
@@ -287,6 +288,9 @@ func (a *Agent) openTunnel(ctx context.Context) error {
 		StateDir:     filepath.Join(a.cfg.StateDir, "wireguard"),
 		Addresses:    []netip.Prefix{netip.PrefixFrom(a.meshIP, a.meshIP.BitLen())},
 		IPv4Underlay: true,
+		// Room for a relay's header (docs/nat.md): a pair that moves to a
+		// relay keeps its MTU and sends nothing fragmented.
+		PathOverhead: relay.HeaderLen,
 		Mode:         mode,
 		Helper:       a.opts.TunnelHelper,
 		HelperStarted: func(pid int) error {

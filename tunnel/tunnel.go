@@ -70,6 +70,10 @@ type Config struct {
 	// IPv4Underlay says every peer is reached over IPv4, so the smaller
 	// IPv4 overhead (60 instead of 80 bytes) applies.
 	IPv4Underlay bool
+	// PathOverhead is what a path may add to each WireGuard datagram
+	// beyond UDP (a relay's header): a derived MTU leaves room for it, so
+	// a relayed full-sized packet still fits the underlay unfragmented.
+	PathOverhead int
 	// Mode picks kernel or userspace WireGuard (default: kernel if available).
 	Mode Mode
 	// Helper starts the userspace device process (see SelfHelper). Needed
@@ -114,6 +118,9 @@ func (c *Config) validate() error {
 		if err := checkMTU(c.MTU); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadConfig, err)
 		}
+	}
+	if c.PathOverhead < 0 || c.PathOverhead > 256 {
+		return fmt.Errorf("%w: path overhead %d is outside 0..256", ErrBadConfig, c.PathOverhead)
 	}
 	if c.UnderlayMTU < 0 {
 		return fmt.Errorf("%w: underlay MTU %d is negative", ErrBadConfig, c.UnderlayMTU)
@@ -198,7 +205,7 @@ func (t *Tunnel) setMTU() error {
 	if under == 0 {
 		under = t.sys.defaultRouteMTU()
 	}
-	mtu, err := MTUFor(under, !t.cfg.IPv4Underlay)
+	mtu, err := MTUFor(under-t.cfg.PathOverhead, !t.cfg.IPv4Underlay)
 	if err != nil {
 		return err
 	}

@@ -193,3 +193,16 @@ func FuzzValidatePeers(f *testing.F) {
 		}
 	})
 }
+
+// TestPathOverheadLeavesRoomForARelayHeader: the derived MTU leaves room for
+// what a path adds; a nonsensical overhead is refused.
+func TestPathOverheadLeavesRoomForARelayHeader(t *testing.T) {
+	c := Config{StateDir: t.TempDir(), Mode: ModeKernel, PathOverhead: -1}
+	if err := c.validate(); !errors.Is(err, ErrBadConfig) {
+		t.Fatalf("overhead -1: %v", err)
+	}
+	tn := &Tunnel{cfg: Config{UnderlayMTU: 1500, IPv4Underlay: true, PathOverhead: 12}}
+	if err := tn.setMTU(); err != nil || tn.mtu != 1428 {
+		t.Fatalf("MTU %d (%v), want 1500 - 60 - 12 = 1428", tn.mtu, err)
+	}
+}
