@@ -7,8 +7,10 @@ import (
 	"syscall"
 )
 
-// Without recvmmsg/sendmmsg a batch is one datagram.
+// Without recvmmsg/sendmmsg a batch is one datagram, without offload.
 func rawConn(*net.UDPConn) (syscall.RawConn, bool) { return nil, false }
+
+func offload(syscall.RawConn) (gro, gso bool) { return false, false }
 
 func forceBuffers(*net.UDPConn, int) {}
 

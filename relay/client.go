@@ -30,7 +30,7 @@ const (
 	unknownGrace = 250 * time.Millisecond
 
 	underlayBatch = 64
-	proxyBatch    = 16
+	proxyBatch    = 8
 )
 
 // ErrClosed is returned by a Client's methods after Close.
@@ -141,6 +141,7 @@ type Client struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	goroutine sync.WaitGroup
+	warnedMTU atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 
@@ -183,7 +184,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	c.byAddr.Store(&map[netip.AddrPort]*session{})
 	c.peers.Store(&map[ID]struct{}{})
 	c.goroutine.Add(1)
-	go c.readUnderlay(newReadState(underlayBatch, 0))
+	go c.readUnderlay(newReadState(underlayBatch))
 	return c, nil
 }
 
@@ -429,13 +430,14 @@ func (c *Client) proxyLocked(r *relayConn, peer ID) (*proxy, error) {
 	}
 	next[peer] = p
 	r.proxies.Store(&next)
-	rs := newReadState(proxyBatch, HeaderLen)
-	for _, b := range rs.bufs {
-		putHeader(b, TypeData)
-		copy(b[MsgHeaderLen:HeaderLen], peer[:])
+	rs := newReadState(proxyBatch)
+	// Room for what was read and a header for each of its segments.
+	obufs := make([][]byte, proxyBatch)
+	for i := range obufs {
+		obufs[i] = make([]byte, MaxDatagram+maxSegments*HeaderLen)
 	}
 	c.goroutine.Add(1)
-	go c.readProxy(p, rs)
+	go c.readProxy(p, rs, obufs)
 	return p, nil
 }
 
@@ -581,16 +583,17 @@ func (c *Client) send(b []byte, to netip.AddrPort) error {
 }
 
 // readProxy sends what WireGuard sends to a peer's local socket to the
-// peer through the relay, in batches: read many, prefix each with the DATA
-// header in place, send them in one call.
-func (c *Client) readProxy(p *proxy, rs *readState) {
+// peer through the relay, in batches: read many (with GRO, runs of them at
+// once), put the DATA header before each, send them in one call (a run as
+// one GSO datagram).
+func (c *Client) readProxy(p *proxy, rs *readState, obufs [][]byte) {
 	defer c.goroutine.Done()
-	bufs, ds, out := rs.bufs, rs.ds, rs.out
+	var hdr [HeaderLen]byte
+	putHeader(hdr[:], TypeData)
+	copy(hdr[MsgHeaderLen:], p.peer[:])
 	for {
-		for i := range ds {
-			ds[i].buf = bufs[i][HeaderLen:]
-		}
-		n, err := rs.rb.read(p.sock, ds)
+		rs.reset()
+		n, err := rs.rb.read(p.sock, rs.ds)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
 				return
@@ -603,41 +606,71 @@ func (c *Client) readProxy(p *proxy, rs *readState) {
 		}
 		s := p.r.cur.Load()
 		if !s.registered.Load() {
-			c.dropNotRegistered.Add(uint64(n))
+			for i := range n {
+				c.dropNotRegistered.Add(uint64(segmentCount(&rs.ds[i])))
+			}
 			continue
 		}
-		out = out[:0]
-		var bytes uint64
+		out := rs.out[:0]
+		var packets, bytes, notWG uint64
 		for i := range n {
-			pl := ds[i].buf
-			if wireGuardShape(pl) != wellFormed {
-				c.dropNotWG.Add(1)
-				continue
+			d := &rs.ds[i]
+			g := d.seg
+			if g <= 0 || g >= len(d.buf) {
+				g = len(d.buf)
 			}
-			out = append(out, datagram{buf: bufs[i][:HeaderLen+len(pl)], addr: s.addr})
-			bytes += uint64(len(pl))
+			ob, w := obufs[i], 0
+			for off := 0; off < len(d.buf); off += g {
+				pl := d.buf[off:min(off+g, len(d.buf))]
+				if wireGuardShape(pl) != wellFormed {
+					notWG++
+					continue
+				}
+				copy(ob[w:], hdr[:])
+				copy(ob[w+HeaderLen:], pl)
+				w += HeaderLen + len(pl)
+				packets++
+				bytes += uint64(len(pl))
+			}
+			if w > 0 {
+				out = append(out, datagram{buf: ob[:w], addr: s.addr, seg: g + HeaderLen})
+			}
+		}
+		if notWG > 0 {
+			c.dropNotWG.Add(notWG)
 		}
 		if len(out) == 0 {
 			continue
 		}
-		c.sentPackets.Add(uint64(len(out)))
+		c.sentPackets.Add(packets)
 		c.sentBytes.Add(bytes)
 		if err := rs.wb.write(c.sock, out); err != nil && c.ctx.Err() == nil {
 			c.log.Debug("sending to relay", "relay", p.r.name, "err", err)
 		}
+		if size := c.sock.oversized(); size > 0 && !c.warnedMTU.Swap(true) {
+			c.log.Warn("relayed datagrams exceed the path MTU to the relay and are fragmented, which is slow: lower the WireGuard MTU by the relay header's 12 bytes",
+				"relay", p.r.name, "addr", s.addr, "datagram", size, "wireguard", size-HeaderLen)
+		}
 	}
+}
+
+// segmentCount is how many datagrams d holds.
+func segmentCount(d *datagram) int {
+	if d.seg <= 0 || d.seg >= len(d.buf) {
+		return 1
+	}
+	return (len(d.buf) + d.seg - 1) / d.seg
 }
 
 // readUnderlay handles what relays send: registrations, acks, UNKNOWN and
 // peers' packets, which go to WireGuard from the sender's local socket.
 func (c *Client) readUnderlay(rs *readState) {
 	defer c.goroutine.Done()
-	bufs, ds, out, wb := rs.bufs, rs.ds, rs.out, rs.wb
+	// Where each datagram of rs.out goes.
+	to := make([]*proxy, 0, cap(rs.out))
 	for {
-		for i := range ds {
-			ds[i].buf = bufs[i]
-		}
-		n, err := rs.rb.read(c.sock, ds)
+		rs.reset()
+		n, err := rs.rb.read(c.sock, rs.ds)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
 				return
@@ -649,68 +682,89 @@ func (c *Client) readUnderlay(rs *readState) {
 			continue
 		}
 		relays, peers := *c.byAddr.Load(), *c.peers.Load()
-		var to *proxy // the proxy out's datagrams go to
-		var delivered, bytes uint64
+		out, to := rs.out[:0], to[:0]
+		var bytes, stranger, notWG, malformed, notPeer uint64
 		for i := range n {
-			d := &ds[i]
+			d := &rs.ds[i]
 			s := relays[d.addr]
 			if s == nil {
-				c.dropStranger.Add(1)
+				stranger += uint64(segmentCount(d))
 				continue
 			}
-			typ, p := parse(d.buf)
-			if p != wellFormed {
-				if p == notWireGuard {
-					c.dropNotWG.Add(1)
-				} else {
-					c.dropMalformed.Add(1)
-				}
-				continue
+			g := d.seg
+			if g <= 0 || g >= len(d.buf) {
+				g = len(d.buf)
 			}
-			switch typ {
-			case TypeData:
-				id := ID(d.buf[MsgHeaderLen:HeaderLen])
-				if _, allowed := peers[id]; !allowed {
-					c.dropNotPeer.Add(1)
+			// The payloads move to the front of the buffer, back to back,
+			// so that a run for one peer goes to WireGuard as one GSO
+			// datagram (dst never overtakes what is still to be read).
+			w := 0
+			for off := 0; off < len(d.buf); off += g {
+				m := d.buf[off:min(off+g, len(d.buf))]
+				typ, p := parse(m)
+				if p != wellFormed {
+					if p == notWireGuard {
+						notWG++
+					} else {
+						malformed++
+					}
 					continue
 				}
-				px := (*s.r.proxies.Load())[id]
-				if px == nil {
-					if px = c.ensureProxy(s.r, id); px == nil {
-						c.dropNotPeer.Add(1)
+				switch typ {
+				case TypeData:
+					id := ID(m[MsgHeaderLen:HeaderLen])
+					if _, allowed := peers[id]; !allowed {
+						notPeer++
 						continue
 					}
-				}
-				if px != to {
-					if to != nil {
-						_ = wb.write(to.sock, out)
+					px := (*s.r.proxies.Load())[id]
+					if px == nil {
+						if px = c.ensureProxy(s.r, id); px == nil {
+							notPeer++
+							continue
+						}
 					}
-					to, out = px, out[:0]
+					pl := m[HeaderLen:]
+					dst := d.buf[w : w+len(pl)]
+					copy(dst, pl)
+					w += len(pl)
+					out = append(out, datagram{buf: dst})
+					to = append(to, px)
+					bytes += uint64(len(pl))
+				case TypeRegistered:
+					if ID(m[MsgHeaderLen:RegisteredLen]) == c.cfg.Self {
+						s.signal(evRegistered)
+					}
+				case TypeKeepalive:
+					if ID(m[MsgHeaderLen:KeepaliveLen]) == c.cfg.Self {
+						s.lastAck.Store(time.Now().UnixNano())
+						s.signal(evAck)
+					}
+				case TypeUnknown:
+					s.signal(evUnknown)
+				default:
+					malformed++ // REGISTER: relays do not send it
 				}
-				out = append(out, datagram{buf: d.buf[HeaderLen:]})
-				delivered++
-				bytes += uint64(len(d.buf) - HeaderLen)
-			case TypeRegistered:
-				if ID(d.buf[MsgHeaderLen:RegisteredLen]) == c.cfg.Self {
-					s.signal(evRegistered)
-				}
-			case TypeKeepalive:
-				if ID(d.buf[MsgHeaderLen:KeepaliveLen]) == c.cfg.Self {
-					s.lastAck.Store(time.Now().UnixNano())
-					s.signal(evAck)
-				}
-			case TypeUnknown:
-				s.signal(evUnknown)
-			default:
-				c.dropMalformed.Add(1) // REGISTER: relays do not send it
 			}
 		}
-		if to != nil && len(out) > 0 {
-			_ = wb.write(to.sock, out)
-			out = out[:0]
+		for i := 0; i < len(out); {
+			j := i + 1
+			for j < len(out) && to[j] == to[i] {
+				j++
+			}
+			_ = rs.wb.write(to[i].sock, coalesce(out[i:j]))
+			i = j
 		}
-		if delivered > 0 {
-			c.deliveredPackets.Add(delivered)
+		for _, v := range []struct {
+			c *atomic.Uint64
+			n uint64
+		}{{&c.dropStranger, stranger}, {&c.dropNotWG, notWG}, {&c.dropMalformed, malformed}, {&c.dropNotPeer, notPeer}} {
+			if v.n > 0 {
+				v.c.Add(v.n)
+			}
+		}
+		if len(out) > 0 {
+			c.deliveredPackets.Add(uint64(len(out)))
 			c.deliveredBytes.Add(bytes)
 		}
 	}

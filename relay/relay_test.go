@@ -377,8 +377,6 @@ func TestRateLimitDrops(t *testing.T) {
 			t.Fatalf("round %d: %d of 100 packets of %d bytes went through a %d-byte bucket (want %d); relay forwarded %d, dropped %d over the rate; relay %+v; a %+v",
 				round, got, size, burst, fits, fwd, dropped, st, a.cl.Stats())
 		}
-		if false {
-		}
 		time.Sleep(time.Second + 100*time.Millisecond) // refills the bucket
 	}
 }

@@ -116,6 +116,7 @@ type Server struct {
 	ttl         int64 // BindingTTL in nanoseconds
 	serving     atomic.Bool
 	rs          *readState // Serve's buffers
+	warnedMTU   bool       // the serving goroutine's
 
 	mu     sync.RWMutex // bindings; the serving goroutine only reads them per packet
 	byID   map[ID]*binding
@@ -182,7 +183,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		rate: float64(cfg.Rate), burst: float64(cfg.Burst), ttl: int64(cfg.BindingTTL),
 		byID: map[ID]*binding{}, byAddr: map[netip.AddrPort]*binding{},
 		tickets: map[Ticket]*list.Element{}, order: list.New(), perNode: map[ID]int{},
-		unkTokens: unknownPerSecond, unkLast: time.Now().UnixNano(), rs: newReadState(serverBatch, 0)}
+		unkTokens: unknownPerSecond, unkLast: time.Now().UnixNano(), rs: newReadState(serverBatch)}
 	if s.sock.uc != nil {
 		tuneBuffers(s.sock.uc)
 	}
@@ -319,14 +320,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("relay serving", "addr", s.sock.localAddr(), "batched", s.sock.rc != nil)
 
 	rs := s.rs
-	bufs, ds, out := rs.bufs, rs.ds, rs.out
 	var st batchStats
 	var failing time.Duration
 	for {
-		for i := range ds {
-			ds[i].buf = bufs[i]
-		}
-		n, err := rs.rb.read(s.sock, ds)
+		rs.reset()
+		n, err := rs.rb.read(s.sock, rs.ds)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -349,14 +347,28 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		failing = 0
 		now := time.Now().UnixNano()
-		out = out[:0]
+		out := rs.out[:0]
 		for i := range n {
-			out = s.handle(&ds[i], now, out, &st)
+			d := &rs.ds[i]
+			if d.seg <= 0 || d.seg >= len(d.buf) {
+				out = s.handle(d, now, out, &st)
+				continue
+			}
+			for off := 0; off < len(d.buf); off += d.seg {
+				one := datagram{buf: d.buf[off:min(off+d.seg, len(d.buf))], addr: d.addr}
+				out = s.handle(&one, now, out, &st)
+			}
 		}
 		st.flush(s)
 		if len(out) > 0 {
-			if err := rs.wb.write(s.sock, out); err != nil && ctx.Err() == nil && errors.Is(err, net.ErrClosed) {
+			// What came in as one run leaves as one: rewritten in place,
+			// the datagrams to one destination lie back to back.
+			if err := rs.wb.write(s.sock, coalesce(out)); err != nil && ctx.Err() == nil && errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("relay: the socket %s was closed while serving: %w", s.sock.localAddr(), err)
+			}
+			if size := s.sock.oversized(); size > 0 && !s.warnedMTU {
+				s.warnedMTU = true
+				s.log.Warn("relayed datagrams exceed the path MTU to a node and are fragmented, which is slow: the nodes' WireGuard MTU should leave 12 bytes for the relay header", "datagram", size)
 			}
 		}
 	}
