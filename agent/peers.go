@@ -34,6 +34,10 @@ type peerSelf struct {
 	// Endpoint, when set, gives a node's endpoint as the path selection
 	// chose it (nat.go); ok false keeps the record's first endpoint.
 	Endpoint func(n kvstore.Node) (ep string, ok bool)
+	// KeyOwner, when set, names (cluster/name) the node a WireGuard key
+	// was the peer of in the previous reconcile, "" for none: when a
+	// second record claims that key, the earlier owner keeps it.
+	KeyOwner func(key string) string
 }
 
 // peerRejection is a part of a node record desiredPeers left out, with why.
@@ -41,15 +45,27 @@ type peerRejection struct {
 	Node   string // cluster/name
 	Prefix netip.Prefix
 	Key    string // a next key that collided
+	// DupKey is a current key that another record claims too.
+	DupKey string
 	Reason string
 }
 
 // desiredPeers turns node records into tunnel peers: every node but this
 // one, with its CIDRs and mesh IP as allowed prefixes, sorted by key. It is
 // a pure function: what it leaves out (a prefix a second node claims, a
-// prefix of this node's own, a next key already in use) it returns as
-// rejections for the caller to log, so one bad record never fails the
-// whole reconcile and never cuts the rest of the mesh.
+// prefix of this node's own, a next key already in use, a current key two
+// records claim) it returns as rejections for the caller to log, so one bad
+// record never fails the whole reconcile and never cuts the rest of the
+// mesh.
+//
+// A current key claimed by two records is a copied key: a node can write
+// only its own record, so a compromised one can publish another node's
+// public key (it cannot use it: the private key stays on the owner), which
+// would make the device refuse the whole peer list. The key stays with the
+// record that had it in the previous reconcile (KeyOwner), which is the
+// owner whenever the copy came later; with no previous owner (an agent
+// starting during the conflict) neither record gets it, rather than the
+// one whose name sorts first, which an attacker could choose.
 //
 // Every peer gets a persistent keepalive: a node behind NAT must send one
 // (it keeps the mapping open and lets the public side learn its endpoint),
@@ -69,14 +85,34 @@ func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRej
 	// Every key in use, so that a next key colliding with one (a bad
 	// record) is dropped instead of failing the whole reconcile.
 	inUse := map[string]bool{self.Key: true}
+	claims := map[string][]string{} // current key -> the records claiming it
 	for _, n := range nodes {
 		inUse[n.WGPublicKey] = true
+		if !(n.Cluster == self.Cluster && n.Name == self.Node) && n.WGPublicKey != self.Key {
+			claims[n.WGPublicKey] = append(claims[n.WGPublicKey], n.Cluster+"/"+n.Name)
+		}
 	}
 	seenPrefix := map[netip.Prefix]string{}
 	for _, n := range nodes {
 		name := n.Cluster + "/" + n.Name
 		if (n.Cluster == self.Cluster && n.Name == self.Node) || n.WGPublicKey == self.Key {
 			continue
+		}
+		if c := claims[n.WGPublicKey]; len(c) > 1 {
+			owner := ""
+			if self.KeyOwner != nil {
+				owner = self.KeyOwner(n.WGPublicKey)
+			}
+			if owner != name {
+				reason := "WireGuard key is also claimed by " + strings.Join(slices.DeleteFunc(slices.Clone(c), func(x string) bool { return x == name }), ", ")
+				if slices.Contains(c, owner) {
+					reason += "; it stays with " + owner + ", its peer before"
+				} else {
+					reason += "; no record gets it until only one claims it"
+				}
+				rejected = append(rejected, peerRejection{Node: name, DupKey: n.WGPublicKey, Reason: reason})
+				continue
+			}
 		}
 		p := tunnel.Peer{PublicKey: n.WGPublicKey, Keepalive: self.Keepalive}
 		if n.WGNextPublicKey != "" {
@@ -181,6 +217,9 @@ type peerReconciler struct {
 
 	mu       sync.Mutex
 	retained map[string]*retainedNode // by node key
+	// keyOwners is, per WireGuard key, the node (cluster/name) it was the
+	// peer of in the last computed peer list (desiredPeers' KeyOwner).
+	keyOwners map[string]string
 }
 
 // retainedNode is a node whose record went without a leave.
@@ -368,11 +407,39 @@ func (r *peerReconciler) desired() []tunnel.Peer {
 	// The device's key, not the record's: during this node's own rotation
 	// the device switches keys before the record follows.
 	self.Key = r.dev.PublicKey().String()
+	r.mu.Lock()
+	owners := r.keyOwners
+	r.mu.Unlock()
+	self.KeyOwner = func(key string) string { return owners[key] }
 	peers, rejected := desiredPeers(nodes, self)
+	next := make(map[string]string, len(peers))
+	byKey := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		byKey[n.WGPublicKey] = n.Cluster + "/" + n.Name
+	}
+	dup := map[string]bool{}
 	for _, x := range rejected {
-		if x.Key != "" {
-			r.log.Warn("node record announces a next WireGuard key that is already in use; ignoring it", "node", x.Node, "next_key", x.Key)
+		if x.DupKey != "" {
+			dup[x.DupKey] = true
+		}
+	}
+	for _, p := range peers {
+		if dup[p.PublicKey] {
+			next[p.PublicKey] = owners[p.PublicKey] // kept by the previous owner
 		} else {
+			next[p.PublicKey] = byKey[p.PublicKey]
+		}
+	}
+	r.mu.Lock()
+	r.keyOwners = next
+	r.mu.Unlock()
+	for _, x := range rejected {
+		switch {
+		case x.DupKey != "":
+			r.log.Warn("node record claims a WireGuard key another record claims too (a copied key: check both nodes)", "node", x.Node, "key", x.DupKey, "reason", x.Reason)
+		case x.Key != "":
+			r.log.Warn("node record announces a next WireGuard key that is already in use; ignoring it", "node", x.Node, "next_key", x.Key)
+		default:
 			r.log.Warn("node record claims a prefix that is already taken; ignoring that prefix", "node", x.Node, "prefix", x.Prefix, "reason", x.Reason)
 		}
 	}

@@ -84,6 +84,12 @@ func TestDesiredPeers(t *testing.T) {
 			rejected: []string{"next WireGuard key is already in use"},
 		},
 		{
+			name:     "a current key two records claim, with no owner before, goes to neither",
+			nodes:    []kvstore.Node{node("a", k1, "100.64.9.0/24"), node("b", k1, "100.64.1.0/24"), node("d", k3, "100.64.3.0/24")},
+			want:     map[string][]netip.Prefix{k3: pfx("100.64.3.0/24")},
+			rejected: []string{"c/a: WireGuard key is also claimed by c/b; no record gets it", "c/b: WireGuard key is also claimed by c/a; no record gets it"},
+		},
+		{
 			name: "a mesh IP outside the CIDRs is allowed too",
 			nodes: func() []kvstore.Node {
 				b := node("b", k1, "100.64.1.0/24")
@@ -152,6 +158,43 @@ func TestDesiredPeersIsDeterministic(t *testing.T) {
 	p2, _ := desiredPeers([]kvstore.Node{b, a}, me)
 	if fmt.Sprint(p1) != fmt.Sprint(p2) {
 		t.Fatalf("order of records changed the outcome:\n%v\n%v", p1, p2)
+	}
+}
+
+// A compromised node copies another node's public key into its own record
+// (the only record it can write), with its own endpoint and prefixes, under
+// a name that sorts first. The key's peer stays the owner as it was, the
+// copy is refused, the device accepts the list, and nobody else is cut.
+func TestCopiedWireGuardKeyStaysWithItsOwner(t *testing.T) {
+	dev := tunneltest.New("wt0", 51833)
+	nodes := fakeNodes{}
+	victim, other := testKey(t), testKey(t)
+	ep := []netip.AddrPort{netip.MustParseAddrPort("198.18.1.2:51833")}
+	nodes.put(kvstore.Node{Name: "victim", Cluster: "c", WGPublicKey: victim, CIDRs: pfx("100.64.1.0/24"), Endpoints: ep})
+	nodes.put(kvstore.Node{Name: "other", Cluster: "c", WGPublicKey: other, CIDRs: pfx("100.64.2.0/24")})
+	r := newTestPeerReconciler(dev, nodes)
+	if got := len(r.desired()); got != 2 {
+		t.Fatalf("%d peers before the copy, want 2", got)
+	}
+	nodes.put(kvstore.Node{Name: "aaa-attacker", Cluster: "c", WGPublicKey: victim, CIDRs: pfx("100.64.9.0/24"),
+		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.9.9:51833")}})
+	for range 2 { // and it stays so on the next reconcile
+		peers := r.desired()
+		if err := dev.Reconcile(context.Background(), peers); err != nil {
+			t.Fatalf("the device refused the peers after a copied key: %v", err)
+		}
+		p, ok := peerFor(dev, victim)
+		if !ok || p.Endpoint != "198.18.1.2:51833" || !slices.Equal(p.AllowedIPs, pfx("100.64.1.0/24")) {
+			t.Fatalf("the victim's key is configured as %+v (ok %v), want its own endpoint and prefix", p, ok)
+		}
+		if _, ok := peerFor(dev, other); !ok || len(peers) != 2 {
+			t.Fatalf("peers %+v, want the victim and the other node only", peers)
+		}
+	}
+	// Once the copy is gone, nothing is left of it.
+	delete(nodes, kvstore.NodeKey("c", "aaa-attacker"))
+	if peers := r.desired(); len(peers) != 2 {
+		t.Fatalf("peers %+v after the copy went", peers)
 	}
 }
 
@@ -311,6 +354,11 @@ type liveEndpoints struct {
 	eps map[netip.Addr]kvstore.Endpoint
 }
 
+// put and del change the endpoints under the lock: the reconciler reads
+// them from its own goroutines (settle timers).
+func (l *liveEndpoints) put(e kvstore.Endpoint) { l.mu.Lock(); defer l.mu.Unlock(); l.eps[e.IP] = e }
+func (l *liveEndpoints) del(ip netip.Addr)      { l.mu.Lock(); defer l.mu.Unlock(); delete(l.eps, ip) }
+
 func (l *liveEndpoints) Get(key string) (kvstore.Endpoint, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -349,19 +397,19 @@ func TestIPCacheHoldsAddressesOfARetainedNode(t *testing.T) {
 	web := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.2"), Identity: 300, Cluster: "c", Node: "b"}
 	gone := kvstore.Endpoint{IP: netip.MustParseAddr("100.64.1.3"), Identity: 301, Cluster: "c", Node: "b"}
 	for _, e := range []kvstore.Endpoint{web, gone} {
-		live.eps[e.IP] = e
+		live.put(e)
 		r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: e})
 	}
 	has := func(e kvstore.Endpoint) bool { _, ok := dp.IPCache()[netip.PrefixFrom(e.IP, 32)]; return ok }
 
 	// An explicit removal while b's record is there: the address goes.
-	delete(live.eps, gone.IP)
+	live.del(gone.IP)
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: gone})
 	testutil.Eventually(t, 5*time.Second, "the removed endpoint to leave the ipcache", func() bool { return !has(gone) })
 
 	// b's lease expires: its endpoint goes before its record (the caches
 	// deliver in any order), then b is retained: the address stays.
-	delete(live.eps, web.IP)
+	live.del(web.IP)
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: web})
 	mu.Lock()
 	known["b"], retained["b"] = false, true
@@ -374,7 +422,7 @@ func TestIPCacheHoldsAddressesOfARetainedNode(t *testing.T) {
 	mu.Lock()
 	known["b"], retained["b"] = true, false
 	mu.Unlock()
-	live.eps[web.IP] = web
+	live.put(web)
 	r.resyncNode("c", "b")
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: web})
 	time.Sleep(100 * time.Millisecond)
@@ -383,7 +431,7 @@ func TestIPCacheHoldsAddressesOfARetainedNode(t *testing.T) {
 	}
 
 	// Expired again, and this time b is dropped for good: the address goes.
-	delete(live.eps, web.IP)
+	live.del(web.IP)
 	r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventDelete, Old: web})
 	mu.Lock()
 	known["b"], retained["b"] = false, true
@@ -410,7 +458,7 @@ func TestIPCacheRefusesBorrowedIdentitiesAndUngrantedLabels(t *testing.T) {
 	}
 	has := func(ip string) bool { _, ok := dp.IPCache()[netip.MustParsePrefix(ip+"/32")]; return ok }
 	add := func(e kvstore.Endpoint) {
-		live.eps[e.IP] = e
+		live.put(e)
 		r.event(kvstore.Event[kvstore.Endpoint]{Kind: kvstore.EventAdd, Value: e})
 	}
 	// a borrows web's number for its cache workload: refused.
