@@ -527,32 +527,57 @@ func (n *natTraversal) discover(ctx context.Context) error {
 	}
 }
 
-func (n *natTraversal) discoverOnce(ctx context.Context) error {
-	self := n.selfRecord()
-	// Ask peers reached directly that are not behind NAT themselves: they
-	// see this node's WireGuard socket as the internet does.
-	n.mu.Lock()
-	states := n.sel.States(time.Now())
-	n.mu.Unlock()
-	var ask []kvstore.Node
-	n.a.nodes.Range(func(_ string, nd kvstore.Node) bool {
+// maxAskees is how many peers one discovery round asks.
+const maxAskees = 3
+
+// reflexiveAskees picks the peers a discovery round asks where they see
+// this node: peers reached directly that are not behind NAT themselves
+// (they see this node's WireGuard socket as the internet does), at most
+// maxAskees, starting at another one each round. Peers of this node's own
+// cluster are preferred: a node of a connected cluster is trusted by its
+// own CA, and a lying answer makes this node publish false candidates
+// (peers then try them) or believe its NAT is symmetric (it goes to a
+// relay), so another cluster's nodes are asked only when this one has none.
+func reflexiveAskees(nodes []kvstore.Node, states map[string]paths.State, cluster string, round int64) []kvstore.Node {
+	var own, other []kvstore.Node
+	for _, nd := range nodes {
 		st, ok := states[nd.Cluster+"/"+nd.Name]
-		if ok && st.Alive && st.Path.Kind == paths.Direct && !behindNAT(nd) && nd.MeshIP.IsValid() && len(nd.Endpoints) > 0 {
-			ask = append(ask, nd)
+		if !ok || !st.Alive || st.Path.Kind != paths.Direct || behindNAT(nd) || !nd.MeshIP.IsValid() || len(nd.Endpoints) == 0 {
+			continue
 		}
-		return true
-	})
+		if nd.Cluster == cluster {
+			own = append(own, nd)
+		} else {
+			other = append(other, nd)
+		}
+	}
+	ask := own
 	if len(ask) == 0 {
-		return errors.New("no peer reached directly outside NAT to ask yet")
+		ask = other
 	}
 	sort.Slice(ask, func(i, j int) bool { return ask[i].Key() < ask[j].Key() })
 	// Spread the questions: each round starts at another peer.
-	if len(ask) > 3 {
-		off := int(time.Now().Unix()/15) % len(ask)
+	if len(ask) > maxAskees {
+		off := int(round % int64(len(ask)))
 		ask = append(ask[off:], ask[:off]...)
+		ask = ask[:maxAskees]
 	}
-	if len(ask) > 3 {
-		ask = ask[:3]
+	return ask
+}
+
+func (n *natTraversal) discoverOnce(ctx context.Context) error {
+	self := n.selfRecord()
+	n.mu.Lock()
+	states := n.sel.States(time.Now())
+	n.mu.Unlock()
+	var nodes []kvstore.Node
+	n.a.nodes.Range(func(_ string, nd kvstore.Node) bool {
+		nodes = append(nodes, nd)
+		return true
+	})
+	ask := reflexiveAskees(nodes, states, self.Cluster, time.Now().Unix()/15)
+	if len(ask) == 0 {
+		return errors.New("no peer reached directly outside NAT to ask yet")
 	}
 	var seen []netip.AddrPort
 	for _, nd := range ask {
