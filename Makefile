@@ -33,6 +33,10 @@ build: ## build weft-agent, meshctl, weft-cni and weft-lab (meshctl lab runs it)
 kube: ## build the Kubernetes components the Kubernetes tests run (bin/kube; ~10 min once)
 	./scripts/build-kube.sh
 
+.PHONY: terraform-tools
+terraform-tools: ## builds terraform v1.5.7, the small providers and the cloud-init schema checker into $WEFT_TERRAFORM_HOME (first time ~8 min)
+	./terraform/tools/install.sh
+
 .PHONY: helm
 helm: ## build the helm CLI the chart tests use (bin/helm; ~6 min once)
 	./scripts/build-helm.sh
@@ -52,7 +56,7 @@ check-generate: generate ## regenerate and fail when committed generated files d
 .PHONY: test
 # The Kubernetes binaries build first, before (not beside) the project's
 # own compile: two 2 GB builds at once only slow each other.
-test: kube helm build image ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
+test: kube helm build image terraform-tools ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
 	@if [ "$$(id -u)" != 0 ]; then echo "make test runs the privileged and e2e tiers and needs root: sudo make test (or make test-unit)"; exit 1; fi
 	$(GO) test -count=1 -timeout 40m -p 1 ./...
 	@$(MAKE) --no-print-directory fuzz

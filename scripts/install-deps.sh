@@ -4,12 +4,14 @@
 # wireguard-tools/tcpdump/iperf3 for tunnel tests, and an etcd server for
 # the suite that runs against a separate etcd process; containerd, runc, the
 # CNI plugins, busybox-static and iptables for the Kubernetes nodes of the
-# Kubernetes tiers. Idempotent.
+# Kubernetes tiers; python3 (Debian's) to run the cloud-init schema checker
+# that make terraform-tools unpacks. Idempotent.
 set -euo pipefail
 
 pkgs=(iproute2 nftables iputils-ping netcat-openbsd tcpdump iperf3 wireguard-tools
       clang-14 llvm-14 libbpf-dev etcd-server procps psmisc
-      containerd runc containernetworking-plugins busybox-static iptables util-linux)
+      containerd runc containernetworking-plugins busybox-static iptables util-linux
+      python3)
 
 missing=()
 for p in "${pkgs[@]}"; do
