@@ -27,14 +27,17 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 # --- the CLI ---------------------------------------------------------------
 tf="$home/bin/terraform"
-if [ -x "$tf" ] && "$tf" version 2>/dev/null | head -1 | grep -qx "Terraform v$TERRAFORM_VERSION"; then
+# The version's first line, read whole: a pipe into `head -1` can kill
+# terraform with SIGPIPE, which pipefail reports as a failure.
+tf_version() { local v; v=$("$tf" version 2>/dev/null) || return 0; printf '%s' "${v%%$'\n'*}"; }
+if [ -x "$tf" ] && [ "$(tf_version)" = "Terraform v$TERRAFORM_VERSION" ]; then
 	echo "terraform v$TERRAFORM_VERSION: present"
 else
 	echo "building terraform v$TERRAFORM_VERSION (first time: ~6-8 min)…"
 	# Outside any module, so the project's go.mod plays no part.
 	(cd "$home" && GOBIN="$home/bin" go install "github.com/hashicorp/terraform@v$TERRAFORM_VERSION")
-	"$tf" version | head -1 | grep -qx "Terraform v$TERRAFORM_VERSION" \
-		|| { echo "install.sh: $tf does not report v$TERRAFORM_VERSION after building it" >&2; exit 1; }
+	[ "$(tf_version)" = "Terraform v$TERRAFORM_VERSION" ] \
+		|| { echo "install.sh: $tf reports '$(tf_version)', not v$TERRAFORM_VERSION, after building it" >&2; exit 1; }
 	echo "terraform v$TERRAFORM_VERSION: built"
 fi
 
