@@ -531,6 +531,20 @@ func TestTeardownLeavesNothing(t *testing.T) {
 	}
 	strayDone := make(chan error, 1)
 	go func() { strayDone <- stray.Wait() }()
+	// Down finds such a process by the namespace it is in: wait until
+	// nsenter has entered it, or a loaded machine runs Down first and the
+	// test fails for a process that was not in the lab yet.
+	strayNS := nsInode(t, l.Node("site2-n1").Netns)
+	testutil.Eventually(t, 10*time.Second, "the stray process to enter site2-n1's namespace", func() error {
+		var st syscall.Stat_t
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", stray.Process.Pid), &st); err != nil {
+			return err
+		}
+		if st.Ino != strayNS {
+			return fmt.Errorf("pid %d is in netns inode %d, not %d", stray.Process.Pid, st.Ino, strayNS)
+		}
+		return nil
+	})
 
 	if err := l.Down(); err != nil {
 		t.Fatal(err)
