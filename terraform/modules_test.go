@@ -203,6 +203,11 @@ func TestCloudInitValidation(t *testing.T) {
 			"sha256 must be 64 lower-case hex digits"},
 		{"package_url not a .deb", tftest.Vars{"name": "vm-1", "token": testToken, "package_url": "https://example.com/weft.rpm"},
 			"package_url must be an http(s) URL of a .deb package"},
+		// The script logs the URL inside double quotes: a $( ) in it would run as root.
+		{"package_url with a command substitution", tftest.Vars{"name": "vm-1", "token": testToken, "package_url": "https://example.com/$(reboot).deb"},
+			"package_url must be an http(s) URL of a .deb package with no spaces, quotes, $"},
+		{"binary_url with a backtick", tftest.Vars{"name": "vm-1", "token": testToken, "binary_url": "https://example.com/`id`.tar.gz", "sha256": testSHA},
+			"binary_url must be an http(s) URL of a .tar.gz (or .tgz) archive with no spaces, quotes, $"},
 		{"upper-case name", tftest.Vars{"name": "VM_1", "token": testToken, "package_url": pkg},
 			"The node name is not valid: use 1-63 lower-case letters, digits, '-' and '.'"},
 		{"name too long", tftest.Vars{"name": strings.Repeat("a", 64), "token": testToken, "package_url": pkg},

@@ -52,8 +52,9 @@ variable "package_url" {
   default     = null
 
   validation {
-    condition     = var.package_url == null || can(regex("^https?://[^\\s'\"]+\\.deb$", var.package_url))
-    error_message = "package_url must be an http(s) URL of a .deb package with no spaces or quotes (e.g. https://example.com/weft_1.0_amd64.deb)."
+    # No $, ` or \ either: the join script logs the URL inside double quotes.
+    condition     = var.package_url == null || can(regex("^https?://[^\\s'\"$`\\\\]+\\.deb$", var.package_url))
+    error_message = "package_url must be an http(s) URL of a .deb package with no spaces, quotes, $, ` or \\ (e.g. https://example.com/weft_1.0_amd64.deb)."
   }
 }
 
@@ -63,8 +64,9 @@ variable "binary_url" {
   default     = null
 
   validation {
-    condition     = var.binary_url == null || can(regex("^https?://[^\\s'\"]+\\.(tar\\.gz|tgz)$", var.binary_url))
-    error_message = "binary_url must be an http(s) URL of a .tar.gz (or .tgz) archive with no spaces or quotes (e.g. https://example.com/weft-linux-amd64.tar.gz)."
+    # No $, ` or \ either: the join script logs the URL inside double quotes.
+    condition     = var.binary_url == null || can(regex("^https?://[^\\s'\"$`\\\\]+\\.(tar\\.gz|tgz)$", var.binary_url))
+    error_message = "binary_url must be an http(s) URL of a .tar.gz (or .tgz) archive with no spaces, quotes, $, ` or \\ (e.g. https://example.com/weft-linux-amd64.tar.gz)."
   }
 }
 
