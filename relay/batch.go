@@ -14,6 +14,10 @@ import (
 const (
 	maxSegments     = 64
 	maxSegmentBytes = 65000
+	// kernelMaxSegments is the most a GSO send may carry (the kernel's
+	// UDP_MAX_SEGMENTS), so the most segments one read may hold: a sender
+	// need not keep to maxSegments.
+	kernelMaxSegments = 128
 )
 
 // datagram is one UDP datagram of a batch, or several of the same size

@@ -434,7 +434,7 @@ func (c *Client) proxyLocked(r *relayConn, peer ID) (*proxy, error) {
 	// Room for what was read and a header for each of its segments.
 	obufs := make([][]byte, proxyBatch)
 	for i := range obufs {
-		obufs[i] = make([]byte, MaxDatagram+maxSegments*HeaderLen)
+		obufs[i] = make([]byte, MaxDatagram+kernelMaxSegments*HeaderLen)
 	}
 	c.goroutine.Add(1)
 	go c.readProxy(p, rs, obufs)
@@ -612,7 +612,7 @@ func (c *Client) readProxy(p *proxy, rs *readState, obufs [][]byte) {
 			continue
 		}
 		out := rs.out[:0]
-		var packets, bytes, notWG uint64
+		var packets, bytes, notWG, overrun uint64
 		for i := range n {
 			d := &rs.ds[i]
 			g := d.seg
@@ -624,6 +624,10 @@ func (c *Client) readProxy(p *proxy, rs *readState, obufs [][]byte) {
 				pl := d.buf[off:min(off+g, len(d.buf))]
 				if wireGuardShape(pl) != wellFormed {
 					notWG++
+					continue
+				}
+				if w+HeaderLen+len(pl) > len(ob) {
+					overrun++ // more segments than the kernel sends at once: not expected
 					continue
 				}
 				copy(ob[w:], hdr[:])
@@ -638,6 +642,9 @@ func (c *Client) readProxy(p *proxy, rs *readState, obufs [][]byte) {
 		}
 		if notWG > 0 {
 			c.dropNotWG.Add(notWG)
+		}
+		if overrun > 0 {
+			c.dropMalformed.Add(overrun)
 		}
 		if len(out) == 0 {
 			continue

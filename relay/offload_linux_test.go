@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // gsoRun is n WireGuard transport messages of size bytes (the last one
@@ -182,5 +185,44 @@ func TestCoalesce(t *testing.T) {
 	}
 	if got := coalesce(ds); len(got) != 2 || len(got[0].buf) != 640 || len(got[1].buf) != 360 {
 		t.Fatalf("100 segments coalesced into %d datagrams", len(got))
+	}
+}
+
+// A GSO send may carry up to 128 segments (UDP_MAX_SEGMENTS), more than the
+// 64 WireGuard uses: the client's local socket takes the whole run (it
+// once overran its buffer here, a panic that took the agent down) and
+// every datagram reaches the peer.
+func TestProxyTakesAKernelMaxRun(t *testing.T) {
+	_, _, a, b := pair(t)
+	if newSock(a.wg, false).gsoMax.Load() == 0 {
+		t.Skip("no UDP GSO on this kernel")
+	}
+	epB, _ := a.cl.Endpoint("r", b.id)
+	const n, size = 128, 510
+	run, msgs := gsoRun(n, size, size)
+	rc, err := a.wg.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], size)
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		sa := &unix.SockaddrInet4{Port: int(epB.Port()), Addr: epB.Addr().As4()}
+		_, serr = unix.SendmsgN(int(fd), run, oob, sa, 0)
+	}); err != nil || serr != nil {
+		t.Skipf("a %d-segment GSO send is refused here: %v %v", n, err, serr)
+	}
+	got := recvRun(t, newSock(b.wg, false), n)
+	for i := range got {
+		if !bytes.Equal(got[i], msgs[i]) {
+			t.Fatalf("datagram %d: %d bytes, want %d", i, len(got[i]), len(msgs[i]))
+		}
+	}
+	if st := a.cl.Stats(); st.DroppedMalformed != 0 {
+		t.Fatalf("a's stats %+v: nothing should be dropped", st)
 	}
 }
