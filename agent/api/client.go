@@ -28,6 +28,9 @@ type Client struct {
 	// relay, when set, sends every request to another node's agent
 	// through the local one (/v1/relay/<cluster>/<node>/...).
 	relay string
+	// base, when set, is the admin API's URL (NewAdminClient); socket
+	// then names its host:port in errors.
+	base string
 }
 
 // DefaultTimeout bounds one request; applying a policy to a large mesh is
@@ -109,6 +112,9 @@ func truncate(b []byte) string {
 
 // dialError turns "connect: no such file" into what the user should do.
 func (c *Client) dialError(err error) error {
+	if c.base != "" {
+		return fmt.Errorf("%w: the admin API at %s: %w (is the seed's agent running, and its join service reachable from here?)", ErrAgentNotRunning, c.socket, err)
+	}
 	switch {
 	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("%w (nothing listens on %s): start it with `meshctl up` on the first node, `meshctl join TOKEN` on the others, or `systemctl start weft-agent`; or point --socket (WEFT_SOCKET) at the agent's socket",

@@ -21,6 +21,9 @@ func (c *Client) url(path string) string {
 	if c.relay != "" {
 		path = c.relay + strings.TrimPrefix(path, "/v1")
 	}
+	if c.base != "" {
+		return c.base + path
+	}
 	return "http://agent" + path
 }
 
