@@ -109,6 +109,9 @@ type Agent struct {
 
 	apiSrv  *api.Server
 	joinSrv interface{ Shutdown(context.Context) error }
+	// joinHosts are the names the join service's certificate is valid
+	// for, once it runs: an admin credential must name one of them.
+	joinHosts atomic.Pointer[[]string]
 	// handshakes is when each peer key appeared on the device (apiserver.go).
 	handshakes handshakeWatch
 

@@ -31,6 +31,7 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	}
 	if a.cp.files.CAKeyFile != "" {
 		b.Clusters = a // the seed: it holds the admin credential and the CA
+		b.AdminCredentials = a
 	}
 	a.apiSrv = api.NewServer(b, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.

@@ -277,6 +277,7 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 		Cluster: a.cfg.Cluster, Hosts: hosts, Log: a.log.With("component", "join"),
 		Admitter: admitter{a.cp.kv}, Services: nodeServices{a}, Clusters: clusterMesh{a},
 		CheckCertificate: a.peers.revocations.checkCert,
+		Admin:            a.adminAPI(),
 	})
 	if err != nil {
 		return err
@@ -287,6 +288,7 @@ func (a *Agent) serveJoin(ctx context.Context) error {
 		return fmt.Errorf("join service: listening on %s: %w", a.cfg.Join.Listen, err)
 	}
 	a.joinSrv = srv
+	a.joinHosts.Store(&hosts)
 	// Serve returns nil once Shutdown stopped it.
 	run("join service", func(context.Context) error { return srv.Serve(l) })
 	a.log.Info("join service listening", "listen", a.cfg.Join.Listen, "advertise", adv)

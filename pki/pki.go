@@ -176,6 +176,15 @@ func (ca *CA) IssueClient(commonName string, orgs []string) (certPEM, keyPEM []b
 	return ca.issue(leaf{commonName: commonName, orgs: orgs, client: true, validity: CertValidity})
 }
 
+// IssueClientFor is IssueClient with the certificate's lifetime given
+// (admin API credentials, which have no revocation list of their own).
+func (ca *CA) IssueClientFor(commonName string, orgs []string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if validity <= 0 {
+		return nil, nil, fmt.Errorf("%w: validity %v is not positive", ErrInvalidRequest, validity)
+	}
+	return ca.issue(leaf{commonName: commonName, orgs: orgs, client: true, validity: validity})
+}
+
 // issue makes a key and a certificate for it.
 func (ca *CA) issue(l leaf) (certPEM, keyPEM []byte, err error) {
 	tmpl, err := ca.template(l)

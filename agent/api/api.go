@@ -140,6 +140,15 @@ type Backend struct {
 	// NAT serves /v1/nat/* (reflexive addresses, relay tickets) on the
 	// agent-to-agent API.
 	NAT NATService
+	// AdminCredentials serves POST /v1/admin/credentials on the seed's
+	// local socket (never on the admin API: a credential cannot mint
+	// another).
+	AdminCredentials AdminCredentialIssuer
+}
+
+// AdminCredentialIssuer makes admin API credentials (the seed only).
+type AdminCredentialIssuer interface {
+	IssueAdminCredential(ctx context.Context, req AdminCredentialRequest) (AdminCredential, error)
 }
 
 // Pinger sends one probe of `meshctl ping` through the tunnel and, when it

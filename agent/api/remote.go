@@ -19,16 +19,6 @@ import (
 // identities), for clients with an admin credential (mTLS).
 const AdminPrefix = "/admin"
 
-// AdminOrganization is the organization of every admin API certificate;
-// the join service accepts a client certificate on the admin API only with
-// it (node and cluster certificates, signed by the same CA, are refused).
-const AdminOrganization = "weft:admins"
-
-// AdminCommonName is the subject of an admin credential named name. etcd
-// has no user of that name, so the certificate opens nothing but the admin
-// API.
-func AdminCommonName(name string) string { return "admin:" + name }
-
 // AdminCredential is what 'meshctl admin credential create' writes: where
 // the admin API is and the mTLS material to use it. The file is a secret
 // (mode 0600): whoever holds it administers the mesh until it expires.

@@ -97,7 +97,9 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ct
 type peerCredKey struct{}
 
 // Handler returns the API's routes; tests serve it over any listener.
-func (s *Server) Handler() http.Handler {
+func (s *Server) Handler() http.Handler { return s.mux() }
+
+func (s *Server) mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	b := s.backend
 	route := func(pattern string, available bool, h func(w http.ResponseWriter, r *http.Request) (any, error)) {
@@ -280,6 +282,13 @@ func (s *Server) Handler() http.Handler {
 		return b.Pinger.Ping(r.Context(), req)
 	})
 	// The serving binary's own build: the agent's, on its socket.
+	route("POST /v1/admin/credentials", b.AdminCredentials != nil, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req AdminCredentialRequest
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		return b.AdminCredentials.IssueAdminCredential(r.Context(), req)
+	})
 	route("GET /v1/version", true, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return version.Get(), nil
 	})

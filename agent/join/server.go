@@ -102,6 +102,10 @@ type ServerConfig struct {
 	// Clusters, if set (with a Tokens that is also ClusterTokens), connects
 	// other clusters to this one (clusters.go).
 	Clusters ClusterConnector
+	// Admin, if set, is served under /admin/ to clients with an admin
+	// certificate (admin.go): the local API's mesh-wide routes, paths
+	// without the prefix (api.Server.AdminHandler).
+	Admin http.Handler
 }
 
 // CertificateRecorder is an Admitter that also wants the serial number
@@ -160,6 +164,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("POST "+joinPath, s.handleJoin)
 	s.routeServices(mux)
 	s.routeClusters(mux)
+	s.routeAdmin(mux)
 	s.http = &http.Server{
 		Handler:           s.refuseRevoked(mux),
 		ReadHeaderTimeout: 10 * time.Second,

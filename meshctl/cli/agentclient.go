@@ -36,8 +36,13 @@ func agentFlags(extra ...cli.Flag) []cli.Flag {
 	return append([]cli.Flag{socketFlag(), cliout.Flag()}, extra...)
 }
 
-// agentClient returns a client for the agent named by --socket.
+// agentClient returns a client for the agent named by --socket, or for
+// the seed's admin API when the command was given --admin-credentials
+// (loaded by withAdminCredentials).
 func agentClient(c *cli.Context) *api.Client {
+	if cl, ok := c.App.Metadata[adminCredentialsFlag].(*api.Client); ok {
+		return cl
+	}
 	return api.NewClient(c.Path("socket"))
 }
 

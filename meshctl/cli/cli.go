@@ -50,6 +50,7 @@ func commands() []*cli.Command {
 		observeCommand(),
 		rotateKeyCommand(),
 		connectivityCommand(),
+		adminCommand(),
 		versionCommand(),
 		completionCommand(),
 		labCommand(),
@@ -90,6 +91,9 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, notFound *error) *cli.App
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
 	for _, c := range app.Commands {
+		if adminCapable[c.Name] {
+			withAdminCredentials(c)
+		}
 		conventions(c)
 	}
 	return app

@@ -208,7 +208,7 @@ func onUsageError(c *cli.Context, err error, _ bool) error {
 var badValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-+([^:]+): (.*)$`)
 
 // globalFlags may come before the command: `meshctl --socket S status`.
-var globalFlags = map[string]bool{"socket": true, "output": true, "o": true}
+var globalFlags = map[string]bool{"socket": true, "output": true, "o": true, adminCredentialsFlag: true}
 
 // hoistGlobalFlags moves the global flags written before the command to
 // just after the command's name, where the command's own flags are
