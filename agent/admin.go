@@ -39,6 +39,9 @@ func (a *Agent) IssueAdminCredential(_ context.Context, req api.AdminCredentialR
 	if err != nil || host == "" || port == "" {
 		return out, api.Errorf(api.CodeInvalid, "server %q is not HOST:PORT with a host: give --server with the address the admin reaches this seed's join service at (e.g. 198.51.100.7:51834)", server)
 	}
+	if a.cp.files.CAKeyFile == "" {
+		return out, api.Errorf(api.CodeNotSupported, "admin credentials are made by the seed, which holds the mesh CA, and this node does not: run 'meshctl admin credential create' as root on the seed (where 'meshctl up' ran)")
+	}
 	ca, err := a.meshCA()
 	if err != nil {
 		return out, err

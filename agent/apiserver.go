@@ -25,13 +25,13 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	b := api.Backend{
 		Status: a, Mesh: a, Endpoints: a, Policies: a, Tokens: a, Leaver: a,
 		Flows: a, Health: a, Prober: a, Relay: a, Rotator: a, Nodes: a, Pinger: a, PolicyStatus: a,
+		AdminCredentials: a,
 	}
 	if a.pods != nil {
 		b.CNI = a.pods
 	}
 	if a.cp.files.CAKeyFile != "" {
 		b.Clusters = a // the seed: it holds the admin credential and the CA
-		b.AdminCredentials = a
 	}
 	a.apiSrv = api.NewServer(b, a.log.With("component", "api"))
 	// Serve returns nil once Shutdown stopped it.
