@@ -78,8 +78,9 @@ that reaches that port. Its credential is a client certificate of the mesh CA
 made for it (organization weft:admins): node and cluster certificates are
 refused. See docs/terraform.md.`,
 		Subcommands: []*cli.Command{{
-			Name:  "credential",
-			Usage: "make admin API credentials",
+			Name:      "credential",
+			Usage:     "make admin API credentials",
+			UsageText: "meshctl admin credential create NAME --out FILE [--ttl 720h] [--server HOST:PORT]",
 			Subcommands: []*cli.Command{{
 				Name:      "create",
 				Usage:     "make an admin API credential file (run as root on the seed)",

@@ -27,7 +27,7 @@ func TestHelpListsEveryCommandInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"up", "join", "status", "ping", "token", "cluster", "leave", "down", "nodes", "node", "endpoint, endpoints", "identities",
-		"policy", "observe", "rotate-key", "connectivity", "version", "completion", "lab", "help, h"}
+		"policy", "observe", "rotate-key", "connectivity", "admin", "version", "completion", "lab", "help, h"}
 	var got []string
 	inCommands := false
 	for _, line := range strings.Split(out, "\n") {

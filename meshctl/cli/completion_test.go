@@ -46,7 +46,7 @@ func TestBashCompletion(t *testing.T) {
 		{[]string{"meshctl", "sta"}, "status"},
 		{[]string{"meshctl", "--socket", "/run/x.sock", "pi"}, "ping"},
 		{[]string{"meshctl", "policy", "ap"}, "apply"},
-		{[]string{"meshctl", "status", "--a"}, "--all"},
+		{[]string{"meshctl", "status", "--al"}, "--all"},
 		{[]string{"meshctl", "completion", "--"}, "--help"},
 		{[]string{"meshctl", "token", "c"}, "create"},
 	} {
