@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"net/netip"
-
 	"io"
 	"sort"
 	"strconv"
@@ -13,22 +11,16 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weftmesh/weft/agent/api"
-	"github.com/weftmesh/weft/agent/config"
 	"github.com/weftmesh/weft/identity"
 	"github.com/weftmesh/weft/internal/cliout"
-	"github.com/weftmesh/weft/kvstore/grant"
+	"github.com/weftmesh/weft/meshctl/spec"
 )
 
-// meshRangeV4 is where a cluster's IPv4 mesh pool lies (kvstore.MeshRangeV4;
-// meshctl talks to the agent, not to etcd, so it does not import kvstore).
-var meshRangeV4 = netip.MustParsePrefix("100.64.0.0/10")
-
-// Token lifetimes: long enough to provision a fleet from cloud-init, short
-// enough that a token in a shell history is soon worthless.
+// Token lifetimes (spec's: the Terraform provider checks the same).
 const (
-	minTokenTTL     = time.Minute
-	maxTokenTTL     = 30 * 24 * time.Hour
-	defaultTokenTTL = time.Hour
+	minTokenTTL     = spec.MinTokenTTL
+	maxTokenTTL     = spec.MaxTokenTTL
+	defaultTokenTTL = spec.DefaultTokenTTL
 )
 
 func tokenCommand() *cli.Command {
@@ -110,65 +102,33 @@ Examples:
 	}
 }
 
-// tokenRequest validates the create flags into an API request.
+// tokenRequest validates the create flags into an API request (the
+// checks and messages are spec.TokenRequest's, which the Terraform
+// provider shares).
 func tokenRequest(c *cli.Context) (api.TokenRequest, error) {
-	req := api.TokenRequest{Cluster: c.String("cluster"), MaxUses: 1}
-	if req.Cluster != "" {
-		if err := config.ValidateName("cluster", req.Cluster); err != nil {
-			return req, fmt.Errorf("--cluster: %w", err)
-		}
-	}
+	t := spec.Token{Cluster: c.String("cluster"), TTL: c.Duration("ttl"), Reusable: c.Bool("reusable")}
 	if c.IsSet("cluster-id") {
 		id := c.Int("cluster-id")
-		if id < 1 || id > identity.MaxClusterID {
-			return req, fmt.Errorf("--cluster-id %d is out of range: use 1..%d (or leave it out: the lowest free id)", id, identity.MaxClusterID)
-		}
-		req.ClusterID = id
+		t.ClusterID = &id
 	}
 	if c.IsSet("mesh-pool") {
-		p, err := netip.ParsePrefix(strings.TrimSpace(c.String("mesh-pool")))
-		if err != nil || p != p.Masked() || !meshRangeV4.Contains(p.Addr()) || p.Bits() < meshRangeV4.Bits() {
-			return req, fmt.Errorf("--mesh-pool: %q is not a CIDR in canonical form inside %s (e.g. 100.65.0.0/16; or leave it out: the first free /16)", c.String("mesh-pool"), meshRangeV4)
-		}
-		req.MeshPool = p.String()
+		p := c.String("mesh-pool")
+		t.MeshPool = &p
 	}
-	labels, err := labelsFlag(c, "labels")
-	if err != nil {
-		return req, err
-	}
-	req.Labels = labels
+	// The k=v,... form is parsed in spec, in its turn: a bad --mesh-pool
+	// is reported before a bad --labels, as it always was.
+	t.LabelList = c.String("labels")
 	if s := c.String("allow-labels"); s != "" {
-		allow, err := grant.Parse(strings.Split(s, ","))
-		if err != nil {
-			return req, fmt.Errorf("--allow-labels: %w", err)
-		}
-		req.AllowLabels = grant.Strings(allow)
+		t.AllowLabels = strings.Split(s, ",")
 	}
 	if s := c.String("pod-cidrs"); s != "" {
-		for _, x := range strings.Split(s, ",") {
-			p, err := netip.ParsePrefix(strings.TrimSpace(x))
-			if err != nil || p != p.Masked() {
-				return req, fmt.Errorf("--pod-cidrs: %q is not a CIDR in canonical form (e.g. 100.96.0.0/16, the Kubernetes cluster CIDR)", x)
-			}
-			req.PodCIDRs = append(req.PodCIDRs, p.String())
-		}
+		t.PodCIDRs = strings.Split(s, ",")
 	}
-	ttl, err := tokenTTL(c)
-	if err != nil {
-		return req, err
+	if c.IsSet("max-uses") {
+		n := c.Int("max-uses")
+		t.MaxUses = &n
 	}
-	req.TTL = api.Duration(ttl)
-	switch reusable, max := c.Bool("reusable"), c.Int("max-uses"); {
-	case reusable && !c.IsSet("max-uses"):
-		return req, fmt.Errorf("--reusable needs --max-uses N: how many machines may join with the token")
-	case !reusable && c.IsSet("max-uses"):
-		return req, fmt.Errorf("--max-uses needs --reusable (a token without it is single-use)")
-	case reusable && (max < 1 || max > 10000):
-		return req, fmt.Errorf("--max-uses %d is out of range: use 1 to 10000", max)
-	case reusable:
-		req.MaxUses = max
-	}
-	return req, nil
+	return spec.TokenRequest(t)
 }
 
 func tokenCreateAction(c *cli.Context) error {
@@ -287,8 +247,5 @@ func tokenRevokeAction(c *cli.Context) error {
 // tokenTTL is the --ttl of a token (join or cluster), checked.
 func tokenTTL(c *cli.Context) (time.Duration, error) {
 	ttl := c.Duration("ttl")
-	if ttl < minTokenTTL || ttl > maxTokenTTL {
-		return 0, fmt.Errorf("--ttl %s is out of range: use 1m to 720h", ttl)
-	}
-	return ttl, nil
+	return ttl, spec.TokenTTL(ttl)
 }
