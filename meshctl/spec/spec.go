@@ -212,3 +212,6 @@ func bare(p *policy.Policy) policy.Policy {
 	}
 	return q
 }
+
+// PolicyName checks a policy's name (what import takes).
+func PolicyName(name string) error { return policy.ValidateName(name) }
