@@ -85,12 +85,22 @@ func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRej
 	// Every key in use, so that a next key colliding with one (a bad
 	// record) is dropped instead of failing the whole reconcile.
 	inUse := map[string]bool{self.Key: true}
-	claims := map[string][]string{} // current key -> the records claiming it
+	claims := map[string][]string{}     // current key -> the records claiming it
+	nextClaims := map[string][]string{} // announced next key -> its announcers
 	for _, n := range nodes {
 		inUse[n.WGPublicKey] = true
 		if !(n.Cluster == self.Cluster && n.Name == self.Node) && n.WGPublicKey != self.Key {
 			claims[n.WGPublicKey] = append(claims[n.WGPublicKey], n.Cluster+"/"+n.Name)
+			if n.WGNextPublicKey != "" {
+				nextClaims[n.WGNextPublicKey] = append(nextClaims[n.WGNextPublicKey], n.Cluster+"/"+n.Name)
+			}
 		}
+	}
+	owner := func(key string) string {
+		if self.KeyOwner == nil {
+			return ""
+		}
+		return self.KeyOwner(key)
 	}
 	seenPrefix := map[netip.Prefix]string{}
 	for _, n := range nodes {
@@ -99,10 +109,7 @@ func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRej
 			continue
 		}
 		if c := claims[n.WGPublicKey]; len(c) > 1 {
-			owner := ""
-			if self.KeyOwner != nil {
-				owner = self.KeyOwner(n.WGPublicKey)
-			}
+			owner := owner(n.WGPublicKey)
 			if owner != name {
 				reason := "WireGuard key is also claimed by " + strings.Join(slices.DeleteFunc(slices.Clone(c), func(x string) bool { return x == name }), ", ")
 				if slices.Contains(c, owner) {
@@ -114,11 +121,26 @@ func desiredPeers(nodes []kvstore.Node, self peerSelf) ([]tunnel.Peer, []peerRej
 				continue
 			}
 		}
+		// A current key that copies the next key another record announced
+		// in an earlier reconcile (a rotating node's, before it switches)
+		// stays with the announcer: otherwise the copy would own the key,
+		// uncontested, by the time the rotating node switched to it.
+		if o := owner(n.WGPublicKey); o != name && slices.Contains(nextClaims[n.WGPublicKey], o) {
+			rejected = append(rejected, peerRejection{Node: name, DupKey: n.WGPublicKey,
+				Reason: "WireGuard key is the next key " + o + " announced before; it stays with " + o})
+			continue
+		}
 		p := tunnel.Peer{PublicKey: n.WGPublicKey, Keepalive: self.Keepalive}
 		if n.WGNextPublicKey != "" {
-			if inUse[n.WGNextPublicKey] {
+			// A next key in use, or announced by several records, goes to
+			// the record it was with in the last reconcile, or to none.
+			mine := owner(n.WGNextPublicKey) == name
+			switch {
+			case len(nextClaims[n.WGNextPublicKey]) > 1 && !mine:
+				rejected = append(rejected, peerRejection{Node: name, Key: n.WGNextPublicKey, Reason: "next WireGuard key is also announced by another record"})
+			case inUse[n.WGNextPublicKey] && !mine:
 				rejected = append(rejected, peerRejection{Node: name, Key: n.WGNextPublicKey, Reason: "next WireGuard key is already in use"})
-			} else {
+			default:
 				p.NextPublicKey = n.WGNextPublicKey
 				inUse[n.WGNextPublicKey] = true
 			}
@@ -428,6 +450,11 @@ func (r *peerReconciler) desired() []tunnel.Peer {
 			next[p.PublicKey] = owners[p.PublicKey] // kept by the previous owner
 		} else {
 			next[p.PublicKey] = byKey[p.PublicKey]
+		}
+		if p.NextPublicKey != "" {
+			// The announced next key is its announcer's too, so that a
+			// copy of it made before the switch is the intruder.
+			next[p.NextPublicKey] = byKey[p.PublicKey]
 		}
 	}
 	r.mu.Lock()

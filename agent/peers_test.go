@@ -534,3 +534,42 @@ func TestPeerDroppedByARemovalTombstone(t *testing.T) {
 		t.Fatal("a revoked node is retained")
 	}
 }
+
+// A record that copies a rotating node's announced next key as its own
+// current key, before the rotating node switches to it, must not end up
+// owning that key: the next key was the victim's first.
+func TestCopiedNextWireGuardKeyStaysWithItsAnnouncer(t *testing.T) {
+	dev := tunneltest.New("wt0", 51833)
+	nodes := fakeNodes{}
+	cur, nextKey := testKey(t), testKey(t)
+	ep := []netip.AddrPort{netip.MustParseAddrPort("198.18.1.2:51833")}
+	victim := kvstore.Node{Name: "victim", Cluster: "c", WGPublicKey: cur, WGNextPublicKey: nextKey, CIDRs: pfx("100.64.1.0/24"), Endpoints: ep}
+	nodes.put(victim)
+	r := newTestPeerReconciler(dev, nodes)
+	reconcile := func(what string) []tunnel.Peer {
+		t.Helper()
+		peers := r.desired()
+		if err := dev.Reconcile(context.Background(), peers); err != nil {
+			t.Fatalf("%s: the device refused the peers: %v", what, err)
+		}
+		return peers
+	}
+	reconcile("rotation announced")
+	nodes.put(kvstore.Node{Name: "aaa-attacker", Cluster: "c", WGPublicKey: nextKey, CIDRs: pfx("100.64.9.0/24"),
+		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.9.9:51833")}})
+	peers := reconcile("the next key copied")
+	if len(peers) != 1 || peers[0].PublicKey != cur || peers[0].NextPublicKey != nextKey {
+		t.Fatalf("peers %+v after the copy, want only the victim, still rotating to its next key", peers)
+	}
+	// The victim switches; the key stays its own.
+	victim.WGPublicKey, victim.WGNextPublicKey = nextKey, ""
+	nodes.put(victim)
+	for range 2 {
+		peers = reconcile("after the switch")
+		p, ok := peerFor(dev, nextKey)
+		if len(peers) != 1 || !ok || p.Endpoint != "198.18.1.2:51833" || !slices.Equal(p.AllowedIPs, pfx("100.64.1.0/24")) {
+			t.Fatalf("after the switch the key is configured as %+v (peers %+v), want the victim's endpoint and prefix", p, peers)
+		}
+	}
+
+}
