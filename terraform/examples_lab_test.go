@@ -50,6 +50,18 @@ func labBin(t *testing.T) string {
 	return dir
 }
 
+// requireWeftProvider fails the test, saying what to run, when the weft
+// provider is not in the tools' mirror (terraform init would fail with
+// "could not find weftmesh/weft").
+func requireWeftProvider(t *testing.T) {
+	t.Helper()
+	tftest.Require(t)
+	dir := filepath.Join(tftest.Home(), "mirror", "registry.terraform.io", "weftmesh", "weft", "0.1.0", "linux_amd64", "terraform-provider-weft_v0.1.0")
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the weft provider is not in the Terraform tools' mirror (%v): run make terraform-tools, which builds terraform/provider into it", err)
+	}
+}
+
 // labRun runs bin/meshctl with args and returns its combined output and
 // error (nil on exit 0).
 func labRun(bin string, args ...string) (string, error) {
@@ -82,7 +94,20 @@ func TestLabExample(t *testing.T) {
 		}
 	})
 
+	requireWeftProvider(t)
 	w := tftest.New(t, root, "examples/lab")
+	// Runs before the harness's destroy: terraform hides the joins' output
+	// (they take a token), so a failed test shows meshctl's from their logs.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		logs, _ := filepath.Glob(filepath.Join(state, "logs", "*.log"))
+		for _, l := range logs {
+			data, _ := os.ReadFile(l)
+			t.Logf("%s:\n%s", l, data)
+		}
+	})
 	w.Init()
 	w.Validate()
 	w.FmtCheck()
@@ -118,9 +143,9 @@ func TestLabExample(t *testing.T) {
 
 	// The plan: what will be made, and the lab's topology and policy.
 	p := w.Plan(vars)
-	want := []string{"terraform_data.lab", "terraform_data.seed", "terraform_data.policy[0]"}
+	want := []string{"terraform_data.lab", "terraform_data.seed", "weft_policy.lab[0]"}
 	for _, n := range nodes {
-		want = append(want, `terraform_data.join["`+n+`"]`)
+		want = append(want, `terraform_data.join["`+n+`"]`, `weft_token.node["`+n+`"]`)
 	}
 	for _, wl := range workloads {
 		want = append(want, `terraform_data.workload["`+wl+`"]`)
@@ -138,7 +163,7 @@ func TestLabExample(t *testing.T) {
 		t.Fatalf("plan makes %v, want %v", got, want)
 	}
 	checkTopology(t, p.Change(t, "terraform_data.lab"), name)
-	checkPolicy(t, p.Change(t, "terraform_data.policy[0]"))
+	checkPolicy(t, p.Change(t, "weft_policy.lab[0]"))
 	ifaces := map[string]bool{}
 	for _, n := range nodes {
 		tr := triggers(t, p.Change(t, `terraform_data.join["`+n+`"]`))
@@ -147,9 +172,16 @@ func TestLabExample(t *testing.T) {
 			t.Errorf("join %s: WireGuard device %q: want a name of at most 15 bytes, unique in the lab", n, ifc)
 		}
 		ifaces[ifc] = true
+		tok := p.Change(t, `weft_token.node["`+n+`"]`)
 		site, _, _ := strings.Cut(n, "-")
-		if tr["labels"] != "site="+site {
-			t.Errorf("join %s: labels %v, want site=%s", n, tr["labels"], site)
+		if labels, _ := tok.After["labels"].(map[string]any); len(labels) != 1 || labels["site"] != site {
+			t.Errorf("token of %s: labels %v, want site=%s", n, tok.After["labels"], site)
+		}
+		if tok.After["max_uses"] != float64(1) {
+			t.Errorf("token of %s: max_uses %v, want 1 (single use)", n, tok.After["max_uses"])
+		}
+		if v, known := tok.After["token"]; known {
+			t.Errorf("token of %s: the plan knows its secret (%v); it must be known only after apply", n, v)
 		}
 	}
 
@@ -167,9 +199,9 @@ func TestLabExample(t *testing.T) {
 		t.Errorf("admin credential %s: %v (mode %v), want a 0600 file", filepath.Join(state, "admin.json"), err, fi)
 	}
 
-	// A changed topology: site2-n1 gets a label. Only its join (a new
-	// token, a rejoin) and its workload are replaced; the lab, the seed,
-	// the other nodes and workloads and the policy stay as they are.
+	// A changed topology: site2-n1 gets a label. Only its token, its join
+	// (a rejoin with the new token) and its workload are replaced; the lab,
+	// the seed, the other nodes and workloads and the policy stay.
 	pids := map[string]int{}
 	for _, n := range append([]string{"seed"}, nodes...) {
 		pids[n] = agentPID(t, state, n)
@@ -181,7 +213,7 @@ func TestLabExample(t *testing.T) {
 	changed["node_labels"] = map[string]any{"site2-n1": map[string]string{"tier": "db"}}
 	p = w.Plan(changed)
 	for _, rc := range p.ResourceChanges {
-		replace := rc.Address == `terraform_data.join["site2-n1"]` || rc.Address == `terraform_data.workload["site2-n1-w1"]`
+		replace := rc.Address == `weft_token.node["site2-n1"]` || rc.Address == `terraform_data.join["site2-n1"]` || rc.Address == `terraform_data.workload["site2-n1-w1"]`
 		if replace != slices.Equal(rc.Actions, []string{"delete", "create"}) || !replace && !slices.Equal(rc.Actions, []string{"no-op"}) {
 			t.Errorf("changed label: %s: actions %v, want %s", rc.Address, rc.Actions, map[bool]string{true: "delete, create", false: "no-op"}[replace])
 		}
@@ -211,7 +243,7 @@ func TestLabExample(t *testing.T) {
 	}
 	more["nodes_per_site"] = 2
 	p = w.Plan(more)
-	for _, addr := range []string{"terraform_data.lab", "terraform_data.seed", `terraform_data.join["site1-n1"]`, `terraform_data.workload["site3-n1-w1"]`} {
+	for _, addr := range []string{"terraform_data.lab", "terraform_data.seed", `weft_token.node["site1-n1"]`, `terraform_data.join["site1-n1"]`, `terraform_data.workload["site3-n1-w1"]`, "weft_policy.lab[0]"} {
 		if rc := p.Change(t, addr); !slices.Equal(rc.Actions, []string{"delete", "create"}) {
 			t.Errorf("one more node per site: %s: actions %v, want delete, create", addr, rc.Actions)
 		}
@@ -279,7 +311,7 @@ func checkTopology(t *testing.T, rc tftest.ResourceChange, name string) {
 // checkPolicy checks the planned policy document: site1 isolated, open to site2.
 func checkPolicy(t *testing.T, rc tftest.ResourceChange) {
 	t.Helper()
-	doc, _ := triggers(t, rc)["document"].(string)
+	doc, _ := rc.After["document"].(string)
 	var pol struct {
 		Kind     string
 		Metadata struct{ Name string }
@@ -296,6 +328,9 @@ func checkPolicy(t *testing.T, rc tftest.ResourceChange) {
 	}
 	if err := yaml.Unmarshal([]byte(doc), &pol); err != nil {
 		t.Fatalf("policy document is not YAML: %v\n%s", err, doc)
+	}
+	if rc.After["name"] != "lab-site1" {
+		t.Errorf("weft_policy name %v, want lab-site1", rc.After["name"])
 	}
 	if pol.Kind != "Policy" || pol.Metadata.Name != "lab-site1" || pol.Spec.EndpointSelector.MatchLabels["site"] != "site1" ||
 		len(pol.Spec.Ingress) != 1 || len(pol.Spec.Ingress[0].From) != 1 || pol.Spec.Ingress[0].From[0].MatchLabels["site"] != "site2" {

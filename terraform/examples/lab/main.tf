@@ -2,7 +2,8 @@
 # NAT, nodes and workload namespaces; the seed runs `meshctl up`, every other
 # node `meshctl join`s with its own token, workloads become endpoints, and a
 # policy is applied. Everything runs through terraform_data + local-exec and
-# scripts/lab.sh, as root.
+# scripts/lab.sh, as root; the tokens and the policy are the weft
+# provider's (weft_token, weft_policy), through the seed's admin API.
 #
 # Replacement is by triggers_replace: every step names the lab's identity
 # (terraform_data.lab.id, new each time the lab is made), so a re-created
@@ -149,6 +150,23 @@ resource "terraform_data" "seed" {
   }
 }
 
+# One single-use token per node, with the node's labels (they win over
+# any the node asks for). Made through the seed's admin API as soon as the
+# seed is up: the provider reads the credential the seed step wrote.
+resource "weft_token" "node" {
+  for_each = local.nodes
+
+  labels   = each.value.labels
+  ttl      = var.token_ttl
+  max_uses = 1
+
+  depends_on = [terraform_data.seed]
+  lifecycle {
+    # A new seed is a new mesh: the old tokens mean nothing to it.
+    replace_triggered_by = [terraform_data.seed]
+  }
+}
+
 resource "terraform_data" "join" {
   for_each = local.nodes
 
@@ -156,17 +174,17 @@ resource "terraform_data" "join" {
     lab      = terraform_data.lab.id
     lab_name = var.lab_name
     seed     = terraform_data.seed.id
+    token    = weft_token.node[each.key].id
     node     = each.key
     wg_iface = each.value.wg_iface
-    labels   = join(",", [for k, v in each.value.labels : "${k}=${v}"])
   })
 
   provisioner "local-exec" {
     command = "${self.triggers_replace.script} join"
     environment = {
-      BIN          = self.triggers_replace.bin, LAB = self.triggers_replace.lab_name, STATE = self.triggers_replace.state, PINS = self.triggers_replace.pins
-      NODE         = self.triggers_replace.node, WG_IFACE = self.triggers_replace.wg_iface
-      STANDIN_SEED = local.seed, STANDIN_LABELS = self.triggers_replace.labels
+      BIN        = self.triggers_replace.bin, LAB = self.triggers_replace.lab_name, STATE = self.triggers_replace.state, PINS = self.triggers_replace.pins
+      NODE       = self.triggers_replace.node, WG_IFACE = self.triggers_replace.wg_iface
+      WEFT_TOKEN = weft_token.node[each.key].token
     }
   }
 
@@ -209,31 +227,15 @@ resource "terraform_data" "workload" {
   }
 }
 
-resource "terraform_data" "policy" {
+resource "weft_policy" "lab" {
   count = var.policy == null ? 0 : 1
 
-  triggers_replace = merge(local.common, {
-    lab_name = var.lab_name
-    seed     = terraform_data.seed.id
-    seed_ns  = local.seed
-    name     = var.policy.name
-    document = local.policy_document
-  })
+  name     = var.policy.name
+  document = local.policy_document
 
-  provisioner "local-exec" {
-    command = "${self.triggers_replace.script} policy-apply"
-    environment = {
-      BIN  = self.triggers_replace.bin, LAB = self.triggers_replace.lab_name, STATE = self.triggers_replace.state, PINS = self.triggers_replace.pins
-      SEED = self.triggers_replace.seed_ns, DOCUMENT = self.triggers_replace.document
-    }
-  }
-
-  provisioner "local-exec" {
-    when    = destroy
-    command = "${self.triggers_replace.script} policy-delete"
-    environment = {
-      BIN  = self.triggers_replace.bin, LAB = self.triggers_replace.lab_name, STATE = self.triggers_replace.state, PINS = self.triggers_replace.pins
-      SEED = self.triggers_replace.seed_ns, POLICY = self.triggers_replace.name
-    }
+  depends_on = [terraform_data.seed]
+  lifecycle {
+    # A new seed is a new mesh, without this policy.
+    replace_triggered_by = [terraform_data.seed]
   }
 }

@@ -69,6 +69,17 @@ variable "workloads_per_node" {
   }
 }
 
+variable "token_ttl" {
+  description = "Validity of each node's join token (weft_token ttl, 1m to 720h). The provider drops an expired token from the state, so a plan after this long makes new tokens and rejoins the nodes."
+  type        = string
+  default     = "24h"
+
+  validation {
+    condition     = can(regex("^[0-9]+(m|h)$", var.token_ttl))
+    error_message = "token_ttl must be minutes or hours, such as 30m or 24h (1m to 720h)."
+  }
+}
+
 variable "node_labels" {
   description = "Extra labels per joined node (node name => labels), on top of site=<site>; they go into the node's token. A changed label replaces that node's token and rejoins it."
   type        = map(map(string))

@@ -87,17 +87,21 @@ seed-down) # SEED
 	;;
 join) # NODE, WG_IFACE, WEFT_TOKEN (the weft_token's token)
 	: "${NODE:?NODE is not set}"
-	if [ -z "${WEFT_TOKEN:-}" ] && [ -n "${STANDIN_SEED:-}" ]; then
-		WEFT_TOKEN=$("$MESHCTL" token create --labels "$STANDIN_LABELS" --ttl 10m --socket "$STATE/$STANDIN_SEED/agent.sock" | grep -o 'weft1\.[A-Za-z0-9_-]*' | head -1)
-		export WEFT_TOKEN
-	fi
 	: "${WEFT_TOKEN:?WEFT_TOKEN is not set (the token of the node from weft_token)}"
 	mkdir -p "$STATE/$NODE"
 	# The token goes in the environment (meshctl join reads WEFT_TOKEN),
 	# never on a command line other users can read.
+	# terraform hides the output of a provisioner given a sensitive value
+	# (the token): meshctl's (which never holds the token) is kept in
+	# STATE/logs, which goes with the lab.
+	mkdir -p "$STATE/logs"
+	log=$STATE/logs/join-$NODE.log
 	# shellcheck disable=SC2046
-	in_node "$NODE" "$MESHCTL" join --name "$NODE" --wait 60s $(proc_flags "$NODE") $(agent_flags) >&2 \
-		|| die "meshctl join of $NODE failed (above)"
+	if ! in_node "$NODE" "$MESHCTL" join --name "$NODE" --wait 60s $(proc_flags "$NODE") $(agent_flags) >"$log" 2>&1; then
+		cat "$log" >&2
+		die "meshctl join of $NODE failed: see $log"
+	fi
+	cat "$log" >&2
 	;;
 leave) # NODE
 	: "${NODE:?NODE is not set}"
@@ -117,14 +121,6 @@ endpoint-remove) # NODE, NETNS
 	# endpoint went with it.
 	if lab_is_up && [ -S "$STATE/$NODE/agent.sock" ]; then
 		"$MESHCTL" endpoint remove "$NETNS" --socket "$STATE/$NODE/agent.sock" >&2
-	fi
-	;;
-policy-apply) # SEED, DOCUMENT
-	printf '%s\n' "$DOCUMENT" | "$MESHCTL" policy apply -f - --socket "$STATE/$SEED/agent.sock" >&2
-	;;
-policy-delete) # SEED, POLICY
-	if lab_is_up && [ -S "$STATE/$SEED/agent.sock" ]; then
-		"$MESHCTL" policy delete "$POLICY" --socket "$STATE/$SEED/agent.sock" >&2
 	fi
 	;;
 *)
