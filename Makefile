@@ -37,6 +37,25 @@ kube: ## build the Kubernetes components the Kubernetes tests run (bin/kube; ~10
 terraform-tools: ## builds terraform v1.5.7, the small providers and the cloud-init schema checker into $WEFT_TERRAFORM_HOME (first time ~8 min)
 	./terraform/tools/install.sh
 
+# The Weft provider, built into the filesystem mirror of the Terraform
+# tools so that configurations (terraform/examples) `terraform init` it as
+# registry.terraform.io/weftmesh/weft 0.1.0.
+TF_HOME           ?= $(or $(WEFT_TERRAFORM_HOME),$(HOME)/.cache/weft-terraform)
+PROVIDER_VERSION  := 0.1.0
+PROVIDER_BIN      := $(TF_HOME)/mirror/registry.terraform.io/weftmesh/weft/$(PROVIDER_VERSION)/linux_amd64/terraform-provider-weft_v$(PROVIDER_VERSION)
+
+.PHONY: terraform-provider
+terraform-provider: ## build terraform-provider-weft into $WEFT_TERRAFORM_HOME's provider mirror (weftmesh/weft 0.1.0)
+	@mkdir -p $(dir $(PROVIDER_BIN))
+	cd terraform/provider && $(GO) build -trimpath -ldflags '-X main.version=$(PROVIDER_VERSION)' -o $(PROVIDER_BIN).tmp . && mv $(PROVIDER_BIN).tmp $(PROVIDER_BIN)
+
+# The provider is a module of its own (terraform/provider): ./... of the
+# main module does not reach it. Its acceptance tests skip silently
+# without TF_ACC, so it is set here.
+.PHONY: test-provider
+test-provider: terraform-tools terraform-provider ## the Terraform provider's unit and acceptance tests against a real seed in a lab (needs root)
+	cd terraform/provider && TF_ACC=1 TF_ACC_TERRAFORM_PATH=$(TF_HOME)/bin/terraform $(GO) test -count=1 -timeout 20m -p 1 ./...
+
 .PHONY: helm
 helm: ## build the helm CLI the chart tests use (bin/helm; ~6 min once)
 	./scripts/build-helm.sh
@@ -56,14 +75,16 @@ check-generate: generate ## regenerate and fail when committed generated files d
 .PHONY: test
 # The Kubernetes binaries build first, before (not beside) the project's
 # own compile: two 2 GB builds at once only slow each other.
-test: kube helm build image terraform-tools ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
+test: kube helm build image terraform-tools terraform-provider ## every tier: unit, privileged and end-to-end (needs root; what CI runs)
 	@if [ "$$(id -u)" != 0 ]; then echo "make test runs the privileged and e2e tiers and needs root: sudo make test (or make test-unit)"; exit 1; fi
 	$(GO) test -count=1 -timeout 40m -p 1 ./...
+	@$(MAKE) --no-print-directory test-provider
 	@$(MAKE) --no-print-directory fuzz
 
 .PHONY: test-unit
 test-unit: ## unit tier only: no root needed, quick
 	$(GO) test -count=1 -short ./...
+	cd terraform/provider && $(GO) test -count=1 -short ./...
 
 .PHONY: e2e
 e2e: kube helm build image ## end-to-end tier only (needs root): the lab with the real binaries
@@ -122,6 +143,7 @@ demo: ## install what is needed, build, and bring up the demo lab
 lint: ## gofmt, go vet, staticcheck, and meshctl and weft-lab build for macOS
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd terraform/provider && $(GO) vet ./...
 	$(GO) tool staticcheck ./...
 	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./meshctl
 	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./internal/lab/cmd/weft-lab

@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
-	"github.com/hashicorp/terraform-plugin-framework/resource/schema/int64planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/types"
@@ -42,8 +41,8 @@ func (r *policyResource) Schema(_ context.Context, _ resource.SchemaRequest, res
 			"name": schema.StringAttribute{Required: true, Description: "The policy's name; the document's metadata.name must be the same.",
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()}},
 			"document": schema.StringAttribute{Required: true, Description: "The policy document (apiVersion weft.dev/v1, kind Policy), YAML or JSON."},
-			"revision": schema.Int64Attribute{Computed: true, Description: "The etcd revision the policy is stored at.",
-				PlanModifiers: []planmodifier.Int64{int64planmodifier.UseStateForUnknown()}},
+			// No UseStateForUnknown: an update stores a new revision.
+			"revision": schema.Int64Attribute{Computed: true, Description: "The etcd revision the policy is stored at."},
 		},
 	}
 }
