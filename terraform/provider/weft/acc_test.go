@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -254,5 +256,35 @@ func TestAccWeft(t *testing.T) {
 			return nil
 		},
 	})
+
+	// Security: a joined node's own certificate (same CA, node role) and a
+	// certificate of another CA are refused by the admin API, whatever
+	// the provider asks.
+	vm := m.nodes["tfvm"]
+	certPEM, err1 := os.ReadFile(filepath.Join(vm.dir, "credentials", "node.pem"))
+	keyPEM, err2 := os.ReadFile(filepath.Join(vm.dir, "credentials", "node-key.pem"))
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	stolen := writeCredential(t, cred, func(c *api.AdminCredential) { c.Cert, c.Key = string(certPEM), string(keyPEM) })
+	fc, fk := foreignCert(t)
+	foreign := writeCredential(t, cred, func(c *api.AdminCredential) { c.Cert, c.Key = fc, fk })
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{
+			{Config: providerBlock(stolen, seed.netns) + `data "weft_identities" "x" {}`,
+				ExpectError: regexp.MustCompile(`(?is)Listing identities.*(permission|admin)`)},
+			{Config: providerBlock(stolen, seed.netns) + `resource "weft_token" "x" {}`,
+				ExpectError: regexp.MustCompile(`(?is)Creating the join token.*(permission|admin)`)},
+			{Config: providerBlock(foreign, seed.netns) + `data "weft_nodes" "x" {}`,
+				ExpectError: regexp.MustCompile(`(?is)Listing nodes.*(certificate|tls)`)},
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if toks, err := admin.Tokens(ctx); err != nil || len(toks) != len(tokenIDs)+1 {
+		// The +1 is the token 'meshctl up' made.
+		t.Errorf("after the refused requests the seed lists %d tokens (%v), want %d", len(toks), err, len(tokenIDs)+1)
+	}
 	t.Logf("TestAccWeft: %s in all", time.Since(start).Round(time.Second))
 }
